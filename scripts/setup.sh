@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install eae into it. Idempotent; used by `make demo` and `make test`.
+# Without a GPU it installs the CPU build of torch (never the multi-GB CUDA build):
+# torch==2.13.0+cpu from the local wheel store or PyPI mirror where one is configured,
+# else from the PyTorch CPU index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: GPU found, installing torch with CUDA"
+    $PIP install -q torch
+  else
+    echo "setup: no GPU, installing the CPU build of torch"
+    $PIP install -q "torch==2.13.0+cpu" 2>/dev/null \
+      || $PIP install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0+cpu"
+  fi
+fi
+$PIP install -q -e ".[test]"
+.venv/bin/python -c "import torch, eae; print(f'setup: eae {eae.__version__}, torch {torch.__version__}')"

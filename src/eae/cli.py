@@ -1,0 +1,224 @@
+"""The ``eae`` command line: train, eval, data, list, demo.
+
+``eae train`` has one flag per field of :class:`~eae.config.TrainConfig`
+(``eae_eta`` -> ``--eae-eta``), generated from the dataclass so the two never
+drift apart. Precedence: defaults < ``--config FILE.toml`` < flags.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import TrainConfig, coerce, load_toml, parse_float
+
+
+def _fmt_eps(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:.6g}"
+
+
+# --------------------------------------------------------------------------- train
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from .methods import list_methods
+    from .models import list_models
+
+    hints = typing.get_type_hints(TrainConfig)
+    dynamic_choices = {"method": list_methods(), "arch": list_models()}
+    group = parser.add_argument_group("config fields (override --config)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        default = f.default
+        help_ = f.metadata.get("help", "")
+        show = default if not isinstance(default, float) else _fmt_eps(default) if f.name == "eps" else default
+        help_ = f"{help_} (default: {show})"
+        choices = f.metadata.get("choices") or dynamic_choices.get(f.name)
+        if tp is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, choices=choices, help=help_,
+                               type=(lambda text, tp=tp, name=f.name: _parse(tp, text, name)),
+                               metavar=f.name.upper() if not choices else None)
+
+
+def _parse(tp: Any, text: str, name: str) -> Any:
+    try:
+        return coerce(tp, text, name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_toml(args.config))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
+    if not args.quiet and result.finished:
+        last = result.final
+        print(json.dumps({"run_dir": str(result.run_dir), "train_seconds": round(result.train_seconds, 2),
+                          **{k: last[k] for k in ("val_clean", "val_pgd", "val_cw", "val_robust") if k in last}}))
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load, read_config
+    from .data import load_test_set
+    from .evaluation import evaluate
+    from .utils import atomic_write_json, device_name, resolve_device
+
+    run_dir = Path(args.run_dir)
+    cfg = read_config(run_dir)
+    if args.data_dir:
+        cfg = cfg.replace(data_dir=args.data_dir)
+    device = resolve_device(args.device)
+    model = load(run_dir, weights=args.weights, device=device)
+    x, y = load_test_set(cfg)
+    test_size = len(y)
+    n = test_size if args.n is None else args.n
+    if not 0 < n <= test_size:
+        raise SystemExit(f"--n must be in 1..{test_size}")
+    specs = [s.strip() for s in args.attacks.split(",") if s.strip()]
+    if "clean" not in specs:
+        specs.insert(0, "clean")
+    res = evaluate(model, x[:n], y[:n], specs, args.eps, batch_size=args.batch_size, device=device,
+                   seed=args.seed, progress=not args.quiet)
+    subset = n < test_size
+    report = {
+        "run_dir": str(run_dir), "weights": args.weights, "dataset": cfg.dataset,
+        "n": n, "test_size": test_size, "subset": subset, "eps": args.eps, "eps_text": _fmt_eps(args.eps),
+        "norm": "linf", "seed": args.seed, "attacks": specs,
+        "accuracy": res.accuracy, "worst_case": res.robust_accuracy, "seconds": round(res.seconds, 2),
+        "device": device_name(device), "torch": torch.__version__,
+    }
+    out = Path(args.output) if args.output else run_dir / "eval.json"
+    atomic_write_json(out, report)
+    print(format_eval_table(report))
+    print(f"written: {out}")
+    return 0
+
+
+def format_eval_table(report: dict[str, Any]) -> str:
+    scope = (f"{report['n']:,} of {report['test_size']:,} test images — SUBSET" if report["subset"]
+             else f"{report['n']:,} test images (full test set)")
+    lines = [f"{report['run_dir']} [{report['weights']} weights] | {scope} | "
+             f"eps {report['eps_text']} (L-inf) | seed {report['seed']}",
+             f"{'attack':<12}{'accuracy':>10}"]
+    for name, acc in report["accuracy"].items():
+        lines.append(f"{name:<12}{100 * acc:>9.2f}%")
+    lines.append(f"{'worst case':<12}{100 * report['worst_case']:>9.2f}%   (per example, over all of the above)")
+    lines.append(f"{report['seconds']:.1f} s on {report['device']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- data / list
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import DatasetError, prepare_cifar10
+
+    try:
+        folder = prepare_cifar10(args.data_dir, download=not args.no_download)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"CIFAR-10 verified: {folder} (50,000 train / 10,000 test, SHA-256 of pixels and labels match)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .attacks import ATTACKS
+    from .methods import METHODS
+    from .models import MODELS
+
+    for title, reg in (("architectures", MODELS), ("methods", METHODS), ("attacks", ATTACKS)):
+        print(f"{title}:")
+        for name in reg.names():
+            doc = (reg.get(name).__doc__ or "").strip().splitlines()
+            print(f"  {name:<18} {doc[0] if doc else ''}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, data_dir=args.data_dir, device=args.device, quiet=args.quiet)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="eae", description="Fast adversarial training in latent spaces (EAE) "
+                                "and fast-AT baselines, with strong evaluation.")
+    p.add_argument("--version", action="version", version=f"eae {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--config", help="TOML preset (e.g. configs/cifar10_preact18_eae.toml); flags override it")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--stop-after", type=int, default=None, help="stop after N epochs of this call (resumable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run on the test set")
+    e.add_argument("run_dir")
+    e.add_argument("--attacks", default="clean,fgsm,pgd20,cw20",
+                   help="comma-separated: clean, fgsm, pgdK, cwK (K steps), pgdKrR (R restarts) (default: %(default)s)")
+    e.add_argument("--eps", type=parse_float, default=8 / 255, help="L-inf radius, e.g. 8/255 (default: 8/255)")
+    e.add_argument("--n", type=int, default=None, help="first N test images (default: all; fewer is labelled SUBSET)")
+    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
+    e.add_argument("--weights", choices=("final", "best"), default="final",
+                   help="final weights or the best epoch on the validation split (default: final)")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--output", default=None, help="where to write the JSON report (default: RUN_DIR/eval.json)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("data", help="find, download or convert, and verify a dataset")
+    d.add_argument("dataset", choices=("cifar10",))
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--no-download", action="store_true", help="only look and verify")
+    d.set_defaults(func=cmd_data)
+
+    ls = sub.add_parser("list", help="list architectures, methods and attacks")
+    ls.set_defaults(func=cmd_list)
+
+    demo = sub.add_parser("demo", help="CPU-sized comparison of standard, fgsm_rs and eae on CIFAR-10")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--data-dir", default=None)
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        if os.environ.get("EAE_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,221 @@
+"""One frozen dataclass describes a training run.
+
+The CLI flags and the TOML presets map onto its fields 1:1 (``eae_eta`` is
+``--eae-eta`` on the command line and ``eae_eta = 0.02`` in TOML), and the
+resolved config is written as ``config.json`` beside every result, so a run can
+always be rebuilt from its directory.
+
+Perturbation sizes are floats in pixel units of images in [0, 1]. Anywhere a
+float is read from text (CLI, TOML strings) a fraction such as ``8/255`` is
+accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+LR_SCHEDULES = ("onecycle", "piecewise", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+EAE_NORMS = ("l2", "linf")
+EAE_SEED_RULES = ("quantile", "confidence", "mahalanobis", "all")
+EAE_LATENTS = ("penultimate", "logits")
+DATASETS = ("cifar10", "synthetic")
+
+# Fields that say where and how a run executes, not what it computes: they may
+# differ when a run is resumed (e.g. on another machine).
+PLACEMENT_FIELDS = ("out", "device", "data_dir", "compile", "tensorboard")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- run ---------------------------------------------------------------
+    out: str = _f("runs/default", "run directory (config.json, metrics.jsonl, weights)")
+    seed: int = _f(0, "random seed of the run (init, batch order, augmentation, attacks)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    # --- data --------------------------------------------------------------
+    dataset: str = _f("cifar10", "cifar10 | synthetic", choices=DATASETS)
+    data_dir: str | None = _f(None, "folder holding cifar-10-batches-py (else $EAE_DATA_DIR, else ~/.cache/eae)")
+    val_size: int = _f(1000, "images held out of the training set for per-epoch validation")
+    val_seed: int = _f(0, "seed of the (fixed) validation split")
+    train_subset: int = _f(0, "train on the first N images of the (shuffled) training split; 0 = all")
+    synthetic_train_size: int = _f(2048, "synthetic dataset: training images")
+    synthetic_test_size: int = _f(512, "synthetic dataset: test images")
+    synthetic_image_size: int = _f(32, "synthetic dataset: image side in pixels")
+    augment: bool = _f(True, "random crop (pad 4) and horizontal flip, on the device")
+    # --- model -------------------------------------------------------------
+    arch: str = _f("preact_resnet18", "architecture (see `eae list`)")
+    # --- optimisation ------------------------------------------------------
+    epochs: int = _f(15, "training epochs")
+    batch_size: int = _f(512, "minibatch size")
+    lr_max: float = _f(0.2, "peak learning rate")
+    lr_schedule: str = _f("onecycle", "onecycle (linear up then down) | piecewise | constant", choices=LR_SCHEDULES)
+    lr_peak_frac: float = _f(0.4, "onecycle: fraction of training at which the LR peaks")
+    lr_milestones: tuple[float, ...] = _f((0.5, 0.75), "piecewise: fractions of training where the LR drops")
+    lr_gamma: float = _f(0.1, "piecewise: LR factor at each milestone")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum")
+    weight_decay: float = _f(5e-4, "SGD weight decay")
+    # --- method ------------------------------------------------------------
+    method: str = _f("standard", "training method (see `eae list`)")
+    eps: float = _f(8 / 255, "L-inf radius of the threat model, pixel units")
+    fgsm_alpha: float | None = _f(None, "fgsm_rs: step size; default 1.25 * eps")
+    pgd_steps: int = _f(10, "pgd: attack steps during training")
+    pgd_alpha: float = _f(2 / 255, "pgd: attack step size")
+    eae_norm: str = _f("l2", "eae: norm of the minimal latent perturbation", choices=EAE_NORMS)
+    eae_eta: float = _f(0.02, "eae: overshoot; the latent moves (1 + eta) times the distance to the boundary")
+    eae_lambda: float = _f(1.0, "eae: weight of the EAE loss term")
+    eae_seed_rule: str = _f("quantile", "eae: how seed examples are chosen", choices=EAE_SEED_RULES)
+    eae_q: float = _f(0.5, "eae: quantile rule: keep correct examples whose boundary distance is in the lower q-quantile")
+    eae_conf_low: float = _f(0.5, "eae: confidence rule: lower bound on p(y|x)")
+    eae_conf_high: float = _f(0.99, "eae: confidence rule: upper bound on p(y|x)")
+    eae_maha_momentum: float = _f(0.05, "eae: mahalanobis rule: EMA momentum of the class means and shared covariance")
+    eae_warmup_epochs: int = _f(0, "eae: clean-only epochs before the EAE term starts")
+    eae_latent: str = _f("penultimate", "eae: perturb the penultimate features or the logits", choices=EAE_LATENTS)
+    # --- validation during training ----------------------------------------
+    val_attack_steps: int = _f(10, "steps of the validation PGD (cross-entropy) and CW (margin) attacks")
+    val_every: int = _f(1, "validate every N epochs (and always after the last)")
+    # --- system ------------------------------------------------------------
+    precision: str = _f("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32", choices=PRECISIONS)
+    channels_last: bool = _f(True, "channels_last memory format for images and weights")
+    compile: bool = _f(False, "torch.compile the network body for training")
+    tensorboard: bool = _f(False, "also log metrics to TensorBoard (if installed)")
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.eps >= 0:
+            errors.append(f"eps must be >= 0, got {self.eps}")
+        for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
+                     "synthetic_test_size", "synthetic_image_size"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.eae_q <= 1:
+            errors.append(f"eae_q must be in (0, 1], got {self.eae_q}")
+        if not 0 <= self.eae_conf_low <= self.eae_conf_high <= 1:
+            errors.append("need 0 <= eae_conf_low <= eae_conf_high <= 1")
+        if not 0 < self.lr_peak_frac < 1:
+            errors.append(f"lr_peak_frac must be in (0, 1), got {self.lr_peak_frac}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            errors.append(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                errors.append(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if errors:
+            raise ValueError("invalid config: " + "; ".join(errors))
+
+    # --- (de)serialisation ---------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, strict: bool = True) -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown and strict:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: coerce(hints[k], v, k) for k, v in d.items() if k in known}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        return cls.from_dict({**load_toml(path), **overrides})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = PLACEMENT_FIELDS) -> dict[str, tuple[Any, Any]]:
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML preset. Tables are flattened with their name as prefix, so
+    ``[eae] eta = 0.1`` and ``eae_eta = 0.1`` mean the same."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open("rb") as fh:
+        raw = tomllib.load(fh)
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                flat[f"{k}_{k2}"] = v2
+        else:
+            flat[k] = v
+    return flat
+
+
+def parse_float(text: str | float | int) -> float:
+    """``0.03``, ``8/255`` or ``8 / 255`` -> float."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    s = str(text).strip()
+    if "/" in s:
+        num, _, den = s.partition("/")
+        return float(num) / float(den)
+    return float(s)
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    s = str(text).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def coerce(tp: Any, value: Any, name: str = "value") -> Any:
+    """Convert ``value`` (from JSON, TOML or the command line) to type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        return coerce(args[0], value, name)
+    try:
+        if origin is tuple:
+            (elem, *_rest) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return tuple(coerce(elem, v, name) for v in value)
+        if tp is bool:
+            return parse_bool(value)
+        if tp is float:
+            return parse_float(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"not an integer: {value}")
+            return int(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            return value
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config field {name}: {e}") from None
+    raise TypeError(f"config field {name}: unsupported type {tp}")
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

@@ -1,0 +1,89 @@
+"""Datasets as uint8 tensors, split into train / validation / test.
+
+The validation split is held out of the training set with a fixed seed and is
+what training looks at (per-epoch checks, checkpoint selection). The test set is
+only read by ``eae eval``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cifar10 import CLASSES, MEAN, STD, DatasetError, load_cifar10, locate, prepare_cifar10
+from .loader import DeviceLoader, random_crop_flip
+from .synthetic import make_synthetic
+
+__all__ = [
+    "Splits", "load_splits", "load_test_set", "DeviceLoader", "random_crop_flip",
+    "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError",
+]
+
+
+@dataclass
+class Splits:
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+
+def _raw(dataset: str, *, data_dir=None, synthetic_train_size=2048, synthetic_test_size=512,
+         synthetic_image_size=32, download=True):
+    """(train_x, train_y, test_x, test_y, classes, mean, std) as numpy arrays."""
+    if dataset == "cifar10":
+        folder = prepare_cifar10(data_dir, download=download)
+        a = load_cifar10(folder)
+        return a.train_x, a.train_y, a.test_x, a.test_y, a.classes, MEAN, STD
+    if dataset == "synthetic":
+        tx, ty = make_synthetic(synthetic_train_size, size=synthetic_image_size, seed=0)
+        vx, vy = make_synthetic(synthetic_test_size, size=synthetic_image_size, seed=1)
+        mean = tuple(float(m) for m in (tx.reshape(len(tx), 3, -1) / 255).mean(axis=(0, 2)))
+        std = tuple(float(s) for s in (tx.reshape(len(tx), 3, -1) / 255).std(axis=(0, 2)))
+        return tx, ty, vx, vy, tuple(f"class{i}" for i in range(10)), mean, std
+    raise ValueError(f"unknown dataset {dataset!r}; available: cifar10, synthetic")
+
+
+def load_splits(cfg) -> Splits:
+    """Train / validation / test splits for a :class:`~eae.config.TrainConfig`."""
+    tx, ty, sx, sy, classes, mean, std = _raw(
+        cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
+        synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)
+    n = len(tx)
+    if cfg.val_size >= n:
+        raise ValueError(f"val_size={cfg.val_size} leaves no training images (dataset has {n})")
+    perm = np.random.default_rng(cfg.val_seed).permutation(n)
+    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
+    if cfg.train_subset:
+        train_idx = train_idx[:cfg.train_subset]
+    t = torch.from_numpy
+    return Splits(
+        train_x=t(np.ascontiguousarray(tx[train_idx])), train_y=t(ty[train_idx]),
+        val_x=t(np.ascontiguousarray(tx[val_idx])), val_y=t(ty[val_idx]),
+        test_x=t(np.ascontiguousarray(sx)), test_y=t(sy),
+        classes=tuple(classes), mean=tuple(mean), std=tuple(std),
+    )
+
+
+def load_test_set(cfg, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (uint8) and labels for the dataset of ``cfg``."""
+    _, _, sx, sy, *_ = _raw(
+        cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
+        synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)
+    if n is not None:
+        sx, sy = sx[:n], sy[:n]
+    return torch.from_numpy(np.ascontiguousarray(sx)), torch.from_numpy(sy)

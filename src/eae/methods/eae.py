@@ -1,0 +1,181 @@
+"""EAE: adversarial training with Endogenous Adversarial Examples (Qian et al.,
+"Towards Speeding up Adversarial Training in Latent Spaces", arXiv 2102.00662),
+as reconstructed in shared/RESEARCH.md (the paper's equations are not public).
+
+The latent z = features(x) meets a linear head f(z) = W z + b. For label y and
+each k != y let w'_k = w_k - w_y and f'_k = f_k(z) - f_y(z). The nearest decision
+boundary is k̂ = argmin_k |f'_k| / ||w'_k||_* (dual norm: L2 for L2, L1 for L∞) and
+the minimal perturbation that reaches it is, in closed form (DeepFool's linear case)
+
+    L2:  δ = |f'_k̂| / ||w'_k̂||²₂ · w'_k̂          L∞:  δ = |f'_k̂| / ||w'_k̂||₁ · sign(w'_k̂)
+
+The EAE is z̃ = z + (1 + η) δ. Seeds, the examples whose EAE is trusted, are
+chosen by a statistical rule; the loss is CE(f(z), y) + λ · mean over seeds of
+CE(f(z̃), y), with δ held fixed. No input gradient is ever computed: one forward
+and one backward pass per step, as in standard training.
+
+Known weakness (RESEARCH.md §3): with the defaults below the network learns to
+inflate its logits, which masks gradients; evaluate with margin-loss attacks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, StepOutput
+from .registry import register_method
+
+
+def minimal_perturbation(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
+                         norm: str = "l2") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form minimal latent perturbation across the nearest boundary of a linear head.
+
+    logits (B, K) = z W^T + b, weight W (K, D), labels y (B,).
+    Returns (δ (B, D), nearest class k̂ (B,), distance ||δ|| (B,)), all fp32.
+    Meaningful for correctly classified examples (the only ones used as seeds).
+    """
+    f = logits.float()
+    w = weight.float()
+    fdiff = f - f.gather(1, y[:, None])  # f'_k, (B, K)
+    if norm == "l2":
+        gram = w @ w.T  # ||w_k - w_y||² = G_kk + G_yy - 2 G_ky, without a (B, K, D) tensor
+        sq = gram.diagonal()
+        wnorm = (sq[None, :] + sq[y][:, None] - 2 * gram[y]).clamp_min(0).sqrt()
+    elif norm == "linf":
+        wnorm = torch.cdist(w, w, p=1)[y]  # dual norm of L∞ is L1
+    else:
+        raise ValueError(f"unknown norm {norm!r}")
+    dist = fdiff.abs() / wnorm.clamp_min(1e-12)
+    dist = dist.scatter(1, y[:, None], float("inf"))
+    dmin, k = dist.min(1)
+    wdiff = w[k] - w[y]  # w'_k̂, (B, D)
+    gap = fdiff.gather(1, k[:, None]).abs()  # |f'_k̂|, (B, 1)
+    if norm == "l2":
+        delta = gap / wdiff.pow(2).sum(1, keepdim=True).clamp_min(1e-12) * wdiff
+    else:
+        delta = gap / wdiff.abs().sum(1, keepdim=True).clamp_min(1e-12) * wdiff.sign()
+    return delta, k, dmin
+
+
+def quantile_threshold(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile (lower) of ``values[mask]``, computed without a host sync."""
+    v = torch.where(mask, values, torch.full_like(values, float("inf"))).sort().values
+    count = mask.sum()
+    idx = (torch.ceil(q * count.float()).long() - 1).clamp(min=0, max=values.numel() - 1)
+    return v.gather(0, idx.view(1)).squeeze(0)
+
+
+class ClassGaussian:
+    """Class-conditional Gaussians with a shared covariance over the latent space,
+    tracked by exponential moving averages (the Mahalanobis seed rule)."""
+
+    def __init__(self, momentum: float):
+        self.momentum = momentum
+        self.means: torch.Tensor | None = None  # (K, D)
+        self.cov: torch.Tensor | None = None  # (D, D)
+
+    @torch.no_grad()
+    def update(self, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+        z = z.float()
+        counts = torch.bincount(y, minlength=num_classes).float()
+        sums = torch.zeros(num_classes, z.shape[1], device=z.device).index_add_(0, y, z)
+        batch_means = sums / counts.clamp_min(1)[:, None]
+        centred = z - batch_means[y]
+        batch_cov = centred.T @ centred / max(len(z) - 1, 1)
+        if self.means is None:
+            self.means, self.cov = batch_means, batch_cov
+            return
+        m = self.momentum
+        present = (counts > 0)[:, None]
+        self.means = torch.where(present, (1 - m) * self.means + m * batch_means, self.means)
+        self.cov = (1 - m) * self.cov + m * batch_cov
+
+    @torch.no_grad()
+    def sq_distance(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of each z to the mean of its class y."""
+        d = self.cov.shape[0]
+        ridge = 1e-3 * self.cov.diagonal().mean().clamp_min(1e-8)  # shrinkage: cov is rank-deficient
+        chol = torch.linalg.cholesky(self.cov + ridge * torch.eye(d, device=z.device))
+        diff = (z.float() - self.means[y]).T  # (D, B)
+        sol = torch.linalg.solve_triangular(chol, diff, upper=False)
+        return sol.pow(2).sum(0)
+
+    def state_dict(self) -> dict:
+        return {"means": self.means, "cov": self.cov}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.means, self.cov = state["means"], state["cov"]
+
+
+@register_method("eae")
+class EAE(Method):
+    """Closed-form minimal latent perturbations of seed examples (Qian et al. 2021)."""
+
+    name = "eae"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.gaussian = ClassGaussian(cfg.eae_maha_momentum) if cfg.eae_seed_rule == "mahalanobis" else None
+
+    def seeds(self, logits, latent, latent_tilde, dist, y):
+        """Boolean mask of the examples whose EAE enters the loss."""
+        cfg = self.cfg
+        correct = logits.argmax(1) == y
+        rule = cfg.eae_seed_rule
+        if rule == "all":
+            return correct
+        if rule == "quantile":
+            return correct & (dist <= quantile_threshold(dist, correct, cfg.eae_q))
+        if rule == "confidence":
+            p = logits.float().softmax(1).gather(1, y[:, None]).squeeze(1)
+            return correct & (p >= cfg.eae_conf_low) & (p <= cfg.eae_conf_high)
+        if rule == "mahalanobis":
+            # An EAE is kept when it is no less plausible under its class's Gaussian
+            # than the lower q-quantile of the clean points of the batch.
+            self.gaussian.update(latent, y, logits.shape[1])
+            m_tilde = self.gaussian.sq_distance(latent_tilde, y)
+            m_clean = self.gaussian.sq_distance(latent, y)
+            return correct & (m_tilde <= quantile_threshold(m_clean, correct, cfg.eae_q))
+        raise ValueError(f"unknown seed rule {rule!r}")
+
+    def step(self, model, x, y, epoch):
+        cfg = self.cfg
+        z = model.features(x)
+        logits = model.head(z)
+        loss_clean = F.cross_entropy(logits, y)
+        if epoch < cfg.eae_warmup_epochs:
+            return StepOutput(loss_clean, logits, {"seed_frac": torch.zeros((), device=x.device)})
+        if cfg.eae_latent == "penultimate":
+            latent, weight = z, model.head.weight
+        else:  # the logits themselves are the latent; the "head" is the identity
+            latent = logits
+            weight = torch.eye(logits.shape[1], device=logits.device)
+        with torch.no_grad():
+            delta, _, dist = minimal_perturbation(logits.detach(), weight.detach(), y, cfg.eae_norm)
+            shift = (1 + cfg.eae_eta) * delta
+            seeds = self.seeds(logits.detach(), latent.detach(), latent.detach().float() + shift, dist, y)
+        # f(z + s) = f(z) + W s for the linear head: exact, and computed in fp32 so the
+        # small overshoot is not lost to bf16 rounding of z. Gradients reach the whole
+        # network through f(z) and the head's weights through W s; δ itself is fixed.
+        with torch.autocast(x.device.type, enabled=False):
+            logits_eae = logits.float() + F.linear(shift, weight.float())
+        ce_eae = F.cross_entropy(logits_eae, y, reduction="none")
+        n_seeds = seeds.sum()
+        loss_eae = (ce_eae * seeds).sum() / n_seeds.clamp_min(1)
+        loss = loss_clean + cfg.eae_lambda * loss_eae
+        with torch.no_grad():
+            stats = {
+                "seed_frac": seeds.float().mean(),
+                "eae_loss": loss_eae.detach(),
+                "latent_dist": (dist * seeds).sum() / n_seeds.clamp_min(1),
+                "logit_norm": logits.detach().float().norm(dim=1).mean(),
+                "feature_norm": z.detach().float().norm(dim=1).mean(),
+            }
+        return StepOutput(loss, logits, stats)
+
+    def state_dict(self) -> dict:
+        return {"gaussian": self.gaussian.state_dict()} if self.gaussian else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.gaussian and "gaussian" in state:
+            self.gaussian.load_state_dict(state["gaussian"])

@@ -1,0 +1,76 @@
+"""Shared fixtures. Everything runs offline on the CPU.
+
+Real CIFAR-10 is taken from $EAE_DATA_DIR, else from ../shared/data/cifar10 beside
+the checkout. Tests that need it are skipped when it is absent, unless
+EAE_REQUIRE_DATA=1 (set by CI), where its absence is a failure.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from eae.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _cifar_root() -> Path | None:
+    candidates = []
+    if os.environ.get("EAE_DATA_DIR"):
+        candidates.append(Path(os.environ["EAE_DATA_DIR"]))
+    candidates.append(REPO.parent / "shared" / "data" / "cifar10")
+    for c in candidates:
+        for d in (c / "cifar-10-batches-py", c):
+            if (d / "data_batch_1").is_file():
+                return d
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """The real cifar-10-batches-py folder."""
+    d = _cifar_root()
+    if d is None:
+        msg = "real CIFAR-10 not found (set EAE_DATA_DIR)"
+        if os.environ.get("EAE_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def cifar_arrays(cifar_dir):
+    from eae.data import load_cifar10
+
+    return load_cifar10(cifar_dir)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> TrainConfig:
+    """A run that takes about a second: synthetic 16x16 data, the small ResNet."""
+    return TrainConfig(
+        out=str(tmp_path / "run"), dataset="synthetic", arch="resnet_small", device="cpu",
+        synthetic_train_size=192, synthetic_test_size=64, synthetic_image_size=16, val_size=64,
+        batch_size=64, epochs=2, val_attack_steps=2, lr_max=0.1,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_small(tmp_path_factory):
+    """A resnet_small trained with `standard` on synthetic data (accurate, not robust)."""
+    from eae import load, train
+
+    out = tmp_path_factory.mktemp("trained") / "standard"
+    cfg = TrainConfig(out=str(out), dataset="synthetic", arch="resnet_small", device="cpu", method="standard",
+                      synthetic_train_size=1152, synthetic_test_size=256, synthetic_image_size=16, val_size=128,
+                      batch_size=64, epochs=4, lr_max=0.1, val_attack_steps=0)
+    train(cfg, quiet=True)
+    from eae.data import load_test_set
+
+    x, y = load_test_set(cfg)
+    return load(out), x.float() / 255, y

@@ -1,0 +1,143 @@
+import pytest
+import torch
+from torch import nn
+
+from eae.attacks import ATTACKS, CW, PGD, build_attack
+from eae.evaluation import evaluate
+
+EPS = 8 / 255
+
+
+def _attack(name):
+    return ATTACKS.get(name)(EPS) if name == "fgsm" else ATTACKS.get(name)(EPS, steps=3)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_stays_in_eps_ball_and_image_range(name, trained_small):
+    model, x, y = trained_small
+    x = x[:64].clone()
+    x[:4] = 0.0  # corners of the image box
+    x[4:8] = 1.0
+    x_adv = _attack(name)(model, x, y[:64])
+    assert x_adv.shape == x.shape and x_adv.dtype == torch.float32
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_restores_modes_and_requires_grad(name, trained_small):
+    model, x, y = trained_small
+    model.train()
+    model.backbone[1].eval()  # a module in a different mode from its parent
+    frozen = model.backbone[0].weight
+    frozen.requires_grad_(False)
+    modes = {n: m.training for n, m in model.named_modules()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    bn = model.backbone[-4]
+    stats = bn.running_mean.clone()
+    _attack(name)(model, x[:16], y[:16])
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert all(p.grad is None for p in model.parameters())  # only the input gradient
+    assert torch.equal(bn.running_mean, stats)  # eval mode inside: BN statistics untouched
+    frozen.requires_grad_(True)
+    model.eval()
+
+
+def test_refuses_inference_mode(trained_small):
+    model, x, y = trained_small
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        PGD(EPS, steps=1)(model, x[:4], y[:4])
+
+
+def test_attacks_lower_accuracy_of_a_nonrobust_model(trained_small):
+    model, x, y = trained_small
+    res = evaluate(model, x, y, ["clean", "fgsm", "pgd10", "cw10"], EPS, batch_size=128)
+    acc = res.accuracy
+    assert acc["clean"] > 0.6
+    assert acc["pgd10"] < acc["clean"] - 0.3
+    assert acc["pgd10"] <= acc["fgsm"] + 0.02  # more steps are at least as strong
+    assert res.robust_accuracy <= min(acc.values())
+
+
+class Scaled(nn.Module):
+    """Logits multiplied by a huge factor: softmax saturates and cross-entropy
+    gradients vanish in fp32, the signature of gradient masking."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+def test_margin_loss_sees_through_saturated_softmax(trained_small):
+    model, x, y = trained_small
+    masked = Scaled(model, 1e4)
+    acc = evaluate(masked, x, y, ["clean", "pgd10", "cw10"], EPS, batch_size=128).accuracy
+    plain = evaluate(model, x, y, ["clean", "cw10"], EPS, batch_size=128).accuracy
+    assert acc["pgd10"] > acc["cw10"] + 0.2  # CE-PGD is fooled ...
+    assert acc["cw10"] == pytest.approx(plain["cw10"], abs=0.05)  # ... the margin loss is not
+
+
+class Fixed:
+    """A fake attack that fools a fixed set of examples (by index) by returning a
+    marker image the model misclassifies."""
+
+    def __init__(self, fooled):
+        self.fooled = fooled
+
+    def __call__(self, model, x, y):
+        out = x.clone()
+        out[self.fooled[: len(x)]] = -1.0
+        return out
+
+
+class Oracle(nn.Module):
+    def forward(self, x):
+        wrong = x.flatten(1)[:, 0] < 0
+        logits = torch.zeros(len(x), 2)
+        logits[:, 0] = torch.where(wrong, -1.0, 1.0)
+        return logits
+
+
+def test_worst_case_is_per_example():
+    x = torch.rand(4, 1, 2, 2)
+    y = torch.zeros(4, dtype=torch.long)
+    a = Fixed(torch.tensor([True, True, False, False]))
+    b = Fixed(torch.tensor([False, False, True, False]))
+    res = evaluate(Oracle(), x, y, {"clean": None, "a": a, "b": b}, EPS, batch_size=4, device="cpu")
+    assert res.accuracy == {"clean": 1.0, "a": 0.5, "b": 0.75}
+    assert res.robust_accuracy == 0.25  # not min(0.5, 0.75)
+
+
+def test_specs():
+    assert build_attack("clean", EPS) is None
+    pgd = build_attack("pgd50r10", EPS)
+    assert isinstance(pgd, PGD) and pgd.steps == 50 and pgd.restarts == 10 and pgd.loss == "ce"
+    cw = build_attack("cw20", EPS)
+    assert isinstance(cw, CW) and cw.loss == "cw" and cw.steps == 20
+    with pytest.raises(ValueError):
+        build_attack("fgsm5", EPS)
+    with pytest.raises(ValueError):
+        build_attack("deepfool", EPS)
+
+
+def test_restarts_are_per_example_worst_case(trained_small):
+    model, x, y = trained_small
+    one = evaluate(model, x, y, ["pgd2"], EPS / 4, batch_size=256, seed=0).accuracy["pgd2"]
+    many = evaluate(model, x, y, ["pgd2r4"], EPS / 4, batch_size=256, seed=0).accuracy["pgd2r4"]
+    assert many <= one
+
+
+def test_evaluation_is_seeded_and_leaves_rng_alone(trained_small):
+    model, x, y = trained_small
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    r1 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5)
+    after = torch.rand(1)
+    r2 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5)
+    assert torch.equal(after, expected_next)
+    assert torch.equal(r1.correct["pgd3"], r2.correct["pgd3"])

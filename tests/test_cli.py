@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eae.cli import main
+
+
+def test_train_then_eval_round_trip(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", "synthetic", "--arch", "resnet_small", "--method", "fgsm_rs",
+               "--synthetic-train-size", "160", "--synthetic-test-size", "96", "--synthetic-image-size", "16",
+               "--val-size", "32", "--epochs", "1", "--batch-size", "64", "--val-attack-steps", "1",
+               "--device", "cpu", "--eps", "4/255", "--out", str(run), "--quiet"])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == "fgsm_rs" and cfg["eps"] == pytest.approx(4 / 255)
+    rc = main(["eval", str(run), "--attacks", "clean,fgsm,pgd3,cw3", "--n", "40", "--eps", "4/255", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "SUBSET" in out and "worst case" in out
+    report = json.loads((run / "eval.json").read_text())
+    assert report["n"] == 40 and report["subset"] is True and report["test_size"] == 96
+    assert set(report["accuracy"]) == {"clean", "fgsm", "pgd3", "cw3"}
+    assert report["worst_case"] <= min(report["accuracy"].values())
+    assert report["eps_text"] == "4/255" and report["seed"] == 0
+
+    rc = main(["eval", str(run), "--attacks", "clean", "--quiet", "--output", str(tmp_path / "full.json")])
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert rc == 0 and full["subset"] is False and full["n"] == 96
+
+
+def test_user_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "no_such_method"])
+
+
+def test_list_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "eae", "list"], capture_output=True, text=True, check=True).stdout
+    for name in ("preact_resnet18", "wide_resnet34_10", "resnet_small", "standard", "fgsm_rs", "pgd", "eae",
+                 "fgsm", "cw"):
+        assert name in out
+
+
+def test_data_command_verifies_real_cifar(cifar_dir, capsys):
+    assert main(["data", "cifar10", "--data-dir", str(cifar_dir.parent), "--no-download"]) == 0
+    assert "verified" in capsys.readouterr().out

@@ -1,0 +1,91 @@
+import dataclasses
+import json
+
+import pytest
+
+from eae.cli import build_parser, config_from_args
+from eae.config import TrainConfig, coerce, load_toml, parse_float
+
+from conftest import REPO
+
+
+def test_parse_float_accepts_fractions():
+    assert parse_float("8/255") == pytest.approx(8 / 255)
+    assert parse_float(" 2 / 255 ") == pytest.approx(2 / 255)
+    assert parse_float("0.5") == 0.5
+    with pytest.raises(ValueError):
+        parse_float("eight")
+
+
+def test_roundtrip_through_json():
+    cfg = TrainConfig(method="eae", eae_eta=0.1, lr_milestones=(0.3, 0.6), fgsm_alpha=0.01)
+    again = TrainConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(ValueError, match="eae_q"):
+        TrainConfig(eae_q=0.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine-ish")
+    with pytest.raises(ValueError, match="unknown config field"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="epochs"):
+        coerce(int, 1.5, "epochs")
+
+
+def test_every_field_has_a_flag_that_sets_it():
+    """The CLI maps onto the dataclass 1:1: every field has a flag, and giving it
+    changes exactly that field."""
+    parser = build_parser()
+    base = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(base, f.name)
+        if isinstance(value, bool):
+            argv = [flag if not value else "--no-" + f.name.replace("_", "-")]
+            expected = not value
+        elif f.name in ("method", "arch", "dataset", "lr_schedule", "precision", "eae_norm",
+                        "eae_seed_rule", "eae_latent"):
+            choices = {"method": "fgsm_rs", "arch": "resnet_small", "dataset": "synthetic",
+                       "lr_schedule": "piecewise", "precision": "fp32", "eae_norm": "linf",
+                       "eae_seed_rule": "confidence", "eae_latent": "logits"}
+            argv, expected = [flag, choices[f.name]], choices[f.name]
+        elif f.name == "lr_milestones":
+            argv, expected = [flag, "0.3,0.9"], (0.3, 0.9)
+        elif f.name in ("eae_conf_low", "eae_conf_high"):
+            argv, expected = [flag, "0.75"], 0.75
+        elif isinstance(value, float) or f.name == "fgsm_alpha":
+            argv, expected = [flag, "4/255"], 4 / 255
+        elif isinstance(value, int):
+            argv, expected = [flag, str(value + 3)], value + 3
+        else:  # str | None
+            argv, expected = [flag, "somewhere"], "somewhere"
+        cfg = config_from_args(build_parser().parse_args(["train", *argv]))
+        assert getattr(cfg, f.name) == pytest.approx(expected) if isinstance(expected, float) \
+            else getattr(cfg, f.name) == expected, f.name
+        assert cfg.differences(base, ignore=(f.name,)) == {}, f"{flag} changed other fields"
+    assert parser is not None
+
+
+def test_toml_then_flags_precedence(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('method = "eae"\neps = "4/255"\nepochs = 7\n[eae]\neta = 0.5\n')
+    assert load_toml(p)["eae_eta"] == 0.5
+    args = build_parser().parse_args(["train", "--config", str(p), "--epochs", "3"])
+    cfg = config_from_args(args)
+    assert cfg.method == "eae" and cfg.eae_eta == 0.5 and cfg.eps == pytest.approx(4 / 255)
+    assert cfg.epochs == 3  # the flag wins over the file
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_presets_load(preset):
+    cfg = TrainConfig.from_toml(preset)
+    from eae.methods import list_methods
+    from eae.models import list_models
+
+    assert cfg.method in list_methods() and cfg.arch in list_models()
+
+
+def test_presets_exist():
+    assert len(list((REPO / "configs").glob("*.toml"))) >= 3

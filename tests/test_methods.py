@@ -1,0 +1,138 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eae.config import TrainConfig
+from eae.methods import METHODS, create_method
+from eae.methods.eae import EAE, minimal_perturbation, quantile_threshold
+from eae.models import create_model
+
+
+def _batch(n=32, size=16, seed=0):
+    from eae.data import make_synthetic
+
+    x, y = make_synthetic(n, size=size, seed=seed)
+    return torch.from_numpy(x).float() / 255, torch.from_numpy(y)
+
+
+def _one_step(cfg, epoch=0):
+    torch.manual_seed(0)
+    model = create_model("resnet_small")
+    model.train()
+    method = create_method(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _batch()
+    out = method.step(model, x, y, epoch)
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    changed = sum(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    return out, changed, len(before)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_step_of_every_method(name):
+    out, changed, total = _one_step(TrainConfig(method=name, pgd_steps=2))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.logits.shape == (32, 10)
+    assert changed == total  # every parameter moved
+    for v in out.stats.values():
+        assert torch.isfinite(v)
+
+
+@pytest.mark.parametrize("rule", ["quantile", "confidence", "mahalanobis", "all"])
+@pytest.mark.parametrize("latent", ["penultimate", "logits"])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_eae_variants_step(rule, latent, norm):
+    cfg = TrainConfig(method="eae", eae_seed_rule=rule, eae_latent=latent, eae_norm=norm,
+                      eae_conf_low=0.0, eae_conf_high=1.0)
+    out, changed, total = _one_step(cfg)
+    assert torch.isfinite(out.loss) and changed == total
+
+
+def test_eae_warmup_is_clean_training():
+    cfg = TrainConfig(method="eae", eae_warmup_epochs=2)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch()
+    out = create_method(cfg).step(model, x, y, epoch=1)
+    torch.manual_seed(0)
+    model2 = create_model("resnet_small").train()
+    torch.testing.assert_close(out.loss, F.cross_entropy(model2(x), y))
+    assert out.stats["seed_frac"] == 0
+
+
+def _linear_problem(norm, seed=0, n=256, d=24, k=6):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(k, d, generator=g)
+    b = torch.randn(k, generator=g)
+    z = torch.randn(n, d, generator=g) * 2
+    logits = z @ w.T + b
+    y = logits.argmax(1)  # every example correctly classified
+    return w, b, z, y, logits
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_closed_form_crosses_the_nearest_boundary(norm):
+    w, b, z, y, logits = _linear_problem(norm)
+    delta, k, dist = minimal_perturbation(logits, w, y, norm)
+    assert (k != y).all()
+    # small positive overshoot: classified as the nearest class k̂
+    crossed = ((z + 1.001 * delta) @ w.T + b).argmax(1)
+    assert (crossed == k).float().mean() > 0.99
+    # negative overshoot: the label is kept
+    kept = ((z + 0.5 * delta) @ w.T + b).argmax(1)
+    assert torch.equal(kept, y)
+    # ||δ|| is the distance reported, in the right norm
+    p = 2 if norm == "l2" else float("inf")
+    torch.testing.assert_close(delta.norm(p=p, dim=1), dist, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_closed_form_is_the_minimum_over_classes(norm):
+    """Brute force over every class: k̂ has the smallest |f'_k| / ||w'_k||_dual."""
+    w, b, z, y, logits = _linear_problem(norm, seed=1)
+    _, k, dist = minimal_perturbation(logits, w, y, norm)
+    q = 2 if norm == "l2" else 1
+    for i in range(20):
+        cands = [((logits[i, j] - logits[i, y[i]]).abs() / (w[j] - w[y[i]]).norm(p=q)).item()
+                 for j in range(w.shape[0]) if j != y[i]]
+        assert dist[i].item() == pytest.approx(min(cands), rel=1e-4)
+
+
+def test_quantile_threshold_without_sync():
+    v = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0, 0.5])
+    mask = torch.tensor([True, True, True, True, True, False])
+    assert quantile_threshold(v, mask, 0.4).item() == 2.0  # lower 40% of {1,2,3,4,5}
+    assert quantile_threshold(v, mask, 1.0).item() == 5.0
+    assert torch.isinf(quantile_threshold(v, torch.zeros(6, dtype=torch.bool), 0.5))
+
+
+def test_eae_quantile_seed_fraction():
+    cfg = TrainConfig(method="eae", eae_q=0.5)
+    method = EAE(cfg)
+    w, b, z, y, logits = _linear_problem("l2")
+    _, _, dist = minimal_perturbation(logits, w, y, "l2")
+    seeds = method.seeds(logits, z, z, dist, y)
+    assert seeds.sum().item() == 128  # all correct, lower half
+
+
+def test_eae_loss_uses_the_perturbed_latent():
+    """With λ = 0 the EAE loss is exactly clean CE; with λ > 0 it is larger (EAEs are
+    misclassified by construction when η > 0)."""
+    torch.manual_seed(0)
+    x, y = _batch(64)
+    model = create_model("resnet_small").train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(10):  # get some correct examples
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    clean = F.cross_entropy(model(x), y)
+    out0 = EAE(TrainConfig(method="eae", eae_lambda=0.0)).step(model, x, y, 0)
+    out1 = EAE(TrainConfig(method="eae", eae_lambda=1.0, eae_eta=0.02)).step(model, x, y, 0)
+    torch.testing.assert_close(out0.loss, clean)
+    assert out1.stats["seed_frac"] > 0
+    assert out1.loss > clean + 0.5  # CE at a point past the boundary is > log 2
