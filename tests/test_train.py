@@ -92,3 +92,13 @@ def test_eae_logs_its_statistics(tiny_cfg):
     res = eae.train(tiny_cfg.replace(method="eae", epochs=1), quiet=True)
     for key in ("seed_frac", "logit_norm", "feature_norm", "latent_dist", "eae_loss"):
         assert key in res.final
+
+
+def test_compile_for_training_keeps_weights_layout_and_eager_eval(tiny_cfg):
+    """torch.compile touches the train-mode path only: state_dict keys are unchanged
+    and evaluation stays eager."""
+    res = eae.train(tiny_cfg.replace(compile=True, epochs=1, method="fgsm_rs"), quiet=True)
+    assert res.finished and all(torch.isfinite(torch.tensor(res.final["train_loss"])).reshape(-1))
+    model = eae.load(tiny_cfg.out)
+    assert "_train_backbone" not in model.__dict__
+    assert not any("_orig_mod" in k for k in load_file(f"{tiny_cfg.out}/model.safetensors"))

@@ -48,6 +48,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              device: torch.device | str | None = None, seed: int = 0, progress: bool = False) -> EvalResult:
     """Evaluate ``model`` (images in [0,1] -> logits) on ``x`` (uint8 or float in [0,1]).
 
+    Batches are moved to ``device`` (default: ``x.device``); the model must already be there.
+
     ``attacks`` is a list of specs (``clean``, ``fgsm``, ``pgd20``, ``cw20``, ...) or a
     mapping name -> attack object (``None`` for clean). Each attack runs on every
     point that is clean-correct; its accuracy is over all ``n`` points.
@@ -57,9 +59,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     else:
         named = {spec: build_attack(spec, eps, norm) for spec in attacks}
     named.pop("clean", None)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
+    # explicit device, else where the data is: never guessed from the model's parameters
+    device = torch.device(device) if device is not None else x.device
     n = int(len(y))
     start = time.perf_counter()
     # random starts are reproducible and do not disturb the caller's RNG streams

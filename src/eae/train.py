@@ -151,7 +151,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     atomic_write_json(run_dir / "environment.json", _environment(device))
 
     if cfg.compile:
-        model.backbone.compile()
+        model.compile_for_training()  # the first epoch's time includes compilation
     tb = _tensorboard(run_dir) if cfg.tensorboard else None
     log(f"{cfg.method} | {cfg.arch} ({count_parameters(model) / 1e6:.2f}M params) | {cfg.dataset}: "
         f"{len(splits.train_y):,} train / {len(splits.val_y):,} val | {device_name(device)} | "

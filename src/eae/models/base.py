@@ -40,7 +40,16 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalize(x))
+        backbone = self.backbone
+        if self.training:
+            backbone = self.__dict__.get("_train_backbone", backbone)
+        return backbone(self.normalize(x))
+
+    def compile_for_training(self, **kwargs) -> None:
+        """``torch.compile`` the backbone for train-mode calls only. Evaluation (eval
+        mode, no_grad, frozen parameters) stays eager, so it does not multiply
+        recompilations. Stored outside the module tree: ``state_dict`` is unchanged."""
+        object.__setattr__(self, "_train_backbone", torch.compile(self.backbone, **kwargs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
