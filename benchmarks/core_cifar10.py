@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="speed only, synthetic data of CIFAR-10's size")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--arch", default=None, help="override the presets' preact_resnet18 (smoke tests)")
+    ap.add_argument("--train-subset", type=int, default=0, help="smoke tests only")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -57,7 +59,9 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         overrides = dict(out=str(out / method), epochs=args.epochs, batch_size=args.batch_size,
-                         device=args.device, compile=args.compile)
+                         device=args.device, compile=args.compile, train_subset=args.train_subset)
+        if args.arch:
+            overrides["arch"] = args.arch
         if args.synthetic:
             overrides.update(dataset="synthetic", synthetic_train_size=50000, synthetic_test_size=10000,
                              val_size=1000)
@@ -79,9 +83,11 @@ def main() -> None:
         if not args.synthetic:
             model = load(cfg.out, device=device)
             x, y = load_test_set(cfg, args.n_test)
-            ev = evaluate(model, x, y, args.attacks.split(","), cfg.eps, batch_size=1000, device=device)
+            ev = evaluate(model, x, y, args.attacks.split(","), cfg.eps, batch_size=1000, device=device,
+                          test_size=10000)
             row.update({f"test_{k}": v for k, v in ev.accuracy.items()})
-            row.update(test_worst_case=ev.robust_accuracy, test_n=ev.n, eval_seconds=ev.seconds)
+            row.update(test_worst_case=ev.robust_accuracy, test_n=ev.n, test_subset=ev.subset,
+                       eval_seconds=ev.seconds, verdict=ev.verdict, evidence=ev.evidence)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -94,16 +100,19 @@ def main() -> None:
         "dataset": "synthetic (speed only)" if args.synthetic else "CIFAR-10",
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Core benchmark: PreActResNet-18, {meta['dataset']}, eps 8/255",
+    arch = args.arch or "preact_resnet18"
+    lines = [f"# Core benchmark: {arch}, {meta['dataset']}, eps 8/255",
              "", f"- device: {meta['device']}", f"- torch {meta['torch']}, commit {meta['commit']}, {meta['date']}",
              f"- command: `{meta['command']}`", "",
-             "| method | s/epoch (median) | train s | x standard | clean | PGD-20 (CE) | CW-20 | worst case | n |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | s/epoch (median) | train s | x standard | clean | PGD-20 (CE) | CW-20 | worst case | n | "
+             "masking verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         acc = (lambda k: f"{100 * r[k]:.2f}%" if k in r else "-")
         lines.append(f"| {r['method']} | {r['seconds_per_epoch_median']:.2f} | {r['train_seconds']:.1f} | "
                      f"{r['x_standard']:.2f} | {acc('test_clean')} | {acc('test_pgd20')} | {acc('test_cw20')} | "
-                     f"{acc('test_worst_case')} | {r.get('test_n', '-')} |")
+                     f"{acc('test_worst_case')} | {r.get('test_n', '-')}{' (SUBSET)' if r.get('test_subset') else ''} | "
+                     f"{r.get('verdict', '-')} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

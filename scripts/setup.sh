@@ -19,4 +19,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 $PIP install -q -e ".[test]"
+# The reference for the APGD agreement test; optional (the test is skipped without it).
+.venv/bin/python -c "import torchattacks" >/dev/null 2>&1 \
+  || timeout 300 $PIP install -q --no-deps "torchattacks==3.5.1" \
+  || echo "setup: torchattacks not installed; its agreement test will be skipped"
 .venv/bin/python -c "import torch, eae; print(f'setup: eae {eae.__version__}, torch {torch.__version__}')"

@@ -52,7 +52,7 @@ def test_refuses_inference_mode(trained_small):
 
 def test_attacks_lower_accuracy_of_a_nonrobust_model(trained_small):
     model, x, y = trained_small
-    res = evaluate(model, x, y, ["clean", "fgsm", "pgd10", "cw10"], EPS, batch_size=128)
+    res = evaluate(model, x, y, ["clean", "fgsm", "pgd10", "cw10"], EPS, batch_size=128, diagnostics="off")
     acc = res.accuracy
     assert acc["clean"] > 0.6
     assert acc["pgd10"] < acc["clean"] - 0.3
@@ -75,8 +75,8 @@ class Scaled(nn.Module):
 def test_margin_loss_sees_through_saturated_softmax(trained_small):
     model, x, y = trained_small
     masked = Scaled(model, 1e4)
-    acc = evaluate(masked, x, y, ["clean", "pgd10", "cw10"], EPS, batch_size=128).accuracy
-    plain = evaluate(model, x, y, ["clean", "cw10"], EPS, batch_size=128).accuracy
+    acc = evaluate(masked, x, y, ["clean", "pgd10", "cw10"], EPS, batch_size=128, diagnostics="off").accuracy
+    plain = evaluate(model, x, y, ["clean", "cw10"], EPS, batch_size=128, diagnostics="off").accuracy
     assert acc["pgd10"] > acc["cw10"] + 0.2  # CE-PGD is fooled ...
     assert acc["cw10"] == pytest.approx(plain["cw10"], abs=0.05)  # ... the margin loss is not
 
@@ -107,7 +107,8 @@ def test_worst_case_is_per_example():
     y = torch.zeros(4, dtype=torch.long)
     a = Fixed(torch.tensor([True, True, False, False]))
     b = Fixed(torch.tensor([False, False, True, False]))
-    res = evaluate(Oracle(), x, y, {"clean": None, "a": a, "b": b}, EPS, batch_size=4, device="cpu")
+    res = evaluate(Oracle(), x, y, {"clean": None, "a": a, "b": b}, EPS, batch_size=4, device="cpu",
+                   diagnostics="off")
     assert res.accuracy == {"clean": 1.0, "a": 0.5, "b": 0.75}
     assert res.robust_accuracy == 0.25  # not min(0.5, 0.75)
 
@@ -126,8 +127,8 @@ def test_specs():
 
 def test_restarts_are_per_example_worst_case(trained_small):
     model, x, y = trained_small
-    one = evaluate(model, x, y, ["pgd2"], EPS / 4, batch_size=256, seed=0).accuracy["pgd2"]
-    many = evaluate(model, x, y, ["pgd2r4"], EPS / 4, batch_size=256, seed=0).accuracy["pgd2r4"]
+    one = evaluate(model, x, y, ["pgd2"], EPS / 4, batch_size=256, seed=0, diagnostics="off").accuracy["pgd2"]
+    many = evaluate(model, x, y, ["pgd2r4"], EPS / 4, batch_size=256, seed=0, diagnostics="off").accuracy["pgd2r4"]
     assert many <= one
 
 
@@ -136,8 +137,8 @@ def test_evaluation_is_seeded_and_leaves_rng_alone(trained_small):
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    r1 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5)
+    r1 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5, diagnostics="off")
     after = torch.rand(1)
-    r2 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5)
+    r2 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5, diagnostics="off")
     assert torch.equal(after, expected_next)
     assert torch.equal(r1.correct["pgd3"], r2.correct["pgd3"])

@@ -26,9 +26,27 @@ def test_train_then_eval_round_trip(tmp_path, capsys):
     assert report["worst_case"] <= min(report["accuracy"].values())
     assert report["eps_text"] == "4/255" and report["seed"] == 0
 
-    rc = main(["eval", str(run), "--attacks", "clean", "--quiet", "--output", str(tmp_path / "full.json")])
+    rc = main(["eval", str(run), "--attacks", "clean", "--quiet", "--diagnostics", "off",
+               "--output", str(tmp_path / "full.json")])
     full = json.loads((tmp_path / "full.json").read_text())
     assert rc == 0 and full["subset"] is False and full["n"] == 96
+    assert (tmp_path / "full.md").is_file()
+
+
+def test_eval_suite_and_strict(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--arch", "resnet_small", "--synthetic-train-size", "160",
+                 "--synthetic-test-size", "64", "--synthetic-image-size", "16", "--val-size", "32", "--epochs", "1",
+                 "--batch-size", "64", "--val-attack-steps", "0", "--device", "cpu", "--out", str(run),
+                 "--quiet"]) == 0
+    rc = main(["eval", str(run), "--suite", "aa-fast", "--eps", "2/255", "--diag-n", "32", "--strict", "--quiet"])
+    report = json.loads((run / "eval.json").read_text())
+    assert report["suite"] == "aa-fast" and "NOT full AutoAttack" in report["label"]
+    assert report["verdict"] in ("ok", "suspicious", "masked") and report["evidence"]
+    assert rc == (0 if report["verdict"] == "ok" else 3)
+    assert "verdict" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not both"):
+        main(["eval", str(run), "--suite", "quick", "--attacks", "pgd5"])
 
 
 def test_user_errors_are_reported_not_raised(tmp_path, capsys):

@@ -18,13 +18,14 @@ def test_cifar10_subset_train_and_eval(cifar_dir, tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_clean"] > 0.25  # chance: 0.10
     rc = main(["eval", str(run), "--data-dir", str(cifar_dir.parent), "--attacks", "clean,pgd5,cw5",
-               "--n", "300", "--quiet"])
+               "--n", "300", "--diag-n", "100", "--quiet"])
     assert rc == 0
     report = json.loads((run / "eval.json").read_text())
     assert report["test_size"] == 10000 and report["subset"]
     assert report["accuracy"]["clean"] > 0.25
     # a standard-trained net is not robust at 8/255
     assert report["accuracy"]["pgd5"] < report["accuracy"]["clean"] / 2
+    assert report["verdict"] in ("ok", "suspicious", "masked") and report["diagnostics"]["n"] == 100
 
 
 @pytest.mark.slow

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import TrainConfig, coerce, load_toml, parse_float
+from .evaluation.suites import SUITES as _SUITES
+
+SUITE_NAMES = tuple(_SUITES)
 
 
 def _fmt_eps(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:.6g}"
+    from .evaluation.report import fmt_eps
+
+    return fmt_eps(eps)
 
 
 # --------------------------------------------------------------------------- train
@@ -95,37 +99,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = test_size if args.n is None else args.n
     if not 0 < n <= test_size:
         raise SystemExit(f"--n must be in 1..{test_size}")
-    specs = [s.strip() for s in args.attacks.split(",") if s.strip()]
-    if "clean" not in specs:
-        specs.insert(0, "clean")
-    res = evaluate(model, x[:n], y[:n], specs, args.eps, batch_size=args.batch_size, device=device,
-                   seed=args.seed, progress=not args.quiet)
-    subset = n < test_size
-    report = {
-        "run_dir": str(run_dir), "weights": args.weights, "dataset": cfg.dataset,
-        "n": n, "test_size": test_size, "subset": subset, "eps": args.eps, "eps_text": _fmt_eps(args.eps),
-        "norm": "linf", "seed": args.seed, "attacks": specs,
-        "accuracy": res.accuracy, "worst_case": res.robust_accuracy, "seconds": round(res.seconds, 2),
-        "device": device_name(device), "torch": torch.__version__,
-    }
-    out = Path(args.output) if args.output else run_dir / "eval.json"
-    atomic_write_json(out, report)
-    print(format_eval_table(report))
-    print(f"written: {out}")
+    if args.attacks and args.suite:
+        raise SystemExit("give --suite or --attacks, not both")
+    attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks else None
+    suite = None if attacks else (args.suite or "quick")
+    report = evaluate(model, x[:n], y[:n], attacks, args.eps, suite=suite, batch_size=args.batch_size,
+                      device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
+                      diag_n=args.diag_n, test_size=test_size, progress=not args.quiet)
+    out = {"run_dir": str(run_dir), "weights": args.weights, "dataset": cfg.dataset, **report.to_dict(),
+           "device": device_name(device), "torch": torch.__version__}
+    json_path = Path(args.output) if args.output else run_dir / "eval.json"
+    atomic_write_json(json_path, out)
+    md = report.to_markdown(title=f"{run_dir} ({args.weights} weights)")
+    tail = f"{report.seconds:.1f} s on {out['device']}"
+    json_path.with_suffix(".md").write_text(f"{md}\n\n{tail}\n")
+    print(md)
+    print(f"\n{tail}; written: {json_path}, {json_path.with_suffix('.md')}")
+    if args.strict and report.verdict != "ok":
+        print(f"error: --strict and the gradient-masking verdict is {report.verdict!r}", file=sys.stderr)
+        return 3
     return 0
-
-
-def format_eval_table(report: dict[str, Any]) -> str:
-    scope = (f"{report['n']:,} of {report['test_size']:,} test images — SUBSET" if report["subset"]
-             else f"{report['n']:,} test images (full test set)")
-    lines = [f"{report['run_dir']} [{report['weights']} weights] | {scope} | "
-             f"eps {report['eps_text']} (L-inf) | seed {report['seed']}",
-             f"{'attack':<12}{'accuracy':>10}"]
-    for name, acc in report["accuracy"].items():
-        lines.append(f"{name:<12}{100 * acc:>9.2f}%")
-    lines.append(f"{'worst case':<12}{100 * report['worst_case']:>9.2f}%   (per example, over all of the above)")
-    lines.append(f"{report['seconds']:.1f} s on {report['device']}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- data / list
@@ -178,10 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run on the test set")
+    e = sub.add_parser("eval", help="evaluate a trained run on the test set",
+                       description="Attack a trained run on the test set; the per-example worst case over "
+                                   "every attack is its robust accuracy; gradient-masking checks give a verdict.")
     e.add_argument("run_dir")
-    e.add_argument("--attacks", default="clean,fgsm,pgd20,cw20",
-                   help="comma-separated: clean, fgsm, pgdK, cwK (K steps), pgdKrR (R restarts) (default: %(default)s)")
+    e.add_argument("--suite", choices=SUITE_NAMES, default=None,
+                   help="quick (FGSM, PGD-20, CW-20; the default), aa (AutoAttack standard), aa-fast "
+                        "(APGD-CE + APGD-T, for development), full (both)")
+    e.add_argument("--attacks", default=None,
+                   help="instead of a suite, a comma-separated list: clean, fgsm, pgdK, cwK, pgdKrR, apgd-ce, "
+                        "apgd-dlr, apgd-t, fab-t, square")
     e.add_argument("--eps", type=parse_float, default=8 / 255, help="L-inf radius, e.g. 8/255 (default: 8/255)")
     e.add_argument("--n", type=int, default=None, help="first N test images (default: all; fewer is labelled SUBSET)")
     e.add_argument("--batch-size", type=int, default=500)
@@ -189,8 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
     e.add_argument("--weights", choices=("final", "best"), default="final",
                    help="final weights or the best epoch on the validation split (default: final)")
+    e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="arithmetic of the attack iterations; scores are always strict fp32 (default: fp32)")
+    e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
+                   help="gradient-masking checks (default: full)")
+    e.add_argument("--diag-n", type=int, default=1000, help="points used by the diagnostics (default: 1000)")
+    e.add_argument("--strict", action="store_true", help="exit with status 3 unless the verdict is ok")
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--output", default=None, help="where to write the JSON report (default: RUN_DIR/eval.json)")
+    e.add_argument("--output", default=None, help="JSON report path (default: RUN_DIR/eval.json; .md beside it)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 

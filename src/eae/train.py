@@ -25,7 +25,7 @@ from .checkpoint import (BEST_WEIGHTS, CHECKPOINT, CONFIG, METRICS, WEIGHTS, loa
                          save_weights)
 from .config import TrainConfig
 from .data import DeviceLoader, load_splits
-from .evaluation import evaluate
+from .evaluation import run_suite
 from .methods import create_method
 from .models import count_parameters, create_model
 from .utils import Timer, atomic_write_json, device_name, progress_bar, resolve_device
@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
         row.update({k: (v / seen).item() for k, v in stat_sums.items()})
         last = epoch + 1 == cfg.epochs
         if (epoch + 1) % cfg.val_every == 0 or last:
-            res = evaluate(model, val_x, val_y, val_attacks, cfg.eps, batch_size=cfg.batch_size,
+            res = run_suite(model, val_x, val_y, val_attacks, cfg.eps, batch_size=cfg.batch_size,
                            device=device, seed=cfg.seed + epoch)
             row.update({f"val_{k}": v for k, v in res.accuracy.items()})
             row["val_robust"] = res.robust_accuracy

@@ -2,43 +2,67 @@
 
 ``build_attack(spec, eps)`` reads the short specs used on the command line:
 ``fgsm``, ``pgd20`` (PGD, 20 steps, cross-entropy), ``cw20`` (PGD on the CW margin),
-``pgd50r10`` (50 steps, 10 restarts). ``clean`` means no attack.
+``pgd50r10`` (50 steps, 10 restarts), ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``
+(the AutoAttack components). ``clean`` means no attack.
 """
 from __future__ import annotations
 
 import re
 
-from . import gradient  # noqa: F401  (registration)
-from .base import Attack, attack_mode, ce_loss, input_gradient, margin_loss
+from . import apgd, fab, gradient, square  # noqa: F401  (registration)
+from .apgd import APGD, APGDT
+from .base import Attack, attack_mode, ce_loss, dlr_loss, dlr_targeted_loss, input_gradient, margin_loss
+from .fab import FABT
 from .gradient import CW, FGSM, PGD
+from .square import Square
 from .registry import ATTACKS, register_attack
 
-_SPEC = re.compile(r"^(?P<name>[a-z_]+?)(?P<steps>\d+)?(?:r(?P<restarts>\d+))?$")
+_SPEC = re.compile(r"^(?P<name>[a-z_-]+)(?P<steps>\d+)?(?:r(?P<restarts>\d+))?$")
+
+# AutoAttack's names for its attacks -> (registered attack, fixed arguments)
+ALIASES = {
+    "apgd-ce": ("apgd", {"loss": "ce"}),
+    "apgd-dlr": ("apgd", {"loss": "dlr"}),
+    "apgd-t": ("apgdt", {}),
+    "fab-t": ("fabt", {}),
+}
 
 
 def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
-    """An attack from a short spec, or ``None`` for ``clean``."""
+    """An attack from a short spec, or ``None`` for ``clean``.
+
+    ``NAME[STEPS][rRESTARTS]``: ``pgd20``, ``cw20``, ``pgd50r10``, ``apgd-ce``, ``apgd-t``,
+    ``fab-t``, ``square`` (5,000 queries; ``square1000`` = 1,000), ``apgd-dlr``; the names
+    of ``eae list`` work too.
+    """
     spec = spec.strip().lower()
     if spec == "clean":
         return None
     m = _SPEC.match(spec)
-    if not m or m["name"] not in ATTACKS:
-        raise ValueError(f"unknown attack spec {spec!r}; use clean or one of {', '.join(ATTACKS.names())}"
-                         " with optional steps and restarts, e.g. pgd20, cw20, pgd50r10")
-    cls = ATTACKS.get(m["name"])
-    kwargs = {}
+    name = m["name"] if m else None
+    if name in ALIASES:
+        name, kwargs = ALIASES[name][0], dict(ALIASES[name][1])
+    else:
+        kwargs = {}
+    if not m or name not in ATTACKS:
+        raise ValueError(f"unknown attack spec {spec!r}; use clean, {', '.join(ALIASES)} or one of "
+                         f"{', '.join(ATTACKS.names())}, with optional steps and restarts, e.g. pgd20, cw20, "
+                         "pgd50r10, apgd-ce100")
     if m["steps"]:
         kwargs["steps"] = int(m["steps"])
     if m["restarts"]:
         kwargs["restarts"] = int(m["restarts"])
-    if kwargs and m["name"] == "fgsm":
-        raise ValueError("fgsm takes no steps or restarts")
-    return cls(eps, norm=norm, **kwargs)
+    try:
+        return ATTACKS.get(name)(eps, norm=norm, **kwargs)
+    except TypeError:
+        raise ValueError(f"attack spec {spec!r}: {name} does not take "
+                         f"{' or '.join(k for k in ('steps', 'restarts') if k in kwargs)}") from None
 
 
 def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-__all__ = ["Attack", "attack_mode", "ce_loss", "margin_loss", "input_gradient", "FGSM", "PGD", "CW",
-           "ATTACKS", "register_attack", "build_attack", "list_attacks"]
+__all__ = ["Attack", "attack_mode", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "input_gradient",
+           "FGSM", "PGD", "CW", "APGD", "APGDT", "FABT", "Square",
+           "ATTACKS", "ALIASES", "register_attack", "build_attack", "list_attacks"]

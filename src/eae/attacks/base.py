@@ -6,7 +6,7 @@ An attack is a small object, hyperparameters in ``__init__``, called as
 - puts every module in eval mode (BatchNorm must not see adversarial batches'
   statistics) and freezes parameters, so only the input gradient is computed and
   parameter ``.grad`` and DDP hooks are never touched;
-- runs in fp32 (autocast off, TF32 off) unless the attack says otherwise;
+- runs in fp32 (autocast off, TF32 off) unless its ``precision`` says otherwise;
 - restores each module's mode and each parameter's ``requires_grad`` exactly.
 """
 from __future__ import annotations
@@ -19,8 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
 @contextlib.contextmanager
-def attack_mode(model: nn.Module, *, eval_mode: bool = True, fp32: bool = True) -> Iterator[None]:
+def attack_mode(model: nn.Module, *, eval_mode: bool = True, precision: str = "fp32") -> Iterator[None]:
+    """Eval mode, frozen parameters, gradients on, and the numeric precision of the
+    forward passes: ``fp32`` (autocast and TF32 off), ``tf32`` (TF32 matmuls/convs on
+    CUDA) or ``bf16`` (autocast). Everything is restored on exit."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("attacks need autograd, but were called under torch.inference_mode(); "
                            "call them outside it (torch.no_grad() around them is fine)")
@@ -34,10 +42,11 @@ def attack_mode(model: nn.Module, *, eval_mode: bool = True, fp32: bool = True) 
             p.requires_grad_(False)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad())
-            if fp32:
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
-                for dev in ("cpu", "cuda"):
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            for dev in ("cpu", "cuda"):
+                if precision == "bf16":
+                    stack.enter_context(torch.autocast(dev, dtype=torch.bfloat16))
+                else:
                     stack.enter_context(torch.autocast(dev, enabled=False))
             yield
     finally:
@@ -63,10 +72,41 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return other - zy
 
 
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020): the margin divided by the spread
+    of the top logits, -(z_y - max_{k != y} z_k) / (z_(1) - z_(3)). Invariant to shifting
+    and scaling the logits, so logit inflation cannot hide the gradient."""
+    logits = logits.float()
+    top = logits.topk(3, dim=1).values
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return -(zy - other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR: -(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2)."""
+    logits = logits.float()
+    top = logits.topk(4, dim=1).values
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    zt = logits.gather(1, target[:, None]).squeeze(1)
+    return -(zy - zt) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ce": ce_loss,
     "cw": margin_loss,
+    "dlr": dlr_loss,
 }
+
+
+def grad_of(loss: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """d loss / d inputs, and zeros where the model gives the input no gradient path at
+    all (non-differentiable preprocessing, detached outputs): the attack then makes no
+    progress and the masking diagnostics say so, instead of crashing."""
+    if not loss.requires_grad:
+        return torch.zeros_like(inputs)
+    (g,) = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return torch.zeros_like(inputs) if g is None else g
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
@@ -75,18 +115,22 @@ def input_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: to
     each example's gradient does not depend on the batch size."""
     delta = delta.detach().requires_grad_(True)
     logits = model(x + delta)
-    (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), delta)
-    return grad, logits.detach()
+    return grad_of(loss_fn(logits, y).sum(), delta), logits.detach()
 
 
 class Attack:
-    """Base class: subclasses implement ``perturb(model, x, y) -> x_adv``."""
+    """Base class: subclasses implement ``perturb(model, x, y) -> x_adv``.
+
+    ``precision`` (``fp32`` by default) sets the arithmetic of the attack's own forward
+    passes; whatever it is, the evaluator scores the returned points in strict fp32.
+    """
 
     name = "attack"
     eval_mode = True
+    precision = "fp32"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with attack_mode(model, eval_mode=self.eval_mode):
+        with attack_mode(model, eval_mode=self.eval_mode, precision=self.precision):
             x_adv = self.perturb(model, x.detach().float(), y.detach())
         return x_adv.detach()
 

@@ -1,0 +1,178 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD-CE, APGD-DLR and targeted APGD-T.
+
+PGD with momentum (0.75) whose step size starts at 2ε and is halved at checkpoints
+when progress stalls: at checkpoint j (iterations spaced 22%, then shrinking by 3% of
+the budget down to 6%), the step is halved for an example if its loss increased in at
+most ρ = 75% of the steps since the last checkpoint, or if neither the step nor the
+best loss changed since then; a halved example restarts from its best point.
+
+Everything is per example and on the device: no Python loop over examples and no
+host round trip inside the iterations. Restarts run as one batch (the input
+replicated); APGD-T runs its most likely target on every point, then the other 8
+targets as one batch on the points still standing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import LOSSES, Attack, dlr_targeted_loss, grad_of
+from .registry import register_attack
+
+
+def _period_lengths(steps: int) -> tuple[int, int, int]:
+    first = max(int(0.22 * steps), 1)
+    shrink = max(int(0.03 * steps), 1)
+    minimum = max(int(0.06 * steps), 1)
+    return first, shrink, minimum
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0, 1)
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float, steps: int,
+         rho: float = 0.75, momentum: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run (L∞) on a batch; ``loss_fn(logits, y) -> per-example loss`` is maximised.
+
+    Returns (x_adv, fooled): for fooled examples the last misclassified iterate, for the
+    others the point of highest loss.
+    """
+    n = len(x)
+    view = (-1,) + (1,) * (x.dim() - 1)
+
+    def grad_loss(xa):
+        xa = xa.detach().requires_grad_(True)
+        logits = model(xa)
+        loss = loss_fn(logits, y)
+        return grad_of(loss.sum(), xa).detach(), loss.detach(), logits.detach()
+
+    t = torch.rand_like(x) * 2 - 1
+    x_adv = (x + eps * t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)).clamp(0, 1)
+    grad, loss, logits = grad_loss(x_adv)
+    fooled = logits.argmax(1) != y
+    x_out = torch.where(fooled.view(view), x_adv, x)
+    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+    step = torch.full((n,) + (1,) * (x.dim() - 1), 2.0 * eps, device=x.device)
+    x_prev = x_adv.clone()
+    period, shrink, minimum = _period_lengths(steps)
+    since_check, increases = 0, torch.zeros(n, device=x.device)
+    loss_prev = loss.clone()
+    best_at_check = loss_best.clone()
+    halved_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
+    for i in range(steps):
+        with torch.no_grad():
+            a = momentum if i > 0 else 1.0
+            z = _project(x_adv + step * grad.sign(), x, eps)
+            x_new = _project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps)
+            x_prev, x_adv = x_adv, x_new
+        grad, loss, logits = grad_loss(x_adv)
+        with torch.no_grad():
+            now = logits.argmax(1) != y
+            x_out = torch.where(now.view(view), x_adv, x_out)
+            fooled |= now
+            increases += (loss > loss_prev).float()
+            loss_prev = loss
+            better = loss > loss_best
+            x_best = torch.where(better.view(view), x_adv, x_best)
+            grad_best = torch.where(better.view(view), grad, grad_best)
+            loss_best = torch.where(better, loss, loss_best)
+            since_check += 1
+            if since_check == period:
+                # condition 1: the loss rose in at most rho of the period's steps;
+                # condition 2: no halving last time and no improvement of the best loss since
+                halve = (increases <= rho * period) | (~halved_at_check & (best_at_check >= loss_best))
+                halved_at_check = halve
+                best_at_check = loss_best.clone()
+                step = torch.where(halve.view(view), step / 2, step)
+                x_adv = torch.where(halve.view(view), x_best, x_adv)
+                grad = torch.where(halve.view(view), grad_best, grad)
+                since_check, increases = 0, torch.zeros_like(increases)
+                period = max(period - shrink, minimum)
+    x_out = torch.where(fooled.view(view), x_out, x_best)
+    return x_out, fooled
+
+
+def _reduce_runs(x_runs: torch.Tensor, fooled_runs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R * n, ...) runs of the same n examples -> per example, a fooling point if any run
+    found one (else the first run's point), and whether any run fooled it."""
+    r = x_runs.shape[0] // n
+    x_runs = x_runs.view(r, n, *x_runs.shape[1:])
+    fooled_runs = fooled_runs.view(r, n)
+    first = fooled_runs.float().argmax(0)  # index of the first run that fooled (0 if none)
+    return x_runs[first, torch.arange(n, device=x_runs.device)], fooled_runs.any(0)
+
+
+def targeted_runs(run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: int, restarts: int = 1
+                  ) -> torch.Tensor:
+    """Run ``run(xr, yr, target) -> (x_adv, fooled)`` towards the ``targets`` most likely
+    wrong classes of each clean point (AutoAttack's order).
+
+    The most likely target goes first, on every point; the other targets then go in one
+    batch (the input replicated), on the points still standing. Most non-robust points
+    fall to the first target, so little work is wasted, and the rest runs as one large
+    batch instead of k - 1 sequential ones.
+    """
+    n = len(x)
+    with torch.no_grad():
+        order = model(x).argsort(1, descending=True)
+    k = min(targets, order.shape[1] - 1)
+    x_adv, fooled = _reduce_runs(*run(x.repeat(restarts, 1, 1, 1), y.repeat(restarts),
+                                      order[:, 1].repeat(restarts)), n)
+    if k > 1:
+        idx = (~fooled).nonzero().squeeze(1)  # one host sync per call, not per iteration
+        if len(idx):
+            reps = (k - 1) * restarts
+            tgt = order[idx, 2:k + 1].T.reshape(-1).repeat(restarts)
+            xr, fr = run(x[idx].repeat(reps, 1, 1, 1), y[idx].repeat(reps), tgt)
+            xs, fs = _reduce_runs(xr, fr, len(idx))
+            x_adv[idx] = torch.where(fs.view(-1, *([1] * (x.dim() - 1))), xs, x_adv[idx])
+    return x_adv
+
+
+@register_attack("apgd")
+class APGD(Attack):
+    """APGD with cross-entropy (apgd-ce) or DLR loss, step-size schedule and momentum (Croce & Hein 2020)."""
+
+    name = "apgd"
+
+    def __init__(self, eps: float, steps: int = 100, loss: str = "ce", restarts: int = 1, norm: str = "linf",
+                 rho: float = 0.75):
+        if norm != "linf":
+            raise NotImplementedError("APGD is implemented for L-inf")
+        if steps < 1 or restarts < 1:
+            raise ValueError("steps and restarts must be >= 1")
+        self.eps, self.steps, self.restarts, self.rho = float(eps), steps, restarts, rho
+        self.loss, self.loss_fn = loss, LOSSES[loss]
+
+    def perturb(self, model, x, y):
+        n = len(x)
+        xr, yr = x.repeat(self.restarts, 1, 1, 1), y.repeat(self.restarts)
+        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho)
+        return _reduce_runs(x_adv, fooled, n)[0]
+
+    def __repr__(self) -> str:
+        return f"APGD(eps={self.eps:.6g}, steps={self.steps}, loss={self.loss}, restarts={self.restarts})"
+
+
+@register_attack("apgdt")
+class APGDT(Attack):
+    """Targeted APGD on the DLR loss, towards each of the 9 most likely wrong classes (Croce & Hein 2020)."""
+
+    name = "apgdt"
+
+    def __init__(self, eps: float, steps: int = 100, targets: int = 9, restarts: int = 1, norm: str = "linf",
+                 rho: float = 0.75):
+        if norm != "linf":
+            raise NotImplementedError("APGD-T is implemented for L-inf")
+        self.eps, self.steps, self.targets, self.restarts, self.rho = float(eps), steps, targets, restarts, rho
+
+    def perturb(self, model, x, y):
+        def run(xr, yr, target):
+            return apgd(model, xr, yr, lambda logits, yy: dlr_targeted_loss(logits, yy, target),
+                        self.eps, self.steps, self.rho)
+
+        return targeted_runs(run, model, x, y, self.targets, self.restarts)
+
+    def __repr__(self) -> str:
+        return f"APGDT(eps={self.eps:.6g}, steps={self.steps}, targets={self.targets}, restarts={self.restarts})"

@@ -1,0 +1,48 @@
+"""Evaluation that cannot be fooled.
+
+``evaluate(model, x, y, suite="aa", eps=8/255)`` runs a suite of attacks, scores each
+point by its worst case over all of them (clean included), and runs the
+gradient-masking diagnostics, returning a :class:`Report` with ``robust_accuracy``,
+``per_attack`` and ``verdict``. It takes any ``nn.Module`` that maps images in [0, 1]
+to logits.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..attacks import Attack
+from .core import predict, run_suite
+from .diagnostics import diagnose
+from .report import Report, fmt_eps
+from .suites import SUITES, Suite, get_suite
+
+EvalResult = Report  # the name of the 0.1 API
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             attacks: Sequence[str] | Mapping[str, Attack | None] | None = None, eps: float = 8 / 255, *,
+             suite: str | None = None, norm: str = "linf", batch_size: int = 500,
+             device: torch.device | str | None = None, seed: int = 0, precision: str = "fp32",
+             diagnostics: str = "full", diag_n: int = 1000, test_size: int | None = None,
+             progress: bool = False) -> Report:
+    """Evaluate ``model`` on images ``x`` (uint8, or float in [0, 1]) with labels ``y``.
+
+    Give a ``suite`` (``quick``, ``aa``, ``aa-fast``, ``full``) or a list of attack
+    ``attacks`` (``["clean", "pgd20", "cw20"]``); default: ``quick``. Batches are moved
+    to ``device`` (default: ``x.device``), where the model must already be.
+    ``precision`` (fp32, tf32, bf16) applies to the attacks' own iterations; every
+    score is computed in strict fp32. ``diagnostics``: ``full`` (default), ``cheap`` or
+    ``off``; they use the first ``diag_n`` points. ``test_size``: the size of the set
+    ``x`` was taken from, so that a subset is labelled as one.
+    """
+    report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
+                       seed=seed, precision=precision, test_size=test_size, progress=progress)
+    return diagnose(model, x, y, report, level=diagnostics, diag_n=diag_n, batch_size=batch_size, device=device,
+                    seed=seed)
+
+
+__all__ = ["evaluate", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",
+           "fmt_eps"]

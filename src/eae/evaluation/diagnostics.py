@@ -1,0 +1,177 @@
+"""Gradient-masking alarms.
+
+A defence that hides its gradients looks robust to gradient attacks without being
+robust. Each check below looks for one symptom and returns ``ok``, ``suspicious`` or
+``masked`` with the numbers behind it; the verdict is the worst of them.
+
+1. Cross-entropy PGD versus margin-loss PGD: a large gap means the CE gradient
+   vanishes (saturated softmax) while the margin still points the way.
+2. Square (black box) breaking points that every white-box attack left standing.
+3. Robust accuracy that rises, or barely falls, as ε grows (1, 2, 4, 8, 16/255) ...
+4. ... or that keeps falling from 10 to 100 steps (the attack had not converged).
+5. Logit scale (mean logit norm, mean max-softmax) and the fraction of points whose
+   input gradient is exactly zero.
+6. An unbounded attack (ε = 1) that does not bring accuracy to about 0%.
+
+``cheap`` runs 5 and reuses what the suite already ran for 1 and 2; ``full`` (the
+default) adds the attacks needed for 1, 3, 4 and 6 on the first ``diag_n`` points.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import CW, PGD, attack_mode
+from ..attacks.base import grad_of
+from ..utils import progress_bar
+from .core import as_images, attack_points, predict_all
+from .report import Report, fmt_eps
+from .suites import CASCADE, STANDALONE
+
+LEVELS = ("ok", "suspicious", "masked")
+EPS_SWEEP = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+# thresholds, in accuracy (fraction of points)
+CE_GAP = (0.05, 0.15)  # suspicious, masked
+SQUARE_EXTRA = (0.005, 0.02)
+# accuracy at 16/255 as a fraction of accuracy at 1/255 (sound robust CIFAR-10 models
+# keep well under half: about 0.15-0.35), judged only while accuracy at 16/255 is above
+# EPS_FLOOR
+EPS_KEPT = (0.5, 0.8)
+EPS_FLOOR = 0.05
+EPS_RISE = 0.02  # accuracy rising with ε by more than this
+STEPS_DROP = (0.03, 0.08)
+ZERO_GRAD = (0.01, 0.05)
+LOGIT_NORM = 100.0
+UNBOUNDED = (0.005, 0.02)
+
+
+def _worst(levels: list[str]) -> str:
+    return max(levels, key=LEVELS.index) if levels else "ok"
+
+
+def _grade(value: float, limits: tuple[float, float]) -> str:
+    return "masked" if value > limits[1] else "suspicious" if value > limits[0] else "ok"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _logit_stats(model, x, y, batch_size, device) -> dict[str, float]:
+    norms, maxsm, zero = [], [], []
+    for lo in range(0, len(y), batch_size):
+        xb = as_images(x[lo:lo + batch_size].to(device))
+        yb = y[lo:lo + batch_size].to(device)
+        with attack_mode(model):
+            xb.requires_grad_(True)
+            logits = model(xb)
+            g = grad_of(F.cross_entropy(logits, yb, reduction="sum"), xb)
+        logits = logits.detach()
+        norms.append(logits.norm(dim=1).cpu())
+        maxsm.append(logits.softmax(1).amax(1).cpu())
+        zero.append((g.flatten(1).abs().amax(1) == 0).cpu())
+    cat = (lambda t: torch.cat(t).float().mean().item())
+    return {"mean_logit_norm": cat(norms), "mean_max_softmax": cat(maxsm), "zero_grad_frac": cat(zero)}
+
+
+def _acc(model, attack, x, y, clean, batch_size, device) -> float:
+    ok = attack_points(model, attack, x, y, clean.nonzero().squeeze(1), batch_size, device,
+                       progress_bar(0, False, ""))
+    return ok.float().mean().item()
+
+
+def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report, *, level: str = "full",
+             diag_n: int = 1000, batch_size: int = 500, device=None, seed: int = 0) -> Report:
+    """Fill ``report.verdict``, ``report.evidence`` and ``report.diagnostics``."""
+    if level == "off":
+        return report
+    if level not in ("cheap", "full"):
+        raise ValueError("diagnostics must be off, cheap or full")
+    device = torch.device(device) if device is not None else x.device
+    y = y.long()
+    m = min(diag_n, len(y))
+    xd, yd = x[:m], y[:m]
+    checks: list[tuple[str, str]] = []
+    details: dict[str, Any] = {"n": m, "level": level}
+    eps = report.eps
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + 1)
+        # 5. logit scale and zero input gradients
+        st = _logit_stats(model, xd, yd, batch_size, device)
+        details["logits"] = st
+        lvl = _grade(st["zero_grad_frac"], ZERO_GRAD)
+        checks.append((lvl, f"{_pct(st['zero_grad_frac'])} of points have an all-zero input gradient of the "
+                            f"cross-entropy (mean logit norm {st['mean_logit_norm']:.1f}, mean max-softmax "
+                            f"{st['mean_max_softmax']:.3f})"))
+        if st["mean_logit_norm"] > LOGIT_NORM:
+            checks.append(("suspicious", f"inflated logits: mean logit norm {st['mean_logit_norm']:.1f} "
+                                         f"> {LOGIT_NORM:.0f}"))
+
+        # 1. cross-entropy versus margin loss
+        ce = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("pgd")]
+        mg = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("cw")]
+        clean_d = predict_all(model, xd, yd, batch_size, device)
+        if ce and mg:
+            a_ce, a_mg = report.per_attack[ce[-1]]["accuracy"], report.per_attack[mg[-1]]["accuracy"]
+            src = f"{ce[-1]} vs {mg[-1]}, {report.n:,} points"
+        elif level == "full":
+            a_ce = _acc(model, PGD(eps, steps=20), xd, yd, clean_d, batch_size, device)
+            a_mg = _acc(model, CW(eps, steps=20), xd, yd, clean_d, batch_size, device)
+            src = f"pgd20 vs cw20, {m:,} points"
+        else:
+            a_ce = a_mg = None
+        if a_ce is not None:
+            gap = a_ce - a_mg
+            details["ce_vs_margin"] = {"ce": a_ce, "margin": a_mg, "gap": gap, "source": src}
+            checks.append((_grade(gap, CE_GAP), f"cross-entropy PGD {_pct(a_ce)} vs margin-loss PGD {_pct(a_mg)}: "
+                                                f"gap {100 * gap:.1f} points ({src})"))
+
+        # 2. black box beating white box (Square last in a cascade)
+        specs = list(report.per_attack)
+        if "square" in specs and report.per_attack["square"]["mode"] == CASCADE and specs.index("square") > 0:
+            before = report.per_attack[specs[specs.index("square") - 1]]["accuracy"]
+            extra = before - report.per_attack["square"]["accuracy"]
+            details["square_extra"] = extra
+            checks.append((_grade(extra, SQUARE_EXTRA), f"Square (black box) broke {_pct(extra)} of points that "
+                                                        f"survived every white-box attack"))
+
+        if level == "full":
+            # 3. accuracy against ε
+            sweep = {fmt_eps(e): _acc(model, CW(e, steps=20), xd, yd, clean_d, batch_size, device)
+                     for e in EPS_SWEEP}
+            details["eps_sweep_cw20"] = sweep
+            accs = list(sweep.values())
+            rises = max(b - a for a, b in zip(accs, accs[1:]))
+            text = ", ".join(f"{k}: {_pct(v)}" for k, v in sweep.items())
+            kept = accs[-1] / max(accs[0], 1e-9)
+            details["eps_kept_16_vs_1"] = kept
+            if rises > EPS_RISE:
+                checks.append(("masked", f"CW-20 accuracy rises with ε ({text})"))
+            elif accs[-1] > EPS_FLOOR and kept > EPS_KEPT[0]:
+                checks.append((_grade(kept, EPS_KEPT), f"CW-20 accuracy barely falls as ε grows from 1/255 to "
+                                                       f"16/255: {100 * kept:.0f}% of it is kept ({text})"))
+            else:
+                checks.append(("ok", f"CW-20 accuracy falls with ε ({text})"))
+            # 4. accuracy against steps
+            a10 = _acc(model, CW(eps, steps=10), xd, yd, clean_d, batch_size, device)
+            a100 = _acc(model, CW(eps, steps=100), xd, yd, clean_d, batch_size, device)
+            details["steps_cw"] = {"10": a10, "100": a100}
+            checks.append((_grade(a10 - a100, STEPS_DROP), f"CW accuracy {_pct(a10)} after 10 steps, {_pct(a100)} "
+                                                           f"after 100"))
+            # 6. unbounded attack
+            unb = min(_acc(model, CW(1.0, steps=20), xd, yd, clean_d, batch_size, device),
+                      _acc(model, PGD(1.0, steps=20), xd, yd, clean_d, batch_size, device))
+            details["unbounded_eps1"] = unb
+            checks.append((_grade(unb, UNBOUNDED), f"unbounded attack (ε = 1, CE- and CW-PGD-20) leaves "
+                                                   f"{_pct(unb)} accuracy"))
+
+    report.verdict = _worst([lvl for lvl, _ in checks])
+    order = {"masked": 0, "suspicious": 1, "ok": 2}
+    report.evidence = [f"[{lvl}] {msg}" for lvl, msg in sorted(checks, key=lambda c: order[c[0]])]
+    report.diagnostics = details
+    return report

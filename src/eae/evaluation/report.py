@@ -1,0 +1,77 @@
+"""The evaluation report: what was run, on how many points, what it found."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def fmt_eps(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:.6g}"
+
+
+@dataclass
+class Report:
+    suite: str
+    label: str
+    n: int
+    eps: float
+    norm: str
+    seed: int
+    precision: str
+    clean_accuracy: float
+    per_attack: dict[str, dict[str, Any]]  # spec -> {accuracy, mode, seconds, n_attacked}
+    robust_accuracy: float  # per-example worst case over everything run
+    seconds: float
+    verdict: str = "not run"  # ok | suspicious | masked | not run
+    evidence: list[str] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    test_size: int | None = None
+    correct: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # per-example bools
+
+    @property
+    def subset(self) -> bool:
+        return self.test_size is not None and self.n < self.test_size
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """Flat view: clean and every attack's accuracy (see ``per_attack`` for modes)."""
+        return {"clean": self.clean_accuracy, **{k: v["accuracy"] for k, v in self.per_attack.items()}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite, "label": self.label, "n": self.n, "test_size": self.test_size,
+            "subset": self.subset, "eps": self.eps, "eps_text": fmt_eps(self.eps), "norm": self.norm,
+            "seed": self.seed, "precision": self.precision, "attacks": list(self.per_attack),
+            "clean_accuracy": self.clean_accuracy, "per_attack": self.per_attack,
+            "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy,
+            "worst_case": self.robust_accuracy, "verdict": self.verdict, "evidence": self.evidence,
+            "diagnostics": self.diagnostics, "seconds": round(self.seconds, 2),
+        }
+
+    def scope(self) -> str:
+        if self.test_size is None:
+            return f"{self.n:,} images"
+        if self.subset:
+            return f"{self.n:,} of {self.test_size:,} test images (SUBSET)"
+        return f"{self.n:,} test images (full test set)"
+
+    def to_markdown(self, title: str | None = None) -> str:
+        lines = []
+        if title:
+            lines += [f"### {title}", ""]
+        lines += [f"{self.label} | {self.scope()} | eps {fmt_eps(self.eps)} ({self.norm}) | seed {self.seed} | "
+                  f"attack precision {self.precision}", "",
+                  "| attack | mode | accuracy | attacked | seconds |", "|---|---|---:|---:|---:|",
+                  f"| clean | - | {100 * self.clean_accuracy:.2f}% | - | - |"]
+        for spec, r in self.per_attack.items():
+            mode = "after (cascade)" if r["mode"] == "cascade" else "standalone"
+            lines.append(f"| {spec} | {mode} | {100 * r['accuracy']:.2f}% | {r['n_attacked']:,} | "
+                         f"{r['seconds']:.1f} |")
+        lines.append(f"| **worst case** | per example | **{100 * self.robust_accuracy:.2f}%** | | "
+                     f"{self.seconds:.1f} |")
+        lines += ["", f"gradient-masking verdict: **{self.verdict}**"]
+        lines += [f"- {e}" for e in self.evidence]
+        return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Named attack suites.
+
+An entry runs either ``standalone`` (on every clean-correct point: its accuracy is
+its own) or ``cascade`` (only on the points still robust after everything before it,
+as AutoAttack does: its accuracy is the robust accuracy after it). Robust accuracy
+is always the per-example worst case over everything run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STANDALONE, CASCADE = "standalone", "cascade"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    entries: tuple[tuple[str, str], ...]  # (attack spec, mode)
+    label: str  # printed with every result
+
+    @property
+    def specs(self) -> list[str]:
+        return [spec for spec, _ in self.entries]
+
+
+_QUICK = (("fgsm", STANDALONE), ("pgd20", STANDALONE), ("cw20", STANDALONE))
+_AA = (("apgd-ce", CASCADE), ("apgd-t", CASCADE), ("fab-t", CASCADE), ("square", CASCADE))
+
+SUITES = {
+    "quick": Suite("quick", _QUICK, "quick (FGSM, CE-PGD-20, CW-20)"),
+    "aa": Suite("aa", _AA, "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"),
+    "aa-fast": Suite("aa-fast", _AA[:2], "aa-fast (APGD-CE + APGD-T only; development, NOT full AutoAttack)"),
+    "full": Suite("full", _QUICK + _AA, "full (FGSM, CE-PGD-20, CW-20, then AutoAttack standard)"),
+}
+
+
+def get_suite(name: str) -> Suite:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ValueError(f"unknown suite {name!r}; available: {', '.join(SUITES)}") from None
+
+
+def custom_suite(specs: list[str], name: str = "custom") -> Suite:
+    specs = [s for s in specs if s != "clean"]
+    return Suite(name, tuple((s, STANDALONE) for s in specs), f"{name} ({', '.join(specs)})")
