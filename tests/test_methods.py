@@ -24,6 +24,7 @@ def _one_step(cfg, epoch=0):
     before = [p.detach().clone() for p in model.parameters()]
     x, y = _batch()
     out = method.step(model, x, y, epoch)
+    assert all(m.training for m in model.modules())  # methods leave the model in train mode
     opt.zero_grad()
     out.loss.backward()
     opt.step()
@@ -136,3 +137,22 @@ def test_eae_loss_uses_the_perturbed_latent():
     torch.testing.assert_close(out0.loss, clean)
     assert out1.stats["seed_frac"] > 0
     assert out1.loss > clean + 0.5  # CE at a point past the boundary is > log 2
+
+
+def test_free_carries_the_perturbation_between_replays():
+    cfg = TrainConfig(method="free", free_replays=4, eps=8 / 255)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    method = create_method(cfg)
+    x, y = _batch(16)
+    deltas = []
+    for _ in range(3):
+        out = method.step(model, x, y, 0)
+        out.loss.backward()
+        deltas.append(method._leaf.detach().clone())
+    assert torch.equal(deltas[0], torch.zeros_like(x))  # starts at zero ...
+    assert deltas[1].abs().max() > 0  # ... then moves by the previous backward's input gradient
+    assert deltas[2].abs().max() <= 8 / 255 + 1e-6 and ((x + deltas[2]) <= 1).all() and ((x + deltas[2]) >= 0).all()
+    # a smaller (last) batch uses a slice of the carried perturbation
+    out = method.step(model, x[:5], y[:5], 0)
+    assert out.logits.shape == (5, 10) and method.delta.shape[0] == 16

@@ -36,8 +36,9 @@ def test_load_rebuilds_the_trained_network(tiny_cfg):
     assert model(x).shape == (3, 10)
 
 
-def test_resume_gives_the_same_weights(tiny_cfg, tmp_path):
-    a = tiny_cfg.replace(out=str(tmp_path / "a"), epochs=3)
+@pytest.mark.parametrize("method, extra", [("standard", {}), ("free", {"free_replays": 2, "epochs": 6})])
+def test_resume_gives_the_same_weights(tiny_cfg, tmp_path, method, extra):
+    a = tiny_cfg.replace(out=str(tmp_path / "a"), **{"epochs": 3, "method": method, **extra})
     b = a.replace(out=str(tmp_path / "b"))
     eae.train(a, quiet=True)
     partial = eae.train(b, quiet=True, stop_after=1)
@@ -102,3 +103,12 @@ def test_compile_for_training_keeps_weights_layout_and_eager_eval(tiny_cfg):
     model = eae.load(tiny_cfg.out)
     assert "_train_backbone" not in model.__dict__
     assert not any("_orig_mod" in k for k in load_file(f"{tiny_cfg.out}/model.safetensors"))
+
+
+def test_free_runs_fewer_passes_with_replays(tiny_cfg):
+    cfg = tiny_cfg.replace(method="free", free_replays=2, epochs=4)
+    res = eae.train(cfg, quiet=True)
+    assert [m["epoch"] for m in res.metrics] == [1, 2]  # ceil(4 / 2) passes
+    ck = load_checkpoint(f"{cfg.out}/checkpoint.pt")
+    batches = -(-(cfg.synthetic_train_size - cfg.val_size) // cfg.batch_size)
+    assert ck["scheduler"]["last_epoch"] == 2 * batches * 2  # every replay is an optimiser step

@@ -72,6 +72,12 @@ class TrainConfig:
     fgsm_alpha: float | None = _f(None, "fgsm_rs: step size; default 1.25 * eps")
     pgd_steps: int = _f(10, "pgd: attack steps during training")
     pgd_alpha: float = _f(2 / 255, "pgd: attack step size")
+    free_replays: int = _f(8, "free: replays m of each minibatch (passes over the data = ceil(epochs / m))")
+    trades_beta: float = _f(6.0, "trades: weight of the KL robustness term")
+    trades_steps: int = _f(10, "trades: steps of the KL inner maximisation")
+    trades_alpha: float = _f(2 / 255, "trades: step size of the inner maximisation")
+    nfgsm_noise: float = _f(2.0, "n_fgsm: noise U(-k eps, k eps), k = this")
+    nfgsm_alpha: float | None = _f(None, "n_fgsm: step size; default eps")
     eae_norm: str = _f("l2", "eae: norm of the minimal latent perturbation", choices=EAE_NORMS)
     eae_eta: float = _f(0.02, "eae: overshoot; the latent moves (1 + eta) times the distance to the boundary")
     eae_lambda: float = _f(1.0, "eae: weight of the EAE loss term")
@@ -96,10 +102,11 @@ class TrainConfig:
         if not self.eps >= 0:
             errors.append(f"eps must be >= 0, got {self.eps}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
-                     "synthetic_test_size", "synthetic_image_size"):
+                     "synthetic_test_size", "synthetic_image_size", "free_replays"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps"):
+        for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps",
+                     "trades_steps"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.eae_q <= 1:

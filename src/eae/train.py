@@ -124,7 +124,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     loader = DeviceLoader(splits.train_x, splits.train_y, cfg.batch_size, device=device, shuffle=True,
                           augment=cfg.augment, seed=cfg.seed, channels_last=cfg.channels_last)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, cfg.epochs * len(loader)))
+    passes = method.passes(cfg.epochs)  # Free-AT: fewer passes, each minibatch replayed
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, passes * len(loader) * method.replays))
     val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
     val_attacks = {"clean": None}
     if cfg.val_attack_steps:
@@ -142,7 +143,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         start_epoch, best = ckpt["epoch"], ckpt["best"]
-        log(f"resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}")
+        log(f"resuming {run_dir} after epoch {start_epoch}/{passes}")
     # lines past the checkpoint (a crash between metrics and checkpoint) are redone
     metrics = _read_metrics(run_dir / METRICS, start_epoch)
     with (run_dir / METRICS).open("w") as fh:
@@ -155,30 +156,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     tb = _tensorboard(run_dir) if cfg.tensorboard else None
     log(f"{cfg.method} | {cfg.arch} ({count_parameters(model) / 1e6:.2f}M params) | {cfg.dataset}: "
         f"{len(splits.train_y):,} train / {len(splits.val_y):,} val | {device_name(device)} | "
-        f"{cfg.epochs} epochs x {len(loader)} steps of {cfg.batch_size}")
+        f"{passes} epochs x {len(loader)} steps of {cfg.batch_size}"
+        + (f" x {method.replays} replays" if method.replays > 1 else ""))
 
     epochs_this_call = 0
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, passes):
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
         seen = 0
-        bar = progress_bar(len(loader), not quiet, f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
+        bar = progress_bar(len(loader), not quiet, f"epoch {epoch + 1}/{passes}", unit="step")
         with Timer(device) as timer:
             for x, y in loader:
-                with _autocast(cfg, device):
-                    out = method.step(model, x, y, epoch)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                scheduler.step()
-                # accumulate on the device: no host sync inside the epoch
-                loss_sum += out.loss.detach().float() * len(y)
-                correct += (out.logits.detach().argmax(1) == y).sum()
-                for k, v in out.stats.items():
-                    stat_sums[k] = stat_sums.get(k, 0) + v.detach().float() * len(y)
-                seen += len(y)
+                for _ in range(method.replays):
+                    with _autocast(cfg, device):
+                        out = method.step(model, x, y, epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    # accumulate on the device: no host sync inside the epoch
+                    loss_sum += out.loss.detach().float() * len(y)
+                    correct += (out.logits.detach().argmax(1) == y).sum()
+                    for k, v in out.stats.items():
+                        stat_sums[k] = stat_sums.get(k, 0) + v.detach().float() * len(y)
+                    seen += len(y)
                 bar.update()
         bar.close()
         row: dict[str, Any] = {
@@ -191,7 +194,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {row['train_loss']})")
         row.update({k: (v / seen).item() for k, v in stat_sums.items()})
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == passes
         if (epoch + 1) % cfg.val_every == 0 or last:
             res = run_suite(model, val_x, val_y, val_attacks, cfg.eps, batch_size=cfg.batch_size,
                            device=device, seed=cfg.seed + epoch)
@@ -216,7 +219,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(), "method": method.state_dict(), "rng": rng, "best": best,
         })
-        log(_epoch_line(row, cfg.epochs))
+        log(_epoch_line(row, passes))
         epochs_this_call += 1
         if stop_after is not None and epochs_this_call >= stop_after and not last:
             if tb is not None:

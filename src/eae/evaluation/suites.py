@@ -1,9 +1,10 @@
 """Named attack suites.
 
 An entry runs either ``standalone`` (on every clean-correct point: its accuracy is
-its own) or ``cascade`` (only on the points still robust after everything before it,
-as AutoAttack does: its accuracy is the robust accuracy after it). Robust accuracy
-is always the per-example worst case over everything run.
+its own) or ``cascade`` (only on the points still robust after the cascaded entries
+before it, as AutoAttack does: its accuracy is the robust accuracy after it). So in
+``full`` the AutoAttack part gives AutoAttack's own numbers. Robust accuracy is
+always the per-example worst case over everything run.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ SUITES = {
     "quick": Suite("quick", _QUICK, "quick (FGSM, CE-PGD-20, CW-20)"),
     "aa": Suite("aa", _AA, "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"),
     "aa-fast": Suite("aa-fast", _AA[:2], "aa-fast (APGD-CE + APGD-T only; development, NOT full AutoAttack)"),
-    "full": Suite("full", _QUICK + _AA, "full (FGSM, CE-PGD-20, CW-20, then AutoAttack standard)"),
+    "full": Suite("full", _QUICK + _AA, "full (FGSM, CE-PGD-20, CW-20, and AutoAttack standard)"),
 }
 
 

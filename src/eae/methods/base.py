@@ -27,10 +27,15 @@ class Method:
     entered autocast; methods never call ``backward`` or the optimiser."""
 
     name = "method"
+    replays = 1  # optimiser steps per minibatch (Free-AT replays each minibatch m times)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.threat = LinfBall(cfg.eps)
+
+    def passes(self, epochs: int) -> int:
+        """Passes over the training data for a run of ``epochs`` epochs."""
+        return epochs
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepOutput:
         raise NotImplementedError
