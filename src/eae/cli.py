@@ -147,6 +147,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
+              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -207,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list architectures, methods and attacks")
     ls.set_defaults(func=cmd_list)
+
+    from .bench.suites import BENCH_SUITES
+
+    b = sub.add_parser("bench", help="train and evaluate every method of a benchmark suite, then report",
+                       description="Suites: " + "; ".join(f"{k}: {v.description}" for k, v in BENCH_SUITES.items()))
+    b.add_argument("suite", choices=tuple(BENCH_SUITES))
+    b.add_argument("--out", required=True, help="output folder (runs, results.json, REPORT.md, report.html)")
+    b.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default: 1)")
+    b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--data-dir", default=None)
+    b.add_argument("--budget-k", type=float, default=2.0,
+                   help="cifar10-budget: the budget is K x the time of 15 standard epochs (default: 2)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="CPU-sized comparison of standard, fgsm_rs and eae on CIFAR-10")
     demo.add_argument("--out", default="runs/demo")

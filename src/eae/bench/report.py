@@ -1,0 +1,194 @@
+"""The benchmark report: the paper-style table (mean ± std over seeds) and plots, as
+REPORT.md (plots as PNG files beside it) and a self-contained report.html."""
+from __future__ import annotations
+
+import base64
+import html
+import statistics
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (("clean", "clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("aa", "AA"))
+
+
+def _ms(values: list[float], pct: bool = True, digits: int = 1) -> str:
+    """mean ± std (sample) of the non-missing values; percentages by default."""
+    k = 100 if pct else 1
+    vals = [k * v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["entry"], []).append(r)
+    return groups
+
+
+def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the main table."""
+    rows = results["rows"]
+    if not rows:  # speed suite
+        header = ["method", "s / epoch", "x standard", "s / pass", "replays"]
+        cells = [[r["entry"], f"{r['seconds_per_epoch']:.3f}", f"{r['x_standard']:.2f}" if r["x_standard"] else "-",
+                  f"{r['seconds_per_pass']:.3f}", str(r["replays"])] for r in results["speed"] or []]
+        return header, cells
+    header = ["method", "epochs"] + [c for _, c in COLUMNS] + ["worst case", "training time (s)", "x standard",
+                                                              "masking verdict"]
+    cells = []
+    for name, g in _group(rows).items():
+        verdicts = sorted({r["verdict"] for r in g})
+        cells.append([name, str(g[0]["epochs"])] + [_ms([r[k] for r in g]) for k, _ in COLUMNS]
+                     + [_ms([r["worst_case"] for r in g]), _ms([r["train_seconds"] for r in g], pct=False),
+                        _ms([r["x_standard"] for r in g], pct=False, digits=2), "/".join(verdicts)])
+    return header, cells
+
+
+def _scope(results: dict[str, Any]) -> list[str]:
+    rows = results["rows"]
+    if not rows:
+        return []
+    lines = []
+    r0 = [r for r in rows if r["seed"] == 0]
+    rest = [r for r in rows if r["seed"] > 0]
+    size = rows[0]["test_size"]
+
+    def sub(n):
+        return f"{n:,} of {size:,} test images" + (" (SUBSET)" if n < size else " (full test set)")
+
+    if r0:
+        lines.append(f"seed 0: clean/FGSM/PGD-20/CW-20 on {sub(r0[0]['n'])}; {r0[0]['aa_label']} on "
+                     f"{sub(r0[0]['aa_n'])}")
+    if rest:
+        lines.append(f"seeds 1..{max(r['seed'] for r in rest)}: {rest[0]['aa_label']} on {sub(rest[0]['aa_n'])}")
+    lines.append("values: accuracy in %, mean ± std over seeds; worst case = per example over every attack, "
+                 "on the AA images; training time excludes per-epoch validation")
+    return lines
+
+
+def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    rows = results["rows"]
+    if rows:
+        groups = _group(rows)
+        # 1. robust accuracy against training time, with the Pareto front
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        pts = []
+        for name, g in groups.items():
+            t = [r["train_seconds"] for r in g]
+            a = [100 * r["aa"] for r in g]
+            tx, ay = statistics.mean(t), statistics.mean(a)
+            ax.errorbar(tx, ay, yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3)
+            ax.annotate(name, (tx, ay), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            pts.append((tx, ay))
+        front, best = [], -1.0
+        for tx, ay in sorted(pts):
+            if ay > best:
+                front.append((tx, ay))
+                best = ay
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", lw=1, label="Pareto front")
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel(f"{rows[0]['aa_label'].split(' (')[0]} robust accuracy (%)")
+        ax.set_title(f"{results['meta']['suite']}: robustness against training time")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+        made.append(_save(fig, out / "pareto.png"))
+        # 2. per-epoch validation accuracy (seed 0)
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, g in groups.items():
+            curve = [c for c in g[0]["curve"] if c.get("val_clean") is not None]
+            if curve:
+                ep = [c["epoch"] for c in curve]
+                a1.plot(ep, [100 * c["val_clean"] for c in curve], marker=".", label=name)
+                a2.plot(ep, [100 * (c["val_robust"] or 0) for c in curve], marker=".", label=name)
+        a1.set_title("validation clean accuracy (%)")
+        a2.set_title("validation worst case of PGD and CW (%)")
+        for a in (a1, a2):
+            a.set_xlabel("epoch (pass over the data)")
+            a.grid(alpha=0.3)
+        a2.legend(fontsize=7)
+        made.append(_save(fig, out / "curves.png"))
+    # 3. seconds per epoch
+    speed = results.get("speed")
+    if speed:
+        names, secs = [r["entry"] for r in speed], [r["seconds_per_epoch"] for r in speed]
+        label = "seconds per epoch (Free: per epoch-equivalent)"
+    elif rows:
+        g = _group(rows)
+        names = list(g)
+        secs = [statistics.mean(r["train_seconds"] / max(r["epochs"], 1) for r in v) for v in g.values()]
+        label = "training seconds per epoch (Free: per epoch-equivalent)"
+    else:
+        names = []
+    if names:
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        ax.bar(names, secs, color="tab:blue")
+        ax.set_ylabel("seconds")
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+        made.append(_save(fig, out / "speed.png"))
+    return made
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, results: dict[str, Any]) -> None:
+    meta = results["meta"]
+    header, cells = table_rows(results)
+    plots = _plots(out, results)
+    info = [f"- suite: **{meta['suite']}**: {meta['description']}",
+            f"- device: {meta['device']}; torch {meta['torch']}; eae {meta['eae']} (commit {meta['commit']}); "
+            f"{meta['date']}",
+            f"- command: `{meta['command']}`",
+            f"- seeds: {meta['seeds']}" + (f"; budget: {meta['budget_k']} x 15 standard epochs"
+                                           if meta.get("budget_k") else "")]
+    info += [f"- {s}" for s in _scope(results)]
+    md = [f"# Benchmark: {meta['suite']}", "", *info, "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(c) + " |" for c in cells]
+    masked = [r for r in results["rows"] if r["verdict"] != "ok"]
+    if masked:
+        md += ["", "Gradient-masking alarms (see each run's bench_eval.json for the evidence):"]
+        md += [f"- {r['entry']} seed {r['seed']}: **{r['verdict']}**: {r['evidence'][0]}" for r in masked]
+    if plots:
+        md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    else:
+        md += ["", "(plots need matplotlib: pip install matplotlib)"]
+    (out / "REPORT.md").write_text("\n".join(md) + "\n")
+
+    imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                   f"</p>" for p in plots)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    items = "".join(f"<li>{html.escape(i[2:])}</li>" for i in info)
+    alarms = "".join(f"<li>{html.escape(r['entry'])} seed {r['seed']}: <b>{r['verdict']}</b>: "
+                     f"{html.escape(r['evidence'][0])}</li>" for r in masked)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>eae bench {html.escape(meta['suite'])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%}}</style></head>
+<body><h1>Benchmark: {html.escape(meta['suite'])}</h1><ul>{items}</ul>
+<table><tr>{th}</tr>{trs}</table>{f"<h3>Gradient-masking alarms</h3><ul>{alarms}</ul>" if alarms else ""}
+{imgs}</body></html>
+"""
+    (out / "report.html").write_text(page)

@@ -1,0 +1,186 @@
+"""``eae bench``: train and evaluate every entry of a suite, resumably, then report.
+
+Layout of the output folder::
+
+    DIR/bench.json              what was asked (suite, seeds, settings): a re-run must match it
+    DIR/runs/NAME-sSEED/        one run directory per entry and seed (train + bench_eval.json)
+    DIR/speed/NAME/             speed measurements (speed and budget suites)
+    DIR/results.json            every row, with the device, versions, commit and command
+    DIR/REPORT.md, report.html  the table and the plots
+
+A run whose ``bench_eval.json`` exists is skipped; a run killed mid-training resumes
+from its checkpoint; so a killed suite resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..checkpoint import load
+from ..config import TrainConfig
+from ..data import load_test_set
+from ..evaluation import evaluate
+from ..evaluation.diagnostics import LEVELS
+from ..train import train
+from ..utils import atomic_write_json, device_name, resolve_device
+from .report import write_report
+from .suites import BenchSuite, Entry, get_bench_suite
+
+
+def _commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def _config(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,
+            **extra: Any) -> TrainConfig:
+    fields = {**suite.base, **entry.overrides, "seed": seed, "out": str(out), "device": device,
+              "data_dir": data_dir, **extra}
+    return TrainConfig.from_dict(fields)
+
+
+def _replays(cfg: TrainConfig) -> int:
+    return cfg.free_replays if cfg.method == "free" else 1
+
+
+def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,
+                  quiet: bool, log, **extra: Any) -> dict[str, Any]:
+    run_dir = out / "runs" / f"{entry.name}-s{seed}"
+    done = run_dir / "bench_eval.json"
+    if done.is_file():
+        log(f"[{entry.name} seed {seed}] done, skipped")
+        return json.loads(done.read_text())
+    cfg = _config(suite, entry, seed, run_dir, device, data_dir, **extra)
+    log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
+    result = train(cfg, resume=True, quiet=quiet)
+    dev = resolve_device(device)
+    model = load(run_dir, device=dev)
+    x, y = load_test_set(cfg)
+    test_size = len(y)
+    n_quick = min(suite.eval_n or test_size, test_size)
+    n_aa = n_quick if seed == 0 else min(suite.aa_n_other_seeds or n_quick, n_quick)
+    log(f"[{entry.name} seed {seed}] evaluating: quick on {n_quick:,}, {suite.aa_suite} on {n_aa:,} test images")
+    q = evaluate(model, x[:n_quick], y[:n_quick], suite="quick", eps=cfg.eps, device=dev, seed=seed,
+                 diagnostics=suite.diagnostics, diag_n=suite.diag_n, test_size=test_size, progress=not quiet)
+    a = evaluate(model, x[:n_aa], y[:n_aa], suite=suite.aa_suite, eps=cfg.eps, device=dev, seed=seed,
+                 diagnostics="cheap", diag_n=suite.diag_n, test_size=test_size, progress=not quiet)
+    worst = q.correct["worst_case"][:n_aa] & a.correct["worst_case"]
+    secs = [m["seconds"] for m in result.metrics]
+    row = {
+        "entry": entry.name, "method": cfg.method, "seed": seed, "epochs": cfg.epochs, "passes": len(secs),
+        "clean": q.clean_accuracy, "fgsm": q.accuracy["fgsm"], "pgd20": q.accuracy["pgd20"],
+        "cw20": q.accuracy["cw20"], "aa": a.robust_accuracy, "aa_suite": a.suite, "aa_label": a.label,
+        "worst_case": worst.float().mean().item(), "n": n_quick, "aa_n": n_aa, "test_size": test_size,
+        "train_seconds": sum(secs), "seconds_per_pass": statistics.median(secs[1:] or secs),
+        "verdict": max((q.verdict, a.verdict), key=LEVELS.index), "evidence": q.evidence + a.evidence[:1],
+        "eval_seconds": q.seconds + a.seconds, "run_dir": str(run_dir),
+        "curve": [{k: m.get(k) for k in ("epoch", "val_clean", "val_robust", "seconds")} for m in result.metrics],
+    }
+    atomic_write_json(done, row)
+    return row
+
+
+def _speed_rows(suite: BenchSuite, out: Path, device: str, data_dir: str | None, quiet: bool, log
+                ) -> list[dict[str, Any]]:
+    rows = []
+    for entry in suite.entries:
+        probe = _config(suite, entry, 0, out / "speed" / entry.name, device, data_dir)
+        m = _replays(probe)
+        passes = suite.speed_epochs
+        cfg = probe.replace(epochs=passes * m, val_every=passes, val_attack_steps=0)
+        done = Path(cfg.out) / "speed.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
+        log(f"[speed] {entry.name}: {passes} passes")
+        res = train(cfg, resume=True, quiet=quiet)  # starts afresh when there is nothing to resume
+        secs = [r["seconds"] for r in res.metrics]
+        per_pass = statistics.median(secs[1:] or secs)  # the first pass carries the warm-up
+        row = {"entry": entry.name, "method": cfg.method, "replays": m, "seconds_per_pass": per_pass,
+               "seconds_per_epoch": per_pass / m, "passes_timed": len(secs[1:] or secs), "all_pass_seconds": secs}
+        atomic_write_json(done, row)
+        rows.append(row)
+    base = next((r["seconds_per_epoch"] for r in rows if r["entry"] == "standard"), None)
+    for r in rows:
+        r["x_standard"] = r["seconds_per_epoch"] / base if base else None
+    return rows
+
+
+def budget_epochs(speed: list[dict[str, Any]], k: float, standard_epochs: int) -> dict[str, int]:
+    """Epochs each method gets for a budget of k x the time of ``standard_epochs``
+    standard epochs: whole passes over the data that fit (at least one), times the
+    replays (Free counts epochs in standard-equivalents)."""
+    std = next(r for r in speed if r["entry"] == "standard")
+    budget = k * standard_epochs * std["seconds_per_epoch"]
+    return {r["entry"]: max(1, math.floor(budget / r["seconds_per_pass"] + 1e-9)) * r["replays"] for r in speed}
+
+
+def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool = False, device: str = "auto",
+              data_dir: str | None = None, budget_k: float = 2.0, quiet: bool = False) -> dict[str, Any]:
+    suite = get_bench_suite(suite_name)
+    if seeds < 1:
+        raise ValueError("--seeds must be >= 1")
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    out = Path(out)
+    ask = {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
+           "entries": {e.name: e.overrides for e in suite.entries}}
+    ask = json.loads(json.dumps(ask))
+    manifest = out / "bench.json"
+    if manifest.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a benchmark; pass --resume to continue it or choose "
+                                  "another --out")
+        before = json.loads(manifest.read_text())
+        if before != ask:
+            raise ValueError(f"cannot resume {out}: it was started with different settings "
+                             f"({manifest}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, ask)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    speed = None
+    rows: list[dict[str, Any]] = []
+    if suite.kind in ("speed", "budget"):
+        speed = _speed_rows(suite, out, device, data_dir, quiet, log)
+    if suite.kind == "accuracy":
+        for seed in range(seeds):
+            for entry in suite.entries:
+                rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log))
+    elif suite.kind == "budget":
+        epochs = budget_epochs(speed, budget_k, suite.base["epochs"])
+        for seed in range(seeds):
+            for entry in suite.entries:
+                rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log,
+                                          epochs=epochs[entry.name]))
+    for r in rows:  # training time relative to standard, same seed
+        std = next((s for s in rows if s["entry"] == "standard" and s["seed"] == r["seed"]), None)
+        r["x_standard"] = r["train_seconds"] / std["train_seconds"] if std else None
+    results = {
+        "meta": {
+            "suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
+            "budget_k": budget_k if suite.kind == "budget" else None, "device": device_name(dev),
+            "torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
+            "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(shlex.quote(a) for a in sys.argv), "wall_seconds": time.perf_counter() - t0,
+        },
+        "rows": rows, "speed": speed,
+    }
+    atomic_write_json(out / "results.json", results)
+    write_report(out, results)
+    log(f"report: {out / 'REPORT.md'}, {out / 'report.html'}")
+    return results

@@ -1,0 +1,86 @@
+"""`eae bench`: suites, the budget rule, the report, and the smoke suite end to end."""
+import json
+
+import pytest
+
+from eae.bench import BENCH_SUITES, run_bench
+from eae.bench.report import table_rows, write_report
+from eae.bench.runner import budget_epochs
+from eae.config import TrainConfig
+from eae.methods import list_methods
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_SUITES))
+def test_every_suite_entry_is_a_valid_config(name):
+    suite = BENCH_SUITES[name]
+    for e in suite.entries:
+        cfg = TrainConfig.from_dict({**suite.base, **e.overrides})
+        assert cfg.method in list_methods()
+    names = [e.overrides["method"] for e in suite.entries]
+    for method in ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae"):
+        assert method in names
+
+
+def test_budget_epochs():
+    speed = [{"entry": "standard", "seconds_per_epoch": 1.0, "seconds_per_pass": 1.0, "replays": 1},
+             {"entry": "fgsm_rs", "seconds_per_epoch": 2.0, "seconds_per_pass": 2.0, "replays": 1},
+             {"entry": "pgd10", "seconds_per_epoch": 11.0, "seconds_per_pass": 11.0, "replays": 1},
+             {"entry": "free8", "seconds_per_epoch": 1.1, "seconds_per_pass": 8.8, "replays": 8}]
+    e = budget_epochs(speed, 2.0, 15)  # budget: 30 s
+    assert e == {"standard": 30, "fgsm_rs": 15, "pgd10": 2, "free8": 24}
+
+
+def _row(entry, seed, clean, aa, secs, verdict="ok"):
+    return {"entry": entry, "method": entry, "seed": seed, "epochs": 15, "clean": clean, "fgsm": aa + 0.1,
+            "pgd20": aa + 0.05, "cw20": aa + 0.02, "aa": aa, "worst_case": aa, "train_seconds": secs,
+            "x_standard": secs / 10, "verdict": verdict, "evidence": ["[ok] fine"], "n": 10000, "aa_n": 2000,
+            "test_size": 10000, "aa_label": "AutoAttack standard", "curve": [
+                {"epoch": 1, "val_clean": 0.5, "val_robust": 0.3, "seconds": secs / 2},
+                {"epoch": 2, "val_clean": 0.6, "val_robust": 0.35, "seconds": secs / 2}]}
+
+
+def test_report_aggregates_seeds(tmp_path):
+    rows = [_row("standard", 0, 0.90, 0.0, 10), _row("standard", 1, 0.92, 0.0, 10),
+            _row("fgsm_rs", 0, 0.82, 0.42, 20), _row("fgsm_rs", 1, 0.84, 0.44, 22, verdict="suspicious")]
+    meta = {"suite": "cifar10", "description": "d", "device": "gpu", "torch": "t", "eae": "v", "commit": "c",
+            "date": "now", "command": "eae bench cifar10", "seeds": 2, "budget_k": None}
+    results = {"meta": meta, "rows": rows, "speed": None}
+    header, cells = table_rows(results)
+    fg = dict(zip(header, cells[1]))
+    assert fg["clean"] == "83.0 ± 1.4" and fg["AA"] == "43.0 ± 1.4" and fg["masking verdict"] == "ok/suspicious"
+    write_report(tmp_path, results)
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "fgsm_rs" in md and "seeds 1..1" in md and "2,000 of 10,000 test images (SUBSET)" in md
+    assert "suspicious" in md  # the alarm is listed
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(cifar_dir, tmp_path):
+    out = tmp_path / "smoke"
+    res = run_bench("smoke", out, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
+    entries = [e.name for e in BENCH_SUITES["smoke"].entries]
+    assert [r["entry"] for r in res["rows"]] == entries
+    for r in res["rows"]:
+        assert 0 <= r["worst_case"] <= r["aa"] <= r["clean"] <= 1
+        assert r["worst_case"] <= min(r["fgsm"], r["pgd20"], r["cw20"]) + 1e-9
+        assert r["verdict"] in ("ok", "suspicious", "masked") and r["train_seconds"] > 0
+    md = (out / "REPORT.md").read_text()
+    for name in entries:
+        assert f"| {name} |" in md
+    assert "SUBSET" in md and "NOT full AutoAttack" in md and "masking verdict" in md
+    for png in ("pareto.png", "curves.png", "speed.png"):
+        assert (out / png).stat().st_size > 1000
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["device"].startswith("cpu") and len(saved["rows"]) == len(entries)
+
+    with pytest.raises(FileExistsError):
+        run_bench("smoke", out, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
+    with pytest.raises(ValueError, match="different settings"):
+        run_bench("smoke", out, seeds=2, resume=True, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.safetensors")}
+    again = run_bench("smoke", out, resume=True, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.safetensors")} == stamps  # nothing retrained
+    assert [r["aa"] for r in again["rows"]] == [r["aa"] for r in res["rows"]]
