@@ -84,3 +84,27 @@ def test_smoke_suite_end_to_end(cifar_dir, tmp_path):
     again = run_bench("smoke", out, resume=True, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.safetensors")} == stamps  # nothing retrained
     assert [r["aa"] for r in again["rows"]] == [r["aa"] for r in res["rows"]]
+
+
+def test_only_runs_some_entries_and_reports_the_rest(tmp_path, monkeypatch):
+    """--only spreads a suite over calls: each call runs its entries, the report keeps
+    what earlier calls finished."""
+    import eae.bench.runner as runner
+
+    calls = []
+
+    def fake_run(suite, entry, seed, out, *a, **k):
+        calls.append(entry.name)
+        row = _row(entry.name, seed, 0.8, 0.4, 10.0)
+        d = out / "runs" / f"{entry.name}-s{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "bench_eval.json").write_text(json.dumps(row))
+        return row
+
+    monkeypatch.setattr(runner, "_accuracy_run", fake_run)
+    runner.run_bench("smoke", tmp_path, only=["standard", "eae"], quiet=True, device="cpu")
+    res = runner.run_bench("smoke", tmp_path, only=["fgsm_rs"], resume=True, quiet=True, device="cpu")
+    assert calls == ["standard", "eae", "fgsm_rs"]
+    assert [r["entry"] for r in res["rows"]] == ["standard", "fgsm_rs", "eae"]  # suite order
+    with pytest.raises(ValueError, match="unknown entries"):
+        runner.run_bench("smoke", tmp_path, only=["nope"], resume=True, quiet=True, device="cpu")

@@ -46,6 +46,22 @@ def test_agrees_with_torchattacks(trained_small, synth_test):
     assert abs(ours[f"apgd-t{steps}"] - theirs["t"]) <= 0.01
 
 
+def test_fab_t_agrees_with_torchattacks(trained_small, synth_test):
+    """Our FAB-T (own implementation) against torchattacks' multi-targeted FAB."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model, _, _ = trained_small
+    x, y = synth_test[0][:300], synth_test[1][:300]
+    eps, steps = 2 / 255, 10
+    ours = eae.evaluate(model, x, y, ["clean", f"fab-t{steps}"], eps, diagnostics="off").accuracy[f"fab-t{steps}"]
+    model.eval()
+    atk = torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, multi_targeted=True,
+                           n_classes=10, seed=0)
+    x_adv = atk(x, y)
+    with torch.no_grad():
+        theirs = (model(x_adv).argmax(1) == y).float().mean().item()
+    assert abs(ours - theirs) <= 0.01
+
+
 class Scaled(nn.Module):
     def __init__(self, model, scale):
         super().__init__()

@@ -150,8 +150,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
-              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet)
+              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only)
     return 0
 
 
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", default=None)
     b.add_argument("--budget-k", type=float, default=2.0,
                    help="cifar10-budget: the budget is K x the time of 15 standard epochs (default: 2)")
+    b.add_argument("--only", default=None,
+                   help="comma-separated entries to run now (the report keeps the ones finished before): "
+                        "spreads a suite over several calls")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -95,18 +95,20 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     return row
 
 
-def _speed_rows(suite: BenchSuite, out: Path, device: str, data_dir: str | None, quiet: bool, log
+def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: str | None, quiet: bool, log
                 ) -> list[dict[str, Any]]:
     rows = []
     for entry in suite.entries:
+        done = out / "speed" / entry.name / "speed.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
+        if entry not in entries:
+            continue
         probe = _config(suite, entry, 0, out / "speed" / entry.name, device, data_dir)
         m = _replays(probe)
         passes = suite.speed_epochs
         cfg = probe.replace(epochs=passes * m, val_every=passes, val_attack_steps=0)
-        done = Path(cfg.out) / "speed.json"
-        if done.is_file():
-            rows.append(json.loads(done.read_text()))
-            continue
         log(f"[speed] {entry.name}: {passes} passes")
         res = train(cfg, resume=True, quiet=quiet)  # starts afresh when there is nothing to resume
         secs = [r["seconds"] for r in res.metrics]
@@ -131,10 +133,19 @@ def budget_epochs(speed: list[dict[str, Any]], k: float, standard_epochs: int) -
 
 
 def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool = False, device: str = "auto",
-              data_dir: str | None = None, budget_k: float = 2.0, quiet: bool = False) -> dict[str, Any]:
+              data_dir: str | None = None, budget_k: float = 2.0, quiet: bool = False,
+              only: list[str] | None = None) -> dict[str, Any]:
+    """Run (or continue) a suite and write its report. ``only``: run just these entries
+    now; the report still shows every entry already finished in ``out``, so a suite can
+    be spread over several calls (e.g. on a time-limited GPU)."""
     suite = get_bench_suite(suite_name)
     if seeds < 1:
         raise ValueError("--seeds must be >= 1")
+    names = [e.name for e in suite.entries]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--only: unknown entries {', '.join(unknown)}; {suite.name} has {', '.join(names)}")
+    selected = [e for e in suite.entries if not only or e.name in only]
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
     ask = {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
@@ -155,18 +166,20 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     t0 = time.perf_counter()
     speed = None
     rows: list[dict[str, Any]] = []
-    if suite.kind in ("speed", "budget"):
-        speed = _speed_rows(suite, out, device, data_dir, quiet, log)
-    if suite.kind == "accuracy":
+    if suite.kind == "speed":
+        speed = _speed_rows(suite, selected, out, device, data_dir, quiet, log)
+    elif suite.kind == "budget":  # the budget needs every method's speed
+        speed = _speed_rows(suite, suite.entries, out, device, data_dir, quiet, log)
+    epochs = budget_epochs(speed, budget_k, suite.base["epochs"]) if suite.kind == "budget" else {}
+    if suite.kind in ("accuracy", "budget"):
         for seed in range(seeds):
             for entry in suite.entries:
-                rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log))
-    elif suite.kind == "budget":
-        epochs = budget_epochs(speed, budget_k, suite.base["epochs"])
-        for seed in range(seeds):
-            for entry in suite.entries:
-                rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log,
-                                          epochs=epochs[entry.name]))
+                done = out / "runs" / f"{entry.name}-s{seed}" / "bench_eval.json"
+                if entry in selected:
+                    extra = {"epochs": epochs[entry.name]} if epochs else {}
+                    rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log, **extra))
+                elif done.is_file():  # finished by an earlier call
+                    rows.append(json.loads(done.read_text()))
     for r in rows:  # training time relative to standard, same seed
         std = next((s for s in rows if s["entry"] == "standard" and s["seed"] == r["seed"]), None)
         r["x_standard"] = r["train_seconds"] / std["train_seconds"] if std else None
