@@ -15,7 +15,10 @@ CE(f(z̃), y), with δ held fixed. No input gradient is ever computed: one forwa
 and one backward pass per step, as in standard training.
 
 Known weakness (RESEARCH.md §3): with the defaults below the network learns to
-inflate its logits, which masks gradients; evaluate with margin-loss attacks.
+inflate its logits, which masks gradients; evaluate with margin-loss attacks. Our
+reading of the mechanism (a hypothesis for issue 5): f(z̃) = f(z) + (1 + η) W δ with
+δ ∝ w_k̂ - w_y, so the gradient of CE(f(z̃), y) with respect to W moves w_y towards
+w_k̂ and w_k̂ towards w_y; the network offsets this by growing its features and logits.
 """
 from __future__ import annotations
 
