@@ -16,15 +16,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import TrainConfig, coerce, load_toml, parse_float
+from .evaluation.report import fmt_eps
 from .evaluation.suites import SUITES as _SUITES
 
 SUITE_NAMES = tuple(_SUITES)
-
-
-def _fmt_eps(eps: float) -> str:
-    from .evaluation.report import fmt_eps
-
-    return fmt_eps(eps)
 
 
 # --------------------------------------------------------------------------- train
@@ -40,7 +35,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         tp = hints[f.name]
         default = f.default
         help_ = f.metadata.get("help", "")
-        show = default if not isinstance(default, float) else _fmt_eps(default) if f.name == "eps" else default
+        show = default if not isinstance(default, float) else fmt_eps(default) if f.name == "eps" else default
         help_ = f"{help_} (default: {show})"
         choices = f.metadata.get("choices") or dynamic_choices.get(f.name)
         if tp is bool:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -253,6 +252,3 @@ def _tensorboard(run_dir: Path):
         raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
     return SummaryWriter(str(run_dir / "tensorboard"))
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `eae train` (python -m eae train)")
