@@ -17,8 +17,12 @@ def test_every_suite_entry_is_a_valid_config(name):
         cfg = TrainConfig.from_dict({**suite.base, **e.overrides})
         assert cfg.method in list_methods()
     names = [e.overrides["method"] for e in suite.entries]
-    for method in ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae"):
+    wanted = ("standard", "fgsm_rs", "eae") if name == "eae-ablation" else \
+        ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae")
+    for method in wanted:
         assert method in names
+    assert len({e.name for e in suite.entries}) == len(suite.entries)
+    assert all(c.isalnum() or c in "._-" for e in suite.entries for c in e.name)  # safe file names
 
 
 def test_budget_epochs():
@@ -34,7 +38,8 @@ def _row(entry, seed, clean, aa, secs, verdict="ok"):
     return {"entry": entry, "method": entry, "seed": seed, "epochs": 15, "clean": clean, "fgsm": aa + 0.1,
             "pgd20": aa + 0.05, "cw20": aa + 0.02, "aa": aa, "worst_case": aa, "train_seconds": secs,
             "x_standard": secs / 10, "verdict": verdict, "evidence": ["[ok] fine"], "n": 10000, "aa_n": 2000,
-            "test_size": 10000, "aa_label": "AutoAttack standard", "curve": [
+            "test_size": 10000, "aa_label": "AutoAttack standard", "aa_suite": "aa", "config": {"method": entry},
+            "curve": [
                 {"epoch": 1, "val_clean": 0.5, "val_robust": 0.3, "seconds": secs / 2},
                 {"epoch": 2, "val_clean": 0.6, "val_robust": 0.35, "seconds": secs / 2}]}
 
@@ -54,6 +59,9 @@ def test_report_aggregates_seeds(tmp_path):
     assert "suspicious" in md  # the alarm is listed
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
+    research = json.loads((tmp_path / "eae_research.json").read_text())
+    assert [r["standard_seconds"] for r in research] == [10, 10, 10, 10]
+    assert research[2]["method"] == "fgsm_rs" and research[2]["aa"] == 0.42 and research[2]["gpu"] == "gpu"
 
 
 @pytest.mark.slow
@@ -70,9 +78,12 @@ def test_smoke_suite_end_to_end(cifar_dir, tmp_path):
     for name in entries:
         assert f"| {name} |" in md
     assert "SUBSET" in md and "NOT full AutoAttack" in md and "masking verdict" in md
-    for png in ("pareto.png", "curves.png", "speed.png"):
+    for png in ("pareto.png", "curves.png", "diagnosis.png", "speed.png"):
         assert (out / png).stat().st_size > 1000
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+    research = json.loads((out / "eae_research.json").read_text())
+    assert {"method", "config", "clean", "aa", "aa_n", "train_seconds", "standard_seconds", "verdict",
+            "gpu"} <= set(research[0])
     saved = json.loads((out / "results.json").read_text())
     assert saved["meta"]["device"].startswith("cpu") and len(saved["rows"]) == len(entries)
 

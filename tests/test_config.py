@@ -48,12 +48,11 @@ def test_every_field_has_a_flag_that_sets_it():
         if isinstance(value, bool):
             argv = [flag if not value else "--no-" + f.name.replace("_", "-")]
             expected = not value
-        elif f.name in ("method", "arch", "dataset", "lr_schedule", "precision", "eae_norm",
-                        "eae_seed_rule", "eae_latent"):
-            choices = {"method": "fgsm_rs", "arch": "resnet_small", "dataset": "synthetic",
-                       "lr_schedule": "piecewise", "precision": "fp32", "eae_norm": "linf",
-                       "eae_seed_rule": "confidence", "eae_latent": "logits"}
-            argv, expected = [flag, choices[f.name]], choices[f.name]
+        elif f.metadata.get("choices") or f.name in ("method", "arch"):
+            choices = f.metadata.get("choices") or {"method": ("standard", "fgsm_rs"),
+                                                    "arch": ("preact_resnet18", "resnet_small")}[f.name]
+            pick = next(c for c in choices if c != value)
+            argv, expected = [flag, pick], pick
         elif f.name == "lr_milestones":
             argv, expected = [flag, "0.3,0.9"], (0.3, 0.9)
         elif f.name in ("eae_conf_low", "eae_conf_high"):

@@ -156,3 +156,58 @@ def test_free_carries_the_perturbation_between_replays():
     # a smaller (last) batch uses a slice of the carried perturbation
     out = method.step(model, x[:5], y[:5], 0)
     assert out.logits.shape == (5, 10) and method.delta.shape[0] == 16
+
+
+@pytest.mark.parametrize("overrides", [
+    {"head": "cosine"}, {"eae_budget": "relative"}, {"eae_temperature": 4.0}, {"eae_logit_penalty": 0.01},
+    {"eae_base": "fgsm_rs"}, {"eae_base": "n_fgsm", "eae_base_frac": 0.5},
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_eae_remedies_step(overrides):
+    cfg = TrainConfig(method="eae", **overrides)
+    torch.manual_seed(0)
+    model = create_model("resnet_small", head=cfg.head).train()
+    out = create_method(cfg).step(model, *_batch(), 0)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_linear_form_of_both_heads():
+    from eae.models import linear_form
+
+    torch.manual_seed(0)
+    z = torch.randn(8, 128) * 3
+    for head in ("linear", "cosine"):
+        model = create_model("resnet_small", head=head, head_scale=10.0)
+        u, w, b = linear_form(model.head, z)
+        torch.testing.assert_close(model.head(z), u @ w.T + (0 if b is None else b))
+        if head == "cosine":
+            assert model.head(z).abs().max() <= 10.0 + 1e-5  # bounded logits
+
+
+def test_eae_relative_budget_and_temperature():
+    cfg = TrainConfig(method="eae", eae_budget="relative", eae_rel=0.2)
+    method = EAE(cfg)
+    latent = torch.randn(16, 32)
+    delta = torch.randn(16, 32)
+    shift = method.shift(latent, delta)
+    torch.testing.assert_close(shift.norm(dim=1), 0.2 * latent.norm(dim=1))
+    assert (F.cosine_similarity(shift, delta) > 0.999).all()  # same direction as δ
+    # a huge temperature flattens the EAE term to log K
+    torch.manual_seed(0)
+    x, y = _batch(64)
+    model = create_model("resnet_small").eval()
+    out = EAE(TrainConfig(method="eae", eae_temperature=1e6, eae_seed_rule="all")).step(model, x, y, 0)
+    assert out.stats["seed_frac"] > 0  # some examples are correct by chance
+    assert out.stats["eae_loss"].item() == pytest.approx(torch.log(torch.tensor(10.0)).item(), rel=1e-3)
+
+
+def test_eae_base_adversary_on_a_fraction():
+    cfg = TrainConfig(method="eae", eae_base="fgsm_rs", eae_base_frac=0.5, eps=8 / 255)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch(32)
+    xb = EAE(cfg).base_input(model, x, y)
+    assert torch.equal(xb[16:], x[16:])  # the second half stays clean
+    moved = (xb[:16] - x[:16]).abs().flatten(1).amax(1)
+    assert (moved > 0).all() and (moved <= 8 / 255 + 1e-6).all()

@@ -19,7 +19,8 @@ def test_run_directory_contents(tiny_cfg):
     assert json.loads((run / "config.json").read_text()) == tiny_cfg.to_dict()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("lr", "train_loss", "train_acc", "val_clean", "val_pgd", "val_cw", "val_robust", "seconds"):
+    for key in ("lr", "train_loss", "train_acc", "val_clean", "val_pgd", "val_cw", "val_robust", "seconds",
+                "logit_norm"):
         assert key in rows[-1], key
     assert rows[-1]["val_robust"] <= min(rows[-1]["val_clean"], rows[-1]["val_pgd"], rows[-1]["val_cw"])
 
@@ -93,6 +94,7 @@ def test_eae_logs_its_statistics(tiny_cfg):
     res = eae.train(tiny_cfg.replace(method="eae", epochs=1), quiet=True)
     for key in ("seed_frac", "logit_norm", "feature_norm", "latent_dist", "eae_loss"):
         assert key in res.final
+    assert res.final["logit_norm"] > 0
 
 
 def test_compile_for_training_keeps_weights_layout_and_eager_eval(tiny_cfg):
@@ -112,3 +114,8 @@ def test_free_runs_fewer_passes_with_replays(tiny_cfg):
     ck = load_checkpoint(f"{cfg.out}/checkpoint.pt")
     batches = -(-(cfg.synthetic_train_size - cfg.val_size) // cfg.batch_size)
     assert ck["scheduler"]["last_epoch"] == 2 * batches * 2  # every replay is an optimiser step
+
+
+def test_validation_can_track_aa_fast(tiny_cfg):
+    res = eae.train(tiny_cfg.replace(epochs=1, val_aa_n=16), quiet=True)
+    assert 0 <= res.final["val_aa_fast"] <= res.final["val_clean"]

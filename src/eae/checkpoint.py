@@ -76,6 +76,6 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
         raise FileNotFoundError(f"{path} not found{hint}")
     state = load_file(str(path), device="cpu")
     num_classes = state["head.weight"].shape[0]
-    model = create_model(cfg.arch, num_classes=num_classes)
+    model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

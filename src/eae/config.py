@@ -30,6 +30,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 EAE_NORMS = ("l2", "linf")
 EAE_SEED_RULES = ("quantile", "confidence", "mahalanobis", "all")
 EAE_LATENTS = ("penultimate", "logits")
+EAE_BUDGETS = ("minimal", "relative")
+EAE_BASES = ("clean", "fgsm_rs", "n_fgsm")
 DATASETS = ("cifar10", "synthetic")
 
 # Fields that say where and how a run executes, not what it computes: they may
@@ -55,6 +57,9 @@ class TrainConfig:
     augment: bool = _f(True, "random crop (pad 4) and horizontal flip, on the device")
     # --- model -------------------------------------------------------------
     arch: str = _f("preact_resnet18", "architecture (see `eae list`)")
+    head: str = _f("linear", "classifier head: linear, or cosine (normalised features and weights, fixed scale)",
+                   choices=("linear", "cosine"))
+    head_scale: float = _f(16.0, "cosine head: the fixed logit scale s")
     # --- optimisation ------------------------------------------------------
     epochs: int = _f(15, "training epochs")
     batch_size: int = _f(512, "minibatch size")
@@ -88,9 +93,19 @@ class TrainConfig:
     eae_maha_momentum: float = _f(0.05, "eae: mahalanobis rule: EMA momentum of the class means and shared covariance")
     eae_warmup_epochs: int = _f(0, "eae: clean-only epochs before the EAE term starts")
     eae_latent: str = _f("penultimate", "eae: perturb the penultimate features or the logits", choices=EAE_LATENTS)
+    eae_budget: str = _f("minimal", "eae: minimal (to the boundary, times 1 + eta) or relative (rel x ||latent|| "
+                                    "along the same direction)", choices=EAE_BUDGETS)
+    eae_rel: float = _f(0.1, "eae: relative budget: size of the shift as a fraction of the latent's norm")
+    eae_temperature: float = _f(1.0, "eae: the EAE term is CE(f(z~) / T, y)")
+    eae_logit_penalty: float = _f(0.0, "eae: weight of a mean squared logit-norm penalty on the clean logits")
+    eae_base: str = _f("clean", "eae: the input whose latent is perturbed: clean, or a cheap input-space "
+                                "adversary (fgsm_rs, n_fgsm) trained on as well", choices=EAE_BASES)
+    eae_base_frac: float = _f(1.0, "eae: fraction of each batch given the input-space adversary")
     # --- validation during training ----------------------------------------
     val_attack_steps: int = _f(10, "steps of the validation PGD (cross-entropy) and CW (margin) attacks")
     val_every: int = _f(1, "validate every N epochs (and always after the last)")
+    val_aa_n: int = _f(0, "also run aa-fast (APGD-CE + APGD-T) on the first N validation images at each "
+                          "validation (diagnosis of masking during training; 0 = off)")
     # --- system ------------------------------------------------------------
     precision: str = _f("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32", choices=PRECISIONS)
     channels_last: bool = _f(True, "channels_last memory format for images and weights")
@@ -106,9 +121,13 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps",
-                     "trades_steps"):
+                     "trades_steps", "val_aa_n"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.eae_base_frac <= 1:
+            errors.append(f"eae_base_frac must be in (0, 1], got {self.eae_base_frac}")
+        if not self.eae_temperature > 0:
+            errors.append(f"eae_temperature must be > 0, got {self.eae_temperature}")
         if not 0 < self.eae_q <= 1:
             errors.append(f"eae_q must be in (0, 1], got {self.eae_q}")
         if not 0 <= self.eae_conf_low <= self.eae_conf_high <= 1:

@@ -115,7 +115,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg)
-    model = create_model(cfg.arch, splits.num_classes, splits.mean, splits.std).to(device)
+    model = create_model(cfg.arch, splits.num_classes, splits.mean, splits.std, head=cfg.head,
+                         head_scale=cfg.head_scale).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = create_method(cfg)
@@ -163,6 +164,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        logit_norm_sum = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
         seen = 0
         bar = progress_bar(len(loader), not quiet, f"epoch {epoch + 1}/{passes}", unit="step")
@@ -178,6 +180,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
                     # accumulate on the device: no host sync inside the epoch
                     loss_sum += out.loss.detach().float() * len(y)
                     correct += (out.logits.detach().argmax(1) == y).sum()
+                    # logit scale of every method: inflation is the signature of masked CE gradients
+                    logit_norm_sum += out.logits.detach().float().norm(dim=1).sum()
                     for k, v in out.stats.items():
                         stat_sums[k] = stat_sums.get(k, 0) + v.detach().float() * len(y)
                     seen += len(y)
@@ -192,6 +196,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
         }
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {row['train_loss']})")
+        row["logit_norm"] = (logit_norm_sum / seen).item()
         row.update({k: (v / seen).item() for k, v in stat_sums.items()})
         last = epoch + 1 == passes
         if (epoch + 1) % cfg.val_every == 0 or last:
@@ -200,6 +205,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
             row.update({f"val_{k}": v for k, v in res.accuracy.items()})
             row["val_robust"] = res.robust_accuracy
             row["val_seconds"] = res.seconds
+            if cfg.val_aa_n:
+                aa = run_suite(model, val_x[:cfg.val_aa_n], val_y[:cfg.val_aa_n], suite="aa-fast", eps=cfg.eps,
+                               batch_size=cfg.batch_size, device=device, seed=cfg.seed + epoch)
+                row["val_aa_fast"] = aa.robust_accuracy
+                row["val_seconds"] += aa.seconds
             if res.robust_accuracy > best["val_robust"]:
                 best = {"epoch": epoch + 1, "val_robust": res.robust_accuracy}
                 save_weights(model, run_dir / BEST_WEIGHTS, {"epoch": str(epoch + 1)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,26 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
             a.grid(alpha=0.3)
         a2.legend(fontsize=7)
         made.append(_save(fig, out / "curves.png"))
-    # 3. seconds per epoch
+        # 3. the masking diagnosis: how scale, seeds and robustness evolve per epoch
+        keys = [("logit_norm", "mean logit norm"), ("feature_norm", "mean feature norm"),
+                ("seed_frac", "seed fraction"), ("val_pgd", "val CE-PGD acc. (%)"), ("val_cw", "val CW acc. (%)"),
+                ("val_aa_fast", "val aa-fast acc. (%)")]
+        present = [(k, t) for k, t in keys if any(k in c for g in groups.values() for c in g[0]["curve"])]
+        if any(k in ("logit_norm", "val_aa_fast") for k, _ in present):
+            fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+            for ax, (k, title) in zip(axes.flat, keys):
+                for name, g in groups.items():
+                    pts = [(c["epoch"], c[k]) for c in g[0]["curve"] if c.get(k) is not None]
+                    if pts:
+                        scale = 100 if k.startswith("val_") else 1
+                        ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker=".", label=name)
+                ax.set_title(title, fontsize=9)
+                ax.grid(alpha=0.3)
+                if k == "logit_norm":
+                    ax.set_yscale("log")
+            axes.flat[0].legend(fontsize=6)
+            made.append(_save(fig, out / "diagnosis.png"))
+    # 4. seconds per epoch
     speed = results.get("speed")
     if speed:
         names, secs = [r["entry"] for r in speed], [r["seconds_per_epoch"] for r in speed]
@@ -151,6 +171,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def research_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The machine-readable rows of issue 5 (benchmarks/eae_research.json)."""
+    rows = results["rows"]
+    std = {r["seed"]: r["train_seconds"] for r in rows if r["entry"] == "standard"}
+    return [{"method": r["entry"], "config": r.get("config", {}), "seed": r["seed"], "clean": r["clean"],
+             "aa": r["aa"], "aa_suite": r["aa_suite"], "aa_n": r["aa_n"], "cw20": r["cw20"], "pgd20": r["pgd20"],
+             "train_seconds": r["train_seconds"], "standard_seconds": std.get(r["seed"]), "verdict": r["verdict"],
+             "gpu": results["meta"]["device"], "commit": results["meta"]["commit"]} for r in rows]
+
+
 def write_report(out: Path, results: dict[str, Any]) -> None:
     meta = results["meta"]
     header, cells = table_rows(results)
@@ -174,6 +204,8 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     else:
         md += ["", "(plots need matplotlib: pip install matplotlib)"]
     (out / "REPORT.md").write_text("\n".join(md) + "\n")
+    if results["rows"]:
+        (out / "eae_research.json").write_text(json.dumps(research_rows(results), indent=2) + "\n")
 
     imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
                    f"</p>" for p in plots)

@@ -38,6 +38,11 @@ from .report import write_report
 from .suites import BenchSuite, Entry, get_bench_suite
 
 
+# per-epoch quantities kept for the plots (the masking diagnosis needs the EAE statistics)
+CURVE_KEYS = ("epoch", "val_clean", "val_pgd", "val_cw", "val_robust", "val_aa_fast", "seconds", "logit_norm",
+              "feature_norm", "seed_frac")
+
+
 def _commit() -> str:
     try:
         root = Path(__file__).resolve().parents[3]
@@ -89,7 +94,8 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
         "train_seconds": sum(secs), "seconds_per_pass": statistics.median(secs[1:] or secs),
         "verdict": max((q.verdict, a.verdict), key=LEVELS.index), "evidence": q.evidence + a.evidence[:1],
         "eval_seconds": q.seconds + a.seconds, "run_dir": str(run_dir),
-        "curve": [{k: m.get(k) for k in ("epoch", "val_clean", "val_robust", "seconds")} for m in result.metrics],
+        "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in result.metrics],
+        "config": entry.overrides,
     }
     atomic_write_json(done, row)
     return row

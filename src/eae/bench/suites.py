@@ -71,6 +71,30 @@ def _smoke_entries() -> tuple[Entry, ...]:
     return tuple(out)
 
 
+def _eae(name: str, **overrides: Any) -> Entry:
+    # per-epoch aa-fast on 200 validation images: how robustness evolves, not just CE/CW-PGD
+    return Entry(name, {"method": "eae", "val_aa_n": 200, **overrides})
+
+
+# Issue 5: which knob drives the masking of the reconstruction, and which remedy removes it.
+EAE_ABLATION = (
+    Entry("standard", {"method": "standard"}),
+    Entry("fgsm_rs", {"method": "fgsm_rs", "val_aa_n": 200}),
+    _eae("eae"),  # the reconstruction of shared/RESEARCH.md
+    _eae("eae_eta0.1", eae_eta=0.1),
+    _eae("eae_q0.25", eae_q=0.25),
+    _eae("eae_lambda0.5", eae_lambda=0.5),
+    _eae("eae_warmup5", eae_warmup_epochs=5),
+    _eae("eae_logits", eae_latent="logits"),
+    _eae("eae_cosine16", head="cosine", head_scale=16.0),
+    _eae("eae_logitpen", eae_logit_penalty=1e-3),
+    _eae("eae_relative0.1", eae_budget="relative", eae_rel=0.1),
+    _eae("eae_temp4", eae_temperature=4.0),
+    _eae("eae_on_fgsm_rs", eae_base="fgsm_rs"),
+    _eae("eae_on_n_fgsm", eae_base="n_fgsm"),
+    _eae("eae_on_fgsm_rs_half", eae_base="fgsm_rs", eae_base_frac=0.5),
+)
+
 BENCH_SUITES = {
     "cifar10": BenchSuite(
         "cifar10", "accuracy", CIFAR10_PREACT18, METHODS,
@@ -83,6 +107,11 @@ BENCH_SUITES = {
     "speed": BenchSuite(
         "speed", "speed", {**CIFAR10_PREACT18, "val_attack_steps": 0}, METHODS,
         description="seconds per epoch (per epoch-equivalent for Free) of every method, one process, one device"),
+    "eae-ablation": BenchSuite(
+        "eae-ablation", "accuracy", CIFAR10_PREACT18, EAE_ABLATION,
+        description="issue 5: the EAE reconstruction, one knob at a time, and the remedies (cosine head, "
+                    "logit penalty, relative budget, temperature, EAE on a cheap input-space adversary); "
+                    "PreActResNet-18, 15 epochs, AutoAttack"),
     "smoke": BenchSuite(
         "smoke", "accuracy", SMOKE_BASE, _smoke_entries(), aa_suite="aa-fast", eval_n=100, aa_n_other_seeds=100,
         diagnostics="cheap", diag_n=100,

@@ -14,6 +14,11 @@ chosen by a statistical rule; the loss is CE(f(z), y) + λ · mean over seeds of
 CE(f(z̃), y), with δ held fixed. No input gradient is ever computed: one forward
 and one backward pass per step, as in standard training.
 
+Remedies under study (issue 5), all config fields: a cosine head (``head=cosine``:
+bounded logits), a logit-norm penalty, a relative latent budget instead of the
+minimal one, a temperature on the EAE term, and EAE on top of a cheap input-space
+adversary (``eae_base=fgsm_rs`` / ``n_fgsm``, on all or a fraction of the batch).
+
 Known weakness (RESEARCH.md §3): with the defaults below the network learns to
 inflate its logits, which masks gradients; evaluate with margin-loss attacks. Our
 reading of the mechanism (a hypothesis for issue 5): f(z̃) = f(z) + (1 + η) W δ with
@@ -25,7 +30,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.base import linear_form
 from .base import Method, StepOutput
+from .fgsm_rs import fgsm_rs_example
+from .n_fgsm import n_fgsm_example
 from .registry import register_method
 
 
@@ -142,28 +150,53 @@ class EAE(Method):
             return correct & (m_tilde <= quantile_threshold(m_clean, correct, cfg.eae_q))
         raise ValueError(f"unknown seed rule {rule!r}")
 
+    def base_input(self, model, x, y):
+        """The input whose latent is perturbed (and trained on): the clean batch, or a
+        cheap input-space adversary on the first ``eae_base_frac`` of it."""
+        cfg = self.cfg
+        if cfg.eae_base == "clean":
+            return x
+        k = max(1, round(cfg.eae_base_frac * len(x)))
+        if cfg.eae_base == "fgsm_rs":
+            adv = fgsm_rs_example(model, x[:k], y[:k], self.threat, 1.25 * cfg.eps)
+        else:
+            adv = n_fgsm_example(model, x[:k], y[:k], self.threat, cfg.eps, cfg.nfgsm_noise)
+        return adv if k == len(x) else torch.cat([adv, x[k:]])
+
+    def shift(self, latent, delta):
+        """The latent shift: (1 + η) δ, or a relative budget along δ's direction."""
+        cfg = self.cfg
+        if cfg.eae_budget == "minimal":
+            return (1 + cfg.eae_eta) * delta
+        p = 2 if cfg.eae_norm == "l2" else float("inf")
+        unit = delta / delta.norm(p=p, dim=1, keepdim=True).clamp_min(1e-12)
+        return cfg.eae_rel * latent.detach().float().norm(p=p, dim=1, keepdim=True) * unit
+
     def step(self, model, x, y, epoch):
         cfg = self.cfg
-        z = model.features(x)
+        xb = self.base_input(model, x, y)
+        z = model.features(xb)
         logits = model.head(z)
         loss_clean = F.cross_entropy(logits, y)
+        if cfg.eae_logit_penalty:
+            loss_clean = loss_clean + cfg.eae_logit_penalty * logits.float().pow(2).sum(1).mean()
         if epoch < cfg.eae_warmup_epochs:
             return StepOutput(loss_clean, logits, {"seed_frac": torch.zeros((), device=x.device)})
         if cfg.eae_latent == "penultimate":
-            latent, weight = z, model.head.weight
+            latent, weight, _ = linear_form(model.head, z)
         else:  # the logits themselves are the latent; the "head" is the identity
             latent = logits
             weight = torch.eye(logits.shape[1], device=logits.device)
         with torch.no_grad():
             delta, _, dist = minimal_perturbation(logits.detach(), weight.detach(), y, cfg.eae_norm)
-            shift = (1 + cfg.eae_eta) * delta
+            shift = self.shift(latent, delta)
             seeds = self.seeds(logits.detach(), latent.detach(), latent.detach().float() + shift, dist, y)
-        # f(z + s) = f(z) + W s for the linear head: exact, and computed in fp32 so the
-        # small overshoot is not lost to bf16 rounding of z. Gradients reach the whole
-        # network through f(z) and the head's weights through W s; δ itself is fixed.
+        # f(u + s) = f(u) + W s for a head linear in u: exact, and computed in fp32 so the
+        # small overshoot is not lost to bf16 rounding of u. Gradients reach the whole
+        # network through f(u) and the head's weights through W s; δ itself is fixed.
         with torch.autocast(x.device.type, enabled=False):
             logits_eae = logits.float() + F.linear(shift, weight.float())
-        ce_eae = F.cross_entropy(logits_eae, y, reduction="none")
+        ce_eae = F.cross_entropy(logits_eae / cfg.eae_temperature, y, reduction="none")
         n_seeds = seeds.sum()
         loss_eae = (ce_eae * seeds).sum() / n_seeds.clamp_min(1)
         loss = loss_clean + cfg.eae_lambda * loss_eae
@@ -172,7 +205,6 @@ class EAE(Method):
                 "seed_frac": seeds.float().mean(),
                 "eae_loss": loss_eae.detach(),
                 "latent_dist": (dist * seeds).sum() / n_seeds.clamp_min(1),
-                "logit_norm": logits.detach().float().norm(dim=1).mean(),
                 "feature_norm": z.detach().float().norm(dim=1).mean(),
             }
         return StepOutput(loss, logits, stats)

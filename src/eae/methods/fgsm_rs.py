@@ -24,8 +24,12 @@ class FGSMRS(Method):
         self.alpha = 1.25 * cfg.eps if cfg.fgsm_alpha is None else cfg.fgsm_alpha
 
     def step(self, model, x, y, epoch):
-        delta = self.threat.random_perturb(x)
-        grad = input_grad(model, x, delta, y)
-        delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.alpha)))
-        logits = model(x + delta.detach())
+        logits = model(fgsm_rs_example(model, x, y, self.threat, self.alpha))
         return StepOutput(F.cross_entropy(logits, y), logits)
+
+
+def fgsm_rs_example(model, x, y, threat, alpha):
+    """x + δ: a uniform start in the ε-ball, one signed step of α, projected (detached)."""
+    delta = threat.random_perturb(x)
+    grad = input_grad(model, x, delta, y)
+    return (x + clip_to_image(x, threat.project(delta + threat.step(grad, alpha)))).detach()

@@ -21,8 +21,12 @@ class NFGSM(Method):
         self.alpha = cfg.eps if cfg.nfgsm_alpha is None else cfg.nfgsm_alpha
 
     def step(self, model, x, y, epoch):
-        delta = self.threat.random_perturb(x, scale=self.cfg.nfgsm_noise)
-        grad = input_grad(model, x, delta, y)
-        delta = clip_to_image(x, delta + self.threat.step(grad, self.alpha))
-        logits = model(x + delta.detach())
+        logits = model(n_fgsm_example(model, x, y, self.threat, self.alpha, self.cfg.nfgsm_noise))
         return StepOutput(F.cross_entropy(logits, y), logits)
+
+
+def n_fgsm_example(model, x, y, threat, alpha, noise):
+    """x + δ: noise U(-noise·ε, noise·ε), one signed step of α, no ε-ball projection (detached)."""
+    delta = threat.random_perturb(x, scale=noise)
+    grad = input_grad(model, x, delta, y)
+    return (x + clip_to_image(x, delta + threat.step(grad, alpha))).detach()

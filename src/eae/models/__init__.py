@@ -6,13 +6,20 @@ from typing import Sequence
 from torch import nn
 
 from . import resnet, wide_resnet  # noqa: F401  (registration)
-from .base import Classifier, Normalize
+from .base import Classifier, CosineHead, Normalize, linear_form
 from .registry import MODELS, register_model
+
+HEADS = ("linear", "cosine")
 
 
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,) * 3,
-                 std: Sequence[float] = (0.5,) * 3) -> Classifier:
-    return MODELS.get(name)(num_classes=num_classes, mean=mean, std=std)
+                 std: Sequence[float] = (0.5,) * 3, head: str = "linear", head_scale: float = 16.0) -> Classifier:
+    model = MODELS.get(name)(num_classes=num_classes, mean=mean, std=std)
+    if head == "cosine":
+        model.head = CosineHead(model.feature_dim, num_classes, head_scale)
+    elif head != "linear":
+        raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
+    return model
 
 
 def list_models() -> list[str]:
@@ -23,5 +30,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Classifier", "Normalize", "MODELS", "register_model", "create_model", "list_models",
-           "count_parameters"]
+__all__ = ["Classifier", "CosineHead", "Normalize", "linear_form", "HEADS", "MODELS", "register_model",
+           "create_model", "list_models", "count_parameters"]

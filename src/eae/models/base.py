@@ -1,16 +1,18 @@
-"""What every model here is: normalisation -> backbone -> linear head.
+"""What every model here is: normalisation -> backbone -> head.
 
 Images enter in [0, 1]; normalisation is the model's first layer, so attacks,
 ε-balls and clipping all live in pixel space and nobody normalises twice (or
 forgets to). ``features(x)`` returns the penultimate features z and ``head(z)``
-the logits, with ``forward = head ∘ features``: EAE perturbs z in closed form
-using the head's weights.
+the logits, with ``forward = head ∘ features``: EAE perturbs the latent in closed
+form using the head's weights, through :func:`linear_form`.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,8 +29,36 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+class CosineHead(nn.Module):
+    """logits_k = s · cos(z, w_k): normalised features and weights, a fixed scale s, no
+    bias. The logit scale is bounded by s, so the network cannot inflate it."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 16.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.scale = float(scale)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(z, dim=1) @ F.normalize(self.weight, dim=1).T
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, scale={self.scale}"
+
+
+def linear_form(head: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(latent u, weight W, bias b) with head(z) = u W^T + b: the space in which the head
+    is linear. For nn.Linear u = z; for the cosine head u = z / ||z|| and W = s · w / ||w||."""
+    if isinstance(head, nn.Linear):
+        return z, head.weight, head.bias
+    if isinstance(head, CosineHead):
+        return F.normalize(z, dim=1), head.scale * F.normalize(head.weight, dim=1), None
+    raise TypeError(f"no linear form known for head {type(head).__name__}")
+
+
 class Classifier(nn.Module):
-    """``normalize`` (a module), ``backbone`` (images -> (B, D) features), ``head`` (nn.Linear)."""
+    """``normalize`` (a module), ``backbone`` (images -> (B, D) features), ``head``
+    (nn.Linear, or :class:`CosineHead`)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float]):
