@@ -15,7 +15,6 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,15 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from eae import TrainConfig, evaluate, load, train  # noqa: E402
 from eae.data import load_test_set  # noqa: E402
-from eae.utils import device_name, resolve_device  # noqa: E402
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+from eae.utils import device_name, git_commit, resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -95,7 +86,7 @@ def main() -> None:
     for r in rows:
         r["x_standard"] = r["train_seconds"] / base if base else None
     meta = {
-        "device": device_name(device), "torch": torch.__version__, "commit": commit(),
+        "device": device_name(device), "torch": torch.__version__, "commit": git_commit(),
         "command": " ".join(shlex.quote(a) for a in sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dataset": "synthetic (speed only)" if args.synthetic else "CIFAR-10",
     }

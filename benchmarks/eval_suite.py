@@ -26,10 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 from eae import evaluate, load  # noqa: E402
 from eae.checkpoint import read_config  # noqa: E402
 from eae.data import load_test_set  # noqa: E402
-from eae.utils import device_name, resolve_device  # noqa: E402
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from core_cifar10 import commit  # noqa: E402
+from eae.utils import device_name, git_commit, resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -72,7 +69,7 @@ def main() -> None:
                      "suite_seconds": suite_seconds, "wall_seconds_with_diagnostics": wall})
         print(json.dumps(rows[-1]), flush=True)
 
-    meta = {"device": device_name(device), "torch": torch.__version__, "commit": commit(),
+    meta = {"device": device_name(device), "torch": torch.__version__, "commit": git_commit(),
             "command": " ".join(shlex.quote(a) for a in sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "suite": args.suite, "precision": args.precision}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

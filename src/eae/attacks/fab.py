@@ -52,7 +52,6 @@ def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: tor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv, fooled); fooled means misclassified within the ε-ball."""
     n = len(x)
-    view = (-1,) + (1,) * (x.dim() - 1)
     x0 = x.flatten(1)
     x1 = x0.clone()
     best = torch.full((n,), float("inf"), device=x.device)

@@ -18,7 +18,6 @@ import math
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..data import load_test_set
 from ..evaluation import evaluate
 from ..evaluation.diagnostics import LEVELS
 from ..train import train
-from ..utils import atomic_write_json, device_name, resolve_device
+from ..utils import atomic_write_json, device_name, git_commit, resolve_device
 from .report import write_report
 from .suites import BenchSuite, Entry, get_bench_suite
 
@@ -41,15 +40,6 @@ from .suites import BenchSuite, Entry, get_bench_suite
 # per-epoch quantities kept for the plots (the masking diagnosis needs the EAE statistics)
 CURVE_KEYS = ("epoch", "val_clean", "val_pgd", "val_cw", "val_robust", "val_aa_fast", "seconds", "logit_norm",
               "feature_norm", "seed_frac")
-
-
-def _commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def _config(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,
@@ -194,7 +184,7 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
             "suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
             "budget_k": budget_k if suite.kind == "budget" else None, "device": device_name(dev),
             "torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
-            "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join(shlex.quote(a) for a in sys.argv), "wall_seconds": time.perf_counter() - t0,
         },
         "rows": rows, "speed": speed,

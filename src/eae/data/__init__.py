@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cifar10 import CLASSES, MEAN, STD, Cifar10Arrays, DatasetError, load_cifar10, locate, prepare_cifar10
+from .cifar10 import MEAN, STD, Cifar10Arrays, DatasetError, load_cifar10, locate, prepare_cifar10
 from .loader import DeviceLoader, random_crop_flip
 from .synthetic import make_synthetic
 
