@@ -5,11 +5,19 @@
 - ``checkpoint.pt``: everything needed to resume (model, optimiser, scheduler,
   data order, method state, RNG states), written atomically and read back with
   ``torch.load(weights_only=True)``.
+
+Both carry a SHA-256 of their contents (the checkpoint in an 8-byte magic + 32-byte
+digest header, the weights in the safetensors metadata), checked on every load: a
+truncated or bit-flipped file is refused with a clear error instead of resuming from
+(or evaluating) silently corrupted numbers. A checkpoint whose pickle would need to
+run code is refused by ``weights_only=True``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +27,19 @@ from torch import nn
 from .config import TrainConfig
 from .utils import atomic_write_bytes
 
+MAGIC = b"EAECKPT1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that is corrupt, truncated or unsafe to load."""
+
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "model_best.safetensors"
 CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"  # the full state of the best epoch (rollback target)
+EVENTS = "events.jsonl"  # what the training guards did
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -31,20 +47,105 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save(state_dict_for_saving(model), metadata=metadata))
+    state = state_dict_for_saving(model)
+    atomic_write_bytes(path, save(state, metadata={**(metadata or {}), "sha256": tensors_digest(state)}))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, after checking their SHA-256 (when recorded)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if "sha256" in meta and tensors_digest(state) != meta["sha256"]:
+        raise CheckpointError(f"{path}: SHA-256 of the weights does not match the one recorded at save time "
+                              "(the file was modified or corrupted)")
+    return state
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    payload = buf.getvalue()
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    data = Path(path).read_bytes()
+    if data.startswith(MAGIC):
+        digest, data = data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:]
+        if hashlib.sha256(data).digest() != digest:
+            raise CheckpointError(f"{path}: SHA-256 mismatch: the checkpoint is truncated or corrupted "
+                                  f"({len(data):,} bytes of payload); it was not used")
+    try:  # weights_only: tensors and plain containers only; a pickle that would run code is refused
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run directory."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``.lock``, flock): a second process that
+    would write the same run stops with an error. The kernel drops the lock when its
+    holder dies, even by ``kill -9``, so a crash never leaves a stale lock."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no protection, as before
+            return self
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise RunLocked(f"{self.path.parent} is being written by another run (pid {holder}); "
+                               "wait for it or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:
@@ -61,8 +162,6 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     constants included) come from ``model.safetensors`` (``weights="best"``: the
     epoch with the best validation robust accuracy).
     """
-    from safetensors.torch import load_file
-
     from .models import create_model
 
     run_dir = Path(run_dir)
@@ -74,7 +173,7 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     if not path.is_file():
         hint = " (training not finished? the last checkpoint is in checkpoint.pt)" if weights == "final" else ""
         raise FileNotFoundError(f"{path} not found{hint}")
-    state = load_file(str(path), device="cpu")
+    state = load_weights(path)
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)
     model.load_state_dict(state, strict=True)

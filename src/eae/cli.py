@@ -63,11 +63,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .train import train
 
     cfg = config_from_args(args)
-    result = train(cfg, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
-    if not args.quiet and result.finished:
+    try:
+        result = train(cfg, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
+    finally:
+        dist.shutdown()
+    if not args.quiet and result.finished and int(os.environ.get("RANK", "0")) == 0:
         last = result.final
         print(json.dumps({"run_dir": str(result.run_dir), "train_seconds": round(result.train_seconds, 2),
                           **{k: last[k] for k in ("val_clean", "val_pgd", "val_cw", "val_robust") if k in last}}))
@@ -76,33 +80,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    from . import distributed as dist
+
+    try:
+        return _eval(args, dist.init(args.device))
+    finally:
+        dist.shutdown()
+
+
+def _eval(args: argparse.Namespace, device) -> int:
     import torch
 
+    from . import distributed as dist
     from .checkpoint import load, read_config
-    from .data import load_test_set
+    from .data import load_test_set, num_test_images
     from .evaluation import evaluate
-    from .utils import atomic_write_json, device_name, resolve_device
+    from .evaluation.core import shard_across_ranks
+    from .utils import atomic_write_json, device_name
 
     run_dir = Path(args.run_dir)
     cfg = read_config(run_dir)
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
-    device = resolve_device(args.device)
     model = load(run_dir, weights=args.weights, device=device)
-    x, y = load_test_set(cfg)
-    test_size = len(y)
+    test_size = num_test_images(cfg)
     n = test_size if args.n is None else args.n
     if not 0 < n <= test_size:
         raise SystemExit(f"--n must be in 1..{test_size}")
+    x, y = load_test_set(cfg, n)
     if args.attacks and args.suite:
         raise SystemExit("give --suite or --attacks, not both")
     attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks else None
     suite = None if attacks else (args.suite or "quick")
-    report = evaluate(model, x[:n], y[:n], attacks, args.eps, suite=suite, batch_size=args.batch_size,
-                      device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
-                      diag_n=args.diag_n, test_size=test_size, progress=not args.quiet)
+    with shard_across_ranks():  # under torchrun each rank attacks its share of the points
+        report = evaluate(model, x, y, attacks, args.eps, suite=suite, batch_size=args.batch_size,
+                          device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
+                          diag_n=args.diag_n, test_size=test_size, progress=not args.quiet)
+    if not dist.is_main():
+        return 0 if not args.strict or report.verdict == "ok" else 3
+    procs = f" x {dist.world_size()} processes" if dist.world_size() > 1 else ""
     out = {"run_dir": str(run_dir), "weights": args.weights, "dataset": cfg.dataset, **report.to_dict(),
-           "device": device_name(device), "torch": torch.__version__}
+           "device": device_name(device) + procs, "torch": torch.__version__}
     json_path = Path(args.output) if args.output else run_dir / "eval.json"
     atomic_write_json(json_path, out)
     md = report.to_markdown(title=f"{run_dir} ({args.weights} weights)")
@@ -240,12 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import RunLocked
+    from .train import TrainingStopped
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, RunLocked, TrainingStopped) as e:
         if os.environ.get("EAE_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 4 if isinstance(e, TrainingStopped) else 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -32,11 +33,15 @@ EAE_SEED_RULES = ("quantile", "confidence", "mahalanobis", "all")
 EAE_LATENTS = ("penultimate", "logits")
 EAE_BUDGETS = ("minimal", "relative")
 EAE_BASES = ("clean", "fgsm_rs", "n_fgsm")
-DATASETS = ("cifar10", "synthetic")
+DATASETS = ("cifar10", "synthetic", "imagefolder")
+BAD_IMAGES = ("error", "skip")
+NONFINITE = ("stop", "skip")
+OVERFIT_ACTIONS = ("warn", "stop", "rollback", "rollback_lower_step")
+FGSM_INITS = ("uniform", "zero")
 
 # Fields that say where and how a run executes, not what it computes: they may
 # differ when a run is resumed (e.g. on another machine).
-PLACEMENT_FIELDS = ("out", "device", "data_dir", "compile", "tensorboard")
+PLACEMENT_FIELDS = ("out", "device", "data_dir", "compile", "tensorboard", "workers")
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,14 @@ class TrainConfig:
     seed: int = _f(0, "random seed of the run (init, batch order, augmentation, attacks)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     # --- data --------------------------------------------------------------
-    dataset: str = _f("cifar10", "cifar10 | synthetic", choices=DATASETS)
-    data_dir: str | None = _f(None, "folder holding cifar-10-batches-py (else $EAE_DATA_DIR, else ~/.cache/eae)")
+    dataset: str = _f("cifar10", "cifar10 | synthetic | imagefolder (D/train/<class>/*, D/val/<class>/*)",
+                      choices=DATASETS)
+    data_dir: str | None = _f(None, "cifar10: folder holding cifar-10-batches-py (else $EAE_DATA_DIR, else "
+                                    "~/.cache/eae); imagefolder: the folder D holding train/ and val/")
+    image_size: int = _f(224, "imagefolder: side of the training crops (RandomResizedCrop) and test crops")
+    workers: int = _f(8, "imagefolder: decoding processes per training process")
+    bad_images: str = _f("error", "imagefolder: a non-image, unreadable or empty file or class folder stops "
+                                  "the run (error) or is left out and counted (skip)", choices=BAD_IMAGES)
     val_size: int = _f(1000, "images held out of the training set for per-epoch validation")
     val_seed: int = _f(0, "seed of the (fixed) validation split")
     train_subset: int = _f(0, "train on the first N images of the (shuffled) training split; 0 = all")
@@ -75,6 +86,8 @@ class TrainConfig:
     method: str = _f("standard", "training method (see `eae list`)")
     eps: float = _f(8 / 255, "L-inf radius of the threat model, pixel units")
     fgsm_alpha: float | None = _f(None, "fgsm_rs: step size; default 1.25 * eps")
+    fgsm_init: str = _f("uniform", "fgsm_rs: start of the step: uniform in the eps-ball (FGSM-RS), or zero "
+                                   "(plain FGSM, prone to catastrophic overfitting)", choices=FGSM_INITS)
     pgd_steps: int = _f(10, "pgd: attack steps during training")
     pgd_alpha: float = _f(2 / 255, "pgd: attack step size")
     free_replays: int = _f(8, "free: replays m of each minibatch (passes over the data = ceil(epochs / m))")
@@ -106,22 +119,42 @@ class TrainConfig:
     val_every: int = _f(1, "validate every N epochs (and always after the last)")
     val_aa_n: int = _f(0, "also run aa-fast (APGD-CE + APGD-T) on the first N validation images at each "
                           "validation (diagnosis of masking during training; 0 = off)")
+    # --- guards --------------------------------------------------------------
+    nonfinite: str = _f("stop", "a non-finite loss or gradient: stop the run (stop) or skip the optimiser "
+                                "step and count it (skip; costs one host sync per step)", choices=NONFINITE)
+    overfit_action: str = _f("warn", "catastrophic overfitting (validation PGD accuracy collapsing): warn "
+                                     "(record it), stop, rollback (to the best checkpoint), or "
+                                     "rollback_lower_step (and scale the attack step by overfit_step_factor)",
+                             choices=OVERFIT_ACTIONS)
+    overfit_drop: float = _f(0.05, "collapse: validation PGD accuracy below half of its best and at least this "
+                                  "much (absolute) under it")
+    overfit_step_factor: float = _f(0.5, "rollback_lower_step: factor applied to the attack step at each rollback")
+    max_rollbacks: int = _f(3, "rollbacks allowed before the run stops")
     # --- system ------------------------------------------------------------
     precision: str = _f("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32", choices=PRECISIONS)
     channels_last: bool = _f(True, "channels_last memory format for images and weights")
+    sync_bn: bool = _f(False, "under torchrun: BatchNorm statistics over the global batch (CUDA only)")
     compile: bool = _f(False, "torch.compile the network body for training")
+    deterministic: bool = _f(False, "deterministic algorithms (cuDNN, cuBLAS): a resumed run reaches the same "
+                                    "final weights as an uninterrupted one on GPUs too; slower")
     tensorboard: bool = _f(False, "also log metrics to TensorBoard (if installed)")
 
     def __post_init__(self) -> None:
         errors = []
-        if not self.eps >= 0:
-            errors.append(f"eps must be >= 0, got {self.eps}")
+        if not 0 <= self.eps <= 1:
+            errors.append(f"eps must be in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {self.eps}")
+        for name in ("lr_max", "momentum", "weight_decay", "overfit_drop"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                errors.append(f"{name} must be a finite number >= 0, got {v}")
+        if not 0 < self.overfit_step_factor <= 1:
+            errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
-                     "synthetic_test_size", "synthetic_image_size", "free_replays"):
+                     "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps",
-                     "trades_steps", "val_aa_n"):
+                     "trades_steps", "val_aa_n", "workers", "max_rollbacks"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.eae_base_frac <= 1:

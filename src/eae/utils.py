@@ -88,7 +88,9 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "it"):
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see a partial file."""
+    """Write via a temporary file, fsync, rename, fsync the folder: readers never see a
+    partial file, a crash at any moment leaves the old or the new version, and a
+    failed write (disk full, permissions) leaves the old one untouched and raises."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -101,6 +103,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -18,6 +18,7 @@ from .synthetic import make_synthetic
 
 __all__ = [
     "Splits", "load_splits", "load_test_set", "cifar10_arrays", "DeviceLoader", "random_crop_flip",
+    "TrainingData", "training_data", "num_test_images",
     "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError",
 ]
 
@@ -70,7 +71,7 @@ def _raw(dataset: str, *, data_dir=None, synthetic_train_size=2048, synthetic_te
         mean = tuple(float(m) for m in (tx.reshape(len(tx), 3, -1) / 255).mean(axis=(0, 2)))
         std = tuple(float(s) for s in (tx.reshape(len(tx), 3, -1) / 255).std(axis=(0, 2)))
         return tx, ty, vx, vy, tuple(f"class{i}" for i in range(10)), mean, std
-    raise ValueError(f"unknown dataset {dataset!r}; available: cifar10, synthetic")
+    raise ValueError(f"unknown dataset {dataset!r}; available: cifar10, synthetic, imagefolder")
 
 
 def load_splits(cfg) -> Splits:
@@ -78,13 +79,7 @@ def load_splits(cfg) -> Splits:
     tx, ty, sx, sy, classes, mean, std = _raw(
         cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
         synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)
-    n = len(tx)
-    if cfg.val_size >= n:
-        raise ValueError(f"val_size={cfg.val_size} leaves no training images (dataset has {n})")
-    perm = np.random.default_rng(cfg.val_seed).permutation(n)
-    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
-    if cfg.train_subset:
-        train_idx = train_idx[:cfg.train_subset]
+    val_idx, train_idx = _held_out(len(tx), cfg)
     t = torch.from_numpy
     return Splits(
         train_x=t(np.ascontiguousarray(tx[train_idx])), train_y=t(ty[train_idx]),
@@ -94,8 +89,74 @@ def load_splits(cfg) -> Splits:
     )
 
 
+def _held_out(n: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, training indices) of a training set of n items."""
+    if cfg.val_size >= n:
+        raise ValueError(f"val_size={cfg.val_size} leaves no training images (dataset has {n})")
+    perm = np.random.default_rng(cfg.val_seed).permutation(n)
+    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
+    return val_idx, (train_idx[:cfg.train_subset] if cfg.train_subset else train_idx)
+
+
+@dataclass
+class TrainingData:
+    """What the training loop reads: a loader over the training split (this rank's
+    slices), the validation split as tensors, and the dataset's constants."""
+    loader: object  # DeviceLoader or imagefolder.FolderLoader
+    val_x: torch.Tensor  # uint8 (N, C, H, W), CPU
+    val_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    n_train: int
+    skipped: int = 0  # files left out at scan time (bad_images="skip")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def training_data(cfg, device, rank: int = 0, world_size: int = 1) -> TrainingData:
+    if cfg.dataset == "imagefolder":
+        from . import imagefolder as f
+
+        train_dir, _ = f.split_dirs(cfg.data_dir)
+        index = f.scan_folder(train_dir, bad_images=cfg.bad_images)
+        val_idx, train_idx = _held_out(len(index.samples), cfg)
+        val_x, val_y = f.decode_all([index.samples[i] for i in val_idx], cfg.image_size, workers=cfg.workers,
+                                    bad_images=cfg.bad_images)
+        train = [index.samples[i] for i in train_idx]
+        loader = f.FolderLoader(train, cfg.batch_size, cfg.image_size, device=device, augment=cfg.augment,
+                                seed=cfg.seed, workers=cfg.workers, bad_images=cfg.bad_images,
+                                channels_last=cfg.channels_last, rank=rank, world_size=world_size)
+        return TrainingData(loader, val_x, val_y, index.classes, f.MEAN, f.STD, len(train), len(index.skipped))
+    s = load_splits(cfg)
+    loader = DeviceLoader(s.train_x, s.train_y, cfg.batch_size, device=device, shuffle=True, augment=cfg.augment,
+                          seed=cfg.seed, channels_last=cfg.channels_last, rank=rank, world_size=world_size)
+    return TrainingData(loader, s.val_x, s.val_y, s.classes, s.mean, s.std, len(s.train_y))
+
+
+def num_test_images(cfg) -> int:
+    if cfg.dataset == "imagefolder":
+        from . import imagefolder as f
+
+        train_dir, val_dir = f.split_dirs(cfg.data_dir)
+        return len(f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=cfg.bad_images).samples)
+    return len(_raw(cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
+                    synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)[3])
+
+
 def load_test_set(cfg, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images (uint8) and labels for the dataset of ``cfg``."""
+    """The first ``n`` test images (uint8) and labels for the dataset of ``cfg``
+    (imagefolder: ``val/`` in a fixed shuffled order, centre-cropped at ``image_size``)."""
+    if cfg.dataset == "imagefolder":
+        from . import imagefolder as f
+
+        train_dir, val_dir = f.split_dirs(cfg.data_dir)
+        samples = f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=cfg.bad_images).samples
+        # a fixed shuffle of the class-sorted files, so that the first n cover every class
+        samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))][:n]
+        return f.decode_all(samples, cfg.image_size, workers=cfg.workers, bad_images=cfg.bad_images)
     _, _, sx, sy, *_ = _raw(
         cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
         synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)

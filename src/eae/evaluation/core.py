@@ -1,12 +1,22 @@
 """Running a suite: clean predictions, then each attack on its pool of points, scored
-per example in strict fp32."""
+per example in strict fp32.
+
+Inside ``with shard_across_ranks():`` (training under torchrun, ``eae eval`` under
+torchrun) every rank attacks its share of each pool and the per-example results are
+summed across ranks, so each rank ends with the full masks and the same report.
+Every rank must then make the same calls.
+"""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from .. import distributed as dist
+from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
 from ..utils import progress_bar
@@ -24,23 +34,45 @@ def as_images(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
 
+_SHARDED = False
+
+
+@contextlib.contextmanager
+def shard_across_ranks():
+    """Split evaluation work across the ranks of the process group (see module doc)."""
+    global _SHARDED
+    before, _SHARDED = _SHARDED, dist.world_size() > 1
+    try:
+        yield
+    finally:
+        _SHARDED = before
+
+
+def _mine(idx: torch.Tensor) -> torch.Tensor:
+    return idx[slice(*shard_bounds(len(idx), dist.rank(), dist.world_size()))] if _SHARDED else idx
+
+
+def _merged(ok: torch.Tensor) -> torch.Tensor:
+    """Each point was scored by exactly one rank (zeros elsewhere): the sum is the union."""
+    return dist.all_reduce(ok.int()).bool() if _SHARDED else ok
+
+
 def predict_all(model, x, y, batch_size, device) -> torch.Tensor:
-    out = torch.zeros(len(y), dtype=torch.bool)
-    for lo in range(0, len(y), batch_size):
-        xb = as_images(x[lo:lo + batch_size].to(device))
-        out[lo:lo + batch_size] = (predict(model, xb) == y[lo:lo + batch_size].to(device)).cpu()
-    return out
+    return attack_points(model, None, x, y, torch.arange(len(y)), batch_size, device, None)
 
 
-def attack_points(model, attack: Attack, x, y, idx: torch.Tensor, batch_size, device, bar) -> torch.Tensor:
-    """Attack the points ``idx``; True where the model is still correct afterwards."""
+def attack_points(model, attack: Attack | None, x, y, idx: torch.Tensor, batch_size, device, bar) -> torch.Tensor:
+    """Attack the points ``idx`` (None: clean predictions); True where the model is
+    still correct afterwards."""
     ok = torch.zeros(len(y), dtype=torch.bool)
-    for lo in range(0, len(idx), batch_size):
-        b = idx[lo:lo + batch_size]
+    mine = _mine(idx)
+    for lo in range(0, len(mine), batch_size):
+        b = mine[lo:lo + batch_size]
         xb, yb = as_images(x[b].to(device)), y[b].to(device)
-        ok[b] = (predict(model, attack(model, xb, yb)) == yb).cpu()
-        bar.update(len(b))
-    return ok
+        ok[b] = (predict(model, xb if attack is None else attack(model, xb, yb)) == yb).cpu()
+        if bar is not None:
+            bar.update(len(b) * (dist.world_size() if _SHARDED else 1))
+    return _merged(ok)
 
 
 def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Attack, str]]]:
@@ -57,6 +89,35 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
     return s, [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
 
 
+def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse data that would give meaningless numbers, with a message naming the problem."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("x and y must be torch tensors")
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"x must be images (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"y must hold one label per image: got shape {tuple(y.shape)} for {len(x)} images")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise ValueError(f"x must be uint8 (0-255) or float in [0, 1], got dtype {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        if len(x) and (x.min() < 0 or x.max() > 1):
+            raise ValueError(f"float images must lie in [0, 1] (the model normalises internally), got "
+                             f"[{x.min().item():.3g}, {x.max().item():.3g}]")
+
+
+def _check_labels(model, x, y, device) -> None:
+    with attack_mode(model), torch.no_grad():
+        k = model(as_images(x[:1].to(device))).shape[1]
+    if len(y) and int(y.max()) >= k:
+        raise ValueError(f"label {int(y.max())} is out of range for a model with {k} classes")
+
+
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               attacks: Sequence[str] | Mapping[str, Attack | None] | None = None, eps: float = 8 / 255, *,
               suite: str | None = None, norm: str = "linf", batch_size: int = 500,
@@ -64,12 +125,16 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               test_size: int | None = None, progress: bool = False) -> Report:
     """Clean accuracy and every attack of the plan; no diagnostics (see ``evaluate``)."""
     device = torch.device(device) if device is not None else x.device
+    check_inputs(x, y)
     s, plan = resolve_plan(attacks, suite, eps, norm)
     y = y.long()
+    if len(y):
+        _check_labels(model, x, y, device)
     n = int(len(y))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # reproducible random starts; the caller's RNG is untouched
+        # reproducible random starts; the caller's RNG is untouched
+        torch.manual_seed(seed + (7919 * dist.rank() if _SHARDED else 0))
         clean = predict_all(model, x, y, batch_size, device)
         robust = clean.clone()  # worst case over everything
         chain = clean.clone()  # what the cascaded attacks have left standing
@@ -80,7 +145,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             pool = clean if mode == STANDALONE else chain
             idx = pool.nonzero().squeeze(1)
             t0 = time.perf_counter()
-            bar = progress_bar(len(idx), progress, spec, unit="img")
+            bar = progress_bar(len(idx), progress and dist.is_main(), spec, unit="img")
             ok = attack_points(model, attack, x, y, idx, batch_size, device, bar)
             bar.close()
             robust &= ok
@@ -97,4 +162,4 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   seconds=time.perf_counter() - start, test_size=test_size, correct=correct)
 
 
-__all__ = ["predict", "predict_all", "run_suite", "as_images", "CASCADE", "STANDALONE"]
+__all__ = ["predict", "predict_all", "run_suite", "as_images", "shard_across_ranks", "CASCADE", "STANDALONE"]

@@ -26,7 +26,6 @@ from torch import nn
 
 from ..attacks import CW, PGD, attack_mode
 from ..attacks.base import grad_of
-from ..utils import progress_bar
 from .core import as_images, attack_points, predict_all
 from .report import Report, fmt_eps
 from .suites import CASCADE, STANDALONE
@@ -79,8 +78,7 @@ def _logit_stats(model, x, y, batch_size, device) -> dict[str, float]:
 
 
 def _acc(model, attack, x, y, clean, batch_size, device) -> float:
-    ok = attack_points(model, attack, x, y, clean.nonzero().squeeze(1), batch_size, device,
-                       progress_bar(0, False, ""))
+    ok = attack_points(model, attack, x, y, clean.nonzero().squeeze(1), batch_size, device, None)
     return ok.float().mean().item()
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..distributed import unwrap
 from ..threat import LinfBall
 
 
@@ -24,10 +25,18 @@ class StepOutput:
 
 class Method:
     """Subclasses implement ``step``. ``model`` is in train mode and the loop has
-    entered autocast; methods never call ``backward`` or the optimiser."""
+    entered autocast; methods never call ``backward`` or the optimiser.
+
+    Under torchrun ``model`` is the DDP wrapper: the forward whose loss is returned
+    must go through it (DDP prepares its gradient all-reduce there), while attacks use
+    ``unwrap(model)``, as ``input_grad`` does."""
 
     name = "method"
     replays = 1  # optimiser steps per minibatch (Free-AT replays each minibatch m times)
+    # Methods whose attack step the overfitting guard may lower (rollback_lower_step)
+    # set this and multiply their step size by ``step_scale``.
+    scalable_step = False
+    step_scale = 1.0
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -52,6 +61,6 @@ def input_grad(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.
     """d CE / d delta at x + delta, in the model's current (train) mode. Only the input
     gradient is asked for, so no parameter gradient is accumulated."""
     delta = delta.detach().requires_grad_(True)
-    loss = nn.functional.cross_entropy(model(x + delta), y)
+    loss = nn.functional.cross_entropy(unwrap(model)(x + delta), y)
     (grad,) = torch.autograd.grad(loss, delta)
     return grad

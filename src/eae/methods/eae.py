@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..distributed import unwrap
 from ..models.base import linear_form
 from .base import Method, StepOutput
 from .fgsm_rs import fgsm_rs_example
@@ -175,15 +176,14 @@ class EAE(Method):
     def step(self, model, x, y, epoch):
         cfg = self.cfg
         xb = self.base_input(model, x, y)
-        z = model.features(xb)
-        logits = model.head(z)
+        logits, z = model(xb, return_features=True)
         loss_clean = F.cross_entropy(logits, y)
         if cfg.eae_logit_penalty:
             loss_clean = loss_clean + cfg.eae_logit_penalty * logits.float().pow(2).sum(1).mean()
         if epoch < cfg.eae_warmup_epochs:
             return StepOutput(loss_clean, logits, {"seed_frac": torch.zeros((), device=x.device)})
         if cfg.eae_latent == "penultimate":
-            latent, weight, _ = linear_form(model.head, z)
+            latent, weight, _ = linear_form(unwrap(model).head, z)
         else:  # the logits themselves are the latent; the "head" is the identity
             latent = logits
             weight = torch.eye(logits.shape[1], device=logits.device)

@@ -23,6 +23,7 @@ class Free(Method):
     """Free-AT: m replays per minibatch, the perturbation carried between them (Shafahi et al. 2019)."""
 
     name = "free"
+    scalable_step = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -38,7 +39,7 @@ class Free(Method):
         pass (the "free" step: no extra pass through the network)."""
         leaf = self._leaf
         if leaf is not None and leaf.grad is not None:
-            self.delta[: len(leaf)] = self.threat.project(leaf.detach() + self.threat.step(leaf.grad, self.cfg.eps))
+            self.delta[: len(leaf)] = self.threat.project(leaf.detach() + self.threat.step(leaf.grad, self.cfg.eps * self.step_scale))
             leaf.grad = None
 
     def step(self, model, x, y, epoch):

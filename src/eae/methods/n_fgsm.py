@@ -15,13 +15,14 @@ class NFGSM(Method):
     """N-FGSM: noise U(-2 eps, 2 eps), one step of eps, no eps-ball projection (de Jorge et al. 2022)."""
 
     name = "n_fgsm"
+    scalable_step = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.alpha = cfg.eps if cfg.nfgsm_alpha is None else cfg.nfgsm_alpha
 
     def step(self, model, x, y, epoch):
-        logits = model(n_fgsm_example(model, x, y, self.threat, self.alpha, self.cfg.nfgsm_noise))
+        logits = model(n_fgsm_example(model, x, y, self.threat, self.alpha * self.step_scale, self.cfg.nfgsm_noise))
         return StepOutput(F.cross_entropy(logits, y), logits)
 
 

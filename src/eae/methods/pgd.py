@@ -14,11 +14,12 @@ class PGDAT(Method):
     """PGD-k adversarial training from a random start (Madry et al. 2018)."""
 
     name = "pgd"
+    scalable_step = True
 
     def step(self, model, x, y, epoch):
         delta = self.threat.random_perturb(x)
         for _ in range(self.cfg.pgd_steps):
             grad = input_grad(model, x, delta, y)
-            delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.cfg.pgd_alpha)))
+            delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.cfg.pgd_alpha * self.step_scale)))
         logits = model(x + delta.detach())
         return StepOutput(F.cross_entropy(logits, y), logits)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.base import grad_of
+from ..distributed import unwrap
 from ..threat import clip_to_image
 from .base import Method, StepOutput
 from .registry import register_method
@@ -24,16 +25,17 @@ class TRADES(Method):
 
     def step(self, model, x, y, epoch):
         cfg = self.cfg
-        was_training = model.training
-        model.eval()
+        net = unwrap(model)  # the attack bypasses DDP; the training forwards below do not
+        was_training = net.training
+        net.eval()
         with torch.no_grad():
-            probs_nat = F.softmax(model(x).float(), dim=1)
+            probs_nat = F.softmax(net(x).float(), dim=1)
         delta = clip_to_image(x, 0.001 * torch.randn_like(x))
         for _ in range(cfg.trades_steps):
             delta = delta.detach().requires_grad_(True)
-            g = grad_of(_kl(model(x + delta), probs_nat, "sum"), delta)
+            g = grad_of(_kl(net(x + delta), probs_nat, "sum"), delta)
             delta = clip_to_image(x, self.threat.project(delta.detach() + self.threat.step(g, cfg.trades_alpha)))
-        model.train(was_training)
+        net.train(was_training)
         logits = model(x)
         logits_adv = model(x + delta.detach())
         robust = _kl(logits_adv, F.softmax(logits.float(), dim=1), "batchmean")

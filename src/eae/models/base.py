@@ -81,5 +81,8 @@ class Classifier(nn.Module):
         recompilations. Stored outside the module tree: ``state_dict`` is unchanged."""
         object.__setattr__(self, "_train_backbone", torch.compile(self.backbone, **kwargs))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits; with ``return_features``, (logits, features) from one pass (EAE uses
+        this so that its training forward goes through the DDP wrapper)."""
+        z = self.features(x)
+        return (self.head(z), z) if return_features else self.head(z)

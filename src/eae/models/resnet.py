@@ -1,5 +1,6 @@
-"""Pre-activation ResNets: PreActResNet-18 (He et al. 2016; the network of the
-fast adversarial-training literature) and a small one for CPU runs."""
+"""ResNets: PreActResNet-18 (He et al. 2016; the CIFAR-10 network of the fast
+adversarial-training literature), a small one for CPU runs, ResNet-50 for ImageNet,
+and a tiny BatchNorm-free net for exactness tests."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -52,3 +53,49 @@ def preact_resnet18(num_classes: int = 10, mean=(0.5,) * 3, std=(0.5,) * 3) -> C
 def resnet_small(num_classes: int = 10, mean=(0.5,) * 3, std=(0.5,) * 3) -> Classifier:
     """Small 4-stage pre-activation ResNet (0.31M parameters) for CPU runs and tests."""
     return Classifier(preact_backbone((16, 32, 64, 128), (1, 1, 1, 1), 16), 128, num_classes, mean, std)
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 conv, as torchvision's ResNet-50)."""
+
+    def __init__(self, cin: int, width: int, stride: int = 1):
+        super().__init__()
+        cout = 4 * width
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        # zero-initialised last BN: each block starts as the identity, which large-batch
+        # ImageNet recipes (Goyal et al. 2017, Fast-AT) rely on
+        nn.init.zeros_(self.body[-1].weight)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.relu(self.body(x) + skip)
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int = 1000, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Classifier:
+    """ResNet-50 (v1.5, 25.6M parameters with 1000 classes): the ImageNet network of Fast-AT and EAE."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                               nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for i, (width, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+        for j in range(n):
+            layers.append(Bottleneck(cin, width, stride=2 if (i > 0 and j == 0) else 1))
+            cin = 4 * width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Classifier(nn.Sequential(*layers), cin, num_classes, mean, std)
+
+
+@register_model("convnet_nobn")
+def convnet_nobn(num_classes: int = 10, mean=(0.5,) * 3, std=(0.5,) * 3) -> Classifier:
+    """Tiny conv net without BatchNorm (exact multi-process equivalence tests, debugging)."""
+    body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(body, 32, num_classes, mean, std)

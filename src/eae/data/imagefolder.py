@@ -1,0 +1,272 @@
+"""ImageNet-style folders: ``DATA/train/<class>/*.JPEG`` and ``DATA/val/<class>/*``.
+
+ImageNet does not fit on a GPU, so this path is the classic one: JPEGs decoded by
+worker processes (Pillow), with RandomResizedCrop and a horizontal flip at
+``image_size`` for training, resize + centre crop for evaluation. Two things keep
+it fast: a JPEG is decoded at the smallest scale libjpeg offers that still covers
+the crop (``Image.draft``), and workers hand over uint8 tensors, which become float
+on the GPU.
+
+The held-out validation split (``val_size`` images) comes from ``train/``, as for
+CIFAR-10; ``val/`` plays the role of the test set and is read only by ``eae eval``.
+
+Bad input is found where it is cheap to find: at scan time every file must have an
+image extension, be non-empty and start with an image signature, and every class
+folder must hold an image; at decode time a file that Pillow cannot read is caught.
+``bad_images="error"`` (default) stops with the file's path; ``"skip"`` leaves such
+files out (and, at decode time, substitutes the next readable image) and counts them.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .cifar10 import DatasetError
+from .loader import shard_bounds
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics (the model normalises internally)
+STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+BAD_POLICIES = ("error", "skip")
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF", b"P6", b"P3", b"II*\x00", b"MM\x00*")
+
+
+@dataclass
+class FolderIndex:
+    """The images of one folder: (path, label) pairs, the class names, and what was
+    skipped (path, reason)."""
+    root: Path
+    classes: tuple[str, ...]
+    samples: list[tuple[str, int]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _check_file(path: str) -> str | None:
+    """None if ``path`` looks like an image, else why not (reads 12 bytes)."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return "not an image file (extension)"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if not head:
+        return "empty file"
+    if not head.startswith(_SIGNATURES) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
+        return "not an image (no JPEG/PNG/BMP/WebP/PPM/TIFF signature)"
+    return None
+
+
+def class_names(root: str | Path) -> list[str]:
+    """The class folders of ``root``, sorted (the label of a class is its position)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_images: str = "error",
+                threads: int = 16) -> FolderIndex:
+    """Index ``root/<class>/<image>``. ``classes``: the label set to use (the training
+    folder's, when scanning ``val/``): a class folder outside it is bad input."""
+    if bad_images not in BAD_POLICIES:
+        raise ValueError(f"bad_images must be one of {', '.join(BAD_POLICIES)}, got {bad_images!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    found = class_names(root)
+    if not found:
+        raise DatasetError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    classes = tuple(found) if classes is None else tuple(classes)
+    label = {c: i for i, c in enumerate(classes)}
+    skipped: list[tuple[str, str]] = []
+
+    def bad(path: str, reason: str) -> None:
+        if bad_images == "error":
+            raise DatasetError(f"{path}: {reason} (pass --bad-images skip to leave such files out and count them)")
+        skipped.append((path, reason))
+
+    candidates: list[tuple[str, int]] = []
+    for c in found:
+        if c not in label:
+            bad(str(root / c), f"class folder {c!r} is not a class of the training set")
+            continue
+        files = sorted(e.path for e in os.scandir(root / c) if e.is_file() and not e.name.startswith("."))
+        candidates += [(p, label[c]) for p in files]
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # I/O bound: 12 bytes per file
+        reasons = list(pool.map(_check_file, [p for p, _ in candidates]))
+    samples = []
+    for (p, y), why in zip(candidates, reasons):
+        if why is None:
+            samples.append((p, y))
+        else:
+            bad(p, why)
+    present = {y for _, y in samples}
+    for c in found:
+        if c in label and label[c] not in present:
+            bad(str(root / c), "empty class folder (no readable image)")
+    if not samples:
+        raise DatasetError(f"{root}: no readable images")
+    return FolderIndex(root, classes, samples, skipped)
+
+
+# --------------------------------------------------------------------------- decoding
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("image folders need Pillow: pip install pillow") from e
+    return Image
+
+
+def decode(path: str, size: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(3, size, size) uint8: RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip when
+    ``train``, else resize the shorter side to size/0.875 and centre crop."""
+    Image = _pil()
+    with Image.open(path) as img:
+        w, h = img.size
+        if train:
+            left, top, cw, ch = _rrc_box(w, h, rng)
+        else:
+            short = min(w, h)
+            side = short * 0.875  # the centre crop of a shorter-side resize to size / 0.875
+            left, top, cw, ch = (w - side) / 2, (h - side) / 2, side, side
+        # decode JPEGs at a reduced scale when the crop stays >= size pixels (libjpeg's
+        # DCT scaling: 2-8x less work for large photos)
+        img.draft("RGB", (max(1, math.ceil(w * size / cw)), max(1, math.ceil(h * size / ch))))
+        fx, fy = img.size[0] / w, img.size[1] / h
+        box = (left * fx, top * fy, (left + cw) * fx, (top + ch) * fy)
+        out = img.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
+    arr = np.asarray(out, dtype=np.uint8)
+    if train and rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return float(rng.integers(0, w - cw + 1)), float(rng.integers(0, h - ch + 1)), float(cw), float(ch)
+    side = min(w, h)  # fallback, as torchvision: the central square-ish crop
+    return (w - side) / 2, (h - side) / 2, float(side), float(side)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Decodes one image per item in a worker; returns (uint8 CHW, label, files skipped).
+
+    Augmentation draws from a generator seeded by (seed, epoch, index), so an image's
+    crop does not depend on which worker or rank decodes it."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], size: int, *, train: bool, seed: int = 0,
+                 bad_images: str = "error"):
+        self.samples, self.size, self.train = list(samples), size, train
+        self.seed, self.epoch, self.bad_images = seed, 0, bad_images
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        for tries in range(len(self.samples)):
+            path, y = self.samples[(i + tries) % len(self.samples)]
+            rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+            try:
+                return torch.from_numpy(decode(path, self.size, train=self.train, rng=rng)), y, tries
+            except Exception as e:  # Pillow raises many types for broken files
+                if self.bad_images == "error":
+                    raise DatasetError(f"{path}: cannot decode ({type(e).__name__}: {e}); pass --bad-images "
+                                       "skip to substitute the next readable image and count it") from None
+        raise DatasetError("no image of the folder could be decoded")
+
+
+class _GlobalBatches(torch.utils.data.Sampler):
+    """This rank's slice of each global batch of one epoch's permutation."""
+
+    def __init__(self, batches: list[list[int]], rank: int, world: int):
+        self.parts = [b[slice(*shard_bounds(len(b), rank, world))] for b in batches]
+
+    def __iter__(self):
+        return iter(self.parts)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+
+class FolderLoader:
+    """Training batches (float [0, 1] on ``device``, labels) decoded by ``workers``
+    processes; the same interface and distributed semantics as ``DeviceLoader``
+    (global batches cut into rank slices; ``global_batch``; state = the epoch, whose
+    seed fixes the order and the crops). ``skipped`` counts substituted images."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], batch_size: int, size: int, *,
+                 device: torch.device | str = "cpu", augment: bool = True, seed: int = 0, workers: int = 4,
+                 bad_images: str = "error", channels_last: bool = False, rank: int = 0, world_size: int = 1):
+        if batch_size < world_size:
+            raise ValueError(f"batch_size {batch_size} is the global batch: it must be >= the number of "
+                             f"processes ({world_size})")
+        self.dataset = FolderDataset(samples, size, train=augment, seed=seed, bad_images=bad_images)
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self.seed, self.workers, self.channels_last = seed, workers, channels_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.global_batch, self.skipped = 0, 0, 0
+
+    def _batches(self) -> list[list[int]]:
+        n = len(self.dataset)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        out = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        return [b for b in out if len(b) >= self.world_size]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self._batches()
+        self.dataset.epoch = self.epoch
+        cuda = self.device.type == "cuda"
+        dl = torch.utils.data.DataLoader(self.dataset, batch_sampler=_GlobalBatches(batches, self.rank, self.world_size),
+                                         num_workers=self.workers, pin_memory=cuda,
+                                         prefetch_factor=4 if self.workers else None)
+        self.epoch += 1
+        for b, (x, y, tries) in zip(batches, dl):
+            self.global_batch = len(b)
+            self.skipped += int(tries.sum())
+            x = x.to(self.device, non_blocking=True).float().div_(255)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.skipped = int(state["epoch"]), int(state.get("skipped", 0))
+
+
+def decode_all(samples: Sequence[tuple[str, int]], size: int, *, workers: int = 4, bad_images: str = "error",
+               batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre crops of ``samples`` as one uint8 tensor (N, 3, size, size), with labels."""
+    ds = FolderDataset(samples, size, train=False, bad_images=bad_images)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    xs, ys = [], []
+    for x, y, _ in dl:
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+def split_dirs(data_dir: str | Path | None) -> tuple[Path, Path]:
+    if not data_dir:
+        raise ValueError("dataset imagefolder needs --data-dir D, with D/train/<class>/... and D/val/<class>/...")
+    root = Path(data_dir)
+    train, val = root / "train", root / "val"
+    if not train.is_dir():
+        raise DatasetError(f"{train}: not a folder (expected the ImageNet layout {root}/train/<class>/<images>)")
+    return train, val

@@ -1,0 +1,153 @@
+"""Multi-process training with PyTorch's own engine: ``torch.distributed`` and DDP,
+launched by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous).
+
+There is no process management here: ``torchrun --nproc_per_node N -m eae train ...``
+starts the processes; :func:`init` joins the process group they share (NCCL on GPUs,
+gloo on the CPU). Without torchrun every helper degrades to the single-process case,
+so the rest of the code calls them unconditionally.
+
+Conventions: ``batch_size`` is the global batch; each rank takes its slice of every
+global batch (see ``DeviceLoader``), makes the adversarial examples of its own slice
+with the unwrapped model (attacks differentiate with respect to inputs only, so DDP's
+gradient hooks fire only on the training backward), and DDP averages the gradients.
+Only rank 0 writes files and prints.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def launched() -> bool:
+    """True inside a process started by torchrun (or any launcher that sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str = "auto") -> torch.device:
+    """Join the process group torchrun prepared (once per process) and return this
+    rank's device: ``cuda:LOCAL_RANK`` on GPUs, else the CPU. Single process: just
+    resolves ``device``."""
+    from .utils import resolve_device
+
+    if not launched():
+        return resolve_device(device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count()
+        if local >= n:
+            raise RuntimeError(f"LOCAL_RANK {local} but only {n} CUDA device(s): start at most {n} "
+                               "processes per node (--nproc_per_node)")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(minutes=float(os.environ.get("EAE_DIST_TIMEOUT_MIN", "30")))
+        dist.init_process_group(backend, timeout=timeout,
+                                device_id=dev if dev.type == "cuda" else None)
+    return dev
+
+
+def shutdown() -> None:
+    if initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if initialized():
+        dist.barrier()
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (sum | max) of a tensor; a no-op in a single process."""
+    if initialized() and world_size() > 1:
+        red = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":  # NCCL reduces GPU tensors only
+            tmp = t.cuda()
+            dist.all_reduce(tmp, op=red)
+            t.copy_(tmp)
+        else:
+            dist.all_reduce(t, op=red)
+    return t
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` (tensors and plain containers), as a list on rank 0 and
+    None elsewhere. Used for per-rank RNG and method states in checkpoints."""
+    if not (initialized() and world_size() > 1):
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(_to_cpu(obj), out, dst=0)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. a checkpoint's per-rank states)."""
+    if not (initialized() and world_size() > 1):
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree(ok: bool, message: str) -> None:
+    """Raise on every rank if the check failed on any, so no rank waits forever in a
+    collective that another rank will never reach."""
+    if not (initialized() and world_size() > 1):
+        if not ok:
+            raise RuntimeError(message)
+        return
+    flag = torch.tensor([0.0 if ok else 1.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag)
+    if flag.item() > 0:
+        raise RuntimeError(message if not ok else "another rank failed (see its error)")
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def wrap(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """DDP around ``model`` when running under torchrun; the model itself otherwise.
+    ``sync_bn``: BatchNorm statistics over the global batch (CUDA only: PyTorch's
+    SyncBatchNorm has no CPU kernel)."""
+    if not (initialized() and world_size() > 1):
+        return model
+    if sync_bn:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DDP wrapper (attacks and evaluation call it directly)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+

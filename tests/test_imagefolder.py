@@ -1,0 +1,168 @@
+"""ImageNet-style folders: scanning, decoding, bad input, training on real Tiny-ImageNet images."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eae.config import TrainConfig
+from eae.data import DatasetError, load_test_set, num_test_images
+from eae.data.imagefolder import FolderLoader, decode, scan_folder
+
+PIL = pytest.importorskip("PIL.Image")
+REPO = Path(__file__).resolve().parents[1]
+TINY_IMAGENET = REPO.parent / "shared" / "data" / "tiny-imagenet-200-val-subset"
+
+
+def _jpeg(path: Path, seed: int, size=(48, 40)) -> None:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    PIL.fromarray(arr).save(path, quality=90)
+
+
+def make_folder(root: Path, classes=("a", "b", "c"), per_class=6) -> Path:
+    for split in ("train", "val"):
+        for i, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for j in range(per_class if split == "train" else 2):
+                _jpeg(d / f"{c}{j}.jpg", seed=100 * i + j + (0 if split == "train" else 50))
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+def test_scan_labels_classes_in_sorted_order(folder):
+    idx = scan_folder(folder / "train")
+    assert idx.classes == ("a", "b", "c") and len(idx.samples) == 18
+    assert {Path(p).parent.name: y for p, y in idx.samples} == {"a": 0, "b": 1, "c": 2}
+
+
+def test_decode_shapes_and_seeded_augmentation(folder):
+    path = str(folder / "train" / "a" / "a0.jpg")
+    a = decode(path, 32, train=True, rng=np.random.default_rng(1))
+    b = decode(path, 32, train=True, rng=np.random.default_rng(1))
+    c = decode(path, 32, train=True, rng=np.random.default_rng(2))
+    assert a.shape == (3, 32, 32) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    centre = decode(path, 32, train=False)
+    assert np.array_equal(centre, decode(path, 32, train=False))
+
+
+@pytest.mark.parametrize("case", ["text_file", "empty_file", "empty_class", "renamed_text", "unknown_val_class"])
+def test_bad_input_is_named_or_skipped_and_counted(folder, case):
+    train = folder / "train"
+    if case == "text_file":
+        bad = train / "a" / "notes.txt"
+        bad.write_text("not an image")
+    elif case == "empty_file":
+        bad = train / "b" / "zero.jpg"
+        bad.write_bytes(b"")
+    elif case == "renamed_text":
+        bad = train / "b" / "fake.jpg"
+        bad.write_text("<html>a web page saved as .jpg</html>")
+    elif case == "empty_class":
+        bad = train / "d"
+        bad.mkdir()
+    else:
+        bad = folder / "val" / "zzz"
+        bad.mkdir()
+        _jpeg(bad / "z.jpg", 7)
+    target = folder / "val" if case == "unknown_val_class" else train
+    classes = ("a", "b", "c") if case == "unknown_val_class" else None
+    with pytest.raises(DatasetError, match=str(bad.name)):
+        scan_folder(target, classes=classes)
+    idx = scan_folder(target, classes=classes, bad_images="skip")
+    assert [Path(p).name for p, _ in idx.skipped] == [bad.name]
+    assert all(Path(p) != bad for p, _ in idx.samples)
+
+
+def test_undecodable_image_stops_or_is_substituted(folder, tmp_path):
+    good = (folder / "train" / "c" / "c0.jpg").read_bytes()
+    broken = folder / "train" / "c" / "truncated.jpg"
+    broken.write_bytes(good[: len(good) // 3])  # a valid header: passes the scan, fails to decode
+    idx = scan_folder(folder / "train")
+    assert any(Path(p) == broken for p, _ in idx.samples)
+    strict = FolderLoader(idx.samples, 64, 16, workers=0)
+    with pytest.raises(DatasetError, match="truncated.jpg"):
+        list(strict)
+    lenient = FolderLoader(idx.samples, 64, 16, workers=0, bad_images="skip")
+    (x, y), = list(lenient)
+    assert x.shape == (19, 3, 16, 16) and lenient.skipped == 1
+
+
+def test_folder_loader_shards_like_the_device_loader(folder):
+    idx = scan_folder(folder / "train")
+    one = FolderLoader(idx.samples, 7, 16, workers=0, seed=4)
+    parts = [FolderLoader(idx.samples, 7, 16, workers=0, seed=4, rank=r, world_size=2) for r in range(2)]
+    for (bx, by), *shards in zip(one, *parts):
+        assert torch.equal(torch.cat([s[1] for s in shards]), by)
+        assert torch.equal(torch.cat([s[0] for s in shards]), bx)  # crops depend on (seed, epoch, index) only
+    assert one.epoch == 1
+    again = FolderLoader(idx.samples, 7, 16, workers=0, seed=4)
+    again.load_state_dict(one.state_dict())
+    first_b = next(iter(FolderLoader(idx.samples, 7, 16, workers=0, seed=4)))[1]
+    assert not torch.equal(next(iter(again))[1], first_b)  # epoch 2 is another permutation
+
+
+def test_test_set_is_val_folder(folder):
+    cfg = TrainConfig(dataset="imagefolder", data_dir=str(folder), image_size=24, workers=0)
+    assert num_test_images(cfg) == 6
+    x, y = load_test_set(cfg, 4)
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.uint8 and y.dtype == torch.long
+
+
+def test_missing_layout_is_a_clear_error(tmp_path):
+    from eae.data import training_data
+
+    with pytest.raises(ValueError, match="--data-dir"):
+        training_data(TrainConfig(dataset="imagefolder"), "cpu")
+    with pytest.raises(DatasetError, match="train"):
+        training_data(TrainConfig(dataset="imagefolder", data_dir=str(tmp_path)), "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory) -> Path:
+    """The 2,000 real Tiny-ImageNet images of ../shared/data, as train/ (8 per class) and
+    val/ (2 per class), by symbolic links."""
+    if not TINY_IMAGENET.is_dir():
+        if os.environ.get("EAE_REQUIRE_DATA") == "1":
+            pytest.fail(f"{TINY_IMAGENET} not found")
+        pytest.skip("Tiny-ImageNet subset not found")
+    root = tmp_path_factory.mktemp("tin")
+    for c in sorted(p for p in TINY_IMAGENET.iterdir() if p.is_dir()):
+        files = sorted(c.iterdir())
+        for split, part in (("train", files[:8]), ("val", files[8:])):
+            (root / split / c.name).mkdir(parents=True)
+            for f in part:
+                (root / split / c.name / f.name).symlink_to(f)
+    return root
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_tiny_imagenet(tiny_imagenet, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    common = ["--device", "cpu"]
+    subprocess.run([sys.executable, "-m", "eae", "train", *common, "--dataset", "imagefolder", "--data-dir",
+                    str(tiny_imagenet), "--image-size", "64", "--arch", "resnet_small", "--method", "fgsm_rs",
+                    "--eps", "2/255", "--epochs", "1", "--batch-size", "64", "--train-subset", "256",
+                    "--val-size", "64", "--workers", "2", "--val-attack-steps", "2", "--out", str(out), "--quiet"],
+                   env=env, check=True, timeout=600)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["images_skipped"] == 0 and np.isfinite(row["train_loss"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dataset"] == "imagefolder" and cfg["image_size"] == 64
+    subprocess.run([sys.executable, "-m", "eae", "eval", str(out), *common, "--n", "100", "--attacks", "clean,pgd2",
+                    "--diagnostics", "off", "--quiet"], env=env, check=True, timeout=600)
+    report = json.loads((out / "eval.json").read_text())
+    assert report["n"] == 100 and report["test_size"] == 400 and report["subset"]
