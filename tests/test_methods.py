@@ -211,3 +211,16 @@ def test_eae_base_adversary_on_a_fraction():
     assert torch.equal(xb[16:], x[16:])  # the second half stays clean
     moved = (xb[:16] - x[:16]).abs().flatten(1).amax(1)
     assert (moved > 0).all() and (moved <= 8 / 255 + 1e-6).all()
+
+
+def test_eae_base_adversary_on_every_kth_step_and_resumes():
+    cfg = TrainConfig(method="eae", eae_base="fgsm_rs", eae_base_every=3, eps=8 / 255)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch(8)
+    method = EAE(cfg)
+    moved = [not torch.equal(method.base_input(model, x, y), x) for _ in range(4)]
+    assert moved == [True, False, False, True]
+    again = EAE(cfg)
+    again.load_state_dict(method.state_dict())  # the step count survives a resume
+    assert [not torch.equal(again.base_input(model, x, y), x) for _ in range(3)] == [False, False, True]

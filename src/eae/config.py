@@ -114,6 +114,8 @@ class TrainConfig:
     eae_base: str = _f("clean", "eae: the input whose latent is perturbed: clean, or a cheap input-space "
                                 "adversary (fgsm_rs, n_fgsm) trained on as well", choices=EAE_BASES)
     eae_base_frac: float = _f(1.0, "eae: fraction of each batch given the input-space adversary")
+    eae_base_every: int = _f(1, "eae: the input-space adversary on every k-th step only (the others train on "
+                                "clean inputs): 1 / k of its cost")
     # --- validation during training ----------------------------------------
     val_attack_steps: int = _f(10, "steps of the validation PGD (cross-entropy) and CW (margin) attacks")
     val_every: int = _f(1, "validate every N epochs (and always after the last)")
@@ -150,7 +152,8 @@ class TrainConfig:
         if not 0 < self.overfit_step_factor <= 1:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
-                     "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size"):
+                     "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size",
+                     "eae_base_every"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps",

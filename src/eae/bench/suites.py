@@ -93,6 +93,7 @@ EAE_ABLATION = (
     _eae("eae_on_fgsm_rs", eae_base="fgsm_rs"),
     _eae("eae_on_n_fgsm", eae_base="n_fgsm"),
     _eae("eae_on_fgsm_rs_half", eae_base="fgsm_rs", eae_base_frac=0.5),
+    _eae("eae_on_fgsm_rs_every4", eae_base="fgsm_rs", eae_base_every=4),
 )
 
 BENCH_SUITES = {

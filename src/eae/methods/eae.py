@@ -129,6 +129,7 @@ class EAE(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.gaussian = ClassGaussian(cfg.eae_maha_momentum) if cfg.eae_seed_rule == "mahalanobis" else None
+        self.steps = 0  # optimiser steps so far (eae_base_every); part of the state, for exact resumes
 
     def seeds(self, logits, latent, latent_tilde, dist, y):
         """Boolean mask of the examples whose EAE enters the loss."""
@@ -153,9 +154,11 @@ class EAE(Method):
 
     def base_input(self, model, x, y):
         """The input whose latent is perturbed (and trained on): the clean batch, or a
-        cheap input-space adversary on the first ``eae_base_frac`` of it."""
+        cheap input-space adversary on the first ``eae_base_frac`` of it, every
+        ``eae_base_every``-th step."""
         cfg = self.cfg
-        if cfg.eae_base == "clean":
+        step, self.steps = self.steps, self.steps + 1
+        if cfg.eae_base == "clean" or step % cfg.eae_base_every:
             return x
         k = max(1, round(cfg.eae_base_frac * len(x)))
         if cfg.eae_base == "fgsm_rs":
@@ -210,8 +213,12 @@ class EAE(Method):
         return StepOutput(loss, logits, stats)
 
     def state_dict(self) -> dict:
-        return {"gaussian": self.gaussian.state_dict()} if self.gaussian else {}
+        state = {"steps": self.steps}
+        if self.gaussian:
+            state["gaussian"] = self.gaussian.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get("steps", 0))
         if self.gaussian and "gaussian" in state:
             self.gaussian.load_state_dict(state["gaussian"])
