@@ -111,19 +111,6 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def agree(ok: bool, message: str) -> None:
-    """Raise on every rank if the check failed on any, so no rank waits forever in a
-    collective that another rank will never reach."""
-    if not (initialized() and world_size() > 1):
-        if not ok:
-            raise RuntimeError(message)
-        return
-    flag = torch.tensor([0.0 if ok else 1.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(flag)
-    if flag.item() > 0:
-        raise RuntimeError(message if not ok else "another rank failed (see its error)")
-
-
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
