@@ -132,6 +132,40 @@ def test_every_method_trains_and_evaluates_under_torchrun(tmp_path):
     assert "2 processes" in a["device"] and a["verdict"] != "not run"
 
 
+def test_nan_on_one_rank_is_handled_by_all(tmp_path):
+    # a NaN batch on rank 1 only: with skip both ranks skip the step (identical weights go on),
+    # with stop both ranks stop (none is left waiting in a collective)
+    script = tmp_path / "nan_rank1.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from eae import distributed as dist\n"
+        "from eae.config import TrainConfig\n"
+        "from eae.data import DeviceLoader\n"
+        "from eae.train import TrainingStopped, train\n"
+        "real = DeviceLoader.__iter__\n"
+        "def poisoned(self):\n"
+        "    for i, (x, y) in enumerate(real(self)):\n"
+        "        if i == 1 and self.rank == 1:\n"
+        "            x = x.clone(); x[0, 0, 0, 0] = float('nan')\n"
+        "        yield x, y\n"
+        "DeviceLoader.__iter__ = poisoned\n"
+        "out = sys.argv[1]\n"
+        "base = dict(method='standard', dataset='synthetic', arch='resnet_small', device='cpu',\n"
+        "            synthetic_train_size=256, synthetic_test_size=64, synthetic_image_size=16, val_size=64,\n"
+        "            batch_size=64, epochs=1, val_attack_steps=1)\n"
+        "res = train(TrainConfig(out=out + '/skip', nonfinite='skip', **base), quiet=True)\n"
+        "open(f'{out}/skipped_{dist.rank()}', 'w').write(str(res.metrics[-1]['skipped_steps']))\n"
+        "try:\n"
+        "    train(TrainConfig(out=out + '/stop', **base), quiet=True)\n"
+        "except TrainingStopped:\n"
+        "    open(f'{out}/stopped_{dist.rank()}', 'w').close()\n"
+        "dist.shutdown()\n")
+    torchrun(str(script), str(tmp_path / "runs"))
+    assert [(tmp_path / "runs" / f"skipped_{r}").read_text() for r in range(2)] == ["1", "1"]
+    assert (tmp_path / "runs" / "stopped_0").exists() and (tmp_path / "runs" / "stopped_1").exists()
+    assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "runs" / "skip" / "model.safetensors")).values())
+
+
 def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
     res = torchrun("-m", "eae", "train", *TINY, "--arch", "resnet_small", "--epochs", "1", "--sync-bn",
                    "--out", str(tmp_path / "r"), check=False)

@@ -148,6 +148,12 @@ def _finite(tensors) -> torch.Tensor:
     return torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(tensors)]).sum())
 
 
+def _any_rank(count: torch.Tensor) -> bool:
+    """Whether the count is non-zero on any rank (all ranks get the same answer, so none
+    is left waiting in a collective when the others stop)."""
+    return dist.all_reduce(count.detach().float().clone()).item() > 0
+
+
 def _set_deterministic(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -308,9 +314,11 @@ def _train(cfg, ckpt, device, rank, world, main, log, quiet, stop_after) -> RunR
                         out = method.step(model, x, y, epoch)
                     optimizer.zero_grad(set_to_none=True)
                     (out.loss * share if share != 1.0 else out.loss).backward()
-                    # gradients are all-reduced, so every rank reaches the same verdict; a
-                    # non-finite loss makes its rank's gradients non-finite too
+                    # a non-finite loss or gradient on this rank (gradients are all-reduced, the
+                    # loss is not: ranks agree through the reductions below)
                     ok = _finite([out.loss.detach()] + [p.grad for p in params])
+                    if world > 1 and skip_mode:  # every rank must take the same decision
+                        ok = dist.all_reduce((~ok).float()) == 0
                     if skip_mode and not ok.item():  # one host sync per step, in this mode only
                         skipped += 1
                         with torch.no_grad():  # BatchNorm statistics of the bad batch are undone
@@ -329,11 +337,11 @@ def _train(cfg, ckpt, device, rank, world, main, log, quiet, stop_after) -> RunR
                     for k, v in out.stats.items():
                         stat_sums[k] = stat_sums.get(k, 0) + v.detach().float() * len(y)
                     seen += len(y)
-                if not skip_mode and i % 25 == 24 and bad_steps.item():  # a sync every 25 steps
+                if not skip_mode and i % 25 == 24 and _any_rank(bad_steps):  # a sync every 25 steps
                     break
                 bar.update()
         bar.close()
-        if not skip_mode and bad_steps.item():
+        if not skip_mode and _any_rank(bad_steps):
             raise TrainingStopped(
                 f"non-finite loss or gradient in epoch {epoch + 1} (by step {i + 1}): stopped; the weights "
                 f"were not saved, {CHECKPOINT} holds epoch {epoch}. Lower the learning rate, check the data, "
