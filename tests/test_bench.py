@@ -17,7 +17,7 @@ def test_every_suite_entry_is_a_valid_config(name):
         cfg = TrainConfig.from_dict({**suite.base, **e.overrides})
         assert cfg.method in list_methods()
     names = [e.overrides["method"] for e in suite.entries]
-    wanted = ("standard", "fgsm_rs", "eae") if name == "eae-ablation" else \
+    wanted = ("standard", "fgsm_rs", "eae") if name.startswith("eae-ablation") else \
         ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae")
     for method in wanted:
         assert method in names
@@ -119,3 +119,15 @@ def test_only_runs_some_entries_and_reports_the_rest(tmp_path, monkeypatch):
     assert [r["entry"] for r in res["rows"]] == ["standard", "fgsm_rs", "eae"]  # suite order
     with pytest.raises(ValueError, match="unknown entries"):
         runner.run_bench("smoke", tmp_path, only=["nope"], resume=True, quiet=True, device="cpu")
+
+
+def test_cpu_ablation_has_the_entries_of_the_gpu_ablation():
+    gpu, cpu = BENCH_SUITES["eae-ablation"], BENCH_SUITES["eae-ablation-cpu"]
+    assert [e.name for e in cpu.entries] == [e.name for e in gpu.entries]
+    for g, c in zip(gpu.entries, cpu.entries):
+        # only the sizes change: the same method, base adversary, weights and knobs
+        assert {k: v for k, v in c.overrides.items() if k not in ("val_aa_n", "eae_warmup_epochs")} == \
+            {k: v for k, v in g.overrides.items() if k not in ("val_aa_n", "eae_warmup_epochs")}
+        if "eae_warmup_epochs" in g.overrides:  # the same fraction of the run
+            assert c.overrides["eae_warmup_epochs"] / cpu.base["epochs"] == \
+                pytest.approx(g.overrides["eae_warmup_epochs"] / gpu.base["epochs"], abs=0.1)

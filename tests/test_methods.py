@@ -161,6 +161,7 @@ def test_free_carries_the_perturbation_between_replays():
 @pytest.mark.parametrize("overrides", [
     {"head": "cosine"}, {"eae_budget": "relative"}, {"eae_temperature": 4.0}, {"eae_logit_penalty": 0.01},
     {"eae_base": "fgsm_rs"}, {"eae_base": "n_fgsm", "eae_base_frac": 0.5},
+    {"eae_base": "n_fgsm", "eae_base_downsample": 2},
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_eae_remedies_step(overrides):
     cfg = TrainConfig(method="eae", **overrides)
@@ -224,3 +225,39 @@ def test_eae_base_adversary_on_every_kth_step_and_resumes():
     again = EAE(cfg)
     again.load_state_dict(method.state_dict())  # the step count survives a resume
     assert [not torch.equal(again.base_input(model, x, y), x) for _ in range(3)] == [False, False, True]
+
+
+def test_downsampled_adversary_gradient_and_batchnorm_statistics():
+    from eae.methods.base import Downsampled, input_grad
+
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch(8, size=16)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    momenta = [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    grad = input_grad(Downsampled(model, 2), x, torch.zeros_like(x), y)
+    # the running statistics (and their counters) are those of before: no low-resolution leak
+    for k, v in model.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    assert [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
+    # the gradient is the low-resolution one, spread evenly over each 2x2 block
+    low = F.avg_pool2d(x, 2).requires_grad_(True)
+    F.cross_entropy(model(low), y).backward()
+    expected = low.grad.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
+    torch.testing.assert_close(grad, expected)
+    # and a full-resolution forward in train mode does move them (the check above can fail)
+    model(x)
+    assert not all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+
+
+def test_eae_base_downsampled_adversary_stays_in_the_ball():
+    cfg = TrainConfig(method="eae", eae_base="fgsm_rs", eae_base_downsample=2, eps=8 / 255)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch(8, size=16)
+    torch.manual_seed(1)
+    xb = EAE(cfg).base_input(model, x, y)
+    moved = xb - x
+    assert moved.abs().max() <= 8 / 255 + 1e-6 and moved.abs().max() > 0
+    with pytest.raises(ValueError, match="eae_base_downsample"):
+        TrainConfig(method="eae", eae_base_downsample=0)

@@ -277,6 +277,14 @@ def test_overfitting_guard_warns(tiny_cfg, monkeypatch):
     assert ev["event"] == "catastrophic_overfitting" and ev["action"] == "warn" and ev["best_epoch"] == 2
 
 
+def test_no_overfitting_alarm_for_standard_training(tiny_cfg, monkeypatch):
+    # standard training loses its chance robustness as it learns: not catastrophic overfitting
+    _collapse_at(monkeypatch, 3)
+    res = train(tiny_cfg.replace(epochs=4, method="standard", overfit_action="stop"), quiet=True)
+    assert res.finished and not any(r.get("overfit") for r in res.metrics)
+    assert not (Path(tiny_cfg.out) / "events.jsonl").exists()
+
+
 def test_overfitting_guard_stops(tiny_cfg, monkeypatch):
     _collapse_at(monkeypatch, 3)
     with pytest.raises(TrainingStopped, match="catastrophic overfitting at epoch 3"):

@@ -116,6 +116,9 @@ class TrainConfig:
     eae_base_frac: float = _f(1.0, "eae: fraction of each batch given the input-space adversary")
     eae_base_every: int = _f(1, "eae: the input-space adversary on every k-th step only (the others train on "
                                 "clean inputs): 1 / k of its cost")
+    eae_base_downsample: int = _f(1, "eae: the input-space adversary's gradient is taken through the model "
+                                     "on the input average-pooled by this factor (2: a quarter of the pixels, "
+                                     "about a quarter of the cost; the step is constant on 2x2 blocks)")
     # --- validation during training ----------------------------------------
     val_attack_steps: int = _f(10, "steps of the validation PGD (cross-entropy) and CW (margin) attacks")
     val_every: int = _f(1, "validate every N epochs (and always after the last)")
@@ -153,7 +156,7 @@ class TrainConfig:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
                      "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size",
-                     "eae_base_every"):
+                     "eae_base_every", "eae_base_downsample"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps",

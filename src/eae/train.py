@@ -388,9 +388,10 @@ def _train(cfg, ckpt, device, rank, world, main, log, quiet, stop_after) -> RunR
                 row["val_aa_fast"] = aa.robust_accuracy
                 row["val_seconds"] += aa.seconds
             pgd = row.get("val_pgd")
-            if pgd is not None:
+            if pgd is not None and method.adversarial:
                 # catastrophic overfitting: robustness to the multi-step attack collapses
-                # within an epoch while training goes on looking fine
+                # within an epoch while training goes on looking fine (standard training
+                # loses its chance robustness as it learns: no alarm there)
                 collapsed = guard["best_pgd"] - pgd >= cfg.overfit_drop and pgd < 0.5 * guard["best_pgd"]
                 if collapsed:
                     row["overfit"] = True

@@ -32,6 +32,7 @@ class Method:
     ``unwrap(model)``, as ``input_grad`` does."""
 
     name = "method"
+    adversarial = True  # trains against an adversary (the catastrophic-overfitting guard watches it)
     replays = 1  # optimiser steps per minibatch (Free-AT replays each minibatch m times)
     # Methods whose attack step the overfitting guard may lower (rollback_lower_step)
     # set this and multiply their step size by ``step_scale``.
@@ -55,6 +56,35 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class Downsampled(nn.Module):
+    """The model seen through an average pooling of its input by ``factor``: the
+    gradient of a loss of ``Downsampled(m, 2)(v)`` with respect to the full-size ``v``
+    is the low-resolution gradient spread evenly over each 2x2 block, at about a
+    quarter of the cost of a full-resolution pass (a cheap, coarse adversary).
+
+    BatchNorm running statistics are left as they were: low-resolution activations
+    must not leak into the statistics the model is evaluated with."""
+
+    def __init__(self, model: nn.Module, factor: int):
+        super().__init__()
+        self.model, self.factor = model, int(factor)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        # momentum 0 keeps the running statistics as they are (the running buffers are saved
+        # for the backward pass, so they cannot be restored in place after the forward)
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.training and m.track_running_stats]
+        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+        for m in bns:
+            m.momentum = 0.0
+        try:
+            return self.model(nn.functional.avg_pool2d(v, self.factor))
+        finally:
+            for m, (momentum, tracked) in zip(bns, saved):
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(tracked)
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

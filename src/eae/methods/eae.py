@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..distributed import unwrap
 from ..models.base import linear_form
-from .base import Method, StepOutput
+from .base import Downsampled, Method, StepOutput
 from .fgsm_rs import fgsm_rs_example
 from .n_fgsm import n_fgsm_example
 from .registry import register_method
@@ -155,16 +155,20 @@ class EAE(Method):
     def base_input(self, model, x, y):
         """The input whose latent is perturbed (and trained on): the clean batch, or a
         cheap input-space adversary on the first ``eae_base_frac`` of it, every
-        ``eae_base_every``-th step."""
+        ``eae_base_every``-th step, its gradient taken at ``1 / eae_base_downsample``
+        of the resolution."""
         cfg = self.cfg
         step, self.steps = self.steps, self.steps + 1
         if cfg.eae_base == "clean" or step % cfg.eae_base_every:
             return x
         k = max(1, round(cfg.eae_base_frac * len(x)))
+        attacked = unwrap(model)
+        if cfg.eae_base_downsample > 1:
+            attacked = Downsampled(attacked, cfg.eae_base_downsample)
         if cfg.eae_base == "fgsm_rs":
-            adv = fgsm_rs_example(model, x[:k], y[:k], self.threat, 1.25 * cfg.eps)
+            adv = fgsm_rs_example(attacked, x[:k], y[:k], self.threat, 1.25 * cfg.eps)
         else:
-            adv = n_fgsm_example(model, x[:k], y[:k], self.threat, cfg.eps, cfg.nfgsm_noise)
+            adv = n_fgsm_example(attacked, x[:k], y[:k], self.threat, cfg.eps, cfg.nfgsm_noise)
         return adv if k == len(x) else torch.cat([adv, x[k:]])
 
     def shift(self, latent, delta):

@@ -12,6 +12,7 @@ class Standard(Method):
     """Cross-entropy on clean images (no adversary)."""
 
     name = "standard"
+    adversarial = False
 
     def step(self, model, x, y, epoch):
         logits = model(x)
