@@ -17,8 +17,8 @@ def test_every_suite_entry_is_a_valid_config(name):
         cfg = TrainConfig.from_dict({**suite.base, **e.overrides})
         assert cfg.method in list_methods()
     names = [e.overrides["method"] for e in suite.entries]
-    wanted = ("standard", "fgsm_rs", "eae") if name.startswith("eae-ablation") else \
-        ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae")
+    wanted = ("standard", "fgsm_rs", "n_fgsm", "eae_paper") if name.startswith("eae-ablation") else \
+        ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae", "eae_paper")
     for method in wanted:
         assert method in names
     assert len({e.name for e in suite.entries}) == len(suite.entries)
@@ -126,6 +126,7 @@ def test_cpu_ablation_has_the_entries_of_the_gpu_ablation():
     assert [e.name for e in cpu.entries] == [e.name for e in gpu.entries]
     for g, c in zip(gpu.entries, cpu.entries):
         # only the sizes change: the same method, base adversary, weights and knobs
+        assert c.overrides.get("val_aa_n", 0) <= g.overrides.get("val_aa_n", 0)
         assert {k: v for k, v in c.overrides.items() if k not in ("val_aa_n", "eae_warmup_epochs")} == \
             {k: v for k, v in g.overrides.items() if k not in ("val_aa_n", "eae_warmup_epochs")}
         if "eae_warmup_epochs" in g.overrides:  # the same fraction of the run

@@ -53,7 +53,7 @@ def test_eae_variants_step(rule, latent, norm):
 
 
 def test_eae_warmup_is_clean_training():
-    cfg = TrainConfig(method="eae", eae_warmup_epochs=2)
+    cfg = TrainConfig(method="eae_paper", eae_warmup_epochs=2)
     torch.manual_seed(0)
     model = create_model("resnet_small").train()
     x, y = _batch()
@@ -132,8 +132,8 @@ def test_eae_loss_uses_the_perturbed_latent():
         opt.step()
     model.eval()
     clean = F.cross_entropy(model(x), y)
-    out0 = EAE(TrainConfig(method="eae", eae_lambda=0.0)).step(model, x, y, 0)
-    out1 = EAE(TrainConfig(method="eae", eae_lambda=1.0, eae_eta=0.02)).step(model, x, y, 0)
+    out0 = EAE(TrainConfig(method="eae_paper", eae_lambda=0.0)).step(model, x, y, 0)
+    out1 = EAE(TrainConfig(method="eae_paper", eae_lambda=1.0, eae_eta=0.02)).step(model, x, y, 0)
     torch.testing.assert_close(out0.loss, clean)
     assert out1.stats["seed_frac"] > 0
     assert out1.loss > clean + 0.5  # CE at a point past the boundary is > log 2

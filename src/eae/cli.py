@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import TrainConfig, coerce, load_toml, parse_float
+from .config import METHOD_DEFAULTS, TrainConfig, coerce, load_toml, parse_float
 from .evaluation.report import fmt_eps
 from .evaluation.suites import SUITES as _SUITES
 
@@ -36,6 +36,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = f.default
         help_ = f.metadata.get("help", "")
         show = default if not isinstance(default, float) else fmt_eps(default) if f.name == "eps" else default
+        if f.metadata.get("by_method"):
+            show = "; ".join(f"{m}: {v[f.name]}" for m, v in METHOD_DEFAULTS.items())
         help_ = f"{help_} (default: {show})"
         choices = f.metadata.get("choices") or dynamic_choices.get(f.name)
         if tp is bool:

@@ -39,6 +39,25 @@ NONFINITE = ("stop", "skip")
 OVERFIT_ACTIONS = ("warn", "stop", "rollback", "rollback_lower_step")
 FGSM_INITS = ("uniform", "zero")
 
+# Defaults that depend on the method (fields declared with by_method=True and None as
+# their dataclass default; a value given in a preset, a flag or from_dict always wins).
+# ``eae_paper`` is the faithful reconstruction of shared/RESEARCH.md, which masks gradients
+# on a GPU-scale run (§3); ``eae``, the default EAE, is the best variant that does not
+# mask (issue 5; README "EAE: what works"). Every other method gets the ``eae`` values,
+# which it ignores.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "eae_paper": {"eae_base": "clean", "eae_lambda": 1.0, "eae_base_frac": 1.0, "eae_base_every": 1,
+                  "eae_base_downsample": 1},
+    "eae": {"eae_base": "n_fgsm", "eae_lambda": 0.1, "eae_base_frac": 1.0, "eae_base_every": 1,
+            "eae_base_downsample": 1},
+}
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The values the by-method fields take for ``method`` when not given."""
+    return METHOD_DEFAULTS.get(method, METHOD_DEFAULTS["eae"])
+
+
 # Fields that say where and how a run executes, not what it computes: they may
 # differ when a run is resumed (e.g. on another machine).
 PLACEMENT_FIELDS = ("out", "device", "data_dir", "compile", "tensorboard", "workers")
@@ -98,27 +117,30 @@ class TrainConfig:
     nfgsm_alpha: float | None = _f(None, "n_fgsm: step size; default eps")
     eae_norm: str = _f("l2", "eae: norm of the minimal latent perturbation", choices=EAE_NORMS)
     eae_eta: float = _f(0.02, "eae: overshoot; the latent moves (1 + eta) times the distance to the boundary")
-    eae_lambda: float = _f(1.0, "eae: weight of the EAE loss term")
+    eae_lambda: float | None = _f(None, "eae: weight of the EAE loss term", by_method=True)
     eae_seed_rule: str = _f("quantile", "eae: how seed examples are chosen", choices=EAE_SEED_RULES)
     eae_q: float = _f(0.5, "eae: quantile rule: keep correct examples whose boundary distance is in the lower q-quantile")
     eae_conf_low: float = _f(0.5, "eae: confidence rule: lower bound on p(y|x)")
     eae_conf_high: float = _f(0.99, "eae: confidence rule: upper bound on p(y|x)")
     eae_maha_momentum: float = _f(0.05, "eae: mahalanobis rule: EMA momentum of the class means and shared covariance")
-    eae_warmup_epochs: int = _f(0, "eae: clean-only epochs before the EAE term starts")
+    eae_warmup_epochs: int = _f(0, "eae: epochs trained on the base inputs alone (clean for eae_paper) before the EAE term starts")
     eae_latent: str = _f("penultimate", "eae: perturb the penultimate features or the logits", choices=EAE_LATENTS)
     eae_budget: str = _f("minimal", "eae: minimal (to the boundary, times 1 + eta) or relative (rel x ||latent|| "
                                     "along the same direction)", choices=EAE_BUDGETS)
     eae_rel: float = _f(0.1, "eae: relative budget: size of the shift as a fraction of the latent's norm")
     eae_temperature: float = _f(1.0, "eae: the EAE term is CE(f(z~) / T, y)")
     eae_logit_penalty: float = _f(0.0, "eae: weight of a mean squared logit-norm penalty on the clean logits")
-    eae_base: str = _f("clean", "eae: the input whose latent is perturbed: clean, or a cheap input-space "
-                                "adversary (fgsm_rs, n_fgsm) trained on as well", choices=EAE_BASES)
-    eae_base_frac: float = _f(1.0, "eae: fraction of each batch given the input-space adversary")
-    eae_base_every: int = _f(1, "eae: the input-space adversary on every k-th step only (the others train on "
-                                "clean inputs): 1 / k of its cost")
-    eae_base_downsample: int = _f(1, "eae: the input-space adversary's gradient is taken through the model "
-                                     "on the input average-pooled by this factor (2: a quarter of the pixels, "
-                                     "about a quarter of the cost; the step is constant on 2x2 blocks)")
+    eae_base: str | None = _f(None, "eae: the input whose latent is perturbed: clean, or a cheap input-space "
+                                    "adversary (fgsm_rs, n_fgsm) trained on as well", choices=EAE_BASES,
+                              by_method=True)
+    eae_base_frac: float | None = _f(None, "eae: fraction of each batch given the input-space adversary",
+                                     by_method=True)
+    eae_base_every: int | None = _f(None, "eae: the input-space adversary on every k-th step only (the others "
+                                          "train on clean inputs): 1 / k of its cost", by_method=True)
+    eae_base_downsample: int | None = _f(None, "eae: the input-space adversary's gradient is taken through the "
+                                               "model on the input average-pooled by this factor (2: a quarter "
+                                               "of the pixels, about a quarter of the cost; the step is constant "
+                                               "on 2x2 blocks)", by_method=True)
     # --- validation during training ----------------------------------------
     val_attack_steps: int = _f(10, "steps of the validation PGD (cross-entropy) and CW (margin) attacks")
     val_every: int = _f(1, "validate every N epochs (and always after the last)")
@@ -145,6 +167,9 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also log metrics to TensorBoard (if installed)")
 
     def __post_init__(self) -> None:
+        for name, value in method_defaults(self.method).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: resolved once, here
         errors = []
         if not 0 <= self.eps <= 1:
             errors.append(f"eps must be in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {self.eps}")
@@ -204,6 +229,13 @@ class TrainConfig:
         return cls.from_dict({**load_toml(path), **overrides})
 
     def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``. When the method changes, a by-method field still at the old
+        method's default takes the new method's default."""
+        if changes.get("method", self.method) != self.method:
+            old = method_defaults(self.method)
+            for name, value in old.items():
+                if name not in changes and getattr(self, name) == value:
+                    changes[name] = None
         return dataclasses.replace(self, **changes)
 
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = PLACEMENT_FIELDS) -> dict[str, tuple[Any, Any]]:

@@ -13,14 +13,19 @@ import torch
 
 
 def git_commit() -> str:
-    """Short commit hash of the checkout this code runs from, or "unknown"."""
+    """Short commit hash of the checkout this code runs from ("-dirty" when tracked files
+    differ from it), or "unknown"."""
     import subprocess
 
+    here = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
         return "unknown"
+    return commit + ("-dirty" if changed else "")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

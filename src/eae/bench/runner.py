@@ -68,7 +68,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     x, y = load_test_set(cfg)
     test_size = len(y)
     n_quick = min(suite.eval_n or test_size, test_size)
-    n_aa = n_quick if seed == 0 else min(suite.aa_n_other_seeds or n_quick, n_quick)
+    n_aa = min(suite.aa_n or n_quick, n_quick) if seed == 0 else min(suite.aa_n_other_seeds or n_quick, n_quick)
     log(f"[{entry.name} seed {seed}] evaluating: quick on {n_quick:,}, {suite.aa_suite} on {n_aa:,} test images")
     q = evaluate(model, x[:n_quick], y[:n_quick], suite="quick", eps=cfg.eps, device=dev, seed=seed,
                  diagnostics=suite.diagnostics, diag_n=suite.diag_n, test_size=test_size, progress=not quiet)

@@ -226,3 +226,11 @@ class EAE(Method):
         self.steps = int(state.get("steps", 0))
         if self.gaussian and "gaussian" in state:
             self.gaussian.load_state_dict(state["gaussian"])
+
+
+@register_method("eae_paper")
+class EAEPaper(EAE):
+    """The faithful reconstruction of the paper (clean inputs, lambda = 1): masks gradients
+    at GPU scale (shared/RESEARCH.md §3); kept for comparison, not for use."""
+
+    name = "eae_paper"
