@@ -1,5 +1,5 @@
 """Core benchmark (issue 2): PreActResNet-18, full CIFAR-10, ε = 8/255, 15 epochs, batch 512,
-for `standard`, `fgsm_rs` and `eae` (presets in configs/). Records seconds per epoch, total
+for `standard`, `fgsm_rs`, `eae_paper` and `eae` (presets in configs/). Records seconds per epoch, total
 training time, and clean / CE-PGD-20 / CW-20 / worst-case accuracy on the full test set.
 
 On the GPU machine (CIFAR-10 copied to /tmp/c, see the project notes):
@@ -32,7 +32,7 @@ from eae.utils import device_name, git_commit, resolve_device  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--methods", default="standard,fgsm_rs,eae")
+    ap.add_argument("--methods", default="standard,fgsm_rs,eae_paper,eae")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--n-test", type=int, default=None, help="default: the full test set")

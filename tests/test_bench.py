@@ -62,6 +62,7 @@ def test_report_aggregates_seeds(tmp_path):
     research = json.loads((tmp_path / "eae_research.json").read_text())
     assert [r["standard_seconds"] for r in research] == [10, 10, 10, 10]
     assert research[2]["method"] == "fgsm_rs" and research[2]["aa"] == 0.42 and research[2]["gpu"] == "gpu"
+    assert research[2]["val"] == {"val_clean": 0.6, "val_robust": 0.35}  # the last epoch's, to choose on
 
 
 @pytest.mark.slow

@@ -30,12 +30,12 @@ def test_cifar10_subset_train_and_eval(cifar_dir, tmp_path):
 
 @pytest.mark.slow
 def test_demo_pipeline_runs(cifar_dir, tmp_path):
-    """The README's demo, shrunk: all three methods, side-by-side table."""
+    """The README's demo, shrunk: every method, side-by-side table."""
     from eae.demo import run_demo
 
     table = run_demo(out=str(tmp_path / "demo"), data_dir=str(cifar_dir.parent), device="cpu", quiet=True,
                      train_subset=600, epochs=1, n_test=100)
-    assert [r["method"] for r in table] == ["standard", "fgsm_rs", "eae"]
+    assert [r["method"] for r in table] == ["standard", "fgsm_rs", "eae", "eae_paper"]
     for r in table:
         assert 0 <= r["cw20"] <= r["clean"] <= 1 and r["train_seconds"] > 0
     assert (tmp_path / "demo" / "demo.md").is_file()

@@ -91,6 +91,23 @@ def test_closed_form_crosses_the_nearest_boundary(norm):
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_eae_margin_is_minus_eta_times_the_clean_margin(norm):
+    """The mechanism behind the masking of eae_paper: because δ is recomputed at every step,
+    the EAE's margin to k̂ is exactly -η times the clean one, at any logit scale. Growing the
+    clean margin never lowers the EAE term (it raises it), so its gradient never fades."""
+    w, b, z, y, logits = _linear_problem(norm, seed=2)
+    for scale in (1.0, 10.0):  # the network inflating its features and logits
+        lg = scale * z @ w.T + b
+        y = lg.argmax(1)  # correctly classified, as seeds are
+        delta, k, _ = minimal_perturbation(lg, w, y, norm)
+        eta = 0.02
+        tilde = (scale * z + (1 + eta) * delta) @ w.T + b
+        gap = lg.gather(1, y[:, None]) - lg.gather(1, k[:, None])
+        eae_margin = tilde.gather(1, y[:, None]) - tilde.gather(1, k[:, None])
+        torch.testing.assert_close(eae_margin, -eta * gap, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_closed_form_is_the_minimum_over_classes(norm):
     """Brute force over every class: k̂ has the smallest |f'_k| / ||w'_k||_dual."""
     w, b, z, y, logits = _linear_problem(norm, seed=1)
@@ -149,13 +166,13 @@ def test_free_carries_the_perturbation_between_replays():
     for _ in range(3):
         out = method.step(model, x, y, 0)
         out.loss.backward()
-        deltas.append(method._leaf.detach().clone())
+        deltas.append(method.carried._leaf.detach().clone())
     assert torch.equal(deltas[0], torch.zeros_like(x))  # starts at zero ...
     assert deltas[1].abs().max() > 0  # ... then moves by the previous backward's input gradient
     assert deltas[2].abs().max() <= 8 / 255 + 1e-6 and ((x + deltas[2]) <= 1).all() and ((x + deltas[2]) >= 0).all()
     # a smaller (last) batch uses a slice of the carried perturbation
     out = method.step(model, x[:5], y[:5], 0)
-    assert out.logits.shape == (5, 10) and method.delta.shape[0] == 16
+    assert out.logits.shape == (5, 10) and method.carried.delta.shape[0] == 16
 
 
 @pytest.mark.parametrize("overrides", [
@@ -261,3 +278,23 @@ def test_eae_base_downsampled_adversary_stays_in_the_ball():
     assert moved.abs().max() <= 8 / 255 + 1e-6 and moved.abs().max() > 0
     with pytest.raises(ValueError, match="eae_base_downsample"):
         TrainConfig(method="eae", eae_base_downsample=0)
+
+
+def test_eae_on_free_carries_the_training_steps_input_gradient():
+    cfg = TrainConfig(method="eae", eae_base="free", free_replays=3, eae_lambda=0.1, eps=8 / 255)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch(16)
+    method = create_method(cfg)
+    assert method.replays == 3 and method.passes(7) == 3
+    out = method.step(model, x, y, 0)
+    out.loss.backward()  # the loop's backward leaves the input gradient on the perturbation
+    assert method.carried._leaf.grad is not None and torch.equal(method.carried._leaf.detach(), torch.zeros_like(x))
+    xb = method.base_input(model, x, y)  # the next replay: one signed step of eps, inside the ball
+    moved = (xb - x).abs().flatten(1).amax(1)
+    assert (moved > 0).all() and (moved <= 8 / 255 + 1e-6).all()
+    again = create_method(cfg)
+    again.load_state_dict(method.state_dict())
+    torch.testing.assert_close(again.carried.delta, method.carried.delta)
+    with pytest.raises(ValueError, match="eae_base free"):
+        TrainConfig(method="eae", eae_base="free", eae_base_frac=0.5)

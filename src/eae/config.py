@@ -32,7 +32,7 @@ EAE_NORMS = ("l2", "linf")
 EAE_SEED_RULES = ("quantile", "confidence", "mahalanobis", "all")
 EAE_LATENTS = ("penultimate", "logits")
 EAE_BUDGETS = ("minimal", "relative")
-EAE_BASES = ("clean", "fgsm_rs", "n_fgsm")
+EAE_BASES = ("clean", "fgsm_rs", "n_fgsm", "free")
 DATASETS = ("cifar10", "synthetic", "imagefolder")
 BAD_IMAGES = ("error", "skip")
 NONFINITE = ("stop", "skip")
@@ -131,7 +131,9 @@ class TrainConfig:
     eae_temperature: float = _f(1.0, "eae: the EAE term is CE(f(z~) / T, y)")
     eae_logit_penalty: float = _f(0.0, "eae: weight of a mean squared logit-norm penalty on the clean logits")
     eae_base: str | None = _f(None, "eae: the input whose latent is perturbed: clean, or a cheap input-space "
-                                    "adversary (fgsm_rs, n_fgsm) trained on as well", choices=EAE_BASES,
+                                    "adversary trained on as well: fgsm_rs, n_fgsm, or free (Free-AT's "
+                                    "carried perturbation, free_replays replays of each minibatch, no extra "
+                                    "pass)", choices=EAE_BASES,
                               by_method=True)
     eae_base_frac: float | None = _f(None, "eae: fraction of each batch given the input-space adversary",
                                      by_method=True)
@@ -188,6 +190,9 @@ class TrainConfig:
                      "trades_steps", "val_aa_n", "workers", "max_rollbacks"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):
+            errors.append("eae_base free takes its input gradient from the training step itself: "
+                          "eae_base_frac, eae_base_every and eae_base_downsample must be 1")
         if not 0 < self.eae_base_frac <= 1:
             errors.append(f"eae_base_frac must be in (0, 1], got {self.eae_base_frac}")
         if not self.eae_temperature > 0:

@@ -1,4 +1,4 @@
-"""The CPU-sized demo: standard, FGSM-RS and EAE trained the same way on a subset of
+"""The CPU-sized demo: standard, FGSM-RS, EAE and the paper's EAE trained the same way on a subset of
 CIFAR-10, then evaluated side by side on the first test images (clean, CE-PGD-20,
 CW-20 and the per-example worst case), with their training time.
 
@@ -18,7 +18,7 @@ from .evaluation import evaluate
 from .train import train
 from .utils import atomic_write_json, resolve_device
 
-METHODS = ("standard", "fgsm_rs", "eae")
+METHODS = ("standard", "fgsm_rs", "eae", "eae_paper")
 
 
 def demo_config(method: str, out: str, data_dir: str | None, device: str, train_subset: int,

@@ -172,12 +172,16 @@ def _save(fig, path: Path) -> Path:
 
 
 def research_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The machine-readable rows of issue 5 (benchmarks/eae_research.json)."""
+    """The machine-readable rows of issue 5 (benchmarks/eae_research.json). ``val`` holds the
+    last epoch's validation numbers (held-out training images): what a variant is chosen on;
+    the test-set numbers are only reported."""
     rows = results["rows"]
     std = {r["seed"]: r["train_seconds"] for r in rows if r["entry"] == "standard"}
+    val_keys = ("val_clean", "val_pgd", "val_cw", "val_robust", "val_aa_fast")
     return [{"method": r["entry"], "config": r.get("config", {}), "seed": r["seed"], "clean": r["clean"],
              "aa": r["aa"], "aa_suite": r["aa_suite"], "aa_n": r["aa_n"], "cw20": r["cw20"], "pgd20": r["pgd20"],
              "train_seconds": r["train_seconds"], "standard_seconds": std.get(r["seed"]), "verdict": r["verdict"],
+             "val": {k: v for k, v in (r.get("curve") or [{}])[-1].items() if k in val_keys},
              "gpu": results["meta"]["device"], "commit": results["meta"]["commit"]} for r in rows]
 
 

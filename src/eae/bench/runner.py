@@ -50,7 +50,9 @@ def _config(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, 
 
 
 def _replays(cfg: TrainConfig) -> int:
-    return cfg.free_replays if cfg.method == "free" else 1
+    from ..methods import create_method
+
+    return create_method(cfg).replays  # Free-AT and EAE on Free's perturbation replay each minibatch
 
 
 def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,

@@ -102,6 +102,9 @@ EAE_ABLATION = (
     _eae("eae0.1_on_n_fgsm_every2", eae_base="n_fgsm", eae_base_every=2, eae_lambda=0.1),
     _eae("n_fgsm_lowres2", eae_base="n_fgsm", eae_base_downsample=2, eae_lambda=0.0),
     _eae("eae0.1_on_n_fgsm_lowres2", eae_base="n_fgsm", eae_base_downsample=2, eae_lambda=0.1),
+    # the input gradient for free: Free-AT's carried perturbation, 4 replays per minibatch
+    _eae("free4", eae_base="free", free_replays=4, eae_lambda=0.0),
+    _eae("eae0.1_on_free4", eae_base="free", free_replays=4, eae_lambda=0.1),
 )
 
 # The same ablation at a size a 2-core CPU finishes in about an hour: a pipeline check and a
@@ -140,10 +143,12 @@ BENCH_SUITES = {
         "speed", "speed", {**CIFAR10_PREACT18, "val_attack_steps": 0}, METHODS,
         description="seconds per epoch (per epoch-equivalent for Free) of every method, one process, one device"),
     "eae-ablation": BenchSuite(
-        "eae-ablation", "accuracy", CIFAR10_PREACT18, EAE_ABLATION,
+        "eae-ablation", "accuracy", CIFAR10_PREACT18, EAE_ABLATION, aa_n=1000,
         description="issue 5: the EAE reconstruction, one knob at a time, and the remedies (cosine head, "
-                    "logit penalty, relative budget, temperature, EAE on a cheap input-space adversary); "
-                    "PreActResNet-18, 15 epochs, AutoAttack"),
+                    "logit penalty, relative budget, temperature, EAE on a cheap input-space adversary, with "
+                    "lambda = 0 controls); PreActResNet-18, 15 epochs; CE/CW-PGD-20 on the full test set, "
+                    "AutoAttack on the first 1,000 test images (a screen: the leaders go through `cifar10` "
+                    "with 3 seeds and the full test set)"),
     "eae-ablation-cpu": BenchSuite(
         "eae-ablation-cpu", "accuracy", CPU_ABLATION_BASE, _cpu_sized(EAE_ABLATION), aa_suite="aa-fast",
         eval_n=1000, aa_n=500, diagnostics="cheap", diag_n=500,

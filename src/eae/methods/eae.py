@@ -17,15 +17,21 @@ and one backward pass per step, as in standard training.
 Remedies under study (issue 5), all config fields: a cosine head (``head=cosine``:
 bounded logits), a logit-norm penalty, a relative latent budget instead of the
 minimal one, a temperature on the EAE term, and EAE on top of a cheap input-space
-adversary (``eae_base=fgsm_rs`` / ``n_fgsm``, on all or a fraction of the batch).
+adversary (``eae_base=fgsm_rs`` / ``n_fgsm``, on all or a fraction of the batch or
+of the steps, or through a downsampled input; ``free``: Free-AT's carried perturbation).
 
-Known weakness (RESEARCH.md §3): with the defaults below the network learns to
-inflate its logits, which masks gradients; evaluate with margin-loss attacks. Our
+Two methods share this code and differ in their defaults (config.METHOD_DEFAULTS):
+``eae_paper``, the faithful reconstruction (clean inputs, λ = 1), with which the network
+learns to inflate its logits and masks gradients (RESEARCH.md §3: CE-PGD 44%, AutoAttack
+0%); and ``eae``, the default, the EAE term on the inputs of a cheap input-space adversary
+whose gradients are real (issue 5). Our
 reading of the mechanism (a hypothesis for issue 5): f(z̃) = f(z) + (1 + η) W δ with
 δ ∝ w_k̂ - w_y, so the gradient of CE(f(z̃), y) with respect to W moves w_y towards
 w_k̂ and w_k̂ towards w_y; the network offsets this by growing its features and logits.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,7 @@ from ..distributed import unwrap
 from ..models.base import linear_form
 from .base import Downsampled, Method, StepOutput
 from .fgsm_rs import fgsm_rs_example
+from .free import CarriedPerturbation
 from .n_fgsm import n_fgsm_example
 from .registry import register_method
 
@@ -122,7 +129,8 @@ class ClassGaussian:
 
 @register_method("eae")
 class EAE(Method):
-    """Closed-form minimal latent perturbations of seed examples (Qian et al. 2021)."""
+    """Closed-form minimal latent perturbations of seed examples (Qian et al. 2021), by default on
+    the inputs of a cheap input-space adversary (config.METHOD_DEFAULTS: does not mask)."""
 
     name = "eae"
 
@@ -130,6 +138,13 @@ class EAE(Method):
         super().__init__(cfg)
         self.gaussian = ClassGaussian(cfg.eae_maha_momentum) if cfg.eae_seed_rule == "mahalanobis" else None
         self.steps = 0  # optimiser steps so far (eae_base_every); part of the state, for exact resumes
+        self.carried = None
+        if cfg.eae_base == "free":  # Free-AT's replays and carried perturbation under the EAE term
+            self.replays = cfg.free_replays
+            self.carried = CarriedPerturbation(self.threat, lambda: cfg.eps)
+
+    def passes(self, epochs: int) -> int:
+        return math.ceil(epochs / self.replays)
 
     def seeds(self, logits, latent, latent_tilde, dist, y):
         """Boolean mask of the examples whose EAE enters the loss."""
@@ -159,6 +174,8 @@ class EAE(Method):
         of the resolution."""
         cfg = self.cfg
         step, self.steps = self.steps, self.steps + 1
+        if cfg.eae_base == "free":  # the gradient comes from this step's own backward pass
+            return x + self.carried.leaf(x)
         if cfg.eae_base == "clean" or step % cfg.eae_base_every:
             return x
         k = max(1, round(cfg.eae_base_frac * len(x)))
@@ -220,12 +237,16 @@ class EAE(Method):
         state = {"steps": self.steps}
         if self.gaussian:
             state["gaussian"] = self.gaussian.state_dict()
+        if self.carried:
+            state["carried"] = self.carried.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state.get("steps", 0))
         if self.gaussian and "gaussian" in state:
             self.gaussian.load_state_dict(state["gaussian"])
+        if self.carried and "carried" in state:
+            self.carried.load_state_dict(state["carried"])
 
 
 @register_method("eae_paper")

@@ -18,6 +18,39 @@ from .base import Method, StepOutput
 from .registry import register_method
 
 
+class CarriedPerturbation:
+    """Free-AT's perturbation: δ carried from step to step and moved by one signed step of
+    the input gradient the loop's last backward pass left on it (no extra pass)."""
+
+    def __init__(self, threat, step_size):
+        self.threat, self.step_size = threat, step_size  # step_size(): read at each update
+        self.delta: torch.Tensor | None = None  # the size of a full batch
+        self._leaf: torch.Tensor | None = None  # the slice the last step differentiated
+
+    def flush(self) -> None:
+        """Apply the pending update from the last backward pass."""
+        leaf = self._leaf
+        if leaf is not None and leaf.grad is not None:
+            self.delta[: len(leaf)] = self.threat.project(leaf.detach() + self.threat.step(leaf.grad, self.step_size()))
+            leaf.grad = None
+
+    def leaf(self, x: torch.Tensor) -> torch.Tensor:
+        """δ for this batch, requiring grad: the caller trains on x + δ."""
+        self.flush()
+        d = self.delta
+        if d is None or len(d) < len(x) or d.shape[1:] != x.shape[1:] or d.device != x.device:
+            self.delta = torch.zeros_like(x)
+        self._leaf = clip_to_image(x, self.delta[: len(x)].clone()).requires_grad_(True)
+        return self._leaf
+
+    def state_dict(self) -> dict:
+        self.flush()
+        return {"delta": self.delta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.delta, self._leaf = state.get("delta"), None
+
+
 @register_method("free")
 class Free(Method):
     """Free-AT: m replays per minibatch, the perturbation carried between them (Shafahi et al. 2019)."""
@@ -28,32 +61,17 @@ class Free(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.replays = cfg.free_replays
-        self.delta: torch.Tensor | None = None  # carried perturbation, the size of a full batch
-        self._leaf: torch.Tensor | None = None  # the slice the last step differentiated
+        self.carried = CarriedPerturbation(self.threat, lambda: self.cfg.eps * self.step_scale)
 
     def passes(self, epochs: int) -> int:
         return math.ceil(epochs / self.replays)
 
-    def _flush(self) -> None:
-        """Apply the pending update: the input gradient left by the loop's last backward
-        pass (the "free" step: no extra pass through the network)."""
-        leaf = self._leaf
-        if leaf is not None and leaf.grad is not None:
-            self.delta[: len(leaf)] = self.threat.project(leaf.detach() + self.threat.step(leaf.grad, self.cfg.eps * self.step_scale))
-            leaf.grad = None
-
     def step(self, model, x, y, epoch):
-        self._flush()
-        d = self.delta
-        if d is None or len(d) < len(x) or d.shape[1:] != x.shape[1:] or d.device != x.device:
-            self.delta = torch.zeros_like(x)
-        self._leaf = clip_to_image(x, self.delta[: len(x)].clone()).requires_grad_(True)
-        logits = model(x + self._leaf)
+        logits = model(x + self.carried.leaf(x))
         return StepOutput(F.cross_entropy(logits, y), logits)
 
     def state_dict(self) -> dict:
-        self._flush()
-        return {"delta": self.delta}
+        return self.carried.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.delta, self._leaf = state.get("delta"), None
+        self.carried.load_state_dict(state)
