@@ -83,6 +83,11 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
     rows = results["rows"]
     if rows:
         groups = _group(rows)
+        # one look per entry, the same in every plot: 20 colours, then other line styles
+        # (the ablation has more entries than a default colour cycle)
+        cmap = plt.get_cmap("tab20")
+        look = {name: {"color": cmap(i % 20), "linestyle": ("-", "--", ":")[i // 20 % 3],
+                       "marker": ".ovs^"[i // 20 % 5]} for i, name in enumerate(groups)}
         # 1. robust accuracy against training time, with the Pareto front
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         pts = []
@@ -90,7 +95,8 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
             t = [r["train_seconds"] for r in g]
             a = [100 * r["aa"] for r in g]
             tx, ay = statistics.mean(t), statistics.mean(a)
-            ax.errorbar(tx, ay, yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3)
+            ax.errorbar(tx, ay, yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3,
+                        color=look[name]["color"])
             ax.annotate(name, (tx, ay), textcoords="offset points", xytext=(5, 4), fontsize=8)
             pts.append((tx, ay))
         front, best = [], -1.0
@@ -111,14 +117,14 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
             curve = [c for c in g[0]["curve"] if c.get("val_clean") is not None]
             if curve:
                 ep = [c["epoch"] for c in curve]
-                a1.plot(ep, [100 * c["val_clean"] for c in curve], marker=".", label=name)
-                a2.plot(ep, [100 * (c["val_robust"] or 0) for c in curve], marker=".", label=name)
+                a1.plot(ep, [100 * c["val_clean"] for c in curve], label=name, **look[name])
+                a2.plot(ep, [100 * (c["val_robust"] or 0) for c in curve], label=name, **look[name])
         a1.set_title("validation clean accuracy (%)")
         a2.set_title("validation worst case of PGD and CW (%)")
         for a in (a1, a2):
             a.set_xlabel("epoch (pass over the data)")
             a.grid(alpha=0.3)
-        a2.legend(fontsize=7)
+        a2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
         made.append(_save(fig, out / "curves.png"))
         # 3. the masking diagnosis: how scale, seeds and robustness evolve per epoch
         keys = [("logit_norm", "mean logit norm"), ("feature_norm", "mean feature norm"),
@@ -132,12 +138,13 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
                     pts = [(c["epoch"], c[k]) for c in g[0]["curve"] if c.get(k) is not None]
                     if pts:
                         scale = 100 if k.startswith("val_") else 1
-                        ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker=".", label=name)
+                        ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], label=name, **look[name])
                 ax.set_title(title, fontsize=9)
                 ax.grid(alpha=0.3)
                 if k == "logit_norm":
                     ax.set_yscale("log")
-            axes.flat[0].legend(fontsize=6)
+            handles = [plt.Line2D([], [], label=name, **look[name]) for name in groups]
+            fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
             made.append(_save(fig, out / "diagnosis.png"))
     # 4. seconds per epoch
     speed = results.get("speed")
@@ -164,7 +171,7 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -151,7 +151,7 @@ BENCH_SUITES = {
                     "with 3 seeds and the full test set)"),
     "eae-ablation-cpu": BenchSuite(
         "eae-ablation-cpu", "accuracy", CPU_ABLATION_BASE, _cpu_sized(EAE_ABLATION), aa_suite="aa-fast",
-        eval_n=1000, aa_n=500, diagnostics="cheap", diag_n=500,
+        eval_n=1000, aa_n=500, aa_n_other_seeds=500, diagnostics="cheap", diag_n=500,
         description="issue 5 at CPU size: the entries of eae-ablation with resnet_small, 10,000 CIFAR-10 "
                     "images, 5 epochs, batch 128; CE/CW-PGD-20 on the first 1,000 test images, aa-fast on "
                     "the first 500 (SUBSETS): not a result"),
