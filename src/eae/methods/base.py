@@ -6,6 +6,7 @@ checkpoints, so every method is trained and timed the same way.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,8 +45,9 @@ class Method:
         self.threat = LinfBall(cfg.eps)
 
     def passes(self, epochs: int) -> int:
-        """Passes over the training data for a run of ``epochs`` epochs."""
-        return epochs
+        """Passes over the training data for a run of ``epochs`` (standard-equivalent) epochs:
+        a method that replays each minibatch m times passes over the data ceil(epochs / m) times."""
+        return math.ceil(epochs / self.replays)
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepOutput:
         raise NotImplementedError

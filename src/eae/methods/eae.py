@@ -36,8 +36,6 @@ how the features move with the input.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -149,9 +147,6 @@ class EAE(Method):
         if cfg.eae_base == "free":  # Free-AT's replays and carried perturbation under the EAE term
             self.replays = cfg.free_replays
             self.carried = CarriedPerturbation(self.threat, lambda: cfg.eps)
-
-    def passes(self, epochs: int) -> int:
-        return math.ceil(epochs / self.replays)
 
     def seeds(self, logits, latent, latent_tilde, dist, y):
         """Boolean mask of the examples whose EAE enters the loss."""

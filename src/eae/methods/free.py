@@ -8,8 +8,6 @@ number of optimiser steps matches ``epochs`` of standard training.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -62,9 +60,6 @@ class Free(Method):
         super().__init__(cfg)
         self.replays = cfg.free_replays
         self.carried = CarriedPerturbation(self.threat, lambda: self.cfg.eps * self.step_scale)
-
-    def passes(self, epochs: int) -> int:
-        return math.ceil(epochs / self.replays)
 
     def step(self, model, x, y, epoch):
         logits = model(x + self.carried.leaf(x))
