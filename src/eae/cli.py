@@ -165,6 +165,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    if args.suite == "headline":
+        from .bench.headline import run_headline
+
+        if args.only or args.resume or args.seeds != 1:
+            raise ValueError("headline takes --out, --budget, --tiny, --dry-run, --device, --data-dir and --quiet only")
+        if args.dry_run:
+            from .bench.headline import GPU, TINY, plan_table
+
+            rows = plan_table(TINY if args.tiny else GPU)
+            for name, secs in rows:
+                print(f"{name:<16} {secs:6.1f} s")
+            print(f"{'total':<16} {sum(s for _, s in rows):6.1f} s (planning figures; see benchmarks/README.md)")
+            return 0
+        results = run_headline(args.out, budget=args.budget if args.budget is not None else 510.0, tiny=args.tiny,
+                               device=args.device, data_dir=args.data_dir, quiet=args.quiet)
+        return 1 if any(s["status"] != "ok" for s in results["smoke"]) else 0
+    if args.tiny or args.budget is not None or args.dry_run:
+        raise ValueError("--tiny, --budget and --dry-run are options of `eae bench headline` only")
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
               data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only)
@@ -235,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.suites import BENCH_SUITES
 
     b = sub.add_parser("bench", help="train and evaluate every method of a benchmark suite, then report",
-                       description="Suites: " + "; ".join(f"{k}: {v.description}" for k, v in BENCH_SUITES.items()))
-    b.add_argument("suite", choices=tuple(BENCH_SUITES))
+                       description="Suites: headline: the claims on one GPU in one command, under a time "
+                                   "budget (smoke of the device paths, speed of every method, 15-epoch "
+                                   "runs of eae, fgsm_rs, eae_paper and standard with CW-20 and AutoAttack); "
+                                   + "; ".join(f"{k}: {v.description}" for k, v in BENCH_SUITES.items()))
+    b.add_argument("suite", choices=("headline",) + tuple(BENCH_SUITES))
     b.add_argument("--out", required=True, help="output folder (runs, results.json, REPORT.md, report.html)")
     b.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default: 1)")
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
@@ -247,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", default=None,
                    help="comma-separated entries to run now (the report keeps the ones finished before): "
                         "spreads a suite over several calls")
+    b.add_argument("--budget", type=float, default=None,
+                   help="headline: wall-clock seconds for the whole command; parts that would not fit are "
+                        "skipped with a note, most valuable first (default: 510)")
+    b.add_argument("--tiny", action="store_true",
+                   help="headline: the same path on a small network and a CIFAR-10 slice (CPU, minutes)")
+    b.add_argument("--dry-run", action="store_true", help="headline: print the plan (parts, planned seconds) and exit")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -14,7 +14,8 @@ import torch
 
 def git_commit() -> str:
     """Short commit hash of the checkout this code runs from ("-dirty" when tracked files
-    differ from it), or "unknown"."""
+    differ from it); $EAE_COMMIT where the code runs from a copy without git history (a
+    GPU machine that receives the working tree only); else "unknown"."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -24,7 +25,7 @@ def git_commit() -> str:
         changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                  capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
-        return "unknown"
+        return os.environ.get("EAE_COMMIT", "unknown")
     return commit + ("-dirty" if changed else "")
 
 
