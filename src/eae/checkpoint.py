@@ -152,7 +152,13 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory of `eae train`?")
-    return TrainConfig.from_dict(json.loads(path.read_text()), strict=False)
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return TrainConfig.from_dict(d, strict=False)
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: not a valid run config ({e})") from None
 
 
 def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.device = "cpu") -> nn.Module:
@@ -176,5 +182,10 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     state = load_weights(path)
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # the weights of another architecture, or an edited config.json
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: these weights do not fit a {cfg.arch!r} network as {run_dir / CONFIG} "
+                              f"describes ({first})") from None
     return model.to(device).eval()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -61,7 +62,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(load_toml(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
+    if getattr(args, "resume", False):
+        return resume_config(values)
     return TrainConfig.from_dict(values)
+
+
+def resume_config(given: dict[str, Any]) -> TrainConfig:
+    """``--resume``: the run's own config.json, with the given values that may change on a
+    resume (where and how it runs: PLACEMENT_FIELDS); any other change is refused. With no
+    checkpoint: a folder without a run starts one (and says so); a run killed before its
+    first checkpoint restarts as configured; finished results without a checkpoint are
+    never replaced."""
+    from .checkpoint import CHECKPOINT, CONFIG, WEIGHTS, read_config
+    from .config import PLACEMENT_FIELDS
+
+    out = Path(given.get("out", TrainConfig.out))
+    if not (out / CONFIG).is_file():
+        print(f"note: nothing to resume in {out}: starting a new run there", file=sys.stderr)
+        return TrainConfig.from_dict(given)
+    if not (out / CHECKPOINT).is_file() and any((out / f).exists() for f in (WEIGHTS, "eval.json")):
+        raise ValueError(f"cannot resume {out}: it holds results ({WEIGHTS} or eval.json) but no {CHECKPOINT} to "
+                         "continue from; choose another --out for a new run")
+    saved = read_config(out)
+    cfg = TrainConfig.from_dict({**saved.to_dict(), **given})
+    diff = saved.differences(cfg)
+    if diff:
+        raise ValueError(f"--resume continues {out} as it was configured; these would change it: "
+                         + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                         + f". Only {', '.join(PLACEMENT_FIELDS)} may differ; start a new run (another --out) "
+                           "for other settings")
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -73,7 +103,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
     finally:
         dist.shutdown()
-    if not args.quiet and result.finished and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if not result.finished:
+        print(f"stopped after {len(result.metrics)} epochs as asked (--stop-after); the run is unfinished: continue "
+              f"it with `eae train --out {cfg.out} --resume`")
+    elif not args.quiet:
         last = result.final
         print(json.dumps({"run_dir": str(result.run_dir), "train_seconds": round(result.train_seconds, 2),
                           **{k: last[k] for k in ("val_clean", "val_pgd", "val_cw", "val_robust") if k in last}}))
@@ -98,8 +133,9 @@ def _eval(args: argparse.Namespace, device) -> int:
     from .data import load_test_set, num_test_images
     from .evaluation import evaluate
     from .evaluation.core import shard_across_ranks
-    from .utils import atomic_write_json, device_name
+    from .utils import atomic_write_bytes, atomic_write_json, device_name
 
+    t0 = time.perf_counter()
     run_dir = Path(args.run_dir)
     cfg = read_config(run_dir)
     if args.data_dir:
@@ -123,13 +159,20 @@ def _eval(args: argparse.Namespace, device) -> int:
     procs = f" x {dist.world_size()} processes" if dist.world_size() > 1 else ""
     out = {"run_dir": str(run_dir), "weights": args.weights, "dataset": cfg.dataset, **report.to_dict(),
            "device": device_name(device) + procs, "torch": torch.__version__}
-    json_path = Path(args.output) if args.output else run_dir / "eval.json"
-    atomic_write_json(json_path, out)
     md = report.to_markdown(title=f"{run_dir} ({args.weights} weights)")
-    tail = f"{report.seconds:.1f} s on {out['device']}"
-    json_path.with_suffix(".md").write_text(f"{md}\n\n{tail}\n")
-    print(md)
-    print(f"\n{tail}; written: {json_path}, {json_path.with_suffix('.md')}")
+    tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
+            "loading and the gradient-masking diagnostics)")
+    print(md)  # the numbers first: a folder that cannot be written must not cost them
+    print(f"\n{tail}")
+    json_path = Path(args.output) if args.output else run_dir / "eval.json"
+    try:
+        atomic_write_json(json_path, out)
+        atomic_write_bytes(json_path.with_suffix(".md"), f"{md}\n\n{tail}\n".encode())
+    except OSError as e:
+        print(f"error: could not save the report to {json_path} ({e.strerror or e}); the numbers above are complete: "
+              "pass --output PATH to save them elsewhere", file=sys.stderr)
+        return 2
+    print(f"written: {json_path}, {json_path.with_suffix('.md')}")
     if args.strict and report.verdict != "ok":
         print(f"error: --strict and the gradient-masking verdict is {report.verdict!r}", file=sys.stderr)
         return 3
@@ -197,18 +240,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+def _eps(text: str) -> float:
+    """ε as train reads it: a float or a fraction, in [0, 1]."""
+    try:
+        v = parse_float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {v:g}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: two lines (the error, where to look), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="eae", description="Fast adversarial training in latent spaces (EAE) "
+    p = _Parser(prog="eae", description="Fast adversarial training in latent spaces (EAE) "
                                 "and fast-AT baselines, with strong evaluation.")
     p.add_argument("--version", action="version", version=f"eae {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--config", help="TOML preset (e.g. configs/cifar10_preact18_eae.toml); flags override it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--stop-after", type=int, default=None, help="stop after N epochs of this call (resumable)")
+    t.add_argument("--stop-after", type=_int_at_least(1), default=None, help="stop after N epochs of this call (resumable)")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
@@ -223,9 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--attacks", default=None,
                    help="instead of a suite, a comma-separated list: clean, fgsm, pgdK, cwK, pgdKrR, apgd-ce, "
                         "apgd-dlr, apgd-t, fab-t, square")
-    e.add_argument("--eps", type=parse_float, default=8 / 255, help="L-inf radius, e.g. 8/255 (default: 8/255)")
-    e.add_argument("--n", type=int, default=None, help="first N test images (default: all; fewer is labelled SUBSET)")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--eps", type=_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default: 8/255)")
+    e.add_argument("--n", type=_int_at_least(1), default=None,
+                   help="first N test images (default: all; fewer is labelled SUBSET)")
+    e.add_argument("--batch-size", type=_int_at_least(1), default=500)
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
     e.add_argument("--weights", choices=("final", "best"), default="final",
@@ -234,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arithmetic of the attack iterations; scores are always strict fp32 (default: fp32)")
     e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
                    help="gradient-masking checks (default: full)")
-    e.add_argument("--diag-n", type=int, default=1000, help="points used by the diagnostics (default: 1000)")
+    e.add_argument("--diag-n", type=_int_at_least(0), default=1000, help="points used by the diagnostics (default: 1000)")
     e.add_argument("--strict", action="store_true", help="exit with status 3 unless the verdict is ok")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--output", default=None, help="JSON report path (default: RUN_DIR/eval.json; .md beside it)")
@@ -259,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    + "; ".join(f"{k}: {v.description}" for k, v in BENCH_SUITES.items()))
     b.add_argument("suite", choices=("headline",) + tuple(BENCH_SUITES))
     b.add_argument("--out", required=True, help="output folder (runs, results.json, REPORT.md, report.html)")
-    b.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default: 1)")
+    b.add_argument("--seeds", type=_int_at_least(1), default=1, help="training seeds 0..N-1 (default: 1)")
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
     b.add_argument("--device", default="auto")
     b.add_argument("--data-dir", default=None)
@@ -287,15 +361,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import RunLocked
-    from .train import TrainingStopped
-
+    """Run a command. A user's mistake (a bad value, a bad or missing file, a missing
+    device, a full disk) is one line naming the cause, exit status 2; a guard that stops
+    training, 4; Ctrl-C, 130. A traceback means a bug of ours (or EAE_DEBUG=1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, RunLocked, TrainingStopped) as e:
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except Exception as e:
         if os.environ.get("EAE_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 4 if isinstance(e, TrainingStopped) else 2
+        status, message = _user_error(e)
+        if status is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if getattr(args, "func", None) is cmd_train:
+        out = getattr(args, "out", None) or "runs/default"
+        return (f": the run continues from its last finished epoch with `eae train --out {out} --resume`"
+                if (Path(out) / "checkpoint.pt").exists() else "")
+    if getattr(args, "func", None) is cmd_bench:
+        return f": `eae bench {args.suite} --out {args.out} --resume` continues it" if args.suite != "headline" else ""
+    return ""
+
+
+def _user_error(e: Exception) -> tuple[int | None, str]:
+    """(exit status, message) of an error caused by the user's input or machine, else
+    (None, '') for a bug."""
+    from .checkpoint import RunLocked
+    from .data import DatasetError
+    from .train import TrainingStopped
+
+    if isinstance(e, TrainingStopped):
+        return 4, str(e)
+    if isinstance(e, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return 2, str(e) if e.filename is None or str(e.filename) in str(e) else f"{e.strerror}: {e.filename}"
+    if isinstance(e, OSError):  # permissions, disk full, name too long, ...
+        where = f": {e.filename}" if e.filename else ""
+        return 2, f"{e.strerror or e}{where} (check the path, its permissions and the free space)"
+    if isinstance(e, (ValueError, RunLocked, DatasetError)):
+        return 2, str(e)
+    return None, ""

@@ -179,6 +179,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 errors.append(f"{name} must be a finite number >= 0, got {v}")
+        errors += self._check_numbers()
         if not 0 < self.overfit_step_factor <= 1:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
@@ -211,6 +212,25 @@ class TrainConfig:
                 errors.append(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         if errors:
             raise ValueError("invalid config: " + "; ".join(errors))
+
+    def _check_numbers(self) -> list[str]:
+        """Every float finite; step sizes, scales and weights in their ranges (a NaN or a
+        negative step would train silently on nonsense)."""
+        errors = [f"{f.name} must be a finite number, got {getattr(self, f.name)}" for f in fields(self)
+                  if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        positive = ("fgsm_alpha", "pgd_alpha", "trades_alpha", "nfgsm_alpha", "head_scale", "lr_gamma", "eae_rel")
+        non_negative = ("nfgsm_noise", "trades_beta", "eae_eta", "eae_lambda", "eae_logit_penalty")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and math.isfinite(v) and not v > 0:
+                errors.append(f"{name} must be > 0, got {v}")
+        for name in non_negative:
+            v = getattr(self, name)
+            if v is not None and math.isfinite(v) and v < 0:
+                errors.append(f"{name} must be >= 0, got {v}")
+        if not 0 < self.eae_maha_momentum <= 1:
+            errors.append(f"eae_maha_momentum must be in (0, 1], got {self.eae_maha_momentum}")
+        return errors
 
     # --- (de)serialisation ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -254,8 +274,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict):
@@ -273,6 +296,8 @@ def parse_float(text: str | float | int) -> float:
     s = str(text).strip()
     if "/" in s:
         num, _, den = s.partition("/")
+        if float(den) == 0:
+            raise ValueError(f"division by zero in {s!r}")
         return float(num) / float(den)
     return float(s)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -310,6 +311,9 @@ def run_headline(out: str | Path, *, budget: float | None = 510.0, tiny: bool = 
                               "choose another --out")
     if budget is not None and not (budget > 0 and math.isfinite(budget)):
         raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
+    # cuBLAS reads its workspace setting when its first handle is made: set it before any
+    # CUDA work, or the smoke's bit-exact resume check could fail for want of it
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     out.mkdir(parents=True, exist_ok=True)
     h = Headline(out, TINY if tiny else GPU, device, data_dir, quiet)
     h.log(f"eae bench headline ({h.scale.name}) on {device_name(h.dev)}; budget "

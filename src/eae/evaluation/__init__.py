@@ -38,11 +38,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``off``; they use the first ``diag_n`` points. ``test_size``: the size of the set
     ``x`` was taken from, so that a subset is labelled as one.
     """
+    check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
+                    norm=norm)
     report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
                        seed=seed, precision=precision, test_size=test_size, progress=progress)
     return diagnose(model, x, y, report, level=diagnostics, diag_n=diag_n, batch_size=batch_size, device=device,
                     seed=seed)
 
 
-__all__ = ["evaluate", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",
+def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str, diagnostics: str,
+                    norm: str) -> None:
+    """Refuse values that would print a wrong number (a 0% from a negative batch size, an ε
+    of 8 read as 2040/255), naming the argument."""
+    errors = []
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+        errors.append(f"eps must be a number in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {eps!r}")
+    for name, v, low in (("batch_size", batch_size, 1), ("diag_n", diag_n, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            errors.append(f"{name} must be an integer >= {low}, got {v!r}")
+    for name, v, allowed in (("precision", precision, ("fp32", "tf32", "bf16")),
+                             ("diagnostics", diagnostics, ("full", "cheap", "off")), ("norm", norm, ("linf", "l2"))):
+        if v not in allowed:
+            errors.append(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
+__all__ = ["evaluate", "check_arguments", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",
            "fmt_eps"]

@@ -24,10 +24,20 @@ from .report import Report
 from .suites import CASCADE, STANDALONE, Suite, custom_suite, get_suite
 
 
+class NonFiniteOutputs(ValueError):
+    """The model returned NaN or infinite logits: no accuracy can be scored from them."""
+
+
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Predicted labels, in eval mode and strict fp32; the model's modes are restored."""
+    """Predicted labels, in eval mode and strict fp32; the model's modes are restored.
+    NaN or infinite logits are an error, never a prediction (argmax would call them class 0)."""
     with attack_mode(model), torch.no_grad():
-        return model(x).argmax(1)
+        logits = model(x)
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).any(1).sum())
+        raise NonFiniteOutputs(f"the model returned NaN or infinite logits for {bad} of {len(x)} images "
+                               "(clean or attacked): no accuracy can be scored; check the weights and the model")
+    return logits.argmax(1)
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor:
