@@ -98,6 +98,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:  # weights_only: tensors and plain containers only; a pickle that would run code is refused
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:
+        if "weights only load failed" in str(e).lower():  # PyTorch's own hint would run the code: not relayed
+            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain containers, "
+                                  "and loading them could run code; it was not used") from None
         raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 

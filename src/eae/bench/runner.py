@@ -154,7 +154,11 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
         if not resume:
             raise FileExistsError(f"{out} already holds a benchmark; pass --resume to continue it or choose "
                                   "another --out")
-        before = json.loads(manifest.read_text())
+        try:
+            before = json.loads(manifest.read_text())
+        except ValueError as e:
+            raise ValueError(f"{manifest}: not valid JSON ({e}); it is not a benchmark this version wrote: "
+                             "choose another --out") from None
         if before != ask:
             raise ValueError(f"cannot resume {out}: it was started with different settings "
                              f"({manifest}); choose another --out")

@@ -87,7 +87,8 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
 
     def bad(path: str, reason: str) -> None:
         if bad_images == "error":
-            raise DatasetError(f"{path}: {reason} (pass --bad-images skip to leave such files out and count them)")
+            raise DatasetError(f"{path}: {reason} (remove or replace the file; for training, "
+                               "`eae train --bad-images skip` leaves such files out and counts them)")
         skipped.append((path, reason))
 
     candidates: list[tuple[str, int]] = []
