@@ -144,10 +144,10 @@ def _eval(args: argparse.Namespace, device) -> int:
     test_size = num_test_images(cfg)
     n = test_size if args.n is None else args.n
     if not 0 < n <= test_size:
-        raise SystemExit(f"--n must be in 1..{test_size}")
+        raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
     x, y = load_test_set(cfg, n)
     if args.attacks and args.suite:
-        raise SystemExit("give --suite or --attacks, not both")
+        raise UsageError("give --suite or --attacks, not both")
     attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks else None
     suite = None if attacks else (args.suite or "quick")
     with shard_across_ranks():  # under torchrun each rank attacks its share of the points
@@ -181,13 +181,9 @@ def _eval(args: argparse.Namespace, device) -> int:
 
 # --------------------------------------------------------------------------- data / list
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import DatasetError, prepare_cifar10
+    from .data import prepare_cifar10
 
-    try:
-        folder = prepare_cifar10(args.data_dir, download=not args.no_download)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    folder = prepare_cifar10(args.data_dir, download=not args.no_download)  # DatasetError: exit 2 (main)
     print(f"CIFAR-10 verified: {folder} (50,000 train / 10,000 test, SHA-256 of pixels and labels match)")
     return 0
 
@@ -240,6 +236,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+class UsageError(SystemExit):
+    """A wrong combination of arguments found after parsing: like argparse's own errors, a
+    SystemExit with status 2, printed by ``main`` as one line."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -368,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except UsageError as e:
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

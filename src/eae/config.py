@@ -330,11 +330,17 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
         if tp is bool:
             return parse_bool(value)
         if tp is float:
-            return parse_float(value)
+            try:
+                return parse_float(value)
+            except ValueError as e:
+                raise ValueError(str(e) if "division" in str(e) else f"not a number: {value!r}") from None
         if tp is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"not an integer: {value}")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"not an integer: {value!r}") from None
         if tp is str:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {value!r}")
