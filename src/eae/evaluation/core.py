@@ -9,6 +9,7 @@ Every rank must then make the same calls.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from typing import Mapping, Sequence
 
@@ -165,6 +166,9 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             acc = (ok if mode == STANDALONE else chain).float().mean().item() if n else float("nan")
             per_attack[spec] = {"accuracy": acc, "mode": mode, "seconds": round(time.perf_counter() - t0, 2),
                                 "n_attacked": int(len(idx))}
+            if progress and dist.is_main() and not sys.stderr.isatty():  # a log file gets a line per attack
+                print(f"  {spec}: {100 * acc:.1f}% on {n:,} images ({int(len(idx)):,} attacked, "
+                      f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)
     correct["worst_case"] = robust
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
     return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision,
