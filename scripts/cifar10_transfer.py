@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Move CIFAR-10 to a machine that receives only a small working tree per command.
 
-    python scripts/cifar10_transfer.py pack --data-dir ../shared/data/cifar10 --out .transfer
+    python scripts/cifar10_transfer.py pack --data-dir /path/to/cifar10 --out .transfer
         -> .transfer/cifar10-part1of2.tar, cifar10-part2of2.tar (lossless, about 50 MiB each)
     python scripts/cifar10_transfer.py unpack .transfer/cifar10-part1of2.tar --to /tmp/c
     python scripts/cifar10_transfer.py unpack .transfer/cifar10-part2of2.tar --to /tmp/c --complete

@@ -41,9 +41,9 @@ FGSM_INITS = ("uniform", "zero")
 
 # Defaults that depend on the method (fields declared with by_method=True and None as
 # their dataclass default; a value given in a preset, a flag or from_dict always wins).
-# ``eae_paper`` is the faithful reconstruction of shared/RESEARCH.md, which masks gradients
-# on a GPU-scale run (§3); ``eae``, the default EAE, is the best variant that does not
-# mask (issue 5; README "EAE: what works"). Every other method gets the ``eae`` values,
+# ``eae_paper`` is the paper's EAE as reconstructed (docs/eae.md), which masks gradients
+# on a GPU-scale run; ``eae``, the default EAE, is the best variant that does not mask
+# (docs/eae.md, "what the default does"). Every other method gets the ``eae`` values,
 # which it ignores.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "eae_paper": {"eae_base": "clean", "eae_lambda": 1.0, "eae_base_frac": 1.0, "eae_base_every": 1,

@@ -179,7 +179,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def research_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The machine-readable rows of issue 5 (benchmarks/eae_research.json). ``val`` holds the
+    """The machine-readable rows of the EAE ablation (benchmarks/eae_research.json). ``val`` holds the
     last epoch's validation numbers (held-out training images): what a variant is chosen on;
     the test-set numbers are only reported."""
     rows = results["rows"]

@@ -40,8 +40,8 @@ METHODS = (
     Entry("fgsm_rs", {"method": "fgsm_rs"}),
     Entry("n_fgsm", {"method": "n_fgsm"}),
     Entry("trades", {"method": "trades", "trades_beta": 6.0, "trades_steps": 10}),
-    Entry("eae", {"method": "eae"}),  # the default EAE (issue 5): does not mask
-    Entry("eae_paper", {"method": "eae_paper"}),  # the faithful reconstruction: masks (RESEARCH.md §3)
+    Entry("eae", {"method": "eae"}),  # the default EAE: does not mask
+    Entry("eae_paper", {"method": "eae_paper"}),  # the faithful reconstruction: masks (docs/eae.md)
 )
 
 CIFAR10_PREACT18 = {
@@ -80,7 +80,7 @@ EAE_ABLATION = (
     Entry("standard", {"method": "standard"}),
     Entry("fgsm_rs", {"method": "fgsm_rs", "val_aa_n": 200}),
     Entry("n_fgsm", {"method": "n_fgsm", "val_aa_n": 200}),
-    _eae("eae_paper"),  # the reconstruction of shared/RESEARCH.md
+    _eae("eae_paper"),  # the reconstruction (docs/eae.md)
     _eae("eae_eta0.1", eae_eta=0.1),
     _eae("eae_q0.25", eae_q=0.25),
     _eae("eae_lambda0.5", eae_lambda=0.5),
@@ -144,7 +144,7 @@ BENCH_SUITES = {
         description="seconds per epoch (per epoch-equivalent for Free) of every method, one process, one device"),
     "eae-ablation": BenchSuite(
         "eae-ablation", "accuracy", CIFAR10_PREACT18, EAE_ABLATION, aa_n=1000,
-        description="issue 5: the EAE reconstruction, one knob at a time, and the remedies (cosine head, "
+        description="the EAE reconstruction, one knob at a time, and the remedies (cosine head, "
                     "logit penalty, relative budget, temperature, EAE on a cheap input-space adversary, with "
                     "lambda = 0 controls); PreActResNet-18, 15 epochs; CE/CW-PGD-20 on the full test set, "
                     "AutoAttack on the first 1,000 test images (a screen: the leaders go through `cifar10` "
@@ -152,7 +152,7 @@ BENCH_SUITES = {
     "eae-ablation-cpu": BenchSuite(
         "eae-ablation-cpu", "accuracy", CPU_ABLATION_BASE, _cpu_sized(EAE_ABLATION), aa_suite="aa-fast",
         eval_n=1000, aa_n=500, aa_n_other_seeds=500, diagnostics="cheap", diag_n=500,
-        description="issue 5 at CPU size: the entries of eae-ablation with resnet_small, 10,000 CIFAR-10 "
+        description="eae-ablation at CPU size: the entries of eae-ablation with resnet_small, 10,000 CIFAR-10 "
                     "images, 5 epochs, batch 128; CE/CW-PGD-20 on the first 1,000 test images, aa-fast on "
                     "the first 500 (SUBSETS): not a result"),
     "smoke": BenchSuite(

@@ -13,7 +13,7 @@ moved into place, so a half-written dataset is never picked up.
 
 Verification, on every load: counts (50,000 / 10,000), classes (5,000 / 1,000
 each), uint8 32x32x3, and the SHA-256 of every batch's pixels and labels (the
-combined pixel hashes are the ones published in shared/data/README.md). Batches
+combined pixel hashes are the published ones). Batches
 are read with a restricted unpickler (see ``safe_pickle``).
 """
 from __future__ import annotations
