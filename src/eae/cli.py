@@ -26,10 +26,9 @@ SUITE_NAMES = tuple(_SUITES)
 # --------------------------------------------------------------------------- train
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     from .methods import list_methods
-    from .models import list_models
 
     hints = typing.get_type_hints(TrainConfig)
-    dynamic_choices = {"method": list_methods(), "arch": list_models()}
+    dynamic_choices = {"method": list_methods()}  # arch: also timm:NAME / torchvision:NAME, checked by the config
     group = parser.add_argument_group("config fields (override --config)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -129,54 +128,159 @@ def _eval(args: argparse.Namespace, device) -> int:
     import torch
 
     from . import distributed as dist
-    from .checkpoint import load, read_config
-    from .data import load_test_set, num_test_images
     from .evaluation import evaluate
     from .evaluation.core import shard_across_ranks
-    from .utils import atomic_write_bytes, atomic_write_json, device_name
+    from .utils import device_name
 
     t0 = time.perf_counter()
-    run_dir = Path(args.run_dir)
-    cfg = read_config(run_dir)
-    if args.data_dir:
-        cfg = cfg.replace(data_dir=args.data_dir)
-    model = load(run_dir, weights=args.weights, device=device)
-    test_size = num_test_images(cfg)
+    src = _run_source(args, device) if args.model is None else _external_source(args, device)
+    test_size = src["test_size"]
     n = test_size if args.n is None else args.n
     if not 0 < n <= test_size:
         raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
-    x, y = load_test_set(cfg, n)
+    x, y = src["load"](n)
     if args.attacks and args.suite:
         raise UsageError("give --suite or --attacks, not both")
     attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks else None
     suite = None if attacks else (args.suite or "quick")
+    norm = args.norm or src["norm"]
+    eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
     with shard_across_ranks():  # under torchrun each rank attacks its share of the points
-        report = evaluate(model, x, y, attacks, args.eps, suite=suite, batch_size=args.batch_size,
+        report = evaluate(src["model"], x, y, attacks, eps, suite=suite, norm=norm, batch_size=args.batch_size,
                           device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
                           diag_n=args.diag_n, test_size=test_size, progress=not args.quiet)
     if not dist.is_main():
         return 0 if not args.strict or report.verdict == "ok" else 3
     procs = f" x {dist.world_size()} processes" if dist.world_size() > 1 else ""
-    out = {"run_dir": str(run_dir), "weights": args.weights, "dataset": cfg.dataset, **report.to_dict(),
-           "device": device_name(device) + procs, "torch": torch.__version__}
-    md = report.to_markdown(title=f"{run_dir} ({args.weights} weights)")
+    out = {"written_by": "eae eval", **src["meta"], **report.to_dict(),
+           "device": device_name(device) + procs, "torch": torch.__version__,
+           "robustbench": robustbench_entry(report, src["meta"])}
+    md = report.to_markdown(title=src["title"])
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
             "loading and the gradient-masking diagnostics)")
     print(md)  # the numbers first: a folder that cannot be written must not cost them
     print(f"\n{tail}")
-    json_path = Path(args.output) if args.output else run_dir / "eval.json"
-    try:
-        atomic_write_json(json_path, out)
-        atomic_write_bytes(json_path.with_suffix(".md"), f"{md}\n\n{tail}\n".encode())
-    except OSError as e:
-        print(f"error: could not save the report to {json_path} ({e.strerror or e}); the numbers above are complete: "
-              "pass --output PATH to save them elsewhere", file=sys.stderr)
-        return 2
-    print(f"written: {json_path}, {json_path.with_suffix('.md')}")
+    status = _save_report(args, src, out, f"{md}\n\n{tail}\n")
+    if status:
+        return status
     if args.strict and report.verdict != "ok":
         print(f"error: --strict and the gradient-masking verdict is {report.verdict!r}", file=sys.stderr)
         return 3
     return 0
+
+
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+
+
+def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
+    """A run folder of ours: its network, its dataset, its threat model."""
+    from .checkpoint import load, read_config
+    from .data import load_test_set, num_test_images
+
+    if args.run_dir is None:
+        raise UsageError("give a run folder (eae eval RUN_DIR), or --model SPEC --weights FILE for a model "
+                         "trained elsewhere")
+    for flag in ("normalize", "model_kwargs", "dataset"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} is for --model; a run folder knows its own")
+    weights = args.weights or "final"
+    if weights not in ("final", "best"):
+        raise UsageError(f"--weights for a run folder is final or best, got {weights!r} (a weights file needs --model)")
+    run_dir = Path(args.run_dir)
+    cfg = read_config(run_dir)
+    if args.data_dir:
+        cfg = cfg.replace(data_dir=args.data_dir)
+    model = load(run_dir, weights=weights, device=device)
+    meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "architecture": cfg.arch}
+    return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
+            "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
+            "default_output": run_dir / "eval.json"}
+
+
+def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
+    """A network trained elsewhere: built from --model, weights from --weights FILE."""
+    from .data import load_test_set, num_test_images
+    from .models.external import load_external
+
+    if args.run_dir is not None:
+        raise UsageError("give a run folder or --model with --weights, not both")
+    if not args.weights or args.weights in ("final", "best"):
+        raise UsageError("--model needs --weights FILE (.safetensors, or a PyTorch state_dict file)")
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}): {args.model_kwargs!r}") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
+    data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size,
+                       workers=min(8, os.cpu_count() or 1))
+    num_classes = _num_classes(data)
+    model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
+                          device=device)
+    meta = {"model": args.model, "weights": str(args.weights), "normalize": args.normalize,
+            "dataset": data.dataset, "architecture": args.model}
+    return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
+            "norm": "linf", "eps": DEFAULT_EPS["linf"], "meta": meta,
+            "title": f"{args.model} ({args.weights})", "default_output": None}
+
+
+def _num_classes(data: TrainConfig) -> int:
+    if data.dataset == "imagefolder":
+        from .data import imagefolder as f
+
+        return len(f.class_names(f.split_dirs(data.data_dir)[0]))
+    return 10
+
+
+def robustbench_entry(report, meta: dict[str, Any]) -> dict[str, Any]:
+    """The result in the fields of RobustBench's model cards (accuracies in percent, as
+    strings with two decimals), so that it compares with the leaderboard directly.
+    ``autoattack_acc`` only for the full AutoAttack (suite aa or full)."""
+    aa = report.suite in ("aa", "full")
+    return {"dataset": meta.get("dataset"), "threat_model": {"linf": "Linf", "l2": "L2"}[report.norm],
+            "eps": fmt_eps(report.eps) if report.norm == "linf" else f"{report.eps:g}",
+            "clean_acc": f"{100 * report.clean_accuracy:.2f}",
+            "autoattack_acc": f"{100 * report.robust_accuracy:.2f}" if aa else None,
+            "n_examples": report.n, "architecture": meta.get("architecture")}
+
+
+def _save_report(args: argparse.Namespace, src: dict[str, Any], out: dict[str, Any], md: str) -> int:
+    """Write the JSON and Markdown reports: into the run folder (ours), or to --output,
+    which may only replace a report that eae wrote. 0, or 2 when they could not be saved."""
+    from .utils import atomic_write_bytes, atomic_write_json
+
+    json_path = Path(args.output) if args.output else src["default_output"]
+    if json_path is None:
+        print("(not saved: pass --output PATH.json to save the report)")
+        return 0
+    try:
+        if args.output:
+            _refuse_foreign(json_path)
+        atomic_write_json(json_path, out)
+        atomic_write_bytes(json_path.with_suffix(".md"), md.encode())
+    except (OSError, FileExistsError) as e:
+        why = str(e) if isinstance(e, FileExistsError) else (e.strerror or str(e))
+        print(f"error: could not save the report to {json_path} ({why}); the numbers above are complete: "
+              "pass --output PATH to save them elsewhere", file=sys.stderr)
+        return 2
+    print(f"written: {json_path}, {json_path.with_suffix('.md')}")
+    return 0
+
+
+def _refuse_foreign(json_path: Path) -> None:
+    """--output may replace only what a previous ``eae eval`` wrote there."""
+    if json_path.suffix != ".json":
+        raise FileExistsError(f"--output must end in .json (a .md is written beside it), got {json_path.name}")
+    for p in (json_path, json_path.with_suffix(".md")):
+        if p.exists() and not _ours(json_path):
+            raise FileExistsError(f"{p} exists and was not written by eae eval; it is left as it is")
+
+
+def _ours(json_path: Path) -> bool:
+    try:
+        return json.loads(json_path.read_text()).get("written_by") == "eae eval"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------- data / list
@@ -198,6 +302,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in reg.names():
             doc = (reg.get(name).__doc__ or "").strip().splitlines()
             print(f"  {name:<18} {doc[0] if doc else ''}")
+        if reg is MODELS:
+            print(f"  {'timm:NAME':<18} any timm network (timm.list_models()); needs timm")
+            print(f"  {'torchvision:NAME':<18} any torchvision classifier (torchvision.models.list_models()); "
+                  "needs torchvision")
     return 0
 
 
@@ -261,14 +369,11 @@ def _int_at_least(low: int):
 
 
 def _eps(text: str) -> float:
-    """ε as train reads it: a float or a fraction, in [0, 1]."""
+    """ε as train reads it: a float or a fraction (its range is checked with the norm)."""
     try:
-        v = parse_float(text)
+        return parse_float(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {v:g}")
-    return v
 
 
 class _Parser(argparse.ArgumentParser):
@@ -297,21 +402,36 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained run on the test set",
                        description="Attack a trained run on the test set; the per-example worst case over "
                                    "every attack is its robust accuracy; gradient-masking checks give a verdict.")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", nargs="?", default=None,
+                   help="a run folder of eae train (or give --model and --weights for a model trained elsewhere)")
     e.add_argument("--suite", choices=SUITE_NAMES, default=None,
                    help="quick (FGSM, PGD-20, CW-20; the default), aa (AutoAttack standard), aa-fast "
                         "(APGD-CE + APGD-T, for development), full (both)")
     e.add_argument("--attacks", default=None,
                    help="instead of a suite, a comma-separated list: clean, fgsm, pgdK, cwK, pgdKrR, apgd-ce, "
                         "apgd-dlr, apgd-t, fab-t, square")
-    e.add_argument("--eps", type=_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default: 8/255)")
+    e.add_argument("--norm", choices=("linf", "l2"), default=None,
+                   help="threat model (default: the run's; linf for --model)")
+    e.add_argument("--eps", type=_eps, default=None,
+                   help="radius, e.g. 8/255 (linf) or 0.5 (l2) (default: the run's; 8/255 or 0.5 for --model)")
     e.add_argument("--n", type=_int_at_least(1), default=None,
                    help="first N test images (default: all; fewer is labelled SUBSET)")
     e.add_argument("--batch-size", type=_int_at_least(1), default=500)
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
-    e.add_argument("--weights", choices=("final", "best"), default="final",
-                   help="final weights or the best epoch on the validation split (default: final)")
+    e.add_argument("--weights", default=None,
+                   help="of a run: final, or best (the best epoch on the validation split) (default: final); "
+                        "with --model: the weights FILE (.safetensors, or a state_dict read with weights_only)")
+    e.add_argument("--model", default=None,
+                   help="evaluate a network trained elsewhere: a name from `eae list`, timm:NAME, "
+                        "torchvision:NAME, or FILE.py:Class / package.module:Class (runs that code: your own)")
+    e.add_argument("--model-kwargs", default=None, help="with --model: JSON arguments of its constructor")
+    e.add_argument("--normalize", default=None,
+                   help="with --model: the model expects normalised inputs: cifar10, imagenet, or "
+                        "'m1,m2,m3,s1,s2,s3' (eae feeds it images in [0, 1] through this normalisation)")
+    e.add_argument("--dataset", choices=("cifar10", "imagefolder"), default=None,
+                   help="with --model: test data (default: cifar10; imagefolder: --data-dir D with D/val)")
+    e.add_argument("--image-size", type=_int_at_least(1), default=224, help="with --dataset imagefolder")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="arithmetic of the attack iterations; scores are always strict fp32 (default: fp32)")
     e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
@@ -407,6 +527,7 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     (None, '') for a bug."""
     from .checkpoint import RunLocked
     from .data import DatasetError
+    from .models.library import MissingDependency
     from .train import TrainingStopped
 
     if isinstance(e, TrainingStopped):
@@ -416,6 +537,6 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     if isinstance(e, OSError):  # permissions, disk full, name too long, ...
         where = f": {e.filename}" if e.filename else ""
         return 2, f"{e.strerror or e}{where} (check the path, its permissions and the free space)"
-    if isinstance(e, (ValueError, RunLocked, DatasetError)):
+    if isinstance(e, (ValueError, RunLocked, DatasetError, MissingDependency)):
         return 2, str(e)
     return None, ""

@@ -38,6 +38,15 @@ BAD_IMAGES = ("error", "skip")
 NONFINITE = ("stop", "skip")
 OVERFIT_ACTIONS = ("warn", "stop", "rollback", "rollback_lower_step")
 FGSM_INITS = ("uniform", "zero")
+NORMS = ("linf", "l2")
+EPS_HELP = "8/255 is 0.031 for linf; 0.5 is the usual l2 radius on CIFAR-10"
+
+
+def norm_defaults(norm: str, eps: float) -> dict[str, float]:
+    """Step sizes of the multi-step attacks when not given: 2/255 under L-inf (the usual
+    choice at eps = 8/255), eps / 4 under L2 (2.5 eps over 10 steps, as in Madry et al.)."""
+    step = 2 / 255 if norm != "l2" else eps / 4
+    return {"pgd_alpha": step, "trades_alpha": step}
 
 # Defaults that depend on the method (fields declared with by_method=True and None as
 # their dataclass default; a value given in a preset, a flag or from_dict always wins).
@@ -103,16 +112,19 @@ class TrainConfig:
     weight_decay: float = _f(5e-4, "SGD weight decay")
     # --- method ------------------------------------------------------------
     method: str = _f("standard", "training method (see `eae list`)")
-    eps: float = _f(8 / 255, "L-inf radius of the threat model, pixel units")
+    norm: str = _f("linf", "threat model of the input-space adversaries: linf or l2 (eps is then the L2 radius)",
+                   choices=NORMS)
+    eps: float = _f(8 / 255, "radius of the threat model in pixel units (8/255 for linf; e.g. 0.5 for l2)")
     fgsm_alpha: float | None = _f(None, "fgsm_rs: step size; default 1.25 * eps")
     fgsm_init: str = _f("uniform", "fgsm_rs: start of the step: uniform in the eps-ball (FGSM-RS), or zero "
                                    "(plain FGSM, prone to catastrophic overfitting)", choices=FGSM_INITS)
     pgd_steps: int = _f(10, "pgd: attack steps during training")
-    pgd_alpha: float = _f(2 / 255, "pgd: attack step size")
+    pgd_alpha: float | None = _f(None, "pgd: attack step size; default 2/255 (linf) or eps / 4 (l2)")
     free_replays: int = _f(8, "free: replays m of each minibatch (passes over the data = ceil(epochs / m))")
     trades_beta: float = _f(6.0, "trades: weight of the KL robustness term")
     trades_steps: int = _f(10, "trades: steps of the KL inner maximisation")
-    trades_alpha: float = _f(2 / 255, "trades: step size of the inner maximisation")
+    trades_alpha: float | None = _f(None, "trades: step size of the inner maximisation; default 2/255 (linf) "
+                                          "or eps / 4 (l2)")
     nfgsm_noise: float = _f(2.0, "n_fgsm: noise U(-k eps, k eps), k = this")
     nfgsm_alpha: float | None = _f(None, "n_fgsm: step size; default eps")
     eae_norm: str = _f("l2", "eae: norm of the minimal latent perturbation", choices=EAE_NORMS)
@@ -172,9 +184,10 @@ class TrainConfig:
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)  # frozen: resolved once, here
-        errors = []
-        if not 0 <= self.eps <= 1:
-            errors.append(f"eps must be in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {self.eps}")
+        for name, value in norm_defaults(self.norm, self.eps).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        errors = eps_errors(self.eps, self.norm) + _arch_errors(self.arch)
         for name in ("lr_max", "momentum", "weight_decay", "overfit_drop"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
@@ -256,6 +269,10 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``. When the method changes, a by-method field still at the old
         method's default takes the new method's default."""
+        if changes.get("norm", self.norm) != self.norm:
+            for name, value in norm_defaults(self.norm, self.eps).items():
+                if name not in changes and getattr(self, name) == value:
+                    changes[name] = None
         if changes.get("method", self.method) != self.method:
             old = method_defaults(self.method)
             for name, value in old.items():
@@ -266,6 +283,26 @@ class TrainConfig:
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = PLACEMENT_FIELDS) -> dict[str, tuple[Any, Any]]:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def _arch_errors(arch: str) -> list[str]:
+    from .models import list_models
+    from .models.library import check_arch
+
+    error = check_arch(arch, list_models())
+    return [error] if error else []
+
+
+def eps_errors(eps: Any, norm: str) -> list[str]:
+    """ε the same way everywhere (train, eval, evaluate()): a finite number in pixel units,
+    in [0, 1] under L-inf (no pixel can move by more than its whole range), >= 0 under L2."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+        return [f"eps must be a finite number in pixel units of images in [0, 1] ({EPS_HELP}), got {eps!r}"]
+    if norm != "l2" and not 0 <= eps <= 1:
+        return [f"eps must be in [0, 1] for linf (pixel units of images in [0, 1]; {EPS_HELP}), got {eps!r}"]
+    if eps < 0:
+        return [f"eps must be >= 0 for l2, got {eps!r}"]
+    return []
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

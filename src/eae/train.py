@@ -133,7 +133,7 @@ def _check_names(cfg: TrainConfig) -> None:
     from .models import MODELS
 
     for field, reg in (("method", METHODS), ("arch", MODELS)):
-        if getattr(cfg, field) not in reg:
+        if getattr(cfg, field) not in reg and not (field == "arch" and ":" in cfg.arch):  # timm:/torchvision:
             raise ValueError(f"config field {field}: unknown {reg.kind} {getattr(cfg, field)!r}; "
                              f"available: {', '.join(reg.names())}")
 
@@ -227,8 +227,8 @@ def _train(cfg, ckpt, device, rank, world, main, log, quiet, stop_after) -> RunR
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
     val_attacks = {"clean": None}
     if cfg.val_attack_steps:
-        val_attacks.update(pgd=PGD(cfg.eps, steps=cfg.val_attack_steps),
-                           cw=CW(cfg.eps, steps=cfg.val_attack_steps))
+        val_attacks.update(pgd=PGD(cfg.eps, steps=cfg.val_attack_steps, norm=cfg.norm),
+                           cw=CW(cfg.eps, steps=cfg.val_attack_steps, norm=cfg.norm))
 
     def restore(state: dict[str, Any]) -> tuple[int, dict, dict]:
         net.load_state_dict(state["model"])
@@ -376,7 +376,7 @@ def _train(cfg, ckpt, device, rank, world, main, log, quiet, stop_after) -> RunR
         if (epoch + 1) % cfg.val_every == 0 or last:
             # every rank attacks its share of the validation points (see run_suite)
             with shard_across_ranks():
-                res = run_suite(net, val_x, val_y, val_attacks, cfg.eps, batch_size=cfg.batch_size,
+                res = run_suite(net, val_x, val_y, val_attacks, cfg.eps, norm=cfg.norm, batch_size=cfg.batch_size,
                                 device=device, seed=cfg.seed + epoch)
             row.update({f"val_{k}": v for k, v in res.accuracy.items()})
             row["val_robust"] = res.robust_accuracy
@@ -384,7 +384,7 @@ def _train(cfg, ckpt, device, rank, world, main, log, quiet, stop_after) -> RunR
             if cfg.val_aa_n:
                 with shard_across_ranks():
                     aa = run_suite(net, val_x[:cfg.val_aa_n], val_y[:cfg.val_aa_n], suite="aa-fast",
-                                   eps=cfg.eps, batch_size=cfg.batch_size, device=device, seed=cfg.seed + epoch)
+                                   eps=cfg.eps, norm=cfg.norm, batch_size=cfg.batch_size, device=device, seed=cfg.seed + epoch)
                 row["val_aa_fast"] = aa.robust_accuracy
                 row["val_seconds"] += aa.seconds
             pgd = row.get("val_pgd")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..attacks import Attack
+from ..config import eps_errors
 from .core import predict, run_suite
 from .diagnostics import diagnose
 from .report import Report, fmt_eps
@@ -50,9 +51,7 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
                     norm: str) -> None:
     """Refuse values that would print a wrong number (a 0% from a negative batch size, an ε
     of 8 read as 2040/255), naming the argument."""
-    errors = []
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
-        errors.append(f"eps must be a number in [0, 1] (pixel units of images in [0, 1]; 8/255 is 0.031), got {eps!r}")
+    errors = eps_errors(eps, norm)
     for name, v, low in (("batch_size", batch_size, 1), ("diag_n", diag_n, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             errors.append(f"{name} must be an integer >= {low}, got {v!r}")

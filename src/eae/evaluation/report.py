@@ -7,7 +7,10 @@ from typing import Any
 import torch
 
 
-def fmt_eps(eps: float) -> str:
+def fmt_eps(eps: float, norm: str = "linf") -> str:
+    """8/255 for an L-inf radius that is a whole number of grey levels; else the number."""
+    if norm == "l2":
+        return f"{eps:.6g}"
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:.6g}"
 
@@ -43,7 +46,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "suite": self.suite, "label": self.label, "n": self.n, "test_size": self.test_size,
-            "subset": self.subset, "eps": self.eps, "eps_text": fmt_eps(self.eps), "norm": self.norm,
+            "subset": self.subset, "eps": self.eps, "eps_text": fmt_eps(self.eps, self.norm), "norm": self.norm,
             "seed": self.seed, "precision": self.precision, "attacks": list(self.per_attack),
             "clean_accuracy": self.clean_accuracy, "per_attack": self.per_attack,
             "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy,
@@ -62,7 +65,7 @@ class Report:
         lines = []
         if title:
             lines += [f"### {title}", ""]
-        lines += [f"{self.label} | {self.scope()} | eps {fmt_eps(self.eps)} ({self.norm}) | seed {self.seed} | "
+        lines += [f"{self.label} | {self.scope()} | eps {fmt_eps(self.eps, self.norm)} ({self.norm}) | seed {self.seed} | "
                   f"attack precision {self.precision}", "",
                   "| attack | mode | accuracy | attacked | seconds |", "|---|---|---:|---:|---:|",
                   f"| clean | - | {100 * self.clean_accuracy:.2f}% | - | - |"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..distributed import unwrap
-from ..threat import LinfBall
+from ..threat import make_threat
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Method:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.threat = LinfBall(cfg.eps)
+        self.threat = make_threat(cfg.norm, cfg.eps)  # the L2 forms of every method follow from it
 
     def passes(self, epochs: int) -> int:
         """Passes over the training data for a run of ``epochs`` (standard-equivalent) epochs:

@@ -7,6 +7,7 @@ from torch import nn
 
 from . import resnet, wide_resnet  # noqa: F401  (registration)
 from .base import Classifier, CosineHead, Normalize, linear_form
+from .library import is_library_arch, library_classifier
 from .registry import MODELS, register_model
 
 HEADS = ("linear", "cosine")
@@ -14,7 +15,10 @@ HEADS = ("linear", "cosine")
 
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,) * 3,
                  std: Sequence[float] = (0.5,) * 3, head: str = "linear", head_scale: float = 16.0) -> Classifier:
-    model = MODELS.get(name)(num_classes=num_classes, mean=mean, std=std)
+    if is_library_arch(name):  # timm:NAME, torchvision:NAME: the library's own normalisation
+        model = library_classifier(name, num_classes)
+    else:
+        model = MODELS.get(name)(num_classes=num_classes, mean=mean, std=std)
     if head == "cosine":
         model.head = CosineHead(model.feature_dim, num_classes, head_scale)
     elif head != "linear":
