@@ -296,12 +296,11 @@ def _arch_errors(arch: str) -> list[str]:
 def eps_errors(eps: Any, norm: str) -> list[str]:
     """ε the same way everywhere (train, eval, evaluate()): a finite number in pixel units,
     in [0, 1] under L-inf (no pixel can move by more than its whole range), >= 0 under L2."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
-        return [f"eps must be a finite number in pixel units of images in [0, 1] ({EPS_HELP}), got {eps!r}"]
-    if norm != "l2" and not 0 <= eps <= 1:
+    number = not isinstance(eps, bool) and isinstance(eps, (int, float)) and math.isfinite(eps)
+    if norm != "l2" and not (number and 0 <= eps <= 1):
         return [f"eps must be in [0, 1] for linf (pixel units of images in [0, 1]; {EPS_HELP}), got {eps!r}"]
-    if eps < 0:
-        return [f"eps must be >= 0 for l2, got {eps!r}"]
+    if norm == "l2" and not (number and eps >= 0):
+        return [f"eps must be a finite number >= 0 for l2 (pixel units; {EPS_HELP}), got {eps!r}"]
     return []
 
 

@@ -7,7 +7,7 @@ only read by ``eae eval``.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -17,10 +17,29 @@ from .loader import DeviceLoader, random_crop_flip
 from .synthetic import make_synthetic
 
 __all__ = [
-    "Splits", "load_splits", "load_test_set", "cifar10_arrays", "DeviceLoader", "random_crop_flip",
-    "TrainingData", "training_data", "num_test_images",
+    "DataSource", "Splits", "split_indices", "read_splits", "load_splits", "read_test_set", "load_test_set",
+    "count_test_images", "num_test_images", "class_names_of", "cifar10_arrays", "DeviceLoader",
+    "random_crop_flip", "TrainingData", "build_training_data", "training_data",
     "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError",
 ]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which dataset to read and how: the data fields of a :class:`~eae.config.TrainConfig`
+    (``DataSource.of(cfg)``), without the rest of the run."""
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    image_size: int = 224  # imagefolder: side of the crops
+    workers: int = 8  # imagefolder: decoding processes
+    bad_images: str = "error"  # imagefolder: "error" or "skip"
+    synthetic_train_size: int = 2048
+    synthetic_test_size: int = 512
+    synthetic_image_size: int = 32
+
+    @classmethod
+    def of(cls, cfg) -> "DataSource":
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -59,27 +78,34 @@ def cifar10_arrays(data_dir=None, download: bool = True) -> Cifar10Arrays:
     return _verified(str(folder.resolve()), stamp)
 
 
-def _raw(dataset: str, *, data_dir=None, synthetic_train_size=2048, synthetic_test_size=512,
-         synthetic_image_size=32, download=True):
+def _arrays(src: DataSource):
     """(train_x, train_y, test_x, test_y, classes, mean, std) as numpy arrays."""
-    if dataset == "cifar10":
-        a = cifar10_arrays(data_dir, download=download)
+    if src.dataset == "cifar10":
+        a = cifar10_arrays(src.data_dir)
         return a.train_x, a.train_y, a.test_x, a.test_y, a.classes, MEAN, STD
-    if dataset == "synthetic":
-        tx, ty = make_synthetic(synthetic_train_size, size=synthetic_image_size, seed=0)
-        vx, vy = make_synthetic(synthetic_test_size, size=synthetic_image_size, seed=1)
+    if src.dataset == "synthetic":
+        tx, ty = make_synthetic(src.synthetic_train_size, size=src.synthetic_image_size, seed=0)
+        vx, vy = make_synthetic(src.synthetic_test_size, size=src.synthetic_image_size, seed=1)
         mean = tuple(float(m) for m in (tx.reshape(len(tx), 3, -1) / 255).mean(axis=(0, 2)))
         std = tuple(float(s) for s in (tx.reshape(len(tx), 3, -1) / 255).std(axis=(0, 2)))
         return tx, ty, vx, vy, tuple(f"class{i}" for i in range(10)), mean, std
-    raise ValueError(f"unknown dataset {dataset!r}; available: cifar10, synthetic, imagefolder")
+    raise ValueError(f"unknown dataset {src.dataset!r}; available: cifar10, synthetic, imagefolder")
 
 
-def load_splits(cfg) -> Splits:
-    """Train / validation / test splits for a :class:`~eae.config.TrainConfig`."""
-    tx, ty, sx, sy, classes, mean, std = _raw(
-        cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
-        synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)
-    val_idx, train_idx = _held_out(len(tx), cfg)
+def split_indices(n: int, val_size: int, val_seed: int = 0, train_subset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, training indices) of a training set of n items: ``val_size``
+    held out by a fixed shuffle (``val_seed``); ``train_subset`` > 0 keeps that many of the rest."""
+    if val_size >= n:
+        raise ValueError(f"val_size={val_size} leaves no training images (dataset has {n})")
+    perm = np.random.default_rng(val_seed).permutation(n)
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    return val_idx, (train_idx[:train_subset] if train_subset else train_idx)
+
+
+def read_splits(src: DataSource, val_size: int, val_seed: int = 0, train_subset: int = 0) -> Splits:
+    """Train / validation / test splits of an array dataset (cifar10, synthetic)."""
+    tx, ty, sx, sy, classes, mean, std = _arrays(src)
+    val_idx, train_idx = split_indices(len(tx), val_size, val_seed, train_subset)
     t = torch.from_numpy
     return Splits(
         train_x=t(np.ascontiguousarray(tx[train_idx])), train_y=t(ty[train_idx]),
@@ -89,13 +115,9 @@ def load_splits(cfg) -> Splits:
     )
 
 
-def _held_out(n: int, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(validation indices, training indices) of a training set of n items."""
-    if cfg.val_size >= n:
-        raise ValueError(f"val_size={cfg.val_size} leaves no training images (dataset has {n})")
-    perm = np.random.default_rng(cfg.val_seed).permutation(n)
-    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
-    return val_idx, (train_idx[:cfg.train_subset] if cfg.train_subset else train_idx)
+def load_splits(cfg) -> Splits:
+    """Train / validation / test splits for a :class:`~eae.config.TrainConfig`."""
+    return read_splits(DataSource.of(cfg), cfg.val_size, cfg.val_seed, cfg.train_subset)
 
 
 @dataclass
@@ -110,56 +132,88 @@ class TrainingData:
     std: tuple[float, ...]
     n_train: int
     skipped: int = 0  # files left out at scan time (bad_images="skip")
+    image_size: int = 0  # side of the training images in pixels
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def training_data(cfg, device, rank: int = 0, world_size: int = 1) -> TrainingData:
-    if cfg.dataset == "imagefolder":
+def build_training_data(src: DataSource, *, val_size: int, val_seed: int, train_subset: int, batch_size: int,
+                        seed: int, augment: bool = True, channels_last: bool = False, device="cpu",
+                        rank: int = 0, world_size: int = 1) -> TrainingData:
+    """The training split behind a loader (this rank's slices of every global batch of
+    ``batch_size``, shuffled and augmented from ``seed``) and the validation split."""
+    placement = dict(device=device, augment=augment, seed=seed, channels_last=channels_last, rank=rank,
+                     world_size=world_size)
+    if src.dataset == "imagefolder":
         from . import imagefolder as f
 
-        train_dir, _ = f.split_dirs(cfg.data_dir)
-        index = f.scan_folder(train_dir, bad_images=cfg.bad_images)
-        val_idx, train_idx = _held_out(len(index.samples), cfg)
-        val_x, val_y = f.decode_all([index.samples[i] for i in val_idx], cfg.image_size, workers=cfg.workers,
-                                    bad_images=cfg.bad_images)
+        train_dir, _ = f.split_dirs(src.data_dir)
+        index = f.scan_folder(train_dir, bad_images=src.bad_images)
+        val_idx, train_idx = split_indices(len(index.samples), val_size, val_seed, train_subset)
+        val_x, val_y = f.decode_all([index.samples[i] for i in val_idx], src.image_size, workers=src.workers,
+                                    bad_images=src.bad_images)
         train = [index.samples[i] for i in train_idx]
-        loader = f.FolderLoader(train, cfg.batch_size, cfg.image_size, device=device, augment=cfg.augment,
-                                seed=cfg.seed, workers=cfg.workers, bad_images=cfg.bad_images,
-                                channels_last=cfg.channels_last, rank=rank, world_size=world_size)
-        return TrainingData(loader, val_x, val_y, index.classes, f.MEAN, f.STD, len(train), len(index.skipped))
-    s = load_splits(cfg)
-    loader = DeviceLoader(s.train_x, s.train_y, cfg.batch_size, device=device, shuffle=True, augment=cfg.augment,
-                          seed=cfg.seed, channels_last=cfg.channels_last, rank=rank, world_size=world_size)
-    return TrainingData(loader, s.val_x, s.val_y, s.classes, s.mean, s.std, len(s.train_y))
+        loader = f.FolderLoader(train, batch_size, src.image_size, workers=src.workers, bad_images=src.bad_images,
+                                **placement)
+        return TrainingData(loader, val_x, val_y, index.classes, f.MEAN, f.STD, len(train), len(index.skipped),
+                            src.image_size)
+    s = read_splits(src, val_size, val_seed, train_subset)
+    loader = DeviceLoader(s.train_x, s.train_y, batch_size, shuffle=True, **placement)
+    return TrainingData(loader, s.val_x, s.val_y, s.classes, s.mean, s.std, len(s.train_y), 0, s.image_size)
 
 
-def num_test_images(cfg) -> int:
-    if cfg.dataset == "imagefolder":
+def training_data(cfg, device, rank: int = 0, world_size: int = 1) -> TrainingData:
+    """:func:`build_training_data` for a :class:`~eae.config.TrainConfig`."""
+    return build_training_data(DataSource.of(cfg), val_size=cfg.val_size, val_seed=cfg.val_seed,
+                               train_subset=cfg.train_subset, batch_size=cfg.batch_size, seed=cfg.seed,
+                               augment=cfg.augment, channels_last=cfg.channels_last, device=device, rank=rank,
+                               world_size=world_size)
+
+
+def _test_samples(src: DataSource) -> list:
+    from . import imagefolder as f
+
+    train_dir, val_dir = f.split_dirs(src.data_dir)
+    return f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=src.bad_images).samples
+
+
+def count_test_images(src: DataSource) -> int:
+    if src.dataset == "imagefolder":
+        return len(_test_samples(src))
+    return len(_arrays(src)[3])
+
+
+def read_test_set(src: DataSource, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (uint8) and labels (imagefolder: ``val/`` in a fixed
+    shuffled order, centre-cropped at ``image_size``)."""
+    if src.dataset == "imagefolder":
         from . import imagefolder as f
 
-        train_dir, val_dir = f.split_dirs(cfg.data_dir)
-        return len(f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=cfg.bad_images).samples)
-    return len(_raw(cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
-                    synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)[3])
-
-
-def load_test_set(cfg, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images (uint8) and labels for the dataset of ``cfg``
-    (imagefolder: ``val/`` in a fixed shuffled order, centre-cropped at ``image_size``)."""
-    if cfg.dataset == "imagefolder":
-        from . import imagefolder as f
-
-        train_dir, val_dir = f.split_dirs(cfg.data_dir)
-        samples = f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=cfg.bad_images).samples
+        samples = _test_samples(src)
         # a fixed shuffle of the class-sorted files, so that the first n cover every class
         samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))][:n]
-        return f.decode_all(samples, cfg.image_size, workers=cfg.workers, bad_images=cfg.bad_images)
-    _, _, sx, sy, *_ = _raw(
-        cfg.dataset, data_dir=cfg.data_dir, synthetic_train_size=cfg.synthetic_train_size,
-        synthetic_test_size=cfg.synthetic_test_size, synthetic_image_size=cfg.synthetic_image_size)
+        return f.decode_all(samples, src.image_size, workers=src.workers, bad_images=src.bad_images)
+    _, _, sx, sy, *_ = _arrays(src)
     if n is not None:
         sx, sy = sx[:n], sy[:n]
     return torch.from_numpy(np.array(sx)), torch.from_numpy(np.array(sy))  # copies: the cache is shared
+
+
+def class_names_of(src: DataSource) -> tuple[str, ...]:
+    """The class names of a dataset, in label order."""
+    if src.dataset == "imagefolder":
+        from . import imagefolder as f
+
+        return tuple(f.class_names(f.split_dirs(src.data_dir)[0]))
+    return tuple(_arrays(src)[4])
+
+
+def num_test_images(cfg) -> int:
+    return count_test_images(DataSource.of(cfg))
+
+
+def load_test_set(cfg, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`read_test_set` for the dataset of a :class:`~eae.config.TrainConfig`."""
+    return read_test_set(DataSource.of(cfg), n)

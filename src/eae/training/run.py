@@ -1,0 +1,120 @@
+"""What training changes, in one object: the network, optimiser, LR schedule, data
+loader, method and random streams, built from a config and moved to and from a
+checkpoint (every rank's RNG and method state included, so a resume is exact)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+
+from .. import distributed as dist
+from ..config import TrainConfig
+from ..data import training_data
+from ..methods import create_method
+from ..models import count_parameters, create_model
+from ..utils import device_name
+
+
+def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier (of ``lr_max``) for the optimiser step with index ``step``."""
+
+    def factor(step: int) -> float:
+        t = (step + 1) / total_steps  # progress at the end of this step, as in Wong et al.
+        if cfg.lr_schedule == "onecycle":
+            p = cfg.lr_peak_frac
+            return t / p if t <= p else max(0.0, (1 - t) / (1 - p))
+        if cfg.lr_schedule == "piecewise":
+            return cfg.lr_gamma ** sum(t > m for m in cfg.lr_milestones)
+        return 1.0
+
+    return factor
+
+
+def _set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+class Run:
+    """The training state of one process. ``net`` is the network, ``model`` what the
+    method steps through (DDP's wrapper under torchrun, else ``net`` itself)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, log: Callable[..., None]):
+        self.cfg, self.device, self.log = cfg, device, log
+        self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        _set_deterministic(cfg.deterministic)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.data = training_data(cfg, device, self.rank, self.world)
+        self.net = self._network()
+        self.model = dist.wrap(self.net, device, cfg.sync_bn)
+        if self.rank:
+            torch.manual_seed(cfg.seed + 1_000_003 * self.rank)  # each rank its own attack noise
+        self.method = create_method(cfg)
+        self.params = list(self.net.parameters())
+        self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr_max, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.loader = self.data.loader
+        self.passes = self.method.passes(cfg.epochs)  # Free-AT: fewer passes, each minibatch replayed
+        steps = self.passes * len(self.loader) * self.method.replays
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, steps))
+
+    def _network(self) -> torch.nn.Module:
+        cfg, data = self.cfg, self.data
+        net = create_model(cfg.arch, data.num_classes, data.mean, data.std, head=cfg.head,
+                           head_scale=cfg.head_scale).to(self.device)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            net.compile_for_training()  # the first epoch's time includes compilation
+        return net
+
+    def describe(self) -> str:
+        cfg, data = self.cfg, self.data
+        procs = f" x {self.world} processes ({torch.distributed.get_backend()})" if self.world > 1 else ""
+        return (f"{cfg.method} | {cfg.arch} ({count_parameters(self.net) / 1e6:.2f}M params) | {cfg.dataset}: "
+                f"{data.n_train:,} train / {len(data.val_y):,} val | {device_name(self.device)}{procs} | "
+                f"{self.passes} epochs x {len(self.loader)} steps of {cfg.batch_size}"
+                + (f" x {self.method.replays} replays" if self.method.replays > 1 else ""))
+
+    def snapshot(self, epoch: int, **extra: Any) -> dict[str, Any] | None:
+        """The full training state after ``epoch``, with ``extra`` entries (a collective:
+        every rank sends its RNG and method state; the dict on rank 0, None elsewhere)."""
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        ranks = dist.gather_to_main({"rng": rng, "method": self.method.state_dict()})
+        if not self.main:
+            return None
+        state = {"epoch": epoch, "config": self.cfg.to_dict(), "model": self.net.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "loader": self.loader.state_dict(), "ranks": ranks}
+        return {**state, **extra, "step_scale": self.method.step_scale}
+
+    def restore(self, state: dict[str, Any]) -> int:
+        """Load a snapshot; returns its epoch."""
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["loader"])
+        mine = self._rank_state(state)
+        self.method.load_state_dict(mine["method"])
+        self.method.step_scale = float(state.get("step_scale", 1.0))
+        if mine["rng"] is not None:
+            torch.set_rng_state(mine["rng"]["torch"])
+            if self.device.type == "cuda" and mine["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
+        return state["epoch"]
+
+    def _rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG and method state in a snapshot (rng None: reseeded)."""
+        ranks = state.get("ranks") or [{"rng": state.get("rng"), "method": state.get("method", {})}]
+        if len(ranks) == self.world:
+            return ranks[self.rank]
+        self.log(f"warning: the checkpoint was written by {len(ranks)} process(es), this run has {self.world}: "
+                 "random streams restart, so the run is not bit-identical to an uninterrupted one")
+        return {"rng": None, "method": ranks[self.rank % len(ranks)]["method"]}
