@@ -75,8 +75,10 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
     never replaced."""
     from .checkpoint import CHECKPOINT, CONFIG, WEIGHTS, read_config
     from .config import PLACEMENT_FIELDS
+    from .training.folder import check_run_folder
 
     out = Path(given.get("out", TrainConfig.out))
+    check_run_folder(out)  # a folder that is not a run is refused before its config.json is read
     if not (out / CONFIG).is_file():
         print(f"note: nothing to resume in {out}: starting a new run there", file=sys.stderr)
         return TrainConfig.from_dict(given)
@@ -129,8 +131,8 @@ def _eval(args: argparse.Namespace, device) -> int:
     import torch
 
     from . import distributed as dist
-    from .checkpoint import load, read_config
-    from .data import load_test_set, num_test_images
+    from .checkpoint import check_dataset, load, read_config
+    from .data import DataSource, dataset_identity, load_test_set, num_test_images
     from .evaluation import evaluate
     from .evaluation.core import shard_across_ranks
     from .utils import atomic_write_bytes, atomic_write_json, device_name
@@ -141,6 +143,7 @@ def _eval(args: argparse.Namespace, device) -> int:
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
     model = load(run_dir, weights=args.weights, device=device)
+    check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     test_size = num_test_images(cfg)
     n = test_size if args.n is None else args.n
     if not 0 < n <= test_size:
@@ -407,10 +410,12 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     (None, '') for a bug."""
     from .checkpoint import RunLocked
     from .data import DatasetError
-    from .train import TrainingStopped
+    from .train import RunSaveError, TrainingStopped
 
     if isinstance(e, TrainingStopped):
         return 4, str(e)
+    if isinstance(e, RunSaveError):
+        return 2, str(e)
     if isinstance(e, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         return 2, str(e) if e.filename is None or str(e.filename) in str(e) else f"{e.strerror}: {e.filename}"
     if isinstance(e, OSError):  # permissions, disk full, name too long, ...
