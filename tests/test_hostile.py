@@ -306,3 +306,212 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
     assert f"eae train --out {out} --resume" in err
+
+
+# --------------------------------------------------------------------------- the run folder
+def _copy(run: Path, tmp_path: Path, name: str = "r") -> Path:
+    import shutil
+
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def _user_out(tmp_path, user, run):
+    return ["--out", str(user)], user
+
+
+def _user_resume(tmp_path, user, run):
+    return ["--out", str(user), "--resume"], user
+
+
+def _file_out(tmp_path, user, run):
+    return ["--out", str(user / "config.json")], user
+
+
+def _finished_run(tmp_path, user, run):
+    mine = _copy(run, tmp_path)
+    return ["--out", str(mine)], mine
+
+
+def _weights_only(tmp_path, user, run):
+    mine = _copy(run, tmp_path)
+    for name in ("checkpoint.pt", "checkpoint_best.pt", "metrics.jsonl"):
+        (mine / name).unlink()  # a finished run trimmed to its results
+    return ["--out", str(mine)], mine
+
+
+def _torn_middle(tmp_path, user, run):
+    mine = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--stop-after", "2", "--out", str(mine)]) == 0
+    lines = (mine / "metrics.jsonl").read_text().splitlines()
+    (mine / "metrics.jsonl").write_text(lines[0][:20] + "\n" + lines[1] + "\n")
+    return ["--epochs", "3", "--out", str(mine), "--resume"], mine
+
+
+# (how the --out folder is made, exit status, fragment of the message); the folder given is hashed
+OUT_CASES = [
+    (_user_out, 2, "is not empty and is not a run of eae train (it holds .notes.pt.bak, config.json"),
+    (_user_resume, 2, "is not a run of eae train"),
+    (_file_out, 2, "is a file, not a folder"),
+    (_finished_run, 2, "already holds a run"),
+    (_weights_only, 2, "already holds a run (model.safetensors, model_best.safetensors)"),
+    (_torn_middle, 2, "metrics.jsonl, line 1: not a metrics row"),
+]
+
+
+@pytest.mark.parametrize("make,status,fragment", OUT_CASES, ids=[c[0].__name__.strip("_") for c in OUT_CASES])
+def test_train_writes_only_into_new_empty_or_run_folders(run, tmp_path, user, make, status, fragment, capsys):
+    argv, folder = make(tmp_path, user, run)
+    capsys.readouterr()
+    before = _tree_hash(folder)
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv], capsys)
+    assert rc == status and fragment in text, text
+    assert _tree_hash(folder) == before and len(text.strip().splitlines()) == 1
+
+
+def test_train_deletes_none_but_its_own_temporary_files(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "2", "--stop-after", "1", "--out", str(out)]) == 0
+    (out / ".notes.pt.bak").write_text("the user's")
+    (out / ".checkpoint.pt.x8Jq").write_text("not one of ours: 4 characters, upper case")
+    (out / ".checkpoint.pt.ab12cd_3").write_text("a temporary file of an interrupted write")
+    rc, _ = _call(["train", *SYN, "--epochs", "2", "--out", str(out), "--resume"], capsys)
+    assert rc == 0 and (out / ".eae-run").is_file()
+    assert (out / ".notes.pt.bak").read_text() == "the user's" and (out / ".checkpoint.pt.x8Jq").exists()
+    assert not (out / ".checkpoint.pt.ab12cd_3").exists()
+
+
+def test_a_run_without_the_marker_is_still_recognised(run, tmp_path, capsys):
+    mine = _copy(run, tmp_path)
+    (mine / ".eae-run").unlink()  # written by a version before the marker
+    (mine / "model.safetensors").unlink()
+    rc, text = _call(["train", *SYN, "--method", "fgsm_rs", "--epochs", "1", "--out", str(mine), "--resume"], capsys)
+    assert rc == 0 and (mine / "model.safetensors").is_file(), text
+
+
+def test_no_validation_split_writes_no_nan_and_keeps_the_last_as_best(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, text = _call(["train", *SYN, "--epochs", "2", "--val-size", "0", "--out", str(out)], capsys)
+    assert rc == 0 and "no validation" in text, text
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and not any(k.startswith("val_") for r in rows for k in r)
+    from eae.checkpoint import load_weights
+
+    best, last = load_weights(out / "model_best.safetensors"), load_weights(out / "model.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    rc, text = _call(["eval", str(out), "--weights", "best", "--attacks", "clean", "--diagnostics", "off",
+                      "--quiet", "--output", str(tmp_path / "e.json")], capsys)
+    assert rc == 0, text
+
+
+def test_final_weights_that_cannot_be_written_say_how_to_recover(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from eae.checkpoint import load_checkpoint
+    from eae.training import folder as folder_mod
+
+    real = folder_mod.save_weights
+
+    def full_disk(model, path, metadata=None):
+        if Path(path).name == "model.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(model, path, metadata)
+
+    monkeypatch.setattr(folder_mod, "save_weights", full_disk)
+    out = tmp_path / "r"
+    rc, text = _call(["train", *SYN, "--epochs", "2", "--out", str(out)], capsys)
+    assert rc == 2 and len(text.strip().splitlines()) == 1, text
+    assert "could not write the final weights" in text and "No space left on device" in text
+    assert f"{out / 'checkpoint.pt'} holds epoch 2" in text and f"eae train --out {out} --resume" in text
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2 and not (out / "model.safetensors").exists()
+    monkeypatch.setattr(folder_mod, "save_weights", real)
+    rc, text = _call(["train", *SYN, "--epochs", "2", "--out", str(out), "--resume"], capsys)
+    assert rc == 0 and (out / "model.safetensors").is_file(), text
+
+
+def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--stop-after", "2", "--out", str(out)]) == 0
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 3, "lr": 0.0')  # a crash while epoch 3's line was appended
+    capsys.readouterr()
+    rc, text = _call(["train", *SYN, "--epochs", "3", "--out", str(out), "--resume"], capsys)
+    assert rc == 0 and "line 3: an incomplete last line" in text, text
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def _nan_in_epoch(monkeypatch, epoch: int) -> None:
+    from eae.data import DeviceLoader
+
+    real, calls = DeviceLoader.__iter__, {"n": 0}
+
+    def poisoned(self):
+        calls["n"] += 1
+        for i, (x, y) in enumerate(real(self)):
+            if calls["n"] == epoch and i == 1:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            yield x, y
+
+    monkeypatch.setattr(DeviceLoader, "__iter__", poisoned)
+
+
+@pytest.mark.parametrize("epoch,lr,fragments", [
+    (1, "0.05", ["non-finite loss or gradient in epoch 1", "no checkpoint has been written", "--lr-max (now 0.05)",
+                 "--nonfinite skip"]),
+    (2, "0.05", ["non-finite loss or gradient in epoch 2", "checkpoint.pt holds epoch 1", "--resume", "--lr-max"]),
+    (None, "1e6", ["non-finite", "stopped without saving", "--lr-max (now 1e+06)"]),  # diverges by itself
+])
+def test_the_non_finite_stop_says_what_exists_and_what_to_change(tmp_path, monkeypatch, epoch, lr, fragments,
+                                                                 capsys):
+    if epoch is not None:
+        _nan_in_epoch(monkeypatch, epoch)
+    rc, text = _call(["train", *SYN, "--epochs", "2", "--lr-max", lr, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 4 and all(f in text for f in fragments) and "holds epoch 0" not in text, text
+    assert len(text.strip().splitlines()) == 1
+
+
+def _other_classes(tmp_path, run):
+    from test_imagefolder import make_folder
+
+    a, b = make_folder(tmp_path / "a", per_class=4), make_folder(tmp_path / "b", classes=("a", "b", "x"), per_class=4)
+    out = tmp_path / "folder_run"
+    assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(a), "--image-size", "16",
+                 "--workers", "0", "--val-size", "3", "--arch", "resnet_small", "--batch-size", "16", "--epochs", "1",
+                 "--val-attack-steps", "0", "--quiet", "--out", str(out)]) == 0
+    return out, ["--data-dir", str(b)]
+
+
+def _other_image_size(tmp_path, run):
+    mine = _copy(run, tmp_path)
+    _edit_json(mine / "config.json", synthetic_image_size=24)
+    return mine, []
+
+
+# (how the run and the evaluation data are made, fragment of the message)
+EVAL_DATA_CASES = [
+    (_other_classes, "was trained on imagefolder with 3 classes (a, b, c), the test set here has 3 classes "
+                     "(a, b, x); label 2 is 'c' there, 'x' here"),
+    (_other_image_size, "was trained on synthetic with 16x16 images, the test set here has 24x24 images"),
+]
+
+
+@pytest.mark.parametrize("make,fragment", EVAL_DATA_CASES, ids=[c[0].__name__.strip("_") for c in EVAL_DATA_CASES])
+def test_eval_refuses_data_other_than_the_runs(run, tmp_path, make, fragment, capsys):
+    mine, extra = make(tmp_path, run)
+    capsys.readouterr()
+    before = _tree_hash(mine)
+    rc, text = _call(["eval", str(mine), "--attacks", "clean", "--diagnostics", "off", "--quiet", *extra], capsys)
+    assert rc == 2 and fragment in text and len(text.strip().splitlines()) == 1, text
+    assert _tree_hash(mine) == before
+
+
+def test_runs_record_their_data_and_older_runs_still_evaluate(run, tmp_path, capsys):
+    assert json.loads((run / "dataset.json").read_text()) == {
+        "dataset": "synthetic", "num_classes": 10, "classes": [f"class{i}" for i in range(10)], "image_size": 16}
+    old = _copy(run, tmp_path)
+    (old / "dataset.json").unlink()
+    rc, text = _call(["eval", str(old), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 0 and "clean" in text, text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eae.checkpoint import CHECKPOINT, load_checkpoint
+from eae.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from eae.data import DataSource, split_indices
 from eae.evaluation.report import Report
 from eae.training import NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, train_epoch
@@ -89,7 +89,7 @@ def tiny_run(tiny_cfg):
 def test_overfit_guard_rolls_back_to_the_best_checkpoint(tiny_run):
     cfg, run, folder = tiny_run
     guard = OverfitGuard(cfg, adversarial=True)
-    folder.start(0, {})
+    folder.start({}, {})
     best_weights = {k: v.clone() for k, v in run.net.state_dict().items()}
     folder.offer_best(run.net, 1, 0.4)
     folder.save_epoch(run.snapshot(1, best=folder.best, guard=guard.state_dict()), 1)
@@ -107,7 +107,7 @@ def test_overfit_guard_rolls_back_to_the_best_checkpoint(tiny_run):
 def test_overfit_guard_stops_without_a_checkpoint_to_roll_back_to(tiny_run):
     cfg, run, folder = tiny_run
     guard = OverfitGuard(cfg, adversarial=True)
-    folder.start(0, {})
+    folder.start({}, {})
     guard.observe({"epoch": 1, "val_pgd": 0.4})
     row = {"epoch": 2, "val_pgd": 0.0}
     assert guard.observe(row)
@@ -149,7 +149,7 @@ def test_validator_schedule_and_row(tiny_cfg):
 def test_run_folder_writes_and_reads_its_files(tiny_cfg):
     folder = RunFolder(tiny_cfg, _quiet)
     assert folder.open(resume=False) is None
-    assert folder.start(0, {"device": "cpu"}) == []
+    assert folder.start({"device": "cpu"}, {"dataset": "synthetic"}) == []
     rows = [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5}]
     for r in rows:
         folder.record(r)
@@ -159,9 +159,11 @@ def test_run_folder_writes_and_reads_its_files(tiny_cfg):
     assert json.loads((path / "config.json").read_text()) == tiny_cfg.to_dict()
     assert json.loads((path / "environment.json").read_text()) == {"device": "cpu"}
     assert json.loads((path / "events.jsonl").read_text()) == {"epoch": 2, "event": "note", "detail": "x"}
+    assert json.loads((path / "dataset.json").read_text()) == {"dataset": "synthetic"}
+    save_checkpoint(path / "checkpoint.pt", {"epoch": 1, "config": tiny_cfg.to_dict()})
     again = RunFolder(tiny_cfg, _quiet)
-    assert again.open(resume=True) is None  # metrics but no checkpoint: nothing to resume from
-    assert again.start(1, {}) == rows[:1]  # rows past the checkpoint are redone
+    assert again.open(resume=True)["epoch"] == 1 and again.saved_epoch == 1
+    assert again.start({}, {}) == rows[:1]  # rows past the checkpoint are redone
     again.close()
     assert (path / "metrics.jsonl").read_text() == json.dumps(rows[0]) + "\n"
     with pytest.raises(FileExistsError, match="already holds a run"):
@@ -172,13 +174,11 @@ def test_run_folder_keeps_the_previous_checkpoint_when_a_save_fails(tiny_cfg):
     def full_disk(path, state):
         if state["epoch"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        from eae.checkpoint import save_checkpoint
-
         save_checkpoint(path, state)
 
     folder = RunFolder(tiny_cfg, _quiet, write_checkpoint=full_disk)
     folder.open(resume=False)
-    folder.start(0, {})
+    folder.start({}, {})
     assert folder.save_checkpoint({"epoch": 1}, 1) and not folder.save_checkpoint({"epoch": 2}, 2)
     folder.close()
     assert load_checkpoint(folder.path / CHECKPOINT)["epoch"] == 1
@@ -196,6 +196,43 @@ def test_run_folder_keeps_the_best_epoch(tiny_cfg):
     folder.save_epoch({"epoch": 1}, 1)
     assert folder.has_best_checkpoint() and folder.load_best_checkpoint() == {"epoch": 1}
     folder.close()
+
+
+def test_run_folder_reads_metrics_with_a_torn_last_line(tmp_path):
+    from eae.training.folder import read_metrics
+
+    path, notes = tmp_path / "metrics.jsonl", []
+    path.write_text('{"epoch": 1, "a": 1.0}\n{"epoch": 2, "a": 2.0}\n{"epoch": 3, "a"')
+    assert read_metrics(path, 5, notes.append) == [{"epoch": 1, "a": 1.0}, {"epoch": 2, "a": 2.0}]
+    assert "line 3" in notes[0] and "dropped" in notes[0]
+    path.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl, line 2: not a metrics row"):
+        read_metrics(path, 5, notes.append)
+
+
+def test_run_folder_writes_strict_json(tiny_cfg):
+    folder = RunFolder(tiny_cfg, _quiet)
+    folder.open(resume=False)
+    folder.record({"epoch": 1, "val_clean": float("nan"), "x": float("inf")})
+    folder.close()
+    assert json.loads((folder.path / "metrics.jsonl").read_text()) == {"epoch": 1, "val_clean": None, "x": None}
+
+
+def test_only_new_empty_or_run_folders_are_written(tmp_path):
+    from eae.training.folder import check_run_folder
+
+    check_run_folder(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_run_folder(tmp_path / "empty")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a run of eae train \\(it holds notes.txt\\)"):
+        check_run_folder(mine)
+    (mine / ".eae-run").write_text("")
+    check_run_folder(mine)
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        check_run_folder(mine / "notes.txt")
 
 
 # --------------------------------------------------------------------------- data layer

@@ -40,6 +40,8 @@ BEST_WEIGHTS = "model_best.safetensors"
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"  # the full state of the best epoch (rollback target)
 EVENTS = "events.jsonl"  # what the training guards did
+DATASET = "dataset.json"  # what the run was trained on: dataset, class names, image size
+MARKER = ".eae-run"  # written first into every run folder
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -162,6 +164,57 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         return TrainConfig.from_dict(d, strict=False)
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None
+
+
+def is_run_config(path: str | Path) -> bool:
+    """Whether ``path`` is the config.json of a run (a JSON object of config fields)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and {"out", "method", "arch", "epochs"} <= set(d)
+
+
+def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:
+    """What a run was trained on (``dataset.json``: dataset, num_classes, classes,
+    image_size); None for runs that did not record it."""
+    path = Path(run_dir) / DATASET
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if not (isinstance(d, dict) and isinstance(d.get("classes"), list) and isinstance(d.get("image_size"), int)):
+            raise ValueError("expected an object with classes and image_size")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a valid dataset record ({e})") from None
+    return d
+
+
+def _classes_text(classes: list[str]) -> str:
+    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{len(classes)} classes ({shown})"
+
+
+def check_dataset(run_dir: str | Path, found: dict[str, Any]) -> None:
+    """Refuse (ValueError) a test set (``found``: classes, image_size) whose class names
+    or image size differ from what the run recorded at training time; runs without the
+    record are not checked."""
+    rec = read_dataset(run_dir)
+    if rec is None:
+        return
+    trained, here, image_size = list(rec["classes"]), list(found["classes"]), found["image_size"]
+    if trained != here:
+        first = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b), min(len(trained), len(here)))
+        at = (f"; label {first} is {trained[first]!r} there, {here[first]!r} here"
+              if first < min(len(trained), len(here)) else "")
+        what = f"{_classes_text(trained)}, the test set here has {_classes_text(here)}{at}"
+    elif rec["image_size"] != image_size:
+        what = (f"{rec['image_size']}x{rec['image_size']} images, the test set here has {image_size}x{image_size} "
+                "images")
+    else:
+        return
+    raise ValueError(f"{run_dir} was trained on {rec.get('dataset', '?')} with {what}: evaluate it on the "
+                     "data it was trained on (--data-dir)")
 
 
 def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.device = "cpu") -> nn.Module:

@@ -74,8 +74,10 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
     never replaced."""
     from .checkpoint import CHECKPOINT, CONFIG, WEIGHTS, read_config
     from .config import PLACEMENT_FIELDS
+    from .training.folder import check_run_folder
 
     out = Path(given.get("out", TrainConfig.out))
+    check_run_folder(out)  # a folder that is not a run is refused before its config.json is read
     if not (out / CONFIG).is_file():
         print(f"note: nothing to resume in {out}: starting a new run there", file=sys.stderr)
         return TrainConfig.from_dict(given)
@@ -174,8 +176,8 @@ DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     """A run folder of ours: its network, its dataset, its threat model."""
-    from .checkpoint import load, read_config
-    from .data import load_test_set, num_test_images
+    from .checkpoint import check_dataset, load, read_config
+    from .data import DataSource, dataset_identity, load_test_set, num_test_images
 
     if args.run_dir is None:
         raise UsageError("give a run folder (eae eval RUN_DIR), or --model SPEC --weights FILE for a model "
@@ -191,6 +193,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
     model = load(run_dir, weights=weights, device=device)
+    check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "architecture": cfg.arch}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
@@ -528,10 +531,12 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     from .checkpoint import RunLocked
     from .data import DatasetError
     from .models.library import MissingDependency
-    from .train import TrainingStopped
+    from .train import RunSaveError, TrainingStopped
 
     if isinstance(e, TrainingStopped):
         return 4, str(e)
+    if isinstance(e, RunSaveError):
+        return 2, str(e)
     if isinstance(e, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         return 2, str(e) if e.filename is None or str(e.filename) in str(e) else f"{e.strerror}: {e.filename}"
     if isinstance(e, OSError):  # permissions, disk full, name too long, ...

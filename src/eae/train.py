@@ -13,19 +13,22 @@ checkpoint holds every rank's RNG and method state, so ``--resume`` is exact.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import distributed as dist
-from .checkpoint import WEIGHTS, save_checkpoint
+from .checkpoint import BEST_WEIGHTS, WEIGHTS, save_checkpoint
 from .config import TrainConfig
 from .evaluation import run_suite
 from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, lr_factor,
                        train_epoch)
-from .training.folder import environment
+from .training.epoch import uses_bf16
+from .training.folder import RunSaveError, environment
+from .training.guards import nonfinite_advice
 
-__all__ = ["train", "RunResult", "TrainingStopped", "lr_factor"]
+__all__ = ["train", "RunResult", "TrainingStopped", "RunSaveError", "lr_factor"]
 
 
 @dataclass
@@ -76,16 +79,18 @@ def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
     """Build, then per epoch: train, validate, guard, save."""
     run = Run(cfg, device, log)
     validator = Validator(cfg, run.data.val_x, run.data.val_y, device, run.passes, suite=run_suite)
-    nonfinite, overfit = NonFiniteGuard(cfg.nonfinite, run.world), OverfitGuard(cfg, run.method.adversarial)
+    nonfinite = NonFiniteGuard(cfg.nonfinite, run.world, nonfinite_advice(cfg, uses_bf16(cfg.precision, device)),
+                               folder.recovery)
+    overfit = OverfitGuard(cfg, run.method.adversarial)
     epoch = 0 if ckpt is None else _resume(ckpt, run, folder, nonfinite, overfit)
     del ckpt  # a full training state: not kept for the whole run
-    metrics = folder.start(epoch, environment(device))
-    log(run.describe())
+    metrics = folder.start(environment(device), run.dataset())
+    _announce(run, validator, log)
     epochs_now = 0
     while epoch < run.passes:
         row = train_epoch(run, epoch, nonfinite, progress=not quiet and run.main)
         nonfinite.check_weights(run.net, epoch)
-        collapsed = validator.due(epoch) and _validate(row, run, epoch, validator, overfit, folder)
+        collapsed = validator.due(epoch) and _validate(row, run, epoch, validator, (nonfinite, overfit), folder)
         metrics.append(row)
         folder.record(row)
         log(_epoch_line(row, run.passes))
@@ -99,9 +104,17 @@ def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
         folder.save_epoch(_state(run, epoch, folder, nonfinite, overfit), epoch)
         if stop_after is not None and epochs_now >= stop_after and epoch < run.passes:
             return RunResult(folder.path, cfg, metrics, finished=False)
-    folder.save_final(run.net)
-    log(f"done: {sum(m['seconds'] for m in metrics):.1f} s of training; weights in {folder.path / WEIGHTS}")
+    folder.save_final(run.net, also_best=not validator.enabled)
+    log(f"done: {sum(m['seconds'] for m in metrics):.1f} s of training; weights in {folder.path / WEIGHTS}"
+        + ("" if validator.enabled else f" (and {BEST_WEIGHTS}: no validation, the best is the last)"))
     return RunResult(folder.path, cfg, metrics, finished=True)
+
+
+def _announce(run: Run, validator: Validator, log) -> None:
+    log(run.describe())
+    if not validator.enabled and run.main:  # said even with --quiet: it changes what the run writes
+        print(f"note: no validation split (val_size 0): no per-epoch validation, and {BEST_WEIGHTS} will be "
+              "the last epoch's weights", file=sys.stderr, flush=True)
 
 
 def _resume(ckpt, run: Run, folder: RunFolder, nonfinite: NonFiniteGuard, overfit: OverfitGuard) -> int:
@@ -114,9 +127,11 @@ def _resume(ckpt, run: Run, folder: RunFolder, nonfinite: NonFiniteGuard, overfi
     return epoch
 
 
-def _validate(row, run: Run, epoch: int, validator: Validator, overfit: OverfitGuard, folder: RunFolder) -> bool:
+def _validate(row, run: Run, epoch: int, validator: Validator, guards, folder: RunFolder) -> bool:
     """Validate after ``epoch`` into ``row``; keep the best weights; whether robustness collapsed."""
-    row.update(validator(run.net, epoch))
+    nonfinite, overfit = guards
+    with nonfinite.outputs(epoch):
+        row.update(validator(run.net, epoch))
     collapsed = overfit.observe(row)
     if not collapsed:
         folder.offer_best(run.net, row["epoch"], row["val_robust"])
@@ -125,7 +140,8 @@ def _validate(row, run: Run, epoch: int, validator: Validator, overfit: OverfitG
 
 def _state(run: Run, epoch: int, folder: RunFolder, nonfinite: NonFiniteGuard, overfit: OverfitGuard):
     """The checkpoint after ``epoch`` (a collective; None on ranks other than 0)."""
-    return run.snapshot(epoch, best=folder.best, guard={**overfit.state_dict(), "skipped_steps": nonfinite.skipped_total})
+    guard = {**overfit.state_dict(), "skipped_steps": nonfinite.skipped_total}
+    return run.snapshot(epoch, best=folder.best, guard=guard)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

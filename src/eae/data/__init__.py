@@ -18,8 +18,8 @@ from .synthetic import make_synthetic
 
 __all__ = [
     "DataSource", "Splits", "split_indices", "read_splits", "load_splits", "read_test_set", "load_test_set",
-    "count_test_images", "num_test_images", "class_names_of", "cifar10_arrays", "DeviceLoader",
-    "random_crop_flip", "TrainingData", "build_training_data", "training_data",
+    "count_test_images", "num_test_images", "class_names_of", "dataset_identity", "cifar10_arrays",
+    "DeviceLoader", "random_crop_flip", "TrainingData", "build_training_data", "training_data",
     "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError",
 ]
 
@@ -208,6 +208,14 @@ def class_names_of(src: DataSource) -> tuple[str, ...]:
 
         return tuple(f.class_names(f.split_dirs(src.data_dir)[0]))
     return tuple(_arrays(src)[4])
+
+
+def dataset_identity(src: DataSource) -> dict:
+    """What a model trained or evaluated on this dataset sees: its name, class names (in
+    label order) and image size (``dataset.json`` of a run holds the same)."""
+    classes = class_names_of(src)
+    size = src.image_size if src.dataset == "imagefolder" else int(_arrays(src)[2].shape[-1])
+    return {"dataset": src.dataset, "num_classes": len(classes), "classes": list(classes), "image_size": size}
 
 
 def num_test_images(cfg) -> int:

@@ -254,6 +254,8 @@ class FolderLoader:
 def decode_all(samples: Sequence[tuple[str, int]], size: int, *, workers: int = 4, bad_images: str = "error",
                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre crops of ``samples`` as one uint8 tensor (N, 3, size, size), with labels."""
+    if not samples:  # no validation split (val_size 0)
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
     ds = FolderDataset(samples, size, train=False, bad_images=bad_images)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
     xs, ys = [], []

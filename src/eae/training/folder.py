@@ -1,7 +1,10 @@
 """The run directory and everything training writes there.
 
+- ``.eae-run``: written first; it marks the folder as a run, the only kind of non-empty
+  folder training writes into (:func:`check_run_folder`).
 - ``.lock``: held while a process writes the run (see :class:`~eae.checkpoint.RunLock`).
-- ``config.json`` and ``environment.json``: the resolved config, and what ran it.
+- ``config.json``, ``dataset.json`` and ``environment.json``: the resolved config, what
+  it was trained on (dataset, class names, image size), and what ran it.
 - ``metrics.jsonl``: one JSON line per epoch; ``events.jsonl``: what the guards did
   (append-only, never rewritten).
 - ``checkpoint.pt``: the state after the last epoch; ``checkpoint_best.pt`` and
@@ -11,14 +14,18 @@
 
 Only rank 0 touches files; the methods that other ranks must call too (collectives)
 say so. A checkpoint or best file that cannot be written (disk full, permissions)
-keeps its previous version, and training goes on.
+keeps its previous version, and training goes on. Nothing is ever deleted but the
+temporary files of our own writes.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,13 +33,38 @@ import torch
 
 from .. import __version__
 from .. import distributed as dist
-from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, EVENTS, METRICS, WEIGHTS,
-                          CheckpointError, RunLock, RunLocked, load_checkpoint, save_checkpoint, save_weights)
+from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DATASET, EVENTS, MARKER, METRICS,
+                          WEIGHTS, CheckpointError, RunLock, RunLocked, is_run_config, load_checkpoint,
+                          save_checkpoint, save_weights)
 from ..config import TrainConfig
 from ..utils import atomic_write_bytes, atomic_write_json, device_name
 
 ENVIRONMENT = "environment.json"
-_ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, RunLocked, CheckpointError)}
+_ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, NotADirectoryError, RunLocked, CheckpointError)}
+_WRITTEN = (CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, BEST_WEIGHTS, METRICS, CONFIG, DATASET, ENVIRONMENT)
+# our temporary files: atomic writes (".NAME." + 8 random characters, see utils) and hard links (".NAME.tmp")
+_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, _WRITTEN)) + r")\.([a-z0-9_]{8}|tmp)")
+
+
+class RunSaveError(RuntimeError):
+    """The final weights could not be written; the message says how to recover."""
+
+
+def check_run_folder(path: str | Path) -> None:
+    """Training writes only into a new or empty folder or into a run: one with our
+    marker, or the config.json of a run written before the marker existed. Anything
+    else raises FileExistsError naming what is there (nothing has been written)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise NotADirectoryError(f"--out {path} is a file, not a folder: choose a new or empty folder")
+    names = sorted(p.name for p in path.iterdir())
+    if not names or names == [".lock"] or MARKER in names or is_run_config(path / CONFIG):
+        return
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    raise FileExistsError(f"--out {path} is not empty and is not a run of eae train (it holds {shown}): "
+                          "choose a new or empty folder; nothing was written there")
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -49,12 +81,38 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl up to an epoch."""
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl up to an epoch. A last line that does not parse (a
+    crash while it was appended) is dropped with a note; a bad line before it is an error."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1)
+             if line.strip()]
+    rows = []
+    for i, line in lines:
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError("not an object with an integer epoch")
+        except ValueError as e:
+            if i == lines[-1][0]:
+                log(f"note: {path}, line {i}: an incomplete last line (cut by a crash) is dropped; "
+                    "that epoch is redone")
+                break
+            raise ValueError(f"{path}, line {i}: not a metrics row ({str(e).splitlines()[0]}); "
+                             "repair or delete that line, then resume") from None
+        rows.append(row)
     return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _json_row(row: dict[str, Any]) -> str:
+    """One line of strict JSON: a non-finite number is written as null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()},
+                      allow_nan=False)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -80,50 +138,70 @@ class RunFolder:
         self.main = dist.is_main()
         self.lock = RunLock(self.path)
         self.best: dict[str, Any] = {"epoch": None, "val_robust": -1.0}  # what the best files hold
+        self.saved_epoch: int | None = None  # the epoch checkpoint.pt holds (None: there is none)
         self.tb = None
+        self._rows: list[dict[str, Any]] = []  # metrics of the run being resumed
 
     # --- opening and closing -------------------------------------------------
     def open(self, resume: bool) -> dict[str, Any] | None:
         """Lock the folder; the checkpoint to resume from (None: a fresh run). Rank 0
         decides and every rank gets its answer, so all raise together (a collective)."""
         answer: tuple[tuple[str, str] | None, dict[str, Any] | None] = (None, None)
+        failure = None
         if self.main:
             try:
                 answer = (None, self._open(resume))
-            except tuple(_ERRORS.values()) as e:
+            except Exception as e:
                 self.lock.release()
-                answer = ((type(e).__name__, str(e)), None)
+                failure, answer = e, ((type(e).__name__, str(e)), None)
         error, ckpt = dist.broadcast_object(answer)
+        if failure is not None:
+            raise failure
         if error:
             raise _ERRORS.get(error[0], RuntimeError)(error[1])
+        if ckpt is not None:
+            self.saved_epoch = ckpt["epoch"]
         return ckpt
 
     def _open(self, resume: bool) -> dict[str, Any] | None:
-        ckpt_path = self.path / CHECKPOINT
+        check_run_folder(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        marker = self.path / MARKER
+        if not marker.exists():  # first: from now on the folder is recognisably a run
+            marker.write_text("A run folder of `eae train`: it writes here, and only here.\n")
         self.lock.acquire()
-        for tmp in self.path.glob(".*.pt.*"):  # half-written files of a killed run (we hold the lock)
-            tmp.unlink(missing_ok=True)
+        for tmp in self.path.iterdir():  # half-written files of a killed run (we hold the lock)
+            if _TEMPORARY.fullmatch(tmp.name):
+                tmp.unlink(missing_ok=True)
+        ckpt_path = self.path / CHECKPOINT
         if resume and ckpt_path.is_file():
-            ckpt = load_checkpoint(ckpt_path)
-            diff = TrainConfig.from_dict(ckpt["config"], strict=False).differences(self.cfg)
-            if diff:
-                raise ValueError(f"cannot resume {self.path}: config differs from the checkpoint's: "
-                                 + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()))
-            return ckpt
-        if not resume and (ckpt_path.exists() or (self.path / METRICS).exists()):
-            raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it "
-                                  "or choose another --out")
+            return self._resumable(load_checkpoint(ckpt_path))
+        results = [n for n in (CHECKPOINT, METRICS, WEIGHTS, BEST_WEIGHTS) if (self.path / n).exists()]
+        if results and not resume:
+            raise FileExistsError(f"{self.path} already holds a run ({', '.join(results)}); pass --resume to "
+                                  "continue it or choose another --out")
+        if resume and {WEIGHTS, BEST_WEIGHTS} & set(results):
+            raise FileExistsError(f"cannot resume {self.path}: it holds results ({', '.join(results)}) but no "
+                                  f"{CHECKPOINT} to continue from; choose another --out for a new run")
         return None
 
-    def start(self, epoch: int, env: dict[str, Any]) -> list[dict[str, Any]]:
-        """Write the run's description; the metrics rows up to ``epoch`` (rank 0; lines
-        past the checkpoint, from a crash between metrics and checkpoint, are redone)."""
+    def _resumable(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        diff = TrainConfig.from_dict(ckpt["config"], strict=False).differences(self.cfg)
+        if diff:
+            raise ValueError(f"cannot resume {self.path}: config differs from the checkpoint's: "
+                             + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+        self._rows = read_metrics(self.path / METRICS, ckpt["epoch"])  # a note even with --quiet
+        return ckpt
+
+    def start(self, env: dict[str, Any], dataset: dict[str, Any]) -> list[dict[str, Any]]:
+        """Write the run's description; the metrics rows of the checkpoint resumed from
+        (rank 0; lines past it, from a crash between metrics and checkpoint, are redone)."""
         if not self.main:
             return []
-        metrics = read_metrics(self.path / METRICS, epoch)
+        metrics, self._rows = self._rows, []
         self.rewrite_metrics(metrics)
         atomic_write_json(self.path / CONFIG, self.cfg.to_dict())
+        atomic_write_json(self.path / DATASET, dataset)
         atomic_write_json(self.path / ENVIRONMENT, env)
         if self.cfg.tensorboard:
             self.tb = _tensorboard(self.path)
@@ -141,16 +219,16 @@ class RunFolder:
         if not self.main:
             return
         with (self.path / METRICS).open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(_json_row(row) + "\n")
         if self.tb is not None:
             for k, v in row.items():
-                if k != "epoch":
+                if k != "epoch" and v is not None:
                     self.tb.add_scalar(k, float(v), row["epoch"])
             self.tb.flush()
 
     def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
         if self.main:
-            atomic_write_bytes(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+            atomic_write_bytes(self.path / METRICS, "".join(_json_row(r) + "\n" for r in rows).encode())
 
     def event(self, epoch: int, kind: str, **info: Any) -> None:
         if self.main:  # append-only history of what the guards did (never rewritten)
@@ -172,7 +250,20 @@ class RunFolder:
     def save_checkpoint(self, state: dict[str, Any] | None, epoch: int) -> bool:
         """checkpoint.pt (``state``: a :meth:`Run.snapshot`, None on other ranks)."""
         path = self.path / CHECKPOINT
-        return self.main and self._save(path, lambda: self.write_checkpoint(path, state), epoch, "the checkpoint")
+        if not self.main:
+            self.saved_epoch = epoch  # as far as other ranks know
+            return False
+        saved = self._save(path, lambda: self.write_checkpoint(path, state), epoch, "the checkpoint")
+        if saved:
+            self.saved_epoch = epoch
+        return saved
+
+    def recovery(self) -> str:
+        """Where the run can continue from, in words."""
+        if self.saved_epoch is None:
+            return "no checkpoint has been written"
+        return (f"{self.path / CHECKPOINT} holds epoch {self.saved_epoch} (`eae train --out {self.path} --resume` "
+                "continues from it as configured)")
 
     def save_epoch(self, state: dict[str, Any] | None, epoch: int) -> None:
         """The checkpoint after ``epoch``; the best checkpoint too if it is the best epoch."""
@@ -196,11 +287,22 @@ class RunFolder:
         """checkpoint_best.pt, read by rank 0 and sent to every rank (a collective)."""
         return dist.broadcast_object(load_checkpoint(self.path / BEST_CHECKPOINT) if self.main else None)
 
-    def save_final(self, net: torch.nn.Module) -> None:
-        """model.safetensors; every rank returns after it exists (a collective)."""
+    def save_final(self, net: torch.nn.Module, also_best: bool = False) -> None:
+        """model.safetensors (``also_best``: model_best.safetensors too); every rank
+        returns after they exist, or raises RunSaveError (a collective)."""
+        error = None
         if self.main:
-            save_weights(net, self.path / WEIGHTS, {"arch": self.cfg.arch, "epochs": str(self.cfg.epochs)})
-        dist.barrier()
+            path = self.path / WEIGHTS
+            try:
+                save_weights(net, path, {"arch": self.cfg.arch, "epochs": str(self.cfg.epochs)})
+                if also_best:
+                    _link_or_copy(path, self.path / BEST_WEIGHTS)
+            except OSError as e:
+                error = (f"could not write the final weights to {path} ({e.strerror or e}); {self.recovery()}: "
+                         "make room or fix the permissions, then run that command to write them")
+        error = dist.broadcast_object(error)
+        if error:
+            raise RunSaveError(error)
 
 
 def _tensorboard(run_dir: Path):

@@ -5,13 +5,15 @@ broadcasts), so none is left waiting in a collective when the others stop.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .. import distributed as dist
-from ..checkpoint import BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT
+from ..checkpoint import BEST_CHECKPOINT, BEST_WEIGHTS
 from ..config import TrainConfig
+from ..evaluation.core import NonFiniteOutputs
 
 
 class TrainingStopped(RuntimeError):
@@ -37,13 +39,15 @@ class NonFiniteGuard:
     """A non-finite loss or gradient. ``stop``: steps are counted on the device (no host
     sync), looked at every ``check_every`` steps and at the end of the epoch, and the run
     stops. ``skip``: every step is checked (one host sync per step); a bad one makes no
-    optimiser step, its BatchNorm statistics are undone, and it is counted."""
+    optimiser step, its BatchNorm statistics are undone, and it is counted. ``recovery()``
+    says where the run can continue from, ``advice`` how a new run avoids the stop."""
 
     check_every = 25
 
-    def __init__(self, mode: str, world: int = 1):
+    def __init__(self, mode: str, world: int = 1, advice: str = "",
+                 recovery: Callable[[], str] = lambda: "no checkpoint has been written"):
         self.skip = mode == "skip"
-        self.world = world
+        self.world, self.advice, self.recovery = world, advice, recovery
         self.skipped_total = 0  # steps skipped over the whole run (kept in the checkpoint)
         self.bad: torch.Tensor | None = None
         self.skipped = 0  # this epoch
@@ -82,16 +86,35 @@ class NonFiniteGuard:
     def end_epoch(self, epoch: int, steps: int) -> None:
         """Raise TrainingStopped if a step of this epoch was non-finite (stop mode)."""
         if not self.skip and any_rank(self.bad):
-            raise TrainingStopped(
-                f"non-finite loss or gradient in epoch {epoch + 1} (by step {steps}): stopped; the weights "
-                f"were not saved, {CHECKPOINT} holds epoch {epoch}. Lower the learning rate, check the data, "
-                "or pass --nonfinite skip to skip such steps")
+            raise TrainingStopped(f"non-finite loss or gradient in epoch {epoch + 1} (by step {steps}): stopped "
+                                  f"without saving that epoch; {self.recovery()}. {self.advice}".rstrip())
         self.skipped_total += self.skipped
 
     def check_weights(self, net: torch.nn.Module, epoch: int) -> None:
         if not all_finite(list(net.state_dict().values())).item():
-            raise TrainingStopped(f"non-finite weights after epoch {epoch + 1}: stopped without writing them; "
-                                  f"{CHECKPOINT} holds epoch {epoch}")
+            raise TrainingStopped(f"non-finite weights after epoch {epoch + 1}: stopped without saving them; "
+                                  f"{self.recovery()}. {self.advice}".rstrip())
+
+    @contextlib.contextmanager
+    def outputs(self, epoch: int) -> Iterator[None]:
+        """Non-finite logits where validation scores the network: stop as for weights."""
+        try:
+            yield
+        except NonFiniteOutputs as e:
+            what = str(e).split(":")[0]  # "the model returned NaN or infinite logits for k of n images (...)"
+            raise TrainingStopped(f"non-finite outputs when validating after epoch {epoch + 1} ({what}): stopped "
+                                  f"without saving that epoch; {self.recovery()}. {self.advice}".rstrip()) from None
+
+
+def nonfinite_advice(cfg: TrainConfig, bf16: bool) -> str:
+    """How a new run avoids non-finite numbers, naming the flags to change. (A NaN or
+    inf in the config itself is refused before training: every number is checked.)"""
+    fixes = [f"a lower --lr-max (now {cfg.lr_max:g})"]
+    if bf16:
+        fixes.append("--precision fp32 (this run computes in bf16)")
+    if cfg.nonfinite != "skip":
+        fixes.append("--nonfinite skip (skips such steps and counts them)")
+    return f"A new run (another --out) with {', or '.join(fixes)} avoids it; check the data too"
 
 
 ROLLBACKS = ("rollback", "rollback_lower_step")

@@ -82,6 +82,12 @@ class Run:
                 f"{self.passes} epochs x {len(self.loader)} steps of {cfg.batch_size}"
                 + (f" x {self.method.replays} replays" if self.method.replays > 1 else ""))
 
+    def dataset(self) -> dict[str, Any]:
+        """What this run trains on (``dataset.json``): checked by ``eae eval``."""
+        data = self.data
+        return {"dataset": self.cfg.dataset, "num_classes": data.num_classes, "classes": list(data.classes),
+                "image_size": data.image_size}
+
     def snapshot(self, epoch: int, **extra: Any) -> dict[str, Any] | None:
         """The full training state after ``epoch``, with ``extra`` entries (a collective:
         every rank sends its RNG and method state; the dict on rank 0, None elsewhere)."""

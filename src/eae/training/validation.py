@@ -16,20 +16,22 @@ from ..evaluation.core import shard_across_ranks
 
 class Validator:
     """``due(epoch)``: whether to validate after this epoch (every ``val_every`` and
-    after the last); calling it returns the row's ``val_*`` entries. ``suite`` runs the
-    attacks (:func:`eae.evaluation.run_suite`)."""
+    after the last; never without a validation split, ``enabled`` False); calling it
+    returns the row's ``val_*`` entries. ``suite`` runs the attacks
+    (:func:`eae.evaluation.run_suite`)."""
 
     def __init__(self, cfg: TrainConfig, val_x: torch.Tensor, val_y: torch.Tensor, device: torch.device,
                  passes: int, suite: Callable[..., Any] = run_suite):
         self.cfg, self.device, self.passes, self.suite = cfg, device, passes, suite
         self.x, self.y = val_x.to(device), val_y.to(device)
+        self.enabled = len(val_y) > 0
         self.attacks: dict[str, Any] = {"clean": None}
         if cfg.val_attack_steps:
             self.attacks.update(pgd=PGD(cfg.eps, steps=cfg.val_attack_steps, norm=cfg.norm),
                                 cw=CW(cfg.eps, steps=cfg.val_attack_steps, norm=cfg.norm))
 
     def due(self, epoch: int) -> bool:
-        return (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.passes
+        return self.enabled and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.passes)
 
     def __call__(self, net: torch.nn.Module, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
