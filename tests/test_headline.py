@@ -81,7 +81,8 @@ def test_tiny_headline_end_to_end(cifar_dir, tmp_path, capsys):
     for r in runs.values():
         for k in ("clean", "cw20", "aa", "worst_case"):
             assert 0.0 <= r[k] <= 1.0
-        assert r["worst_case"] <= min(r["aa"], r["cw20"]) + 1e-9
+        # the worst case is per image of the AA subset, so it is bounded by CW-20 on that subset
+        assert r["worst_case"] <= min(r["aa"], r["cw20_on_aa_subset"]) + 1e-9
         assert r["verdict"] in ("ok", "suspicious", "masked") and r["aa_n"] == 48 and r["test_size"] == 10000
     assert runs["fgsm_rs"]["cw20"] > runs["standard"]["cw20"]  # adversarial training buys robustness
     assert res["skipped"] == []

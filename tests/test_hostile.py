@@ -243,7 +243,9 @@ def test_evaluate_refuses_non_finite_logits(value):
         evaluate(_Const(value), x, y, ["clean"], diagnostics="off")
 
 
-def test_data_and_bench_refuse_with_one_line(tmp_path, user, capsys):
+def test_data_and_bench_refuse_with_one_line(tmp_path, user, capsys, monkeypatch):
+    monkeypatch.delenv("EAE_DATA_DIR", raising=False)  # CI points it at real data: search only empty places
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     rc, text = _call(["data", "cifar10", "--data-dir", str(tmp_path / "none"), "--no-download"], capsys)
     assert rc == 2 and "CIFAR-10 not found" in text
     before = _tree_hash(user)

@@ -275,8 +275,9 @@ class Headline:
         self.plan.observe("aa", planned, time.perf_counter() - t)
         worst = r.correct["worst_case"]
         cw = self.runs[method].get("cw_correct")
-        if cw is not None:
+        if cw is not None:  # the worst case per image of the AA subset: AA and CW-20 on the same images
             worst = worst & cw[:len(worst)]
+            self.runs[method]["cw20_on_aa_subset"] = cw[:len(worst)].float().mean().item()
         self.runs[method].update(aa=r.robust_accuracy, aa_n=r.n, aa_label=r.label, aa_clean=r.clean_accuracy,
                                  aa_per_attack={k: v["accuracy"] for k, v in r.per_attack.items()},
                                  worst_case=worst.float().mean().item(), verdict=r.verdict, evidence=r.evidence,
