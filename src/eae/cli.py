@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", choices=("final", "best"), default="final",
                    help="final weights or the best epoch on the validation split (default: final)")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                   help="arithmetic of the attack iterations; scores are always strict fp32 (default: fp32)")
+                   help="arithmetic of the attacks' gradients; their decisions (fooled or not) and the scores are always "
+                        "strict fp32 (default: fp32)")
     e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
                    help="gradient-masking checks (default: full)")
     e.add_argument("--diag-n", type=_int_at_least(0), default=1000, help="points used by the diagnostics (default: 1000)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LOSSES, Attack, dlr_targeted_loss, grad_of
+from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, fp32_logits, grad_of
 from .registry import register_attack
 
 
@@ -45,7 +45,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
         xa = xa.detach().requires_grad_(True)
         logits = model(xa)
         loss = loss_fn(logits, y)
-        return grad_of(loss.sum(), xa).detach(), loss.detach(), logits.detach()
+        return grad_of(loss.sum(), xa).detach(), loss.detach(), decision_logits(model, xa, logits)
 
     t = torch.rand_like(x) * 2 - 1
     x_adv = (x + eps * t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)).clamp(0, 1)
@@ -114,8 +114,7 @@ def targeted_runs(run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targe
     batch instead of k - 1 sequential ones.
     """
     n = len(x)
-    with torch.no_grad():
-        order = model(x).argsort(1, descending=True)
+    order = fp32_logits(model, x).argsort(1, descending=True)
     k = min(targets, order.shape[1] - 1)
     x_adv, fooled = _reduce_runs(*run(x.repeat(restarts, 1, 1, 1), y.repeat(restarts),
                                       order[:, 1].repeat(restarts)), n)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .apgd import targeted_runs
-from .base import Attack, grad_of
+from .base import Attack, fp32_logits, grad_of
 from .registry import register_attack
 
 
@@ -72,7 +72,7 @@ def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: tor
             a2 = d2.abs().amax(1, keepdim=True).clamp_min(1e-8)
             alpha = (a1 / (a1 + a2)).clamp(0, alpha_max)
             x1 = ((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0, 1)
-            adv = model(x1.view_as(x)).argmax(1) != y
+            adv = fp32_logits(model, x1.view_as(x)).argmax(1) != y
             norm = (x1 - x0).abs().amax(1)
             better = adv & (norm < best)
             x_best = torch.where(better[:, None], x1, x_best)

@@ -9,7 +9,8 @@ queries, p_init = 0.8, and the schedule's breakpoints read in queries as they ar
 p_init / 128 in 5,000 queries. ``rescale=True`` stretches the schedule over any budget
 as if it were 10,000 queries (the Square Attack paper's own code for other budgets).
 It uses no gradient, so it is the check on gradient masking: a model that resists the
-white-box attacks but not this one is hiding its gradients.
+white-box attacks but not this one is hiding its gradients. Every query is a decision,
+so it runs in strict fp32 whatever the evaluation's precision.
 
 Each image draws its own window (AutoAttack draws one per batch; each image's window
 is uniform either way), at a corner in [0, side - s) as AutoAttack does. Fooled
@@ -46,6 +47,7 @@ class Square(Attack):
     """Square Attack: black-box random search with square updates on the margin loss (Andriushchenko et al. 2020)."""
 
     name = "square"
+    uses_gradients = False  # its margins are its decisions: strict fp32 whatever the precision
 
     def __init__(self, eps: float, queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
                  compact_every: int = 50, steps: int | None = None, rescale: bool = False):

@@ -33,8 +33,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Give a ``suite`` (``quick``, ``aa``, ``aa-fast``, ``full``) or a list of attack
     ``attacks`` (``["clean", "pgd20", "cw20"]``); default: ``quick``. Batches are moved
     to ``device`` (default: ``x.device``), where the model must already be.
-    ``precision`` (fp32, tf32, bf16) applies to the attacks' own iterations; every
-    score is computed in strict fp32. ``diagnostics``: ``full`` (default), ``cheap`` or
+    ``precision`` (fp32, tf32, bf16) applies to the attacks' gradient computations only;
+    their decisions (is a point fooled?) and every score are computed in strict fp32. ``diagnostics``: ``full`` (default), ``cheap`` or
     ``off``; they use the first ``diag_n`` points. ``test_size``: the size of the set
     ``x`` was taken from, so that a subset is labelled as one.
     """
