@@ -146,6 +146,23 @@ def grad_of(loss: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(inputs) if g is None else g
 
 
+def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, n: int = 1
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d loss / d x, loss, logits) with the gradient and the per-example loss averaged
+    over ``n`` forward passes: expectation over transformation (Athalye et al. 2018) for a
+    randomised model, as AutoAttack's ``eot_iter``; the logits are the last pass's. The
+    loss is summed over the batch, so each example's gradient does not depend on the
+    batch size."""
+    x = x.detach().requires_grad_(True)
+    grad, loss_sum = torch.zeros_like(x), 0.0
+    for _ in range(n):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        grad += grad_of(loss.sum(), x)
+        loss_sum = loss_sum + loss.detach()
+    return (grad / n if n > 1 else grad), (loss_sum / n if n > 1 else loss_sum), logits.detach()
+
+
 def input_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                    loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
     """(d loss / d delta, logits at x + delta). The loss is summed over the batch so

@@ -34,9 +34,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``attacks`` (``["clean", "pgd20", "cw20"]``); default: ``quick``. Batches are moved
     to ``device`` (default: ``x.device``), where the model must already be.
     ``precision`` (fp32, tf32, bf16) applies to the attacks' gradient computations only;
-    their decisions (is a point fooled?) and every score are computed in strict fp32. ``diagnostics``: ``full`` (default), ``cheap`` or
-    ``off``; they use the first ``diag_n`` points. ``test_size``: the size of the set
-    ``x`` was taken from, so that a subset is labelled as one.
+    their decisions (is a point fooled?) and every score are computed in strict fp32.
+    ``diagnostics``: ``full`` (default), ``cheap`` or ``off``; they use the first
+    ``diag_n`` points. ``test_size``: the size of the set ``x`` was taken from, so that a
+    subset is labelled as one.
     """
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
                     norm=norm)

@@ -21,6 +21,7 @@ from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
 from ..utils import progress_bar
+from . import checks
 from .report import Report
 from .suites import CASCADE, STANDALONE, Suite, custom_suite, get_suite
 
@@ -122,11 +123,13 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
                              f"[{x.min().item():.3g}, {x.max().item():.3g}]")
 
 
-def _check_labels(model, x, y, device) -> None:
-    with attack_mode(model), torch.no_grad():
-        k = model(as_images(x[:1].to(device))).shape[1]
+def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, str]]:
+    """Refuse a model whose outputs cannot be scored, or labels and attacks its number of
+    classes cannot serve; notes for the verdict where the attacks do less than usual."""
+    k = checks.output_form(model, as_images(x[:2].to(device)))
     if len(y) and int(y.max()) >= k:
         raise ValueError(f"label {int(y.max())} is out of range for a model with {k} classes")
+    return checks.class_count(k, attacks)
 
 
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -139,8 +142,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_inputs(x, y)
     s, plan = resolve_plan(attacks, suite, eps, norm)
     y = y.long()
-    if len(y):
-        _check_labels(model, x, y, device)
+    notes = _check_model(model, x, y, device, [a for _, a, _ in plan]) if len(y) else []
     n = int(len(y))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -173,7 +175,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
     return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision,
                   clean_accuracy=mean(clean), per_attack=per_attack, robust_accuracy=mean(robust),
-                  seconds=time.perf_counter() - start, test_size=test_size, correct=correct)
+                  seconds=time.perf_counter() - start, test_size=test_size, correct=correct, notes=notes)
 
 
 __all__ = ["predict", "predict_all", "run_suite", "as_images", "shard_across_ranks", "CASCADE", "STANDALONE"]

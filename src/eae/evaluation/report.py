@@ -30,6 +30,7 @@ class Report:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     test_size: int | None = None
     correct: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # per-example bools
+    notes: list[tuple[str, str]] = field(default_factory=list, repr=False)  # (level, text) for the verdict
 
     @property
     def subset(self) -> bool:
