@@ -139,3 +139,44 @@ def test_non_standard_outputs_are_refused(synth, forward, words):
     with pytest.raises(ValueError, match=words):
         eae.evaluate(Odd(), x[:4], y[:4], ["clean"], diagnostics="off")
 
+
+def _noisy(model):
+    return Wrap(model, MODELS["random"][0])
+
+
+def test_eot_averages_gradients_over_forward_passes(trained_small, synth):
+    """--eot N: every gradient of the gradient attacks is the mean of N forward passes."""
+    model, _, _ = trained_small
+    x, y = synth[0][:8], synth[1][:8]
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    try:
+        counts = {}
+        for eot in (1, 3):
+            calls.clear()
+            eae.evaluate(model, x, y, ["apgd-ce4", "pgd2", "fab-t2"], 2 / 255, eot=eot, diagnostics="off")
+            counts[eot] = sum(calls)  # the passes that build a graph: one per gradient and EOT sample
+    finally:
+        handle.remove()
+    assert counts[3] == 3 * counts[1] > 0
+
+
+def test_a_randomised_model_is_flagged_and_eot_runs(trained_small, synth):
+    model, _, _ = trained_small
+    x, y = synth[0][:40], synth[1][:40]
+    plain = _cheap(_noisy(model), x, y, attacks=("clean", "apgd-ce3"))
+    assert plain.verdict == "suspicious" and plain.eot == 1
+    assert any(e.startswith("[suspicious] randomised model") and "--eot 20" in e for e in plain.evidence)
+    eot = _cheap(_noisy(model), x, y, attacks=("clean", "apgd-ce3"), eot=4)
+    assert eot.eot == 4 and eot.to_dict()["eot"] == 4 and "EOT 4" in eot.to_markdown()
+    assert any(e.startswith("[ok] randomised model") and "averaged 4 forward passes" in e for e in eot.evidence)
+
+
+def test_aa_rand_is_autoattacks_version_for_randomised_models():
+    from eae.evaluation import get_suite
+
+    suite = get_suite("aa-rand")
+    assert suite.specs == ["apgd-ce", "apgd-dlr"] and suite.eot == 20
+    assert all(mode == "cascade" for _, mode in suite.entries)
+    apgd = eae.build_attack("apgd-dlr", 8 / 255)
+    assert apgd.steps == 100 and apgd.restarts == 1 and apgd.loss == "dlr"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, fp32_logits, grad_of
+from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits
 from .registry import register_attack
 
 
@@ -32,8 +32,9 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float, steps: int,
-         rho: float = 0.75, momentum: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+         rho: float = 0.75, momentum: float = 0.75, eot: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run (L∞) on a batch; ``loss_fn(logits, y) -> per-example loss`` is maximised.
+    With ``eot`` > 1 each gradient and loss is the mean of that many forward passes.
 
     Returns (x_adv, fooled): for fooled examples the last misclassified iterate, for the
     others the point of highest loss.
@@ -42,10 +43,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
     view = (-1,) + (1,) * (x.dim() - 1)
 
     def grad_loss(xa):
-        xa = xa.detach().requires_grad_(True)
-        logits = model(xa)
-        loss = loss_fn(logits, y)
-        return grad_of(loss.sum(), xa).detach(), loss.detach(), decision_logits(model, xa, logits)
+        grad, loss, logits = eot_gradient(model, xa, y, loss_fn, eot)
+        return grad, loss, decision_logits(model, xa, logits)
 
     t = torch.rand_like(x) * 2 - 1
     x_adv = (x + eps * t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)).clamp(0, 1)
@@ -147,7 +146,7 @@ class APGD(Attack):
     def perturb(self, model, x, y):
         n = len(x)
         xr, yr = x.repeat(self.restarts, 1, 1, 1), y.repeat(self.restarts)
-        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho)
+        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho, eot=self.eot)
         return _reduce_runs(x_adv, fooled, n)[0]
 
     def __repr__(self) -> str:
@@ -169,7 +168,7 @@ class APGDT(Attack):
     def perturb(self, model, x, y):
         def run(xr, yr, target):
             return apgd(model, xr, yr, lambda logits, yy: dlr_targeted_loss(logits, yy, target),
-                        self.eps, self.steps, self.rho)
+                        self.eps, self.steps, self.rho, eot=self.eot)
 
         return targeted_runs(run, model, x, y, self.targets, self.restarts)
 

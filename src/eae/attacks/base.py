@@ -164,12 +164,12 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Ca
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
-                   loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d loss / d delta, logits at x + delta). The loss is summed over the batch so
-    each example's gradient does not depend on the batch size."""
-    delta = delta.detach().requires_grad_(True)
-    logits = model(x + delta)
-    return grad_of(loss_fn(logits, y).sum(), delta), logits.detach()
+                   loss_fn: Callable, eot: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d delta, logits at x + delta), the gradient averaged over ``eot`` passes.
+    The loss is summed over the batch so each example's gradient does not depend on the
+    batch size."""
+    grad, _, logits = eot_gradient(model, x + delta, y, loss_fn, eot)
+    return grad, logits
 
 
 class Attack:
@@ -178,12 +178,14 @@ class Attack:
     ``precision`` (``fp32`` by default) sets the arithmetic of the forward and backward
     passes that give the attack its gradients; its decisions (fooled or not, the target
     order) are taken on strict-fp32 logits, and the evaluator scores the returned points
-    in strict fp32.
+    in strict fp32. ``eot`` (1 by default) averages each gradient over that many forward
+    passes, for randomised models.
     """
 
     name = "attack"
     eval_mode = True
     precision = "fp32"
+    eot = 1  # forward passes averaged per gradient (expectation over transformation)
     uses_gradients = True  # False: every forward pass is a decision, so all run in strict fp32
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ class FGSM(Attack):
         self.loss_fn = LOSSES[loss]
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grad, _ = input_gradient(model, x, torch.zeros_like(x), y, self.loss_fn)
+        grad, _ = input_gradient(model, x, torch.zeros_like(x), y, self.loss_fn, self.eot)
         delta = self.threat.project(self.threat.step(grad, self.threat.eps))
         return x + clip_to_image(x, delta)
 
@@ -52,7 +52,7 @@ class PGD(Attack):
         for _ in range(self.restarts):
             delta = self.threat.random_perturb(x) if self.random_start else torch.zeros_like(x)
             for _ in range(self.steps):
-                grad, logits = input_gradient(model, x, delta, y, self.loss_fn)
+                grad, logits = input_gradient(model, x, delta, y, self.loss_fn, self.eot)
                 self._keep(x_adv, fooled, x + delta, decision_logits(model, x + delta, logits), y)
                 delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.alpha)))
             self._keep(x_adv, fooled, x + delta, fp32_logits(model, x + delta), y)

@@ -136,11 +136,13 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               attacks: Sequence[str] | Mapping[str, Attack | None] | None = None, eps: float = 8 / 255, *,
               suite: str | None = None, norm: str = "linf", batch_size: int = 500,
               device: torch.device | str | None = None, seed: int = 0, precision: str = "fp32",
-              test_size: int | None = None, progress: bool = False) -> Report:
-    """Clean accuracy and every attack of the plan; no diagnostics (see ``evaluate``)."""
+              test_size: int | None = None, progress: bool = False, eot: int | None = None) -> Report:
+    """Clean accuracy and every attack of the plan; no diagnostics (see ``evaluate``).
+    ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
     device = torch.device(device) if device is not None else x.device
     check_inputs(x, y)
     s, plan = resolve_plan(attacks, suite, eps, norm)
+    eot = s.eot if eot is None else eot
     y = y.long()
     notes = _check_model(model, x, y, device, [a for _, a, _ in plan]) if len(y) else []
     n = int(len(y))
@@ -154,7 +156,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         correct = {"clean": clean}
         per_attack = {}
         for spec, attack, mode in plan:
-            attack.precision = precision
+            attack.precision, attack.eot = precision, eot
             pool = clean if mode == STANDALONE else chain
             idx = pool.nonzero().squeeze(1)
             t0 = time.perf_counter()
@@ -173,7 +175,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)
     correct["worst_case"] = robust
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
-    return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision,
+    return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision, eot=eot,
                   clean_accuracy=mean(clean), per_attack=per_attack, robust_accuracy=mean(robust),
                   seconds=time.perf_counter() - start, test_size=test_size, correct=correct, notes=notes)
 
