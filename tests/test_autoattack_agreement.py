@@ -66,6 +66,69 @@ def tiny(one_thread):
     return model.eval(), x[2048:], y[2048:]
 
 
+def _all_right(model, x):
+    """Labels the model gets right everywhere: AutoAttack then attacks every point, so its
+    random draws and ours have the same shapes."""
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+def test_apgd_iterates_are_autoattacks(tiny, loss):
+    """From the same seed, one APGD run of ours and of AutoAttack draw the same start and
+    then take the same steps: same step-size halvings, same fooled points, same best points
+    (to float rounding). This is what pins the checkpoint rule's first comparison."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    from eae.attacks.apgd import apgd
+    from eae.attacks.base import attack_mode, ce_loss, dlr_loss, dlr_targeted_loss
+
+    model, x, _ = tiny
+    y = _all_right(model, x)
+    if loss == "dlr-targeted":
+        ref = APGDAttack_targeted(model, n_iter=100, eps=EPS, seed=0, device="cpu")
+        ref.y_target = target = model(x).sort(1)[1][:, -2].detach()
+        ours = (lambda logits, yy: dlr_targeted_loss(logits, yy, target))
+    else:
+        ref = APGDAttack(model, n_iter=100, eps=EPS, seed=0, loss=loss, device="cpu")
+        ours = {"ce": ce_loss, "dlr": dlr_loss}[loss]
+    ref.init_hyperparam(x)
+    torch.manual_seed(0)
+    x_best, still, _, x_fooled = ref.attack_single_run(x, y)
+    torch.manual_seed(0)
+    with attack_mode(model):
+        x_adv, fooled = apgd(model, x, y, ours, EPS, 100)
+    assert 0 < int(fooled.sum()) < len(y)
+    assert torch.equal(fooled, ~still)
+    torch.testing.assert_close(x_adv[fooled], x_fooled[fooled], rtol=0, atol=1e-6)
+    torch.testing.assert_close(x_adv[~fooled], x_best[~fooled], rtol=0, atol=1e-6)
+
+
+def test_fab_t_finds_autoattacks_points(tiny):
+    """FAB-T has no random start in AutoAttack's standard version: per target, ours and
+    AutoAttack's fool the same points with the same minimal perturbations."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    from eae.attacks.base import attack_mode
+    from eae.attacks.fab import fab_targeted
+
+    model, x, _ = tiny
+    y = _all_right(model, x)
+    ref = FABAttack_PT(model, n_restarts=1, n_iter=100, eps=EPS, seed=0, targeted=True, device="cpu")
+    for rank in (2, 3):
+        ref.target_class = rank
+        with torch.no_grad():
+            adv = ref.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
+            norm = (adv - x).flatten(1).abs().amax(1)
+            ref_fooled = (model(adv).argmax(1) != y) & (norm <= EPS)
+            target = model(x).sort(1)[1][:, -rank]
+        with attack_mode(model):
+            x_adv, fooled = fab_targeted(model, x, y, target, EPS, 100)
+        assert 0 < int(fooled.sum()) < len(y)
+        assert torch.equal(fooled, ref_fooled)
+        torch.testing.assert_close((x_adv - x).flatten(1).abs().amax(1)[fooled], norm[fooled], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("pair", ["aa", "aa-fast"])
 def test_same_robust_points_as_autoattack(tiny, pair):
     model, x, y = tiny

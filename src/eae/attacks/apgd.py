@@ -3,8 +3,9 @@
 PGD with momentum (0.75) whose step size starts at 2ε and is halved at checkpoints
 when progress stalls: at checkpoint j (iterations spaced 22%, then shrinking by 3% of
 the budget down to 6%), the step is halved for an example if its loss increased in at
-most ρ = 75% of the steps since the last checkpoint, or if neither the step nor the
-best loss changed since then; a halved example restarts from its best point.
+most ρ = 75% of the steps since the last checkpoint (the first step is compared with 0, as
+in AutoAttack's code), or if neither the step nor the best loss changed since then; a
+halved example restarts from its best point.
 
 Everything is per example and on the device: no Python loop over examples and no
 host round trip inside the iterations. Restarts run as one batch (the input
@@ -56,7 +57,11 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
     x_prev = x_adv.clone()
     period, shrink, minimum = _period_lengths(steps)
     since_check, increases = 0, torch.zeros(n, device=x.device)
-    loss_prev = loss.clone()
+    # AutoAttack's code compares the first step's loss with 0 (an unfilled entry of its loss
+    # history), not with the starting point's: a DLR loss (< 0 until fooled) then never
+    # counts it as an increase, a CE loss always does. Kept, so that the step size halves
+    # at the same checkpoints as AutoAttack's.
+    loss_prev = torch.zeros_like(loss)
     best_at_check = loss_best.clone()
     halved_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
     for i in range(steps):
