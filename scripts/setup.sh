@@ -23,4 +23,9 @@ $PIP install -q -e ".[test]"
 .venv/bin/python -c "import torchattacks" >/dev/null 2>&1 \
   || timeout 300 $PIP install -q --no-deps "torchattacks==3.5.1" \
   || echo "setup: torchattacks not installed; its agreement test will be skipped"
+# The official AutoAttack, repackaged, for tests/test_autoattack_agreement.py and
+# benchmarks/autoattack_agreement.py; optional too (imported as pyautoattack).
+.venv/bin/python -c "import pyautoattack" >/dev/null 2>&1 \
+  || timeout 300 $PIP install -q --no-deps "pyautoattack==0.2.0" \
+  || echo "setup: pyautoattack not installed; the AutoAttack agreement test will be skipped"
 .venv/bin/python -c "import torch, eae; print(f'setup: eae {eae.__version__}, torch {torch.__version__}')"

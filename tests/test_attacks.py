@@ -142,3 +142,68 @@ def test_evaluation_is_seeded_and_leaves_rng_alone(trained_small):
     r2 = evaluate(model, x[:64], y[:64], ["pgd3"], EPS, seed=5, diagnostics="off")
     assert torch.equal(after, expected_next)
     assert torch.equal(r1.correct["pgd3"], r2.correct["pgd3"])
+
+
+class NearTie(nn.Module):
+    """Class 1 leads class 0 by about 0.2 at logits near 256: right in fp32, a tie that
+    argmax gives to class 0 in bf16 (whose spacing there is 2). The input moves the
+    logits by less than 0.01 in an 8/255 ball, so no attack can fool it in fp32."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.weight[1, :8] = 0.01
+            self.fc.bias.copy_(torch.tensor([256.0, 256.2, 0.0, -1.0]))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def near_tie():
+    model = NearTie()
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    y = torch.ones(6, dtype=torch.long)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (model(x).argmax(1) != y).all()  # bf16 says fooled ...
+    assert (model(x).argmax(1) == y).all()  # ... fp32 says correct
+    return model, x, y
+
+
+def test_bf16_decisions_are_taken_in_fp32(near_tie):
+    """Under --precision bf16 the gradients may come from bf16, but a point is dropped
+    (from APGD-T's remaining targets, Square's active set, the cascade) only if its fp32
+    logits say it is fooled."""
+    from eae.attacks.apgd import apgd, targeted_runs
+    from eae.attacks.base import attack_mode, ce_loss
+
+    model, x, y = near_tie
+    with attack_mode(model, precision="bf16"):
+        _, fooled = apgd(model, x, y, ce_loss, EPS, steps=5)
+        assert not fooled.any()
+        sizes = []
+
+        def run(xr, yr, target):  # records who is still attacked, target by target
+            sizes.append(len(xr))
+            return apgd(model, xr, yr, ce_loss, EPS, steps=3)
+
+        targeted_runs(run, model, x, y, targets=3)
+    assert sizes == [6, 12]  # the first target on all 6, then the other two on all 6
+    report = evaluate(model, x, y, suite="aa", eps=EPS, precision="bf16", batch_size=6, device="cpu",
+                      diagnostics="off")
+    assert report.robust_accuracy == 1.0
+    assert [r["n_attacked"] for r in report.per_attack.values()] == [6, 6, 6, 6]
+
+
+def test_square_counts_queries_on_fp32_margins(near_tie):
+    """Square has no gradient to speed up: every query runs in fp32, so a point bf16
+    would call fooled stays in its active set for every query."""
+    model, x, y = near_tie
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append((len(i[0]), o.dtype)))
+    attack = build_attack("square20", EPS)
+    attack.precision = "bf16"
+    attack(model, x, y)
+    assert calls == [(6, torch.float32)] * 21

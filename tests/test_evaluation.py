@@ -8,7 +8,7 @@ from torch import nn
 import eae
 from eae.attacks import dlr_loss, dlr_targeted_loss
 from eae.attacks.fab import project_linf_hyperplane
-from eae.attacks.square import p_schedule
+from eae.attacks.square import Square, p_schedule
 from eae.data import make_synthetic
 
 
@@ -169,9 +169,33 @@ def test_dlr_is_shift_and_scale_invariant():
     torch.testing.assert_close(dlr_targeted_loss(z * 7 + 3, y, t), dlr_targeted_loss(z, y, t), rtol=1e-4, atol=1e-5)
 
 
-def test_square_schedule():
-    assert p_schedule(0.8, 0, 5000) == 0.8
-    assert p_schedule(0.8, 10, 5000) == 0.8 / 2  # 10 of 5000 queries = 20 of 10,000
-    assert p_schedule(0.8, 4999, 5000) == 0.8 / 512
+def test_square_schedule_is_autoattacks():
+    """AutoAttack's standard version reads the breakpoints in queries as they are
+    (resc_schedule=False): p_init up to query 10, halved at 11, 51, 201, 501, 1001, 2001
+    and 4001, so 0.8 / 128 is the smallest p in 5,000 queries."""
+    expected = {0: 1, 10: 1, 11: 2, 50: 2, 51: 4, 200: 4, 201: 8, 500: 8, 501: 16, 1000: 16, 1001: 32,
+                2000: 32, 2001: 64, 4000: 64, 4001: 128, 4999: 128}
+    for it, div in expected.items():
+        assert p_schedule(0.8, it, 5000) == 0.8 / div, it
+    assert p_schedule(0.8, 8001, 10000) == 0.8 / 512
     values = [p_schedule(0.8, i, 5000) for i in range(5000)]
-    assert values == sorted(values, reverse=True)
+    assert values == sorted(values, reverse=True) and min(values) == 0.8 / 128
+    # the labelled option: the schedule stretched over the budget as if it were 10,000 queries
+    assert p_schedule(0.8, 10, 5000, rescale=True) == 0.8 / 2
+    assert p_schedule(0.8, 4999, 5000, rescale=True) == 0.8 / 512
+    assert Square(8 / 255).rescale is False and Square(8 / 255).queries == 5000
+
+
+def test_square_runs_the_reference_number_of_queries():
+    """The stripes, then one query per iteration for `queries` iterations (5,001 forward
+    passes for AutoAttack's 5,000), on a model nothing fools."""
+    calls = []
+
+    class Stubborn(nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return torch.tensor([[1e3, 0.0]]).repeat(len(x), 1)
+
+    x = torch.rand(3, 3, 8, 8)
+    x_adv = Square(8 / 255, queries=40)(Stubborn(), x, torch.zeros(3, dtype=torch.long))
+    assert len(calls) == 41 and (x_adv - x).abs().max() <= 8 / 255 + 1e-6

@@ -89,6 +89,8 @@ EVAL_CASES = [
     (["--eps", "8/0"], 2, "division by zero"),
     (["--eps", "eight"], 2, "--eps"),
     (["--diag-n", "-5"], 2, "--diag-n: must be >= 0"),
+    (["--eot", "0"], 2, "--eot: must be >= 1"),
+    (["--eot", "many"], 2, "not an integer"),
     (["--n", "0"], 2, "--n: must be >= 1"),
     (["--n", "-3"], 2, "--n: must be >= 1"),
     (["--n", "999999"], 2, "--n must be in 1..64"),
@@ -224,6 +226,8 @@ EVALUATE_CASES = [
     (dict(eps=8), "eps must be in [0, 1]"),
     (dict(eps=float("nan")), "eps must be in [0, 1]"),
     (dict(diag_n=-5), "diag_n must be an integer >= 0"),
+    (dict(eot=0), "eot must be an integer >= 1"),
+    (dict(eot=2.5), "eot must be an integer >= 1"),
     (dict(precision="fp64"), "precision must be one of"),
     (dict(diagnostics="all"), "diagnostics must be one of"),
 ]

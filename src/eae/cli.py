@@ -150,6 +150,7 @@ def _eval(args: argparse.Namespace, device) -> int:
     with shard_across_ranks():  # under torchrun each rank attacks its share of the points
         report = evaluate(src["model"], x, y, attacks, eps, suite=suite, norm=norm, batch_size=args.batch_size,
                           device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
+                          eot=args.eot,
                           diag_n=args.diag_n, test_size=test_size, progress=not args.quiet)
     if not dist.is_main():
         return 0 if not args.strict or report.verdict == "ok" else 3
@@ -409,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run folder of eae train (or give --model and --weights for a model trained elsewhere)")
     e.add_argument("--suite", choices=SUITE_NAMES, default=None,
                    help="quick (FGSM, PGD-20, CW-20; the default), aa (AutoAttack standard), aa-fast "
-                        "(APGD-CE + APGD-T, for development), full (both)")
+                        "(APGD-CE + APGD-T, for development), full (both), aa-rand (AutoAttack's version for "
+                        "randomised models: APGD-CE and APGD-DLR with EOT 20)")
     e.add_argument("--attacks", default=None,
                    help="instead of a suite, a comma-separated list: clean, fgsm, pgdK, cwK, pgdKrR, apgd-ce, "
                         "apgd-dlr, apgd-t, fab-t, square")
@@ -436,7 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: test data (default: cifar10; imagefolder: --data-dir D with D/val)")
     e.add_argument("--image-size", type=_int_at_least(1), default=224, help="with --dataset imagefolder")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                   help="arithmetic of the attack iterations; scores are always strict fp32 (default: fp32)")
+                   help="arithmetic of the attacks' gradients; their decisions (fooled or not) and the scores are always "
+                        "strict fp32 (default: fp32)")
+    e.add_argument("--eot", type=_int_at_least(1), default=None,
+                   help="average each attack gradient over N forward passes (expectation over transformation, "
+                        "for randomised models; AutoAttack uses 20) (default: 1; aa-rand: 20)")
     e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
                    help="gradient-masking checks (default: full)")
     e.add_argument("--diag-n", type=_int_at_least(0), default=1000, help="points used by the diagnostics (default: 1000)")

@@ -3,8 +3,9 @@
 PGD with momentum (0.75) whose step size starts at 2ε and is halved at checkpoints
 when progress stalls: at checkpoint j (iterations spaced 22%, then shrinking by 3% of
 the budget down to 6%), the step is halved for an example if its loss increased in at
-most ρ = 75% of the steps since the last checkpoint, or if neither the step nor the
-best loss changed since then; a halved example restarts from its best point.
+most ρ = 75% of the steps since the last checkpoint (the first step is compared with 0, as
+in AutoAttack's code), or if neither the step nor the best loss changed since then; a
+halved example restarts from its best point.
 
 Everything is per example and on the device: no Python loop over examples and no
 host round trip inside the iterations. Restarts run as one batch (the input
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LOSSES, Attack, dlr_targeted_loss, grad_of
+from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits
 from .registry import register_attack
 
 
@@ -32,8 +33,9 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float, steps: int,
-         rho: float = 0.75, momentum: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+         rho: float = 0.75, momentum: float = 0.75, eot: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run (L∞) on a batch; ``loss_fn(logits, y) -> per-example loss`` is maximised.
+    With ``eot`` > 1 each gradient and loss is the mean of that many forward passes.
 
     Returns (x_adv, fooled): for fooled examples the last misclassified iterate, for the
     others the point of highest loss.
@@ -42,10 +44,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
     view = (-1,) + (1,) * (x.dim() - 1)
 
     def grad_loss(xa):
-        xa = xa.detach().requires_grad_(True)
-        logits = model(xa)
-        loss = loss_fn(logits, y)
-        return grad_of(loss.sum(), xa).detach(), loss.detach(), logits.detach()
+        grad, loss, logits = eot_gradient(model, xa, y, loss_fn, eot)
+        return grad, loss, decision_logits(model, xa, logits)
 
     t = torch.rand_like(x) * 2 - 1
     x_adv = (x + eps * t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)).clamp(0, 1)
@@ -57,7 +57,11 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
     x_prev = x_adv.clone()
     period, shrink, minimum = _period_lengths(steps)
     since_check, increases = 0, torch.zeros(n, device=x.device)
-    loss_prev = loss.clone()
+    # AutoAttack's code compares the first step's loss with 0 (an unfilled entry of its loss
+    # history), not with the starting point's: a DLR loss (< 0 until fooled) then never
+    # counts it as an increase, a CE loss always does. Kept, so that the step size halves
+    # at the same checkpoints as AutoAttack's.
+    loss_prev = torch.zeros_like(loss)
     best_at_check = loss_best.clone()
     halved_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
     for i in range(steps):
@@ -114,8 +118,7 @@ def targeted_runs(run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targe
     batch instead of k - 1 sequential ones.
     """
     n = len(x)
-    with torch.no_grad():
-        order = model(x).argsort(1, descending=True)
+    order = fp32_logits(model, x).argsort(1, descending=True)
     k = min(targets, order.shape[1] - 1)
     x_adv, fooled = _reduce_runs(*run(x.repeat(restarts, 1, 1, 1), y.repeat(restarts),
                                       order[:, 1].repeat(restarts)), n)
@@ -148,7 +151,7 @@ class APGD(Attack):
     def perturb(self, model, x, y):
         n = len(x)
         xr, yr = x.repeat(self.restarts, 1, 1, 1), y.repeat(self.restarts)
-        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho)
+        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho, eot=self.eot)
         return _reduce_runs(x_adv, fooled, n)[0]
 
     def __repr__(self) -> str:
@@ -170,7 +173,7 @@ class APGDT(Attack):
     def perturb(self, model, x, y):
         def run(xr, yr, target):
             return apgd(model, xr, yr, lambda logits, yy: dlr_targeted_loss(logits, yy, target),
-                        self.eps, self.steps, self.rho)
+                        self.eps, self.steps, self.rho, eot=self.eot)
 
         return targeted_runs(run, model, x, y, self.targets, self.restarts)
 

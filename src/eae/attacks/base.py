@@ -6,7 +6,9 @@ An attack is a small object, hyperparameters in ``__init__``, called as
 - puts every module in eval mode (BatchNorm must not see adversarial batches'
   statistics) and freezes parameters, so only the input gradient is computed and
   parameter ``.grad`` and DDP hooks are never touched;
-- runs in fp32 (autocast off, TF32 off) unless its ``precision`` says otherwise;
+- runs in fp32 (autocast off, TF32 off) unless its ``precision`` says otherwise, and
+  even then decides in strict fp32: a lower precision may only speed up the gradients,
+  never say that a point is fooled (see :func:`decision_logits`);
 - restores each module's mode and each parameter's ``requires_grad`` exactly.
 """
 from __future__ import annotations
@@ -55,6 +57,41 @@ def attack_mode(model: nn.Module, *, eval_mode: bool = True, precision: str = "f
         for p, req in grads:
             p.requires_grad_(req)
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Autocast and TF32 off inside, whatever the attack's precision; restored on exit."""
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _reduced_precision(device: torch.device) -> bool:
+    if torch.is_autocast_enabled(device.type):
+        return True
+    return device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
+def fp32_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a forward pass in strict fp32, without a graph."""
+    with torch.no_grad(), strict_fp32():
+        return model(x.detach().float()).float()
+
+
+def decision_logits(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The logits to decide on at ``x`` (is the point fooled? which classes are the
+    targets?): ``logits`` themselves when they were computed in fp32, else those of a
+    strict-fp32 forward pass. Under ``--precision bf16`` a point whose bf16 argmax is
+    wrong but whose fp32 argmax is right is therefore never dropped from the points an
+    attack still works on; the cost is one forward pass (no backward) per decision."""
+    if _reduced_precision(x.device):
+        return fp32_logits(model, x)
+    return logits.detach().float()
 
 
 # ----------------------------------------------------------------------------- losses
@@ -109,28 +146,51 @@ def grad_of(loss: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(inputs) if g is None else g
 
 
+def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, n: int = 1
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d loss / d x, loss, logits) with the gradient and the per-example loss averaged
+    over ``n`` forward passes: expectation over transformation (Athalye et al. 2018) for a
+    randomised model, as AutoAttack's ``eot_iter``; the logits are the last pass's. The
+    loss is summed over the batch, so each example's gradient does not depend on the
+    batch size."""
+    x = x.detach().requires_grad_(True)
+    grad, loss_sum = torch.zeros_like(x), 0.0
+    for _ in range(n):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        grad += grad_of(loss.sum(), x)
+        loss_sum = loss_sum + loss.detach()
+    return (grad / n if n > 1 else grad), (loss_sum / n if n > 1 else loss_sum), logits.detach()
+
+
 def input_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
-                   loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d loss / d delta, logits at x + delta). The loss is summed over the batch so
-    each example's gradient does not depend on the batch size."""
-    delta = delta.detach().requires_grad_(True)
-    logits = model(x + delta)
-    return grad_of(loss_fn(logits, y).sum(), delta), logits.detach()
+                   loss_fn: Callable, eot: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d delta, logits at x + delta), the gradient averaged over ``eot`` passes.
+    The loss is summed over the batch so each example's gradient does not depend on the
+    batch size."""
+    grad, _, logits = eot_gradient(model, x + delta, y, loss_fn, eot)
+    return grad, logits
 
 
 class Attack:
     """Base class: subclasses implement ``perturb(model, x, y) -> x_adv``.
 
-    ``precision`` (``fp32`` by default) sets the arithmetic of the attack's own forward
-    passes; whatever it is, the evaluator scores the returned points in strict fp32.
+    ``precision`` (``fp32`` by default) sets the arithmetic of the forward and backward
+    passes that give the attack its gradients; its decisions (fooled or not, the target
+    order) are taken on strict-fp32 logits, and the evaluator scores the returned points
+    in strict fp32. ``eot`` (1 by default) averages each gradient over that many forward
+    passes, for randomised models.
     """
 
     name = "attack"
     eval_mode = True
     precision = "fp32"
+    eot = 1  # forward passes averaged per gradient (expectation over transformation)
+    uses_gradients = True  # False: every forward pass is a decision, so all run in strict fp32
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with attack_mode(model, eval_mode=self.eval_mode, precision=self.precision):
+        precision = self.precision if self.uses_gradients else "fp32"
+        with attack_mode(model, eval_mode=self.eval_mode, precision=precision):
             x_adv = self.perturb(model, x.detach().float(), y.detach())
         return x_adv.detach()
 

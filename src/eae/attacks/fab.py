@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .apgd import targeted_runs
-from .base import Attack, grad_of
+from .base import Attack, eot_gradient, fp32_logits
 from .registry import register_attack
 
 
@@ -48,22 +48,23 @@ def project_linf_hyperplane(p: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -
 
 
 def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, eps: float,
-                 steps: int = 100, eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1
+                 steps: int = 100, eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1, eot: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (x_adv, fooled); fooled means misclassified within the ε-ball."""
+    """Returns (x_adv, fooled); fooled means misclassified within the ε-ball. With ``eot``
+    > 1 the linearisation (g and its gradient) is the mean of that many forward passes."""
     n = len(x)
     x0 = x.flatten(1)
     x1 = x0.clone()
     best = torch.full((n,), float("inf"), device=x.device)
     x_best = x0.clone()
     rows = torch.arange(n, device=x.device)
+    def gap(logits, yy):
+        return logits[rows, target] - logits[rows, yy]
+
     for _ in range(steps):
-        xr = x1.view_as(x).detach().requires_grad_(True)
-        logits = model(xr)
-        g = logits[rows, target] - logits[rows, y]
-        w = grad_of(g.sum(), xr)
+        w, g, _ = eot_gradient(model, x1.view_as(x), y, gap, eot)
         with torch.no_grad():
-            w, g = w.flatten(1), g.detach()
+            w = w.flatten(1)
             # both projections onto {z : g + w·(z - x1) = 0} in one batch
             d = project_linf_hyperplane(torch.cat([x1, x0]), torch.cat([w, w]),
                                         torch.cat([-g, (w * (x1 - x0)).sum(1) - g]))
@@ -72,7 +73,7 @@ def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: tor
             a2 = d2.abs().amax(1, keepdim=True).clamp_min(1e-8)
             alpha = (a1 / (a1 + a2)).clamp(0, alpha_max)
             x1 = ((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0, 1)
-            adv = model(x1.view_as(x)).argmax(1) != y
+            adv = fp32_logits(model, x1.view_as(x)).argmax(1) != y
             norm = (x1 - x0).abs().amax(1)
             better = adv & (norm < best)
             x_best = torch.where(better[:, None], x1, x_best)
@@ -98,7 +99,8 @@ class FABT(Attack):
 
     def perturb(self, model, x, y):
         def run(xr, yr, target):
-            return fab_targeted(model, xr, yr, target, self.eps, self.steps, self.eta, self.beta, self.alpha_max)
+            return fab_targeted(model, xr, yr, target, self.eps, self.steps, self.eta, self.beta, self.alpha_max,
+                                self.eot)
 
         return targeted_runs(run, model, x, y, self.targets)
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..threat import clip_to_image, make_threat
-from .base import LOSSES, Attack, input_gradient
+from .base import LOSSES, Attack, decision_logits, fp32_logits, input_gradient
 from .registry import register_attack
 
 
@@ -20,7 +20,7 @@ class FGSM(Attack):
         self.loss_fn = LOSSES[loss]
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grad, _ = input_gradient(model, x, torch.zeros_like(x), y, self.loss_fn)
+        grad, _ = input_gradient(model, x, torch.zeros_like(x), y, self.loss_fn, self.eot)
         delta = self.threat.project(self.threat.step(grad, self.threat.eps))
         return x + clip_to_image(x, delta)
 
@@ -52,12 +52,10 @@ class PGD(Attack):
         for _ in range(self.restarts):
             delta = self.threat.random_perturb(x) if self.random_start else torch.zeros_like(x)
             for _ in range(self.steps):
-                grad, logits = input_gradient(model, x, delta, y, self.loss_fn)
-                self._keep(x_adv, fooled, x + delta, logits, y)
+                grad, logits = input_gradient(model, x, delta, y, self.loss_fn, self.eot)
+                self._keep(x_adv, fooled, x + delta, decision_logits(model, x + delta, logits), y)
                 delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.alpha)))
-            with torch.no_grad():
-                logits = model(x + delta)
-            self._keep(x_adv, fooled, x + delta, logits, y)
+            self._keep(x_adv, fooled, x + delta, fp32_logits(model, x + delta), y)
             # Unfooled examples end at the last iterate (its loss is the highest we saw
             # in the usual case), so x_adv is always a real attack point.
             x_adv = torch.where(fooled[:, None, None, None], x_adv, x + delta)

@@ -28,31 +28,35 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              suite: str | None = None, norm: str = "linf", batch_size: int = 500,
              device: torch.device | str | None = None, seed: int = 0, precision: str = "fp32",
              diagnostics: str = "full", diag_n: int = 1000, test_size: int | None = None,
-             progress: bool = False) -> Report:
+             progress: bool = False, eot: int | None = None) -> Report:
     """Evaluate ``model`` on images ``x`` (uint8, or float in [0, 1]) with labels ``y``.
 
     Give a ``suite`` (``quick``, ``aa``, ``aa-fast``, ``full``) or a list of attack
     ``attacks`` (``["clean", "pgd20", "cw20"]``); default: ``quick``. Batches are moved
     to ``device`` (default: ``x.device``), where the model must already be.
-    ``precision`` (fp32, tf32, bf16) applies to the attacks' own iterations; every
-    score is computed in strict fp32. ``diagnostics``: ``full`` (default), ``cheap`` or
-    ``off``; they use the first ``diag_n`` points. ``test_size``: the size of the set
+    ``precision`` (fp32, tf32, bf16) applies to the attacks' gradient computations only;
+    their decisions (is a point fooled?) and every score are computed in strict fp32.
+    ``diagnostics``: ``full`` (default), ``cheap`` or ``off``; they use the first
+    ``diag_n`` points. ``eot``: average each gradient over that many forward passes
+    (expectation over transformation, for randomised models; default: the suite's, 20 for
+    ``aa-rand``, else 1). ``test_size``: the size of the set
     ``x`` was taken from, so that a subset is labelled as one.
     """
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
-                    norm=norm)
+                    norm=norm, eot=eot)
     report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
-                       seed=seed, precision=precision, test_size=test_size, progress=progress)
+                       seed=seed, precision=precision, test_size=test_size, progress=progress, eot=eot)
     return diagnose(model, x, y, report, level=diagnostics, diag_n=diag_n, batch_size=batch_size, device=device,
-                    seed=seed)
+                    seed=seed, eot=report.eot)
 
 
 def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str, diagnostics: str,
-                    norm: str) -> None:
+                    norm: str, eot: int | None = None) -> None:
     """Refuse values that would print a wrong number (a 0% from a negative batch size, an ε
     of 8 read as 2040/255), naming the argument."""
     errors = eps_errors(eps, norm)
-    for name, v, low in (("batch_size", batch_size, 1), ("diag_n", diag_n, 0)):
+    checked = [("batch_size", batch_size, 1), ("diag_n", diag_n, 0)] + ([("eot", eot, 1)] if eot is not None else [])
+    for name, v, low in checked:
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             errors.append(f"{name} must be an integer >= {low}, got {v!r}")
     for name, v, allowed in (("precision", precision, ("fp32", "tf32", "bf16")),

@@ -21,6 +21,7 @@ from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
 from ..utils import progress_bar
+from . import checks
 from .report import Report
 from .suites import CASCADE, STANDALONE, Suite, custom_suite, get_suite
 
@@ -122,25 +123,28 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
                              f"[{x.min().item():.3g}, {x.max().item():.3g}]")
 
 
-def _check_labels(model, x, y, device) -> None:
-    with attack_mode(model), torch.no_grad():
-        k = model(as_images(x[:1].to(device))).shape[1]
+def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, str]]:
+    """Refuse a model whose outputs cannot be scored, or labels and attacks its number of
+    classes cannot serve; notes for the verdict where the attacks do less than usual."""
+    k = checks.output_form(model, as_images(x[:2].to(device)))
     if len(y) and int(y.max()) >= k:
         raise ValueError(f"label {int(y.max())} is out of range for a model with {k} classes")
+    return checks.class_count(k, attacks)
 
 
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               attacks: Sequence[str] | Mapping[str, Attack | None] | None = None, eps: float = 8 / 255, *,
               suite: str | None = None, norm: str = "linf", batch_size: int = 500,
               device: torch.device | str | None = None, seed: int = 0, precision: str = "fp32",
-              test_size: int | None = None, progress: bool = False) -> Report:
-    """Clean accuracy and every attack of the plan; no diagnostics (see ``evaluate``)."""
+              test_size: int | None = None, progress: bool = False, eot: int | None = None) -> Report:
+    """Clean accuracy and every attack of the plan; no diagnostics (see ``evaluate``).
+    ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
     device = torch.device(device) if device is not None else x.device
     check_inputs(x, y)
     s, plan = resolve_plan(attacks, suite, eps, norm)
+    eot = s.eot if eot is None else eot
     y = y.long()
-    if len(y):
-        _check_labels(model, x, y, device)
+    notes = _check_model(model, x, y, device, [a for _, a, _ in plan]) if len(y) else []
     n = int(len(y))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -152,7 +156,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         correct = {"clean": clean}
         per_attack = {}
         for spec, attack, mode in plan:
-            attack.precision = precision
+            attack.precision, attack.eot = precision, eot
             pool = clean if mode == STANDALONE else chain
             idx = pool.nonzero().squeeze(1)
             t0 = time.perf_counter()
@@ -171,9 +175,9 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)
     correct["worst_case"] = robust
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
-    return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision,
+    return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision, eot=eot,
                   clean_accuracy=mean(clean), per_attack=per_attack, robust_accuracy=mean(robust),
-                  seconds=time.perf_counter() - start, test_size=test_size, correct=correct)
+                  seconds=time.perf_counter() - start, test_size=test_size, correct=correct, notes=notes)
 
 
 __all__ = ["predict", "predict_all", "run_suite", "as_images", "shard_across_ranks", "CASCADE", "STANDALONE"]

@@ -4,16 +4,19 @@ A defence that hides its gradients looks robust to gradient attacks without bein
 robust. Each check below looks for one symptom and returns ``ok``, ``suspicious`` or
 ``masked`` with the numbers behind it; the verdict is the worst of them.
 
+0. The model itself (:mod:`.checks`, after AutoAttack's checks): randomised outputs,
+   probabilities instead of logits, outputs that depend on the batch, autograd called in
+   the forward pass, all-zero input gradients (cross-entropy and DLR), gradients that are
+   non-zero but no better than a random direction.
 1. Cross-entropy PGD versus margin-loss PGD: a large gap means the CE gradient
    vanishes (saturated softmax) while the margin still points the way.
 2. Square (black box) breaking points that every white-box attack left standing.
 3. Robust accuracy that rises, or barely falls, as ε grows (1, 2, 4, 8, 16/255) ...
 4. ... or that keeps falling from 10 to 100 steps (the attack had not converged).
-5. Logit scale (mean logit norm, mean max-softmax) and the fraction of points whose
-   input gradient is exactly zero.
+5. Logit scale (mean logit norm, mean max-softmax).
 6. An unbounded attack (ε = 1) that does not bring accuracy to about 0%.
 
-``cheap`` runs 5 and reuses what the suite already ran for 1 and 2; ``full`` (the
+``cheap`` runs 0 and 5 and reuses what the suite already ran for 1 and 2; ``full`` (the
 default) adds the attacks needed for 1, 3, 4 and 6 on the first ``diag_n`` points.
 """
 from __future__ import annotations
@@ -21,21 +24,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import CW, PGD, attack_mode
-from ..attacks.base import grad_of
+from . import checks as model_checks
 from .core import as_images, attack_points, predict_all
 from .report import Report, fmt_eps
-from .suites import CASCADE, STANDALONE
+from .suites import STANDALONE
 
 LEVELS = ("ok", "suspicious", "masked")
 EPS_SWEEP = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
 # thresholds, in accuracy (fraction of points)
 CE_GAP = (0.05, 0.15)  # suspicious, masked
-SQUARE_EXTRA = (0.005, 0.02)
 # accuracy at 16/255 as a fraction of accuracy at 1/255 (sound robust CIFAR-10 models
 # keep well under half: about 0.15-0.35), judged only while accuracy at 16/255 is above
 # EPS_FLOOR
@@ -43,7 +44,6 @@ EPS_KEPT = (0.5, 0.8)
 EPS_FLOOR = 0.05
 EPS_RISE = 0.02  # accuracy rising with ε by more than this
 STEPS_DROP = (0.03, 0.08)
-ZERO_GRAD = (0.01, 0.05)
 LOGIT_NORM = 100.0
 UNBOUNDED = (0.005, 0.02)
 
@@ -60,30 +60,53 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def _logit_stats(model, x, y, batch_size, device) -> dict[str, float]:
-    norms, maxsm, zero = [], [], []
-    for lo in range(0, len(y), batch_size):
+def _logit_stats(model, x, batch_size, device) -> dict[str, float]:
+    norms, maxsm = [], []
+    for lo in range(0, len(x), batch_size):
         xb = as_images(x[lo:lo + batch_size].to(device))
-        yb = y[lo:lo + batch_size].to(device)
-        with attack_mode(model):
-            xb.requires_grad_(True)
-            logits = model(xb)
-            g = grad_of(F.cross_entropy(logits, yb, reduction="sum"), xb)
-        logits = logits.detach()
+        with attack_mode(model), torch.no_grad():
+            logits = model(xb).float()
         norms.append(logits.norm(dim=1).cpu())
         maxsm.append(logits.softmax(1).amax(1).cpu())
-        zero.append((g.flatten(1).abs().amax(1) == 0).cpu())
     cat = (lambda t: torch.cat(t).float().mean().item())
-    return {"mean_logit_norm": cat(norms), "mean_max_softmax": cat(maxsm), "zero_grad_frac": cat(zero)}
+    return {"mean_logit_norm": cat(norms), "mean_max_softmax": cat(maxsm)}
 
 
-def _acc(model, attack, x, y, clean, batch_size, device) -> float:
+def _model_checks(model, x, y, eps, batch_size, device, eot) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Check 0, on the first batch of the diagnostic points (AutoAttack uses its first
+    batch too); the gradient checks on all of them."""
+    xb, yb = as_images(x[:batch_size].to(device)), y[:batch_size].to(device)
+    n_classes = model_checks.output_form(model, xb)
+    random, rnd = model_checks.randomness(model, xb, yb, eot)
+    found = [rnd, model_checks.probabilities(model, xb), model_checks.inference_gradients(model, xb)]
+    if not random:  # a randomised model differs across any two calls, batched or not
+        found.append(model_checks.batch_dependence(model, xb))
+    zero: dict[str, list[int]] = {}
+    informative = []
+    for lo in range(0, len(y), batch_size):
+        xb, yb = as_images(x[lo:lo + batch_size].to(device)), y[lo:lo + batch_size].to(device)
+        for k, (z, of) in model_checks.zero_gradient_counts(model, xb, yb, n_classes, eot).items():
+            zero.setdefault(k, [0, 0])
+            zero[k][0] += z
+            zero[k][1] += of
+        informative.append(model_checks.informative_fraction(model, xb, yb, eps, eot) * len(yb))
+    n = max(len(y), 1)
+    zero_frac = {k: z / max(of, 1) for k, (z, of) in zero.items()}
+    found.append(model_checks.zero_gradient_check(zero_frac))
+    found.append(model_checks.informative_check(sum(informative) / n))
+    details = {"randomised": random, "n_classes": n_classes, "zero_grad_frac": zero_frac,
+               "informative_grad_frac": sum(informative) / n}
+    return found, details
+
+
+def _acc(model, attack, x, y, clean, batch_size, device, eot=1) -> float:
+    attack.eot = eot
     ok = attack_points(model, attack, x, y, clean.nonzero().squeeze(1), batch_size, device, None)
     return ok.float().mean().item()
 
 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report, *, level: str = "full",
-             diag_n: int = 1000, batch_size: int = 500, device=None, seed: int = 0) -> Report:
+             diag_n: int = 1000, batch_size: int = 500, device=None, seed: int = 0, eot: int = 1) -> Report:
     """Fill ``report.verdict``, ``report.evidence`` and ``report.diagnostics``."""
     if level == "off":
         return report
@@ -93,19 +116,24 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
     y = y.long()
     m = min(diag_n, len(y))
     xd, yd = x[:m], y[:m]
-    checks: list[tuple[str, str]] = []
+    checks: list[tuple[str, str]] = list(report.notes)
     details: dict[str, Any] = {"n": m, "level": level}
+    if m == 0:
+        report.evidence = ["no points for the diagnostics (diag_n = 0 or no images): no verdict"]
+        return report
     eps = report.eps
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed + 1)
-        # 5. logit scale and zero input gradients
-        st = _logit_stats(model, xd, yd, batch_size, device)
+        # 0. the model itself
+        found, details["model"] = _model_checks(model, xd, yd, eps, batch_size, device, eot)
+        checks += found
+        # 5. logit scale
+        st = _logit_stats(model, xd, batch_size, device)
+        st["zero_grad_frac"] = details["model"]["zero_grad_frac"]["ce"]
         details["logits"] = st
-        lvl = _grade(st["zero_grad_frac"], ZERO_GRAD)
-        checks.append((lvl, f"{_pct(st['zero_grad_frac'])} of points have an all-zero input gradient of the "
-                            f"cross-entropy (mean logit norm {st['mean_logit_norm']:.1f}, mean max-softmax "
-                            f"{st['mean_max_softmax']:.3f})"))
+        checks.append(("ok", f"mean logit norm {st['mean_logit_norm']:.1f}, mean max-softmax "
+                             f"{st['mean_max_softmax']:.3f}"))
         if st["mean_logit_norm"] > LOGIT_NORM:
             checks.append(("suspicious", f"inflated logits: mean logit norm {st['mean_logit_norm']:.1f} "
                                          f"> {LOGIT_NORM:.0f}"))
@@ -118,8 +146,8 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
             a_ce, a_mg = report.per_attack[ce[-1]]["accuracy"], report.per_attack[mg[-1]]["accuracy"]
             src = f"{ce[-1]} vs {mg[-1]}, {report.n:,} points"
         elif level == "full":
-            a_ce = _acc(model, PGD(eps, steps=20), xd, yd, clean_d, batch_size, device)
-            a_mg = _acc(model, CW(eps, steps=20), xd, yd, clean_d, batch_size, device)
+            a_ce = _acc(model, PGD(eps, steps=20), xd, yd, clean_d, batch_size, device, eot)
+            a_mg = _acc(model, CW(eps, steps=20), xd, yd, clean_d, batch_size, device, eot)
             src = f"pgd20 vs cw20, {m:,} points"
         else:
             a_ce = a_mg = None
@@ -130,17 +158,14 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
                                                 f"gap {100 * gap:.1f} points ({src})"))
 
         # 2. black box beating white box (Square last in a cascade)
-        specs = list(report.per_attack)
-        if "square" in specs and report.per_attack["square"]["mode"] == CASCADE and specs.index("square") > 0:
-            before = report.per_attack[specs[specs.index("square") - 1]]["accuracy"]
-            extra = before - report.per_attack["square"]["accuracy"]
-            details["square_extra"] = extra
-            checks.append((_grade(extra, SQUARE_EXTRA), f"Square (black box) broke {_pct(extra)} of points that "
-                                                        f"survived every white-box attack"))
+        sq = model_checks.square_extra(report.per_attack)
+        if sq is not None:
+            details["square_extra"], found = sq
+            checks.append(found)
 
         if level == "full":
             # 3. accuracy against ε
-            sweep = {fmt_eps(e): _acc(model, CW(e, steps=20), xd, yd, clean_d, batch_size, device)
+            sweep = {fmt_eps(e): _acc(model, CW(e, steps=20), xd, yd, clean_d, batch_size, device, eot)
                      for e in EPS_SWEEP}
             details["eps_sweep_cw20"] = sweep
             accs = list(sweep.values())
@@ -156,14 +181,14 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
             else:
                 checks.append(("ok", f"CW-20 accuracy falls with ε ({text})"))
             # 4. accuracy against steps
-            a10 = _acc(model, CW(eps, steps=10), xd, yd, clean_d, batch_size, device)
-            a100 = _acc(model, CW(eps, steps=100), xd, yd, clean_d, batch_size, device)
+            a10 = _acc(model, CW(eps, steps=10), xd, yd, clean_d, batch_size, device, eot)
+            a100 = _acc(model, CW(eps, steps=100), xd, yd, clean_d, batch_size, device, eot)
             details["steps_cw"] = {"10": a10, "100": a100}
             checks.append((_grade(a10 - a100, STEPS_DROP), f"CW accuracy {_pct(a10)} after 10 steps, {_pct(a100)} "
                                                            f"after 100"))
             # 6. unbounded attack
-            unb = min(_acc(model, CW(1.0, steps=20), xd, yd, clean_d, batch_size, device),
-                      _acc(model, PGD(1.0, steps=20), xd, yd, clean_d, batch_size, device))
+            unb = min(_acc(model, CW(1.0, steps=20), xd, yd, clean_d, batch_size, device, eot),
+                      _acc(model, PGD(1.0, steps=20), xd, yd, clean_d, batch_size, device, eot))
             details["unbounded_eps1"] = unb
             checks.append((_grade(unb, UNBOUNDED), f"unbounded attack (ε = 1, CE- and CW-PGD-20) leaves "
                                                    f"{_pct(unb)} accuracy"))

@@ -32,7 +32,9 @@ class Report:
     evidence: list[str] = field(default_factory=list)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     test_size: int | None = None
+    eot: int = 1  # forward passes averaged per gradient
     correct: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # per-example bools
+    notes: list[tuple[str, str]] = field(default_factory=list, repr=False)  # (level, text) for the verdict
 
     @property
     def subset(self) -> bool:
@@ -47,7 +49,7 @@ class Report:
         return {
             "suite": self.suite, "label": self.label, "n": self.n, "test_size": self.test_size,
             "subset": self.subset, "eps": self.eps, "eps_text": fmt_eps(self.eps, self.norm), "norm": self.norm,
-            "seed": self.seed, "precision": self.precision, "attacks": list(self.per_attack),
+            "seed": self.seed, "precision": self.precision, "eot": self.eot, "attacks": list(self.per_attack),
             "clean_accuracy": self.clean_accuracy, "per_attack": self.per_attack,
             "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy,
             "worst_case": self.robust_accuracy, "verdict": self.verdict, "evidence": self.evidence,
@@ -65,8 +67,9 @@ class Report:
         lines = []
         if title:
             lines += [f"### {title}", ""]
-        lines += [f"{self.label} | {self.scope()} | eps {fmt_eps(self.eps, self.norm)} ({self.norm}) | seed {self.seed} | "
-                  f"attack precision {self.precision}", "",
+        eot = f" | EOT {self.eot} passes per gradient" if self.eot > 1 else ""
+        lines += [f"{self.label} | {self.scope()} | eps {fmt_eps(self.eps, self.norm)} ({self.norm}) | "
+                  f"seed {self.seed} | attack precision {self.precision}{eot}", "",
                   "| attack | mode | accuracy | attacked | seconds |", "|---|---|---:|---:|---:|",
                   f"| clean | - | {100 * self.clean_accuracy:.2f}% | - | - |"]
         for spec, r in self.per_attack.items():

@@ -4,7 +4,8 @@ An entry runs either ``standalone`` (on every clean-correct point: its accuracy 
 its own) or ``cascade`` (only on the points still robust after the cascaded entries
 before it, as AutoAttack does: its accuracy is the robust accuracy after it). So in
 ``full`` the AutoAttack part gives AutoAttack's own numbers. Robust accuracy is
-always the per-example worst case over everything run.
+always the per-example worst case over everything run. ``aa-rand`` is AutoAttack's
+version for randomised models: its gradients average 20 forward passes (EOT).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Suite:
     name: str
     entries: tuple[tuple[str, str], ...]  # (attack spec, mode)
     label: str  # printed with every result
+    eot: int = 1  # forward passes per gradient unless the caller gives one
 
     @property
     def specs(self) -> list[str]:
@@ -32,6 +34,10 @@ SUITES = {
     "aa": Suite("aa", _AA, "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"),
     "aa-fast": Suite("aa-fast", _AA[:2], "aa-fast (APGD-CE + APGD-T only; development, NOT full AutoAttack)"),
     "full": Suite("full", _QUICK + _AA, "full (FGSM, CE-PGD-20, CW-20, and AutoAttack standard)"),
+    # AutoAttack's version for randomised models: APGD-CE and APGD-DLR, one run each, every
+    # gradient the mean of 20 forward passes
+    "aa-rand": Suite("aa-rand", (("apgd-ce", CASCADE), ("apgd-dlr", CASCADE)),
+                     "AutoAttack rand (APGD-CE, APGD-DLR with EOT; for randomised models)", eot=20),
 }
 
 

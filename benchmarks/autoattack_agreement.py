@@ -1,0 +1,223 @@
+"""Agreement with the official AutoAttack: the same model, the same first N test images,
+the same ε and seed, run by the reference code (the ``pyautoattack`` package, which
+repackages fra31/auto-attack) and by ``eae.evaluate``, one after the other in one process.
+
+For each model and each pair of suites it reports the robust accuracy of both and their
+difference, the points robust for one and not the other, the robust count after each stage
+of the cascade, and the wall time of both. Pairs:
+
+- ``aa``: AutoAttack ``version='standard'`` (APGD-CE, APGD-T, FAB-T, Square) vs ``--suite aa``;
+- ``aa-fast``: AutoAttack ``version='custom'``, ``attacks=['apgd-ce', 'apgd-t']``, with the
+  standard version's settings (one APGD-CE run: the custom version's constructor default is
+  5 restarts) vs ``--suite aa-fast``.
+
+    pip install --no-deps pyautoattack==0.2.0
+    EAE_DATA_DIR=../shared/data/cifar10 PYTHONPATH=src python benchmarks/autoattack_agreement.py \\
+        runs/standard runs/fgsm_rs runs/eae_paper --n 1000 --out benchmarks/results/cpu-2core/equivalence
+
+Writes OUT/agreement.json and OUT/agreement.md after every model and pair, so a long run can
+be stopped and continued (``--resume`` skips the pairs already in agreement.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import eae  # noqa: E402
+from eae.evaluation import fmt_eps, predict  # noqa: E402
+from eae.utils import git_commit  # noqa: E402
+
+PAIRS = {"aa": ("standard", None), "aa-fast": ("custom", ["apgd-ce", "apgd-t"])}
+STAGE = re.compile(r"robust accuracy after ([A-Z-]+): ([\d.]+)%")
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def run_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps: float, seed: int,
+                  batch_size: int, device: torch.device) -> dict:
+    """The official AutoAttack on (x, y): per-example robustness, robust count after each
+    stage (from its log, exact to 0.01%), its warnings, and its wall time."""
+    from pyautoattack import AutoAttack
+
+    version, attacks = PAIRS[pair]
+    log = logging.getLogger("auto-attack")
+    lines = _Lines()
+    log.addHandler(lines)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        model.eval()
+        aa = AutoAttack(model, attacks=attacks, device=device, eps=eps, norm="Linf", seed=seed, version=version)
+        if version == "custom":
+            aa.apgd.n_restarts = 1  # the standard version's setting
+        start = time.perf_counter()
+        _, y_adv = aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+        seconds = time.perf_counter() - start
+    finally:
+        log.removeHandler(lines)
+    n = len(y)
+    stages = {m[1].lower(): round(float(m[2]) * n / 100) for m in map(STAGE.search, lines.lines) if m}
+    robust = (y_adv.cpu() == y.cpu())
+    return {"robust": robust, "stages": stages, "seconds": seconds,
+            "warnings": [ln for ln in lines.lines if "seems" in ln or "Square Attack has" in ln or "zero gradient" in ln]}
+
+
+def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps: float, seed: int, batch_size: int,
+             device: torch.device) -> dict:
+    start = time.perf_counter()
+    report = eae.evaluate(model, x, y, suite=pair, eps=eps, seed=seed, batch_size=batch_size, device=device,
+                          diagnostics="cheap")
+    seconds = time.perf_counter() - start
+    n = len(y)
+    stages = {k: round(v["accuracy"] * n) for k, v in report.per_attack.items()}
+    return {"robust": report.correct["worst_case"].cpu(), "stages": stages, "seconds": seconds,
+            "attack_seconds": report.seconds, "verdict": report.verdict,
+            "flags": [e for e in report.evidence if not e.startswith("[ok]")]}
+
+
+def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, *, eps: float = 8 / 255, seed: int = 0,
+            batch_size: int = 500, device: torch.device | str = "cpu") -> dict:
+    """Both evaluations of one model on (x in [0, 1], y), and how they differ."""
+    device = torch.device(device)
+    x, y = x.float(), y.long()
+    ref = run_reference(model, x, y, pair, eps, seed, batch_size, device)
+    ours = run_ours(model, x, y, pair, eps, seed, batch_size, device)
+    n = len(y)
+    clean = predict(model, x.to(device)).cpu() == y
+    only_ref = (ref["robust"] & ~ours["robust"]).nonzero().squeeze(1).tolist()
+    only_ours = (ours["robust"] & ~ref["robust"]).nonzero().squeeze(1).tolist()
+    return {
+        "pair": pair, "n": n, "clean": int(clean.sum()),
+        "robust": {"reference": int(ref["robust"].sum()), "eae": int(ours["robust"].sum())},
+        "robust_accuracy": {"reference": ref["robust"].float().mean().item(), "eae": ours["robust"].float().mean().item()},
+        "difference_points": (ours["robust"].float().mean().item() - ref["robust"].float().mean().item()) * 100,
+        "robust_only_for_reference": only_ref, "robust_only_for_eae": only_ours,
+        "stages": {"reference": ref["stages"], "eae": ours["stages"]},
+        "seconds": {"reference": round(ref["seconds"], 1), "eae": round(ours["seconds"], 1),
+                    "eae_attacks_only": round(ours["attack_seconds"], 1),
+                    "ratio_eae_to_reference": round(ours["seconds"] / max(ref["seconds"], 1e-9), 3)},
+        "reference_warnings": ref["warnings"], "eae_verdict": ours["verdict"], "eae_flags": ours["flags"],
+    }
+
+
+# ----------------------------------------------------------------------------- the report
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {"eae": eae.__version__, "pyautoattack": version("pyautoattack"), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, {platform.platform()}"
+
+
+def to_markdown(doc: dict) -> str:
+    h = doc["header"]
+    lines = ["# Agreement with the official AutoAttack", "",
+             f"- command: `{h['command']}`",
+             f"- commit {h['commit']}; {', '.join(f'{k} {v}' for k, v in h['versions'].items())}",
+             f"- machine: {h['machine']}",
+             f"- first {h['n']:,} CIFAR-10 test images, eps {h['eps_text']} (Linf), seed {h['seed']}, "
+             f"batch {h['batch_size']}", "",
+             "Robust accuracy (%), the difference (eae minus reference, points), the points robust for one only, "
+             "and the wall time of each (eae: `evaluate` with the cheap diagnostics; reference: "
+             "`run_standard_evaluation` with its checks).", "",
+             "| model | pair | clean | reference | eae | diff | robust only for ref / eae | ref s | eae s | eae / ref |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for name, pairs in doc["models"].items():
+        for pair, r in pairs.items():
+            ra, s = r["robust_accuracy"], r["seconds"]
+            lines.append(f"| {name} | {pair} | {100 * r['clean'] / r['n']:.1f} | {100 * ra['reference']:.1f} | "
+                         f"{100 * ra['eae']:.1f} | {r['difference_points']:+.1f} | "
+                         f"{len(r['robust_only_for_reference'])} / {len(r['robust_only_for_eae'])} | "
+                         f"{s['reference']:.0f} | {s['eae']:.0f} | {s['ratio_eae_to_reference']:.2f} |")
+    lines += ["", "Robust count after each stage of the cascade (reference / eae):", "",
+              "| model | pair | " + " | ".join(("clean", "apgd-ce", "apgd-t", "fab-t", "square")) + " |",
+              "|---|---|" + "---:|" * 5]
+    for name, pairs in doc["models"].items():
+        for pair, r in pairs.items():
+            st = r["stages"]
+            cells = [f"{r['clean']} / {r['clean']}"]
+            for k in ("apgd-ce", "apgd-t", "fab-t", "square"):
+                a, b = st["reference"].get(k), st["eae"].get(k)
+                cells.append("" if a is None and b is None else f"{a} / {b}")
+            lines.append(f"| {name} | {pair} | " + " | ".join(cells) + " |")
+    lines += ["", "Points robust for one only (test-set indices), the reference's warnings and our verdict:", ""]
+    for name, pairs in doc["models"].items():
+        for pair, r in pairs.items():
+            lines.append(f"- {name}, {pair}: reference only {r['robust_only_for_reference']}, eae only "
+                         f"{r['robust_only_for_eae']}; reference warnings: {r['reference_warnings'] or 'none'}; "
+                         f"eae verdict {r['eae_verdict']}{': ' + '; '.join(r['eae_flags']) if r['eae_flags'] else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run folders of `eae train`")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=1000, help="first N test images (default: 1000)")
+    ap.add_argument("--pairs", default="aa,aa-fast", help="comma-separated: aa, aa-fast (default: both)")
+    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--resume", action="store_true", help="skip the model/pair results already in OUT")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "agreement.json"
+    doc = json.loads(path.read_text()) if args.resume and path.exists() else {"models": {}}
+    doc["header"] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "commit": git_commit(),
+                     "versions": versions(), "machine": machine(device), "n": args.n, "eps": args.eps,
+                     "eps_text": fmt_eps(args.eps), "seed": args.seed, "batch_size": args.batch_size}
+    from eae.checkpoint import read_config
+    from eae.data import load_test_set
+
+    for run in args.runs:
+        name = Path(run).name
+        model = eae.load(run, device=device)
+        x, y = load_test_set(read_config(run), args.n)
+        x = x.float() / 255
+        for pair in args.pairs.split(","):
+            if pair in doc["models"].get(name, {}):
+                continue
+            print(f"{name} {pair}: {args.n} images", file=sys.stderr, flush=True)
+            r = compare(model, x, y, pair, eps=args.eps, seed=args.seed, batch_size=args.batch_size, device=device)
+            r["commit"], r["threads"] = doc["header"]["commit"], torch.get_num_threads()
+            doc["models"].setdefault(name, {})[pair] = r
+            print(f"  reference {100 * r['robust_accuracy']['reference']:.1f}% ({r['seconds']['reference']:.0f} s), "
+                  f"eae {100 * r['robust_accuracy']['eae']:.1f}% ({r['seconds']['eae']:.0f} s)", file=sys.stderr,
+                  flush=True)
+            path.write_text(json.dumps(doc, indent=1))
+            (out / "agreement.md").write_text(to_markdown(doc))
+
+
+if __name__ == "__main__":
+    main()

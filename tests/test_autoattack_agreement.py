@@ -1,0 +1,145 @@
+"""Agreement with the official AutoAttack (the pyautoattack package, which repackages
+fra31/auto-attack) on a small slice: the same model, images, ε and seed give the same robust
+points. Skipped without pyautoattack (scripts/setup.sh installs it when it can). The
+1,000-image comparison on trained CIFAR-10 models is benchmarks/autoattack_agreement.py;
+its results: docs/equivalence.md."""
+import importlib.util
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from eae.data import make_synthetic
+
+pytest.importorskip("pyautoattack")
+
+N, EPS = 64, 2 / 255
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location(
+        "autoattack_agreement", __import__("pathlib").Path(__file__).resolve().parents[1]
+        / "benchmarks" / "autoattack_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.body((x - 0.5) / 0.25)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Thousands of small forward passes: one thread is several times faster than two
+    on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread):
+    """A small CNN trained for a few seconds on synthetic 16x16 images: accurate, with
+    some points robust at ε = 4/255 and some not."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    x, y = make_synthetic(2048 + N, size=16, seed=3)  # the last N are the test slice
+    x, y = torch.from_numpy(x).float() / 255, torch.from_numpy(y)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        for idx in torch.randperm(2048, generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval(), x[2048:], y[2048:]
+
+
+def _all_right(model, x):
+    """Labels the model gets right everywhere: AutoAttack then attacks every point, so its
+    random draws and ours have the same shapes."""
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+def test_apgd_iterates_are_autoattacks(tiny, loss):
+    """From the same seed, one APGD run of ours and of AutoAttack draw the same start and
+    then take the same steps: same step-size halvings, same fooled points, same best points
+    (to float rounding). This is what pins the checkpoint rule's first comparison."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    from eae.attacks.apgd import apgd
+    from eae.attacks.base import attack_mode, ce_loss, dlr_loss, dlr_targeted_loss
+
+    model, x, _ = tiny
+    y = _all_right(model, x)
+    if loss == "dlr-targeted":
+        ref = APGDAttack_targeted(model, n_iter=100, eps=EPS, seed=0, device="cpu")
+        ref.y_target = target = model(x).sort(1)[1][:, -2].detach()
+        ours = (lambda logits, yy: dlr_targeted_loss(logits, yy, target))
+    else:
+        ref = APGDAttack(model, n_iter=100, eps=EPS, seed=0, loss=loss, device="cpu")
+        ours = {"ce": ce_loss, "dlr": dlr_loss}[loss]
+    ref.init_hyperparam(x)
+    torch.manual_seed(0)
+    x_best, still, _, x_fooled = ref.attack_single_run(x, y)
+    torch.manual_seed(0)
+    with attack_mode(model):
+        x_adv, fooled = apgd(model, x, y, ours, EPS, 100)
+    assert 0 < int(fooled.sum()) < len(y)
+    assert torch.equal(fooled, ~still)
+    torch.testing.assert_close(x_adv[fooled], x_fooled[fooled], rtol=0, atol=1e-6)
+    torch.testing.assert_close(x_adv[~fooled], x_best[~fooled], rtol=0, atol=1e-6)
+
+
+def test_fab_t_finds_autoattacks_points(tiny):
+    """FAB-T has no random start in AutoAttack's standard version: per target, ours and
+    AutoAttack's fool the same points with the same minimal perturbations."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    from eae.attacks.base import attack_mode
+    from eae.attacks.fab import fab_targeted
+
+    model, x, _ = tiny
+    y = _all_right(model, x)
+    ref = FABAttack_PT(model, n_restarts=1, n_iter=100, eps=EPS, seed=0, targeted=True, device="cpu")
+    for rank in (2, 3):
+        ref.target_class = rank
+        with torch.no_grad():
+            adv = ref.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
+            norm = (adv - x).flatten(1).abs().amax(1)
+            ref_fooled = (model(adv).argmax(1) != y) & (norm <= EPS)
+            target = model(x).sort(1)[1][:, -rank]
+        with attack_mode(model):
+            x_adv, fooled = fab_targeted(model, x, y, target, EPS, 100)
+        assert 0 < int(fooled.sum()) < len(y)
+        assert torch.equal(fooled, ref_fooled)
+        torch.testing.assert_close((x_adv - x).flatten(1).abs().amax(1)[fooled], norm[fooled], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("pair", ["aa", "aa-fast"])
+def test_same_robust_points_as_autoattack(tiny, pair):
+    model, x, y = tiny
+    r = _harness().compare(model, x, y, pair, eps=EPS, seed=0, batch_size=N)
+    rob = r["robust"]
+    assert 0.3 * N < r["clean"] and 0 < rob["reference"] < r["clean"], r  # a slice that tests something
+    differ = r["robust_only_for_reference"] + r["robust_only_for_eae"]
+    # the random starts (and Square's windows) are drawn differently, so a point on the edge
+    # may fall to one and not the other: at most one such point
+    assert len(differ) <= 1, r
+    stages = r["stages"]
+    assert stages["reference"].keys() == stages["eae"].keys()
+    for k in stages["reference"]:
+        assert abs(stages["reference"][k] - stages["eae"][k]) <= 1, (k, r)
