@@ -240,3 +240,19 @@ def test_missing_library_names_the_extra(lib, tmp_path, capsys, monkeypatch):
     rc = main(["eval", "--model", f"{lib}:resnet18", "--weights", str(w), "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and f"eae-at[{lib}]" in err and "Traceback" not in err
+
+
+def test_l2_diagnostics_attack_in_the_l2_ball():
+    """Under L2 the masking checks sweep L2 radii (eps/8 .. 2 eps) and the unbounded attack
+    covers the whole image box; AutoAttack's parts say they are L-inf only, in one line."""
+    from eae.evaluation import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10)).eval()
+    x, y = torch.rand(16, 3, 4, 4), torch.randint(0, 10, (16,))
+    r = evaluate(model, x, y, ["clean", "pgd5", "cw5"], 0.5, norm="l2", diag_n=16)
+    sweep = r.diagnostics["eps_sweep_cw20"]
+    assert list(sweep) == ["0.0625", "0.125", "0.25", "0.5", "1"]
+    assert r.diagnostics["unbounded_eps1"] == 0.0  # a linear model falls to an unbounded L2 attack
+    with pytest.raises(ValueError, match="only its L-inf form"):
+        evaluate(model, x, y, suite="aa", eps=0.5, norm="l2", diagnostics="off")

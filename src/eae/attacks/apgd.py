@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits
+from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits, linf_only
 from .registry import register_attack
 
 
@@ -142,7 +142,7 @@ class APGD(Attack):
     def __init__(self, eps: float, steps: int = 100, loss: str = "ce", restarts: int = 1, norm: str = "linf",
                  rho: float = 0.75):
         if norm != "linf":
-            raise NotImplementedError("APGD is implemented for L-inf")
+            raise ValueError(linf_only("APGD"))
         if steps < 1 or restarts < 1:
             raise ValueError("steps and restarts must be >= 1")
         self.eps, self.steps, self.restarts, self.rho = float(eps), steps, restarts, rho
@@ -167,7 +167,7 @@ class APGDT(Attack):
     def __init__(self, eps: float, steps: int = 100, targets: int = 9, restarts: int = 1, norm: str = "linf",
                  rho: float = 0.75):
         if norm != "linf":
-            raise NotImplementedError("APGD-T is implemented for L-inf")
+            raise ValueError(linf_only("APGD-T"))
         self.eps, self.steps, self.targets, self.restarts, self.rho = float(eps), steps, targets, restarts, rho
 
     def perturb(self, model, x, y):

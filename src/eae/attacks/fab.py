@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .apgd import targeted_runs
-from .base import Attack, eot_gradient, fp32_logits
+from .base import Attack, eot_gradient, fp32_logits, linf_only
 from .registry import register_attack
 
 
@@ -93,7 +93,7 @@ class FABT(Attack):
     def __init__(self, eps: float, steps: int = 100, targets: int = 9, norm: str = "linf",
                  eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1):
         if norm != "linf":
-            raise NotImplementedError("FAB-T is implemented for L-inf")
+            raise ValueError(linf_only("FAB-T"))
         self.eps, self.steps, self.targets = float(eps), steps, targets
         self.eta, self.beta, self.alpha_max = eta, beta, alpha_max
 

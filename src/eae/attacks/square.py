@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .base import Attack, margin_loss
+from .base import Attack, margin_loss, linf_only
 from .registry import register_attack
 
 # (last query of the interval, divisor of p_init); p_init itself up to query 10
@@ -52,7 +52,7 @@ class Square(Attack):
     def __init__(self, eps: float, queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
                  compact_every: int = 50, steps: int | None = None, rescale: bool = False):
         if norm != "linf":
-            raise NotImplementedError("Square is implemented for L-inf")
+            raise ValueError(linf_only("Square"))
         self.eps, self.p_init, self.rescale = float(eps), p_init, rescale
         self.queries = steps if steps is not None else queries  # `square1000` = 1,000 queries
         self.compact_every = compact_every

@@ -121,12 +121,16 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
     if m == 0:
         report.evidence = ["no points for the diagnostics (diag_n = 0 or no images): no verdict"]
         return report
-    eps = report.eps
+    eps, norm = report.eps, report.norm
+    sweep_eps = EPS_SWEEP if norm != "l2" else tuple(eps * e / (8 / 255) for e in EPS_SWEEP)  # eps/8 .. 2 eps
+    unbounded = 1.0 if norm != "l2" else float(x[0].numel()) ** 0.5  # the whole [0, 1] box either way
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed + 1)
         # 0. the model itself
-        found, details["model"] = _model_checks(model, xd, yd, eps, batch_size, device, eot)
+        # the sign-step check moves every pixel: under L2, by eps / sqrt(d), a move of L2 size eps
+        step = eps if norm != "l2" else eps / xd[0].numel() ** 0.5
+        found, details["model"] = _model_checks(model, xd, yd, step, batch_size, device, eot)
         checks += found
         # 5. logit scale
         st = _logit_stats(model, xd, batch_size, device)
@@ -146,8 +150,8 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
             a_ce, a_mg = report.per_attack[ce[-1]]["accuracy"], report.per_attack[mg[-1]]["accuracy"]
             src = f"{ce[-1]} vs {mg[-1]}, {report.n:,} points"
         elif level == "full":
-            a_ce = _acc(model, PGD(eps, steps=20), xd, yd, clean_d, batch_size, device, eot)
-            a_mg = _acc(model, CW(eps, steps=20), xd, yd, clean_d, batch_size, device, eot)
+            a_ce = _acc(model, PGD(eps, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot)
+            a_mg = _acc(model, CW(eps, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot)
             src = f"pgd20 vs cw20, {m:,} points"
         else:
             a_ce = a_mg = None
@@ -165,8 +169,8 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
 
         if level == "full":
             # 3. accuracy against ε
-            sweep = {fmt_eps(e): _acc(model, CW(e, steps=20), xd, yd, clean_d, batch_size, device, eot)
-                     for e in EPS_SWEEP}
+            sweep = {fmt_eps(e, norm): _acc(model, CW(e, steps=20, norm=norm), xd, yd, clean_d, batch_size, device,
+                                            eot) for e in sweep_eps}
             details["eps_sweep_cw20"] = sweep
             accs = list(sweep.values())
             rises = max(b - a for a, b in zip(accs, accs[1:]))
@@ -176,21 +180,21 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
             if rises > EPS_RISE:
                 checks.append(("masked", f"CW-20 accuracy rises with ε ({text})"))
             elif accs[-1] > EPS_FLOOR and kept > EPS_KEPT[0]:
-                checks.append((_grade(kept, EPS_KEPT), f"CW-20 accuracy barely falls as ε grows from 1/255 to "
-                                                       f"16/255: {100 * kept:.0f}% of it is kept ({text})"))
+                checks.append((_grade(kept, EPS_KEPT), f"CW-20 accuracy barely falls as ε grows "
+                                                       f"16-fold: {100 * kept:.0f}% of it is kept ({text})"))
             else:
                 checks.append(("ok", f"CW-20 accuracy falls with ε ({text})"))
             # 4. accuracy against steps
-            a10 = _acc(model, CW(eps, steps=10), xd, yd, clean_d, batch_size, device, eot)
-            a100 = _acc(model, CW(eps, steps=100), xd, yd, clean_d, batch_size, device, eot)
+            a10 = _acc(model, CW(eps, steps=10, norm=norm), xd, yd, clean_d, batch_size, device, eot)
+            a100 = _acc(model, CW(eps, steps=100, norm=norm), xd, yd, clean_d, batch_size, device, eot)
             details["steps_cw"] = {"10": a10, "100": a100}
             checks.append((_grade(a10 - a100, STEPS_DROP), f"CW accuracy {_pct(a10)} after 10 steps, {_pct(a100)} "
                                                            f"after 100"))
             # 6. unbounded attack
-            unb = min(_acc(model, CW(1.0, steps=20), xd, yd, clean_d, batch_size, device, eot),
-                      _acc(model, PGD(1.0, steps=20), xd, yd, clean_d, batch_size, device, eot))
+            unb = min(_acc(model, CW(unbounded, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot),
+                      _acc(model, PGD(unbounded, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot))
             details["unbounded_eps1"] = unb
-            checks.append((_grade(unb, UNBOUNDED), f"unbounded attack (ε = 1, CE- and CW-PGD-20) leaves "
+            checks.append((_grade(unb, UNBOUNDED), f"unbounded attack (ε = {unbounded:.3g}, CE- and CW-PGD-20) leaves "
                                                    f"{_pct(unb)} accuracy"))
 
     report.verdict = _worst([lvl for lvl, _ in checks])
