@@ -12,17 +12,20 @@ of the cascade, and the wall time of both. Pairs:
   5 restarts) vs ``--suite aa-fast``.
 
     pip install --no-deps pyautoattack==0.2.0
-    EAE_DATA_DIR=../shared/data/cifar10 PYTHONPATH=src python benchmarks/autoattack_agreement.py \\
-        runs/standard runs/fgsm_rs runs/eae_paper --n 1000 --out benchmarks/results/cpu-2core/equivalence
+    EAE_DATA_DIR=/path/to/cifar10 PYTHONPATH=src python benchmarks/autoattack_agreement.py \\
+        runs/standard runs/fgsm_rs runs/eae_paper --n 1000 --threads 1 --out benchmarks/results/cpu-2core/equivalence
 
 Writes OUT/agreement.json and OUT/agreement.md after every model and pair, so a long run can
-be stopped and continued (``--resume`` skips the pairs already in agreement.json).
+be stopped and continued (``--resume`` skips the pairs already in agreement.json). Models run
+in parallel processes (``--out`` of their own each) are joined by ``--join DIR DIR ... --out OUT``,
+which runs nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import platform
 import re
 import shlex
@@ -131,7 +134,8 @@ def versions() -> dict:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, {platform.platform()}"
+    return (f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+            f"{platform.platform()}")
 
 
 def to_markdown(doc: dict) -> str:
@@ -176,7 +180,8 @@ def to_markdown(doc: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="run folders of `eae train`")
+    ap.add_argument("runs", nargs="+", help="run folders of `eae train` (with --join: output folders to join)")
+    ap.add_argument("--join", action="store_true", help="join the agreement.json of the folders given; run nothing")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=1000, help="first N test images (default: 1000)")
     ap.add_argument("--pairs", default="aa,aa-fast", help="comma-separated: aa, aa-fast (default: both)")
@@ -193,6 +198,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "agreement.json"
+    if args.join:
+        parts = [json.loads((Path(d) / "agreement.json").read_text()) for d in args.runs]
+        doc = {"header": {**parts[0]["header"], "command": "; ".join(p["header"]["command"] for p in parts)},
+               "models": {k: v for p in parts for k, v in p["models"].items()}}
+        path.write_text(json.dumps(doc, indent=1))
+        (out / "agreement.md").write_text(to_markdown(doc))
+        return
     doc = json.loads(path.read_text()) if args.resume and path.exists() else {"models": {}}
     doc["header"] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "commit": git_commit(),
                      "versions": versions(), "machine": machine(device), "n": args.n, "eps": args.eps,
