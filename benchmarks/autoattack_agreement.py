@@ -44,6 +44,7 @@ from eae.evaluation import fmt_eps, predict  # noqa: E402
 from eae.utils import git_commit  # noqa: E402
 
 PAIRS = {"aa": ("standard", None), "aa-fast": ("custom", ["apgd-ce", "apgd-t"])}
+REF_NORM = {"linf": "Linf", "l2": "L2"}
 STAGE = re.compile(r"robust accuracy after ([A-Z-]+): ([\d.]+)%")
 
 
@@ -57,7 +58,7 @@ class _Lines(logging.Handler):
 
 
 def run_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps: float, seed: int,
-                  batch_size: int, device: torch.device) -> dict:
+                  batch_size: int, device: torch.device, norm: str = "linf") -> dict:
     """The official AutoAttack on (x, y): per-example robustness, robust count after each
     stage (from its log, exact to 0.01%), its warnings, and its wall time."""
     from pyautoattack import AutoAttack
@@ -70,7 +71,8 @@ def run_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str,
     log.propagate = False
     try:
         model.eval()
-        aa = AutoAttack(model, attacks=attacks, device=device, eps=eps, norm="Linf", seed=seed, version=version)
+        aa = AutoAttack(model, attacks=attacks, device=device, eps=eps, norm=REF_NORM[norm], seed=seed,
+                        version=version)
         if version == "custom":
             aa.apgd.n_restarts = 1  # the standard version's setting
         start = time.perf_counter()
@@ -86,10 +88,10 @@ def run_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str,
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps: float, seed: int, batch_size: int,
-             device: torch.device) -> dict:
+             device: torch.device, norm: str = "linf") -> dict:
     start = time.perf_counter()
-    report = eae.evaluate(model, x, y, suite=pair, eps=eps, seed=seed, batch_size=batch_size, device=device,
-                          diagnostics="cheap")
+    report = eae.evaluate(model, x, y, suite=pair, eps=eps, norm=norm, seed=seed, batch_size=batch_size,
+                          device=device, diagnostics="cheap")
     seconds = time.perf_counter() - start
     n = len(y)
     stages = {k: round(v["accuracy"] * n) for k, v in report.per_attack.items()}
@@ -99,12 +101,12 @@ def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps:
 
 
 def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, *, eps: float = 8 / 255, seed: int = 0,
-            batch_size: int = 500, device: torch.device | str = "cpu") -> dict:
+            batch_size: int = 500, device: torch.device | str = "cpu", norm: str = "linf") -> dict:
     """Both evaluations of one model on (x in [0, 1], y), and how they differ."""
     device = torch.device(device)
     x, y = x.float(), y.long()
-    ref = run_reference(model, x, y, pair, eps, seed, batch_size, device)
-    ours = run_ours(model, x, y, pair, eps, seed, batch_size, device)
+    ref = run_reference(model, x, y, pair, eps, seed, batch_size, device, norm)
+    ours = run_ours(model, x, y, pair, eps, seed, batch_size, device, norm)
     n = len(y)
     clean = predict(model, x.to(device)).cpu() == y
     only_ref = (ref["robust"] & ~ours["robust"]).nonzero().squeeze(1).tolist()
@@ -144,7 +146,7 @@ def to_markdown(doc: dict) -> str:
              f"- command: `{h['command']}`",
              f"- commit {h['commit']}; {', '.join(f'{k} {v}' for k, v in h['versions'].items())}",
              f"- machine: {h['machine']}",
-             f"- first {h['n']:,} CIFAR-10 test images, eps {h['eps_text']} (Linf), seed {h['seed']}, "
+             f"- first {h['n']:,} CIFAR-10 test images, eps {h['eps_text']} ({h.get('norm', 'linf')}), seed {h['seed']}, "
              f"batch {h['batch_size']}", "",
              "Robust accuracy (%), the difference (eae minus reference, points), the points robust for one only, "
              "and the wall time of each (eae: `evaluate` with the cheap diagnostics; reference: "
@@ -185,13 +187,16 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=1000, help="first N test images (default: 1000)")
     ap.add_argument("--pairs", default="aa,aa-fast", help="comma-separated: aa, aa-fast (default: both)")
-    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    ap.add_argument("--eps", type=float, default=None, help="default: 8/255 under linf, 0.5 under l2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--resume", action="store_true", help="skip the model/pair results already in OUT")
     args = ap.parse_args()
+    if args.eps is None:
+        args.eps = 8 / 255 if args.norm == "linf" else 0.5
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -208,7 +213,7 @@ def main() -> None:
     doc = json.loads(path.read_text()) if args.resume and path.exists() else {"models": {}}
     doc["header"] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "commit": git_commit(),
                      "versions": versions(), "machine": machine(device), "n": args.n, "eps": args.eps,
-                     "eps_text": fmt_eps(args.eps), "seed": args.seed, "batch_size": args.batch_size}
+                     "norm": args.norm, "eps_text": fmt_eps(args.eps, args.norm), "seed": args.seed, "batch_size": args.batch_size}
     from eae.checkpoint import read_config
     from eae.data import load_test_set
 
@@ -221,7 +226,8 @@ def main() -> None:
             if pair in doc["models"].get(name, {}):
                 continue
             print(f"{name} {pair}: {args.n} images", file=sys.stderr, flush=True)
-            r = compare(model, x, y, pair, eps=args.eps, seed=args.seed, batch_size=args.batch_size, device=device)
+            r = compare(model, x, y, pair, eps=args.eps, seed=args.seed, batch_size=args.batch_size, device=device,
+                        norm=args.norm)
             r["commit"], r["threads"] = doc["header"]["commit"], torch.get_num_threads()
             doc["models"].setdefault(name, {})[pair] = r
             print(f"  reference {100 * r['robust_accuracy']['reference']:.1f}% ({r['seconds']['reference']:.0f} s), "

@@ -25,6 +25,20 @@ def test_stays_in_eps_ball_and_image_range(name, trained_small):
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
+def test_l2_stays_in_eps_ball_and_image_range(name, trained_small):
+    """Every attack has its L2 form (RobustBench's second threat model, eps 0.5)."""
+    model, x, y = trained_small
+    x = x[:32].clone()
+    x[:4] = 0.0
+    x[4:8] = 1.0
+    attack = ATTACKS.get(name)(0.5, norm="l2") if name == "fgsm" else ATTACKS.get(name)(0.5, steps=3, norm="l2")
+    x_adv = attack(model, x, y[:32])
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv != x).any()
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
 def test_restores_modes_and_requires_grad(name, trained_small):
     model, x, y = trained_small
     model.train()

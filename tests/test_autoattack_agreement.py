@@ -15,6 +15,7 @@ from eae.data import make_synthetic
 pytest.importorskip("pyautoattack")
 
 N, EPS = 64, 2 / 255
+EPS_L2 = 0.1  # on the tiny model's 16x16 images: some points fall, some stand
 
 
 def _harness():
@@ -73,8 +74,9 @@ def _all_right(model, x):
         return model(x).argmax(1)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
-def test_apgd_iterates_are_autoattacks(tiny, loss):
+def test_apgd_iterates_are_autoattacks(tiny, loss, norm):
     """From the same seed, one APGD run of ours and of AutoAttack draw the same start and
     then take the same steps: same step-size halvings, same fooled points, same best points
     (to float rounding). This is what pins the checkpoint rule's first comparison."""
@@ -85,19 +87,20 @@ def test_apgd_iterates_are_autoattacks(tiny, loss):
 
     model, x, _ = tiny
     y = _all_right(model, x)
+    eps, ref_norm = (EPS, "Linf") if norm == "linf" else (EPS_L2, "L2")
     if loss == "dlr-targeted":
-        ref = APGDAttack_targeted(model, n_iter=100, eps=EPS, seed=0, device="cpu")
+        ref = APGDAttack_targeted(model, n_iter=100, eps=eps, norm=ref_norm, seed=0, device="cpu")
         ref.y_target = target = model(x).sort(1)[1][:, -2].detach()
         ours = (lambda logits, yy: dlr_targeted_loss(logits, yy, target))
     else:
-        ref = APGDAttack(model, n_iter=100, eps=EPS, seed=0, loss=loss, device="cpu")
+        ref = APGDAttack(model, n_iter=100, eps=eps, norm=ref_norm, seed=0, loss=loss, device="cpu")
         ours = {"ce": ce_loss, "dlr": dlr_loss}[loss]
     ref.init_hyperparam(x)
     torch.manual_seed(0)
     x_best, still, _, x_fooled = ref.attack_single_run(x, y)
     torch.manual_seed(0)
     with attack_mode(model):
-        x_adv, fooled = apgd(model, x, y, ours, EPS, 100)
+        x_adv, fooled = apgd(model, x, y, ours, eps, 100, norm=norm)
     assert 0 < int(fooled.sum()) < len(y)
     assert torch.equal(fooled, ~still)
     torch.testing.assert_close(x_adv[fooled], x_fooled[fooled], rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Auto-PGD (Croce & Hein, ICML 2020): APGD-CE, APGD-DLR and targeted APGD-T.
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD-CE, APGD-DLR and targeted APGD-T, L-inf and L2.
 
 PGD with momentum (0.75) whose step size starts at 2ε and is halved at checkpoints
 when progress stalls: at checkpoint j (iterations spaced 22%, then shrinking by 3% of
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits, linf_only
+from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits
 from .registry import register_attack
 
 
@@ -28,14 +28,64 @@ def _period_lengths(steps: int) -> tuple[int, int, int]:
     return first, shrink, minimum
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0, 1)
+def _l2_norm(t: torch.Tensor) -> torch.Tensor:
+    """||t||_2 per example, shaped to broadcast; summed squares as AutoAttack computes it
+    (torch.linalg.norm rounds differently, and over 100 steps the iterates drift ~1e-5)."""
+    return (t ** 2).flatten(1).sum(-1).sqrt().view(-1, *([1] * (t.dim() - 1)))
+
+
+def _l2_unit(t: torch.Tensor) -> torch.Tensor:
+    """t / ||t||_2 per example, with AutoAttack's 1e-12 in the denominator."""
+    return t / (_l2_norm(t) + 1e-12)
+
+
+class _Linf:
+    """APGD's three norm-dependent parts, L-inf: a start on the ball's surface (a uniform
+    draw in the cube, scaled to L-inf norm eps), sign steps, and clamping."""
+
+    @staticmethod
+    def start(x, eps):
+        t = torch.rand_like(x) * 2 - 1
+        view = (-1,) + (1,) * (x.dim() - 1)
+        return (x + eps * t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)).clamp(0, 1)
+
+    @staticmethod
+    def step(grad):
+        return grad.sign()
+
+    @staticmethod
+    def project(x_adv, x, eps):
+        return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0, 1)
+
+
+class _L2:
+    """The L2 parts, as AutoAttack's L2 path: a start at distance eps in a Gaussian
+    direction, steps along the normalised gradient, and projection by rescaling δ to
+    norm min(eps, ||δ||) before clipping to the image."""
+
+    @staticmethod
+    def start(x, eps):
+        return (x + eps * _l2_unit(torch.randn_like(x))).clamp(0, 1)
+
+    @staticmethod
+    def step(grad):
+        return _l2_unit(grad)
+
+    @staticmethod
+    def project(x_adv, x, eps):
+        d = x_adv - x
+        return (x + _l2_unit(d) * torch.clamp(_l2_norm(d), max=eps)).clamp_(0, 1)
+
+
+NORMS = {"linf": _Linf, "l2": _L2}
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float, steps: int,
-         rho: float = 0.75, momentum: float = 0.75, eot: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run (L∞) on a batch; ``loss_fn(logits, y) -> per-example loss`` is maximised.
-    With ``eot`` > 1 each gradient and loss is the mean of that many forward passes.
+         rho: float = 0.75, momentum: float = 0.75, eot: int = 1, norm: str = "linf"
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run (``norm`` linf or l2) on a batch; ``loss_fn(logits, y) -> per-example
+    loss`` is maximised. With ``eot`` > 1 each gradient and loss is the mean of that many
+    forward passes. The step size starts at 2 eps under either norm, as in AutoAttack.
 
     Returns (x_adv, fooled): for fooled examples the last misclassified iterate, for the
     others the point of highest loss.
@@ -47,8 +97,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
         grad, loss, logits = eot_gradient(model, xa, y, loss_fn, eot)
         return grad, loss, decision_logits(model, xa, logits)
 
-    t = torch.rand_like(x) * 2 - 1
-    x_adv = (x + eps * t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)).clamp(0, 1)
+    ball = NORMS[norm]
+    x_adv = ball.start(x, eps)
     grad, loss, logits = grad_loss(x_adv)
     fooled = logits.argmax(1) != y
     x_out = torch.where(fooled.view(view), x_adv, x)
@@ -67,8 +117,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, eps: float
     for i in range(steps):
         with torch.no_grad():
             a = momentum if i > 0 else 1.0
-            z = _project(x_adv + step * grad.sign(), x, eps)
-            x_new = _project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps)
+            z = ball.project(x_adv + step * ball.step(grad), x, eps)
+            x_new = ball.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps)
             x_prev, x_adv = x_adv, x_new
         grad, loss, logits = grad_loss(x_adv)
         with torch.no_grad():
@@ -141,21 +191,23 @@ class APGD(Attack):
 
     def __init__(self, eps: float, steps: int = 100, loss: str = "ce", restarts: int = 1, norm: str = "linf",
                  rho: float = 0.75):
-        if norm != "linf":
-            raise ValueError(linf_only("APGD"))
+        if norm not in NORMS:
+            raise ValueError(f"APGD: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if steps < 1 or restarts < 1:
             raise ValueError("steps and restarts must be >= 1")
-        self.eps, self.steps, self.restarts, self.rho = float(eps), steps, restarts, rho
+        self.eps, self.steps, self.restarts, self.rho, self.norm = float(eps), steps, restarts, rho, norm
         self.loss, self.loss_fn = loss, LOSSES[loss]
 
     def perturb(self, model, x, y):
         n = len(x)
         xr, yr = x.repeat(self.restarts, 1, 1, 1), y.repeat(self.restarts)
-        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho, eot=self.eot)
+        x_adv, fooled = apgd(model, xr, yr, self.loss_fn, self.eps, self.steps, self.rho, eot=self.eot,
+                             norm=self.norm)
         return _reduce_runs(x_adv, fooled, n)[0]
 
     def __repr__(self) -> str:
-        return f"APGD(eps={self.eps:.6g}, steps={self.steps}, loss={self.loss}, restarts={self.restarts})"
+        return (f"APGD(eps={self.eps:.6g}, steps={self.steps}, loss={self.loss}, restarts={self.restarts}, "
+                f"norm={self.norm})")
 
 
 @register_attack("apgdt")
@@ -166,16 +218,18 @@ class APGDT(Attack):
 
     def __init__(self, eps: float, steps: int = 100, targets: int = 9, restarts: int = 1, norm: str = "linf",
                  rho: float = 0.75):
-        if norm != "linf":
-            raise ValueError(linf_only("APGD-T"))
+        if norm not in NORMS:
+            raise ValueError(f"APGD-T: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.eps, self.steps, self.targets, self.restarts, self.rho = float(eps), steps, targets, restarts, rho
+        self.norm = norm
 
     def perturb(self, model, x, y):
         def run(xr, yr, target):
             return apgd(model, xr, yr, lambda logits, yy: dlr_targeted_loss(logits, yy, target),
-                        self.eps, self.steps, self.rho, eot=self.eot)
+                        self.eps, self.steps, self.rho, eot=self.eot, norm=self.norm)
 
         return targeted_runs(run, model, x, y, self.targets, self.restarts)
 
     def __repr__(self) -> str:
-        return f"APGDT(eps={self.eps:.6g}, steps={self.steps}, targets={self.targets}, restarts={self.restarts})"
+        return (f"APGDT(eps={self.eps:.6g}, steps={self.steps}, targets={self.targets}, restarts={self.restarts}, "
+                f"norm={self.norm})")
