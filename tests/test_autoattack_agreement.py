@@ -107,29 +107,37 @@ def test_apgd_iterates_are_autoattacks(tiny, loss, norm):
     torch.testing.assert_close(x_adv[~fooled], x_best[~fooled], rtol=0, atol=1e-6)
 
 
-def test_fab_t_finds_autoattacks_points(tiny):
+# L2 ε: on the tiny model FAB-T's minimal L2 perturbations spread over about 0.003 .. 0.6,
+# so 0.2 fools some points and not others
+@pytest.mark.parametrize("norm, eps", [("linf", EPS), ("l2", 0.2)])
+def test_fab_t_finds_autoattacks_points(tiny, norm, eps):
     """FAB-T has no random start in AutoAttack's standard version: per target, ours and
-    AutoAttack's fool the same points with the same minimal perturbations."""
+    AutoAttack's fool the same points with the same minimal perturbations (in L∞ and in L2)."""
     from pyautoattack.fab_pt import FABAttack_PT
 
     from eae.attacks.base import attack_mode
     from eae.attacks.fab import fab_targeted
 
+    def size(d):  # as AutoAttack's perturb measures it
+        d = d.flatten(1)
+        return d.abs().amax(1) if norm == "linf" else d.square().sum(1).sqrt()
+
     model, x, _ = tiny
     y = _all_right(model, x)
-    ref = FABAttack_PT(model, n_restarts=1, n_iter=100, eps=EPS, seed=0, targeted=True, device="cpu")
+    ref = FABAttack_PT(model, norm={"linf": "Linf", "l2": "L2"}[norm], n_restarts=1, n_iter=100, eps=eps, seed=0,
+                       targeted=True, device="cpu")
     for rank in (2, 3):
         ref.target_class = rank
         with torch.no_grad():
             adv = ref.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
-            norm = (adv - x).flatten(1).abs().amax(1)
-            ref_fooled = (model(adv).argmax(1) != y) & (norm <= EPS)
+            ref_size = size(adv - x)
+            ref_fooled = (model(adv).argmax(1) != y) & (ref_size <= eps)
             target = model(x).sort(1)[1][:, -rank]
         with attack_mode(model):
-            x_adv, fooled = fab_targeted(model, x, y, target, EPS, 100)
+            x_adv, fooled = fab_targeted(model, x, y, target, eps, 100, norm=norm)
         assert 0 < int(fooled.sum()) < len(y)
         assert torch.equal(fooled, ref_fooled)
-        torch.testing.assert_close((x_adv - x).flatten(1).abs().amax(1)[fooled], norm[fooled], rtol=0, atol=1e-5)
+        torch.testing.assert_close(size(x_adv - x)[fooled], ref_size[fooled], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("pair", ["aa", "aa-fast"])

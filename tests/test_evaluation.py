@@ -7,7 +7,7 @@ from torch import nn
 
 import eae
 from eae.attacks import dlr_loss, dlr_targeted_loss
-from eae.attacks.fab import project_linf_hyperplane
+from eae.attacks.fab import project_l2_hyperplane, project_linf_hyperplane
 from eae.attacks.square import Square, p_schedule
 from eae.data import make_synthetic
 
@@ -159,6 +159,56 @@ def test_linf_projection_infeasible_goes_to_the_corner():
     w = torch.ones(1, 4)
     d = project_linf_hyperplane(p, w, torch.tensor([10.0]))  # needs w·d = 10, at most 2 reachable
     torch.testing.assert_close(d, torch.full((1, 4), 0.5))
+
+
+def _l2_projection_case():
+    """Rows with coordinates on the box faces, zero weights, c = 0, and c out of reach."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(256, 50, generator=g, dtype=torch.float64)
+    p[:32, :10], p[32:64, :10] = 0.0, 1.0
+    w = torch.randn(256, 50, generator=g, dtype=torch.float64)
+    w[64:96, :20] = 0.0
+    c = torch.randn(256, generator=g, dtype=torch.float64) * torch.logspace(-3, 1.3, 256, dtype=torch.float64)
+    c[::50] = 0.0
+    return p, w, c
+
+
+def test_l2_projection_onto_hyperplane():
+    """Exact: it matches a bisection on the KKT form δ = clip(λw, -p, 1 - p), whose root
+    is the minimal-L2 solution (the problem is convex)."""
+    p, w, c = _l2_projection_case()
+    d = project_l2_hyperplane(p, w, c)
+    assert ((p + d) >= 0).all() and ((p + d) <= 1).all()
+    lo, hi = torch.full_like(c, -1e6), torch.full_like(c, 1e6)
+    for _ in range(200):  # w·clip(λw) is nondecreasing in λ
+        mid = (lo + hi) / 2
+        over = (w * torch.clamp(mid[:, None] * w, -p, 1 - p)).sum(1) > c
+        lo, hi = torch.where(over, lo, mid), torch.where(over, mid, hi)
+    kkt = torch.clamp(lo[:, None] * w, -p, 1 - p)
+    feasible = ((w * kkt).sum(1) - c).abs() < 1e-9
+    assert 0.8 * len(c) < int(feasible.sum()) < len(c)  # the case has both kinds of rows
+    torch.testing.assert_close((w * d).sum(1)[feasible], c[feasible], rtol=0, atol=1e-9)
+    torch.testing.assert_close(d[feasible], kkt[feasible], rtol=0, atol=1e-9)
+    assert (d[c == 0] == 0).all()
+    # out of reach: the box corner in the direction of c·w (the bisection ends there too)
+    torch.testing.assert_close(d[~feasible], kkt[~feasible], rtol=0, atol=1e-9)
+
+
+def test_l2_projection_is_autoattacks():
+    fab_projections = pytest.importorskip("pyautoattack.fab_projections")
+    p, w, c = _l2_projection_case()
+    ref = fab_projections.projection_l2(p, w, (w * p).sum(1) + c)  # its hyperplane: w·z = b
+    torch.testing.assert_close(project_l2_hyperplane(p, w, c), ref, rtol=0, atol=1e-9)
+    p, w, c = p.float(), w.float(), c.float()
+    ref = fab_projections.projection_l2(p, w, (w * p).sum(1) + c)
+    torch.testing.assert_close(project_l2_hyperplane(p, w, c), ref, rtol=0, atol=1e-5)
+
+
+def test_l2_projection_infeasible_goes_to_the_corner():
+    p = torch.full((1, 4), 0.5)
+    w = torch.tensor([[1.0, 2.0, -1.0, 0.0]])
+    d = project_l2_hyperplane(p, w, torch.tensor([10.0]))  # needs w·d = 10, at most 2 reachable
+    torch.testing.assert_close(d, torch.tensor([[0.5, 0.5, -0.5, 0.0]]))
 
 
 def test_dlr_is_shift_and_scale_invariant():

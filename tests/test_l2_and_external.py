@@ -79,6 +79,26 @@ def test_l2_examples_stay_in_their_ball(which):
     assert adv.min() >= 0 and adv.max() <= 1
 
 
+def test_fab_t_attacks_in_the_l2_ball():
+    """FAB-T has its L2 form (APGD and Square may still refuse l2): what it returns lies in
+    the L2 ball and the image box, and fools points a linear model leaves near the boundary."""
+    from eae.attacks import FABT, build_attack
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+    x = torch.rand(32, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all correct: every point is attacked
+    attack = build_attack("fab-t20", 0.5, norm="l2")
+    assert isinstance(attack, FABT) and attack.norm == "l2"
+    adv = attack(model, x, y)
+    norms = (adv - x).flatten(1).norm(dim=1)
+    assert norms.max() <= 0.5 + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        fooled = model(adv).argmax(1) != y
+    assert fooled.any() and (norms[fooled] > 0).all() and (norms[~fooled] == 0).all()
+
+
 def test_l2_run_is_evaluated_under_l2_by_default(tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--device", "cpu", *SYN, "--synthetic-train-size", "192", "--val-size", "64", "--arch", "resnet_small",
