@@ -264,7 +264,8 @@ def test_missing_library_names_the_extra(lib, tmp_path, capsys, monkeypatch):
 
 def test_l2_diagnostics_attack_in_the_l2_ball():
     """Under L2 the masking checks sweep L2 radii (eps/8 .. 2 eps) and the unbounded attack
-    covers the whole image box; AutoAttack's parts say they are L-inf only, in one line."""
+    covers the whole image box; AutoAttack's gradient parts (APGD, FAB-T) say they are L-inf
+    only, in one line (Square has its L2 form: test_square_l2.py)."""
     from eae.evaluation import evaluate
 
     torch.manual_seed(0)
