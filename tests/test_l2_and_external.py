@@ -264,8 +264,7 @@ def test_missing_library_names_the_extra(lib, tmp_path, capsys, monkeypatch):
 
 def test_l2_diagnostics_attack_in_the_l2_ball():
     """Under L2 the masking checks sweep L2 radii (eps/8 .. 2 eps) and the unbounded attack
-    covers the whole image box; AutoAttack's gradient parts (APGD, FAB-T) say they are L-inf
-    only, in one line (Square has its L2 form: test_square_l2.py)."""
+    covers the whole image box; the aa suite runs AutoAttack's four attacks in their L2 forms."""
     from eae.evaluation import evaluate
 
     torch.manual_seed(0)
@@ -275,5 +274,6 @@ def test_l2_diagnostics_attack_in_the_l2_ball():
     sweep = r.diagnostics["eps_sweep_cw20"]
     assert list(sweep) == ["0.0625", "0.125", "0.25", "0.5", "1"]
     assert r.diagnostics["unbounded_eps1"] == 0.0  # a linear model falls to an unbounded L2 attack
-    with pytest.raises(ValueError, match="only its L-inf form"):
-        evaluate(model, x, y, suite="aa", eps=0.5, norm="l2", diagnostics="off")
+    aa = evaluate(model, x, y, suite="aa", eps=0.05, norm="l2", diagnostics="off")
+    assert aa.norm == "l2" and set(aa.per_attack) >= {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert aa.robust_accuracy <= aa.per_attack["apgd-ce"]["accuracy"]

@@ -172,12 +172,6 @@ def input_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: to
     return grad, logits
 
 
-def linf_only(name: str) -> str:
-    """The message of an attack that has only its L-inf form here."""
-    return (f"{name} has only its L-inf form in eae; under l2 use the suite quick (FGSM, PGD-20 and CW-20 "
-            "in their L2 forms) or --attacks pgd100,cw100,square (Square has its L2 form)")
-
-
 class Attack:
     """Base class: subclasses implement ``perturb(model, x, y) -> x_adv``.
 
