@@ -15,6 +15,8 @@ of the cascade, and the wall time of both. Pairs:
     EAE_DATA_DIR=/path/to/cifar10 PYTHONPATH=src python benchmarks/autoattack_agreement.py \\
         runs/standard runs/fgsm_rs runs/eae_paper --n 1000 --threads 1 --out benchmarks/results/cpu-2core/equivalence
 
+``--norm l2`` compares the L2 versions (AutoAttack ``norm='L2'``, eps 0.5 unless ``--eps``).
+
 Writes OUT/agreement.json and OUT/agreement.md after every model and pair, so a long run can
 be stopped and continued (``--resume`` skips the pairs already in agreement.json). Models run
 in parallel processes (``--out`` of their own each) are joined by ``--join DIR DIR ... --out OUT``,
