@@ -89,3 +89,24 @@ def test_unknown_library_model_and_missing_library(monkeypatch):
 
     with pytest.raises(MissingDependency, match=r"eae-at\[timm\]"):
         create_model("timm:resnet18")
+
+
+REAL = [pytest.param(arch, marks=pytest.mark.skipif(importlib.util.find_spec(arch.split(":")[0]) is None,
+                                                    reason=f"{arch.split(':')[0]} not installed"))
+        for arch in ("timm:convnext_atto", "timm:mobilenetv3_small_050", "timm:efficientnet_b0",
+                     "torchvision:mobilenet_v3_small", "torchvision:shufflenet_v2_x0_5",
+                     "torchvision:efficientnet_b0")]
+
+
+@pytest.mark.parametrize("arch", REAL)
+def test_real_library_families_train_with_eae(arch, tmp_path):
+    """Other families than ResNet (ConvNeXt, MobileNet, EfficientNet, ShuffleNet), where the
+    libraries are installed: the split is found, EAE trains one epoch and the run reloads."""
+    m = create_model(arch, num_classes=5).eval()
+    logits, z = m(torch.rand(2, 3, 32, 32), return_features=True)
+    torch.testing.assert_close(m.head(z), logits)
+    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="synthetic", arch=arch, method="eae", device="cpu",
+                      synthetic_train_size=64, synthetic_test_size=32, synthetic_image_size=32, val_size=32,
+                      batch_size=32, epochs=1, val_attack_steps=1)
+    assert train(cfg, quiet=True).finished
+    assert load(tmp_path / "run").head.out_features == 10
