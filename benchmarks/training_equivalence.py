@@ -49,8 +49,15 @@ from eae.utils import git_commit  # noqa: E402
 
 METHODS = ("fgsm_rs", "trades")
 IMPLS = ("eae", "art")
-# a control, not part of the comparison: ART's FBF with its gradient clipping switched off
-CONTROLS = {"art_noclip": "fgsm_rs"}
+# Controls, not part of the comparison: each removes one unmatched difference of FGSM-RS.
+# name: (method, our side, their side, what it changes)
+CONTROLS = {
+    "art_noclip": ("fgsm_rs", "eae", "art_noclip",
+                   "ART's FBF with `torch.nn.utils.clip_grad_norm_` made a no-op: no gradient clipping on either side"),
+    "eae_rawstart": ("fgsm_rs", "eae_rawstart", "art",
+                     "eae's FGSM-RS with its uniform start not clipped to valid images (the gradient taken at "
+                     "the unclipped x + delta, as ART does; a patch of the benchmark, not an option of eae)"),
+}
 METRICS = ("clean", "cw20", "aa")
 FBF_PEAK_LR = 0.21  # hard-coded in ART's AdversarialTrainerFBF(PyTorch).fit
 
@@ -178,11 +185,19 @@ def initial_net(arch: str, seed: int, mean, std) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------- training
-def train_ours(a, method: str, seed: int, workdir: str) -> tuple[torch.nn.Module, float, float]:
-    """(final network, wall seconds of eae.train, seconds of the training epochs)."""
-    cfg = eae_config(a, method, seed, os.path.join(workdir, f"{method}-{seed}"))
+def train_ours(a, method: str, seed: int, workdir: str, raw_start: bool = False):
+    """(final network, wall seconds of eae.train, seconds of the training epochs). ``raw_start``:
+    the uniform start is not clipped to valid images (the same draws; a control)."""
+    from unittest import mock
+
+    from eae.threat import LinfBall
+
+    cfg = eae_config(a, method, seed, os.path.join(workdir, f"{method}-{seed}-{int(raw_start)}"))
+    raw = mock.patch.object(LinfBall, "random_perturb",
+                            lambda self, x, scale=1.0: torch.empty_like(x).uniform_(-scale * self.eps, scale * self.eps))
     t0 = time.perf_counter()
-    res = eae.train(cfg, quiet=True)
+    with (raw if raw_start else contextlib.nullcontext()):
+        res = eae.train(cfg, quiet=True)
     wall = time.perf_counter() - t0
     return eae.load(res.run_dir, weights="final"), wall, res.train_seconds
 
@@ -261,15 +276,18 @@ def summarise_runs(runs: list[dict], methods=METHODS) -> dict:
     """Per method and metric: the comparison of ours vs ART over seeds (runs present on both
     sides); ``method:control`` for ours vs a control run of ART."""
     out: dict[str, Any] = {}
-    pairs = [(m, m, "art") for m in methods] + [(f"{m}:{c}", m, c) for c, m in CONTROLS.items() if m in methods]
-    for key, m, other in pairs:
+    pairs = [(m, m, "eae", "art") for m in methods] + [
+        (f"{m}:{c}", m, ours, theirs) for c, (m, ours, theirs, _) in CONTROLS.items() if m in methods]
+    for key, m, mine, other in pairs:
         by = {impl: sorted((r for r in runs if r["method"] == m and r["impl"] == impl), key=lambda r: r["seed"])
-              for impl in ("eae", other)}
-        if not by["eae"] or not by[other]:
+              for impl in (mine, other)}
+        common = {r["seed"] for r in by[mine]} & {r["seed"] for r in by[other]}  # paired seeds only
+        by = {impl: [r for r in rs if r["seed"] in common] for impl, rs in by.items()}
+        if not common:
             continue
         res: dict[str, Any] = {}
         for metric in METRICS + ("train_wall_seconds",):
-            ours = [r[metric] for r in by["eae"] if metric in r]
+            ours = [r[metric] for r in by[mine] if metric in r]
             theirs = [r[metric] for r in by[other] if metric in r]
             if ours and theirs:
                 res[metric] = compare(ours, theirs)
@@ -285,7 +303,9 @@ def to_markdown(doc: dict) -> str:
     h = doc["header"]
     s = h["settings"]
     lines = ["# Training equivalence: eae vs the Adversarial Robustness Toolbox", "",
-             *(f"- command: `{c}`" for c in h.get("commands", [h.get("command")])), f"- machine: {h['machine']}",
+             *(f"- command: `{c}`" for c in h.get("commands", [h.get("command")])),
+             *([f"- pooled (`--render --pool`) from: {', '.join(h['pooled_from'])}"] if h.get("pooled_from") else []),
+             f"- machine: {h['machine']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
              f"- network `{s['arch']}`, CIFAR-10 training subset of {s['train_n']} images (the first of eae's "
              f"split with val_size 0, val_seed {s['split_seed']}), {s['epochs']} epochs, batch {s['batch_size']}, "
@@ -303,15 +323,14 @@ def to_markdown(doc: dict) -> str:
     names = {"clean": "clean", "cw20": "CW-20", "aa": f"AA ({s['aa_suite']}, n={s['aa_n']})"}
     for key, res in doc["summary"].items():
         m, _, control = key.partition(":")
-        other = control or "art"
+        mine, other = (CONTROLS[control][1:3] if control else ("eae", "art"))
         if control:
-            lines += [f"## {m}: control, ART with its gradient clipping switched off", "",
-                      "ART's FBF with `torch.nn.utils.clip_grad_norm_` made a no-op (everything else as above): "
-                      "it removes one unmatched difference. Not part of the comparison; it tells whether the "
-                      "clipping explains a difference.", ""]
+            lines += [f"## {m}: control `{control}` ({mine} vs {other})", "",
+                      f"{CONTROLS[control][3]}; everything else as above. Not part of the comparison: it tells "
+                      "whether that difference explains a gap.", ""]
         else:
             lines += [f"## {m}", ""]
-        lines += [f"| metric (%) | eae | {'ART, no clipping' if control else 'ART'} | difference | 2 SE | equivalent |",
+        lines += [f"| metric (%) | {mine} | {other} | difference | 2 SE | equivalent |",
                   "|---|---|---|---|---|---|"]
         for metric in METRICS:
             if metric in res:
@@ -323,7 +342,8 @@ def to_markdown(doc: dict) -> str:
             lines.append(f"| training wall time (s) | {_pm(c['ours'], 1, 1)} | {_pm(c['theirs'], 1, 1)} | "
                          f"{c['diff']:+.1f} | | |")
         lines += ["", "Per seed:", "", "| impl | seed | clean | CW-20 | AA | train s |", "|---|---|---|---|---|---|"]
-        for r in sorted((r for r in doc["runs"] if r["method"] == m and r["impl"] in ((other,) if control else IMPLS)),
+        for r in sorted((r for r in doc["runs"] if r["method"] == m and r["impl"] in ((mine, other) if control else IMPLS)
+                        and (not control or r["impl"] != "eae" and r["impl"] != "art")),
                         key=lambda r: (r["impl"], r["seed"])):
             aa = f"{100 * r['aa']:.1f}" if "aa" in r else "-"
             lines.append(f"| {r['impl']} | {r['seed']} | {100 * r['clean']:.1f} | {100 * r['cw20']:.1f} | {aa} | "
@@ -337,8 +357,8 @@ def to_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, doc: dict) -> None:
-    doc["summary"] = summarise_runs(doc["runs"])
+def write(out: Path, doc: dict, methods=METHODS) -> None:
+    doc["summary"] = summarise_runs(doc["runs"], methods)
     doc["header"]["unmatched"] = UNMATCHED
     doc["nfgsm_vs_paper"] = [dict(zip(("point", "paper", "eae", "verdict"), row)) for row in NFGSM_VS_PAPER]
     out.mkdir(parents=True, exist_ok=True)
@@ -356,7 +376,8 @@ def parse(argv=None):
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $EAE_DATA_DIR)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + tuple(CONTROLS),
-                   help="art_noclip: the control, ART's FBF without its gradient clipping (fgsm_rs only)")
+                   help="controls (fgsm_rs only): art_noclip, ART's FBF without its gradient clipping; "
+                        "eae_rawstart, eae's uniform start not clipped to valid images")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--arch", default="convnet_nobn")
     p.add_argument("--train-n", type=int, default=5000)
@@ -376,6 +397,8 @@ def parse(argv=None):
     p.add_argument("--resume", action="store_true")
     p.add_argument("--pilot", action="store_true", help="one seed of each, timed; writes nothing")
     p.add_argument("--render", action="store_true", help="rewrite OUT's json and md from its runs; trains nothing")
+    p.add_argument("--pool", nargs="+", default=None, metavar="DIR",
+                   help="with --render: the runs of these outputs (disjoint seeds) together, written to OUT")
     a = p.parse_args(argv)
     if a.trades_alpha is None:
         a.trades_alpha = 2.5 * a.eps / a.trades_steps
@@ -389,8 +412,21 @@ def main(argv=None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
     if a.render:
-        doc = json.loads((Path(a.out) / "training_equivalence.json").read_text())
-        write(Path(a.out), doc)
+        if a.pool:  # the runs of several outputs (disjoint seeds, same settings otherwise) as one
+            docs = [json.loads((Path(d) / "training_equivalence.json").read_text()) for d in a.pool]
+            doc = {"header": {**docs[0]["header"], "pooled_from": a.pool}, "runs": []}
+            seen = set()
+            for d in docs:
+                for r in d["runs"]:
+                    if (r["method"], r["impl"], r["seed"]) not in seen:
+                        seen.add((r["method"], r["impl"], r["seed"]))
+                        doc["runs"].append(r)
+            doc["header"]["settings"] = {**docs[0]["header"]["settings"],
+                                         "seeds": sorted({r["seed"] for r in doc["runs"]})}
+            doc["header"]["commands"] = [c for d in docs for c in d["header"].get("commands", [d["header"].get("command")])]
+        else:
+            doc = json.loads((Path(a.out) / "training_equivalence.json").read_text())
+        write(Path(a.out), doc, tuple(a.methods))
         print((Path(a.out) / "training_equivalence.md").read_text())
         return 0
     src = DataSource(dataset="cifar10", data_dir=a.data_dir)
@@ -431,10 +467,10 @@ def main(argv=None) -> int:
         for seed in seeds:
             for method in a.methods:
                 for impl in a.impls:
-                    if (method, impl, seed) in done or CONTROLS.get(impl, method) != method:
+                    if (method, impl, seed) in done or (impl in CONTROLS and CONTROLS[impl][0] != method):
                         continue
-                    if impl == "eae":
-                        net, wall, epochs_s = train_ours(a, method, seed, workdir)
+                    if impl in ("eae", "eae_rawstart"):
+                        net, wall, epochs_s = train_ours(a, method, seed, workdir, raw_start=impl == "eae_rawstart")
                     else:
                         net, wall = train_art(a, method, seed, x_art, y_art, s.mean, s.std, clip=impl == "art")
                         epochs_s = wall

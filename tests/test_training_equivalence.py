@@ -107,7 +107,15 @@ def test_summary_and_markdown(te):
     assert not summary["fgsm_rs:art_noclip"]["clean"]["equivalent"]
     assert summary["fgsm_rs:art_noclip"]["clean"]["theirs"]["mean"] == pytest.approx(0.3)
     md = te.to_markdown({**doc, "runs": runs, "summary": summary})
-    assert "control, ART with its gradient clipping switched off" in md
+    assert "## fgsm_rs: control `art_noclip` (eae vs art_noclip)" in md
+
+
+def test_only_paired_seeds_are_compared(te):
+    runs = [_run("fgsm_rs", "eae", s, 0.4, 0.2, 0.1) for s in range(4)]
+    runs += [_run("fgsm_rs", "art", s, 0.4 + 0.1 * (s >= 2), 0.2, 0.1) for s in range(2, 6)]
+    c = te.summarise_runs(runs, ("fgsm_rs",))["fgsm_rs"]["clean"]
+    assert c["ours"]["n"] == c["theirs"]["n"] == 2  # seeds 2 and 3
+    assert c["theirs"]["mean"] == pytest.approx(0.5)
 
 
 def test_art_present_when_installed():
