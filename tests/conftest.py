@@ -74,3 +74,41 @@ def trained_small(tmp_path_factory):
 
     x, y = load_test_set(cfg)
     return load(out), x.float() / 255, y
+
+
+class TinyNet(torch.nn.Module):
+    """A small CNN for 16x16 images, normalisation inside (images enter in [0, 1])."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.body((x - 0.5) / 0.25)
+
+
+@pytest.fixture(scope="session")
+def tiny16():
+    """TinyNet trained for a few seconds (one thread) on synthetic 16x16 images: accurate,
+    with some points robust at small ε and some not; returns (model, x, y) with the 64
+    test images. Used to compare our attacks with AutoAttack's."""
+    from eae.data import make_synthetic
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    x, y = make_synthetic(2048 + 64, size=16, seed=3)  # the last 64 are the test slice
+    x, y = torch.from_numpy(x).float() / 255, torch.from_numpy(y)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        for idx in torch.randperm(2048, generator=g).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    torch.set_num_threads(before)
+    return model.eval(), x[2048:], y[2048:]

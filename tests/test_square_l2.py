@@ -7,7 +7,6 @@ from torch import nn
 
 from eae.attacks import Square, build_attack
 from eae.attacks.square import l2_start, l2_window_side, pseudo_gaussian, random_blocks, rectangles
-from eae.data import make_synthetic
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -20,27 +19,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(one_thread):
-    """The small CNN of test_autoattack_agreement.py (which skips without pyautoattack),
-    trained for a few seconds on synthetic 16x16 images; 64 test images."""
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    x, y = make_synthetic(2048 + 64, size=16, seed=3)
-    x, y = torch.from_numpy(x).float() / 255, torch.from_numpy(y)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(4):
-        for idx in torch.randperm(2048, generator=g).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model((x[idx] - 0.5) / 0.25), y[idx]).backward()
-            opt.step()
-    return nn.Sequential(_Standardise(), model).eval(), x[2048:], y[2048:]
-
-
-class _Standardise(nn.Module):
-    def forward(self, x):
-        return (x - 0.5) / 0.25
+def tiny(one_thread, tiny16):
+    return tiny16
 
 
 def _reference(eps=0.5, model=None, queries=0):
