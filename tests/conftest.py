@@ -112,3 +112,12 @@ def tiny16():
             opt.step()
     torch.set_num_threads(before)
     return model.eval(), x[2048:], y[2048:]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,19 +26,8 @@ def _harness():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Thousands of small forward passes: one thread is several times faster than two
-    on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(one_thread, tiny16):
-    return tiny16
+# thousands of small forward passes: one thread is several times faster than two on 2 cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _all_right(model, x):
@@ -50,7 +39,7 @@ def _all_right(model, x):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
-def test_apgd_iterates_are_autoattacks(tiny, loss, norm):
+def test_apgd_iterates_are_autoattacks(tiny16, loss, norm):
     """From the same seed, one APGD run of ours and of AutoAttack draw the same start and
     then take the same steps: same step-size halvings, same fooled points, same best points
     (to float rounding). This is what pins the checkpoint rule's first comparison."""
@@ -59,7 +48,7 @@ def test_apgd_iterates_are_autoattacks(tiny, loss, norm):
     from eae.attacks.apgd import apgd
     from eae.attacks.base import attack_mode, ce_loss, dlr_loss, dlr_targeted_loss
 
-    model, x, _ = tiny
+    model, x, _ = tiny16
     y = _all_right(model, x)
     eps, ref_norm = (EPS, "Linf") if norm == "linf" else (EPS_L2, "L2")
     if loss == "dlr-targeted":
@@ -84,7 +73,7 @@ def test_apgd_iterates_are_autoattacks(tiny, loss, norm):
 # L2 ε: on the tiny model FAB-T's minimal L2 perturbations spread over about 0.003 .. 0.6,
 # so 0.2 fools some points and not others
 @pytest.mark.parametrize("norm, eps", [("linf", EPS), ("l2", 0.2)])
-def test_fab_t_finds_autoattacks_points(tiny, norm, eps):
+def test_fab_t_finds_autoattacks_points(tiny16, norm, eps):
     """FAB-T has no random start in AutoAttack's standard version: per target, ours and
     AutoAttack's fool the same points with the same minimal perturbations (in L∞ and in L2)."""
     from pyautoattack.fab_pt import FABAttack_PT
@@ -96,7 +85,7 @@ def test_fab_t_finds_autoattacks_points(tiny, norm, eps):
         d = d.flatten(1)
         return d.abs().amax(1) if norm == "linf" else d.square().sum(1).sqrt()
 
-    model, x, _ = tiny
+    model, x, _ = tiny16
     y = _all_right(model, x)
     ref = FABAttack_PT(model, norm={"linf": "Linf", "l2": "L2"}[norm], n_restarts=1, n_iter=100, eps=eps, seed=0,
                        targeted=True, device="cpu")
@@ -114,7 +103,7 @@ def test_fab_t_finds_autoattacks_points(tiny, norm, eps):
         torch.testing.assert_close(size(x_adv - x)[fooled], ref_size[fooled], rtol=0, atol=1e-5)
 
 
-def test_l2_square_fools_as_many_points_as_autoattacks(tiny):
+def test_l2_square_fools_as_many_points_as_autoattacks(tiny16):
     """Our L2 Square and AutoAttack's (norm='L2', the standard version's p_init 0.8, margin
     loss, schedule not rescaled), 1,000 queries at eps 0.3, leave as many points robust:
     the windows and the blocks' orientations are drawn differently (ours per image), so
@@ -124,7 +113,7 @@ def test_l2_square_fools_as_many_points_as_autoattacks(tiny):
 
     from eae.attacks import build_attack
 
-    model, x, y = tiny
+    model, x, y = tiny16
     eps, queries = 0.3, 1000
     ref = SquareAttack(model, norm="L2", eps=eps, n_queries=queries, p_init=0.8, loss="margin",
                        resc_schedule=False, seed=0, device="cpu")
@@ -141,8 +130,8 @@ def test_l2_square_fools_as_many_points_as_autoattacks(tiny):
 
 
 @pytest.mark.parametrize("pair", ["aa", "aa-fast"])
-def test_same_robust_points_as_autoattack(tiny, pair):
-    model, x, y = tiny
+def test_same_robust_points_as_autoattack(tiny16, pair):
+    model, x, y = tiny16
     r = _harness().compare(model, x, y, pair, eps=EPS, seed=0, batch_size=N)
     rob = r["robust"]
     assert 0.3 * N < r["clean"] and 0 < rob["reference"] < r["clean"], r  # a slice that tests something

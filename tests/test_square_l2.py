@@ -9,18 +9,8 @@ from eae.attacks import Square, build_attack
 from eae.attacks.square import l2_start, l2_window_side, pseudo_gaussian, random_blocks, rectangles
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hundreds of small forward passes: one thread is faster than two on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(one_thread, tiny16):
-    return tiny16
+# thousands of small forward passes: one thread is several times faster than two on 2 cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(eps=0.5, model=None, queries=0):
@@ -41,10 +31,10 @@ def test_suite_builds_the_l2_attack():
         Square(0.5, norm="l1")
 
 
-def test_l2_points_stay_in_the_ball_and_the_box(tiny):
+def test_l2_points_stay_in_the_ball_and_the_box(tiny16):
     """Every returned point is within eps in L2 and in [0, 1], at the box's corners too;
     away from the box's faces no clipping bites, so each point spends all of eps."""
-    model, x, y = tiny
+    model, x, y = tiny16
     x, y = x[:48].clone(), y[:48]
     x[:4], x[4:8] = 0.0, 1.0
     x[8:] = 0.3 + 0.4 * x[8:]
@@ -137,10 +127,10 @@ def test_l2_start_is_autoattacks(side):
                                rtol=0, atol=1e-6)
 
 
-def test_l2_square_beats_random_noise_of_the_same_norm(tiny):
+def test_l2_square_beats_random_noise_of_the_same_norm(tiny16):
     """A random search that keeps what lowers the margin fools far more points than the
     best of as many random directions of the same L2 norm (23 of 31 left against 8)."""
-    model, x, y = tiny
+    model, x, y = tiny16
     eps, queries = 1.0, 100
     torch.manual_seed(0)
     with torch.no_grad():
