@@ -521,3 +521,143 @@ def test_runs_record_their_data_and_older_runs_still_evaluate(run, tmp_path, cap
     (old / "dataset.json").unlink()
     rc, text = _call(["eval", str(old), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
     assert rc == 0 and "clean" in text, text
+
+
+# --------------------------------------------------------------------------- eval --model (a network from elsewhere)
+USER_MODELS = '''
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, width=4, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class Crashy(Tiny):
+    def forward(self, x):
+        raise RuntimeError("boom in forward")
+
+
+class Pair(Tiny):
+    def forward(self, x):
+        return super().forward(x), 0
+
+
+class NeedsDepth(Tiny):
+    def __init__(self, depth):
+        super().__init__()
+'''
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.fixture()
+def external(tmp_path, monkeypatch) -> dict[str, str]:
+    """A user's model file, files that fail on import, weights of every kind, and a 3-class
+    image folder (16x16) to evaluate on: the placeholders of EXTERNAL_CASES."""
+    from test_imagefolder import make_folder
+
+    monkeypatch.chdir(tmp_path)  # where the pickle's code would touch 'pwned'
+    (tmp_path / "models.py").write_text(USER_MODELS)
+    (tmp_path / "raises.py").write_text('raise RuntimeError("raised on import")\n')
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    ns: dict = {}
+    exec(compile(USER_MODELS, "models.py", "exec"), ns)
+    torch.save(ns["Tiny"]().state_dict(), tmp_path / "tiny.pt")
+    torch.save({"w": _Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "folder.pt").mkdir()
+    return {"MODELS": str(tmp_path / "models.py"), "RAISES": str(tmp_path / "raises.py"),
+            "SYNTAX": str(tmp_path / "syntax.py"), "TINY": str(tmp_path / "tiny.pt"),
+            "EVIL": str(tmp_path / "evil.pt"), "FOLDER": str(tmp_path / "folder.pt"),
+            "DATA": str(make_folder(tmp_path / "data", per_class=1)), "ROOT": str(tmp_path)}
+
+
+def _external_argv(external: dict[str, str], model: str, weights: str, extra: list[str]) -> list[str]:
+    fill = lambda a: a.format(**external)  # noqa: E731
+    return ["eval", "--model", fill(model), "--weights", fill(weights), *map(fill, extra), "--device", "cpu",
+            "--dataset", "imagefolder", "--data-dir", external["DATA"], "--image-size", "16", "--quiet", "--attacks", "clean,pgd1", "--diagnostics", "off"]
+
+
+# (--model, --weights, more flags, fragment of the one-line refusal)
+EXTERNAL_CASES = [
+    ("timm:", "{TINY}", [], "name the timm network after the colon, e.g. timm:resnet18"),
+    ("{RAISES}:Net", "{TINY}", [], "failed (RuntimeError: raised on import, {RAISES} line 1)"),
+    ("{SYNTAX}:Net", "{TINY}", [], "failed (SyntaxError: invalid syntax"),
+    ("{MODELS}", "{TINY}", [], "name it: {MODELS}:ClassName"),
+    (":Tiny", "{TINY}", [], "give FILE.py:ClassName or package.module:ClassName"),
+    ("{MODELS}:Tiny", "{TINY}", ["--model-kwargs", '{{"nope": 1}}'],
+     "could not be built with --model-kwargs {{\"nope\": 1}} (TypeError"),
+    ("{MODELS}:NeedsDepth", "{TINY}", [], "missing 1 required positional argument: 'depth'"),
+    ("{MODELS}:Tiny", "{TINY}", ["--model-kwargs", '{{"width": NaN}}'], "NaN is not a number JSON allows"),
+    ("resnet_small", "{TINY}", ["--model-kwargs", '{{"num_classes": 5}}'], "num_classes is set from the dataset"),
+    ("{MODELS}:Tiny", "{FOLDER}", [], "is a folder, not a weights file"),
+    ("{MODELS}:Tiny", "{EVIL}", [], "holds Python objects beyond tensors (posix.system)"
+     if os.name == "posix" else "holds Python objects beyond tensors"),
+    ("{MODELS}:Tiny", "{TINY}", ["--normalize", ""], "--normalize takes"),
+    ("{MODELS}:Crashy", "{TINY}", [], "the model failed on a batch of shape (2, 3, 16, 16) (images in [0, 1]): "
+                                      "RuntimeError: boom in forward"),
+    ("{MODELS}:Pair", "{TINY}", [], "(wrap it to pick them out of the tuple)"),
+    ("{MODELS}:Tiny", "{TINY}", ["--norm", "l2", "--eps", "100"], "beyond the largest L2 distance between two "
+                                                                 "(3, 16, 16) images in [0, 1] (27.7)"),
+]
+
+
+@pytest.mark.parametrize("model,weights,extra,fragment", EXTERNAL_CASES,
+                         ids=[f"{c[0]} {' '.join(c[2])}".strip() for c in EXTERNAL_CASES])
+def test_eval_of_a_model_from_elsewhere_refuses_with_one_line(external, model, weights, extra, fragment, capsys):
+    before = _tree_hash(Path(external["ROOT"]))
+    rc, text = _call(_external_argv(external, model, weights, extra), capsys)
+    err = [line for line in text.strip().splitlines() if line.startswith(("error", "eae eval: error"))]
+    assert rc == 2 and fragment.format(**external) in text and len(err) == 1, text
+    assert "{kind}" not in text and "Warning" not in text
+    assert _tree_hash(Path(external["ROOT"])) == before  # nothing written, the pickle's code never ran
+
+
+def test_weights_are_read_by_their_content_not_their_name(external, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    state = torch.load(external["TINY"], weights_only=True)
+    save_file(state, str(tmp_path / "really_safetensors.pt"))
+    torch.save(state, tmp_path / "really_torch.safetensors")
+    for name in ("really_safetensors.pt", "really_torch.safetensors"):
+        rc, text = _call(_external_argv(external, "{MODELS}:Tiny", str(tmp_path / name), []), capsys)
+        assert rc == 0 and "| clean |" in text, text
+
+
+def test_eval_output_keeps_a_report_the_user_edited(external, tmp_path, capsys):
+    out = tmp_path / "results" / "r.json"
+    out.parent.mkdir()
+    argv = _external_argv(external, "{MODELS}:Tiny", "{TINY}", ["--output", str(out)])
+    assert _call(argv, capsys)[0] == 0 and _call(argv, capsys)[0] == 0  # its own report: replaced
+    md = out.with_suffix(".md")
+    md.write_text(md.read_text() + "\nmy notes on this result\n")
+    before = _tree_hash(out.parent)
+    rc, text = _call(argv, capsys)
+    assert rc == 2 and f"{md} is not the report eae eval wrote beside r.json" in text, text
+    assert _tree_hash(out.parent) == before and "| clean |" in text
+
+
+def test_train_with_a_missing_library_names_the_extra_and_claims_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
+    rc, text = _call(["train", *SYN, "--arch", "timm:resnet18", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "pip install 'eae-at[timm]'" in text and not (tmp_path / "r").exists(), text
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--eps", "100"], "eps 100 for l2 is beyond the largest L2 distance between two (3, 16, 16) images"),
+    (["--eps", "-1"], "eps must be a finite number >= 0 for l2"),
+    (["--eps", "nan"], "eps must be a finite number >= 0 for l2"),
+])
+def test_train_l2_eps_is_said_once_and_in_range(tmp_path, extra, fragment, capsys):
+    rc, text = _call(["train", *SYN, "--norm", "l2", *extra, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and "pgd_alpha" not in text and "trades_alpha" not in text, text
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -211,9 +212,11 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if not args.weights or args.weights in ("final", "best"):
         raise UsageError("--model needs --weights FILE (.safetensors, or a PyTorch state_dict file)")
     try:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        kwargs = json.loads(args.model_kwargs, parse_constant=_no_constant) if args.model_kwargs is not None else {}
     except json.JSONDecodeError as e:
         raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}): {args.model_kwargs!r}") from None
+    except ValueError as e:
+        raise UsageError(f"--model-kwargs: {e}, in {args.model_kwargs!r}") from None
     if not isinstance(kwargs, dict):
         raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
     data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size,
@@ -226,6 +229,10 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
             "norm": "linf", "eps": DEFAULT_EPS["linf"], "meta": meta,
             "title": f"{args.model} ({args.weights})", "default_output": None}
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows; give a finite number")
 
 
 def _num_classes(data: TrainConfig) -> int:
@@ -257,6 +264,7 @@ def _save_report(args: argparse.Namespace, src: dict[str, Any], out: dict[str, A
     if json_path is None:
         print("(not saved: pass --output PATH.json to save the report)")
         return 0
+    out = {**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()}
     try:
         if args.output:
             _refuse_foreign(json_path)
@@ -275,14 +283,28 @@ def _refuse_foreign(json_path: Path) -> None:
     """--output may replace only what a previous ``eae eval`` wrote there."""
     if json_path.suffix != ".json":
         raise FileExistsError(f"--output must end in .json (a .md is written beside it), got {json_path.name}")
-    for p in (json_path, json_path.with_suffix(".md")):
+    md_path = json_path.with_suffix(".md")
+    for p in (json_path, md_path):
         if p.exists() and not _ours(json_path):
             raise FileExistsError(f"{p} exists and was not written by eae eval; it is left as it is")
+    if md_path.exists() and not _md_unchanged(json_path, md_path):
+        raise FileExistsError(f"{md_path} is not the report eae eval wrote beside {json_path.name} (it was "
+                              "changed or replaced since); it is left as it is")
 
 
 def _ours(json_path: Path) -> bool:
     try:
         return json.loads(json_path.read_text()).get("written_by") == "eae eval"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _md_unchanged(json_path: Path, md_path: Path) -> bool:
+    """The .md is the one eae wrote with this JSON (its SHA-256 is recorded there); a JSON
+    written before the hash was recorded vouches for its .md as before."""
+    try:
+        recorded = json.loads(json_path.read_text()).get("markdown_sha256")
+        return recorded is None or hashlib.sha256(md_path.read_bytes()).hexdigest() == recorded
     except (OSError, ValueError, AttributeError):
         return False
 

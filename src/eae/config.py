@@ -184,15 +184,23 @@ class TrainConfig:
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)  # frozen: resolved once, here
+        derived = [name for name in norm_defaults(self.norm, 0.0) if getattr(self, name) is None]
         for name, value in norm_defaults(self.norm, self.eps).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        errors = eps_errors(self.eps, self.norm) + _arch_errors(self.arch)
+        bad_eps = eps_errors(self.eps, self.norm)
+        errors = bad_eps + _arch_errors(self.arch)
+        side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(self.dataset, 32)
+        if not errors and isinstance(side, int) and side > 0:
+            errors += l2_diameter_errors(self.eps, self.norm, (3, side, side))
         for name in ("lr_max", "momentum", "weight_decay", "overfit_drop"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 errors.append(f"{name} must be a finite number >= 0, got {v}")
-        errors += self._check_numbers()
+        numbers = self._check_numbers()
+        if bad_eps:  # said once: not again as a non-finite eps, nor as the step sizes derived from it
+            numbers = [e for e in numbers if not e.startswith(tuple(f"{n} " for n in ("eps", *derived)))]
+        errors += numbers
         if not 0 < self.overfit_step_factor <= 1:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
@@ -301,6 +309,16 @@ def eps_errors(eps: Any, norm: str) -> list[str]:
         return [f"eps must be in [0, 1] for linf (pixel units of images in [0, 1]; {EPS_HELP}), got {eps!r}"]
     if norm == "l2" and not (number and eps >= 0):
         return [f"eps must be a finite number >= 0 for l2 (pixel units; {EPS_HELP}), got {eps!r}"]
+    return []
+
+
+def l2_diameter_errors(eps: Any, norm: str, shape: tuple[int, ...]) -> list[str]:
+    """An L2 radius beyond the diameter of the image box, sqrt(C*H*W) (within it, every
+    image reaches every other), is a mistake (eps in 0-255 units?), not a threat model."""
+    diameter = math.sqrt(math.prod(shape))
+    if norm == "l2" and isinstance(eps, (int, float)) and eps > diameter:
+        return [f"eps {eps:g} for l2 is beyond the largest L2 distance between two {tuple(shape)} images in "
+                f"[0, 1] ({diameter:.1f}); eps is in pixel units of images in [0, 1] ({EPS_HELP})"]
     return []
 
 

@@ -22,6 +22,7 @@ from . import distributed as dist
 from .checkpoint import BEST_WEIGHTS, WEIGHTS, save_checkpoint
 from .config import TrainConfig
 from .evaluation import run_suite
+from .models.library import import_library, is_library_arch
 from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, lr_factor,
                        train_epoch)
 from .training.epoch import uses_bf16
@@ -66,6 +67,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     many epochs of this call (the run stays resumable).
     """
     _check_names(cfg)
+    if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
+        import_library(cfg.arch.partition(":")[0])
     device = dist.init(cfg.device)  # joins torchrun's process group, if any
     log = (lambda *a: None) if quiet or not dist.is_main() else (lambda *a: print(*a, flush=True))
     folder = RunFolder(cfg, log, write_checkpoint=save_checkpoint)

@@ -61,11 +61,17 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def output_form(model: nn.Module, x: torch.Tensor) -> int:
     """The number of classes, after checking that ``model(x)`` is a (len(x), K) float
     tensor with K >= 2; anything else is an error naming what came back."""
-    out = _forward(model, x)
+    try:
+        out = _forward(model, x)
+    except Exception as e:  # noqa: BLE001 - the first forward pass: a model that cannot take these images
+        text = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)} (images in [0, 1]): {why}; "
+                         "check that it takes images of this size and channel count") from e
     if not isinstance(out, torch.Tensor):
         kind = type(out).__name__
         raise ValueError(f"the model returned a {kind}, not a tensor of logits: evaluate a module whose forward "
-                         "returns the (N, classes) logits only (wrap it to pick them out of the {kind})")
+                         f"returns the (N, classes) logits only (wrap it to pick them out of the {kind})")
     if out.ndim != 2 or out.shape[0] != len(x):
         raise ValueError(f"the model returned shape {tuple(out.shape)} for {len(x)} images; logits must be "
                          f"({len(x)}, classes)")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
+from ..config import l2_diameter_errors
 from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
@@ -123,6 +124,13 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
                              f"[{x.min().item():.3g}, {x.max().item():.3g}]")
 
 
+def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:
+    """Refuse an L2 radius beyond the diameter of the image box (see ``l2_diameter_errors``)."""
+    errors = l2_diameter_errors(eps, norm, tuple(x.shape[1:])) if x.ndim == 4 else []
+    if errors:
+        raise ValueError(errors[0])
+
+
 def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, str]]:
     """Refuse a model whose outputs cannot be scored, or labels and attacks its number of
     classes cannot serve; notes for the verdict where the attacks do less than usual."""
@@ -141,6 +149,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
     device = torch.device(device) if device is not None else x.device
     check_inputs(x, y)
+    check_radius(eps, norm, x)
     s, plan = resolve_plan(attacks, suite, eps, norm)
     eot = s.eot if eot is None else eot
     y = y.long()

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import re
 import sys
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,20 +71,42 @@ def build_model(spec: str, num_classes: int, kwargs: dict[str, Any] | None = Non
     """The (untrained) network named by ``spec``; see the module docstring."""
     kwargs = dict(kwargs or {})
     prefix, _, name = spec.partition(":")
-    if prefix in LIBRARIES and name:
-        return _library_model(prefix, name, num_classes, kwargs)
+    if "num_classes" in kwargs and (prefix in LIBRARIES or ":" not in spec):
+        raise ValueError(f"--model-kwargs: num_classes is set from the dataset ({num_classes} classes) for "
+                         f"--model {spec}; leave it out")
+    if prefix in LIBRARIES:
+        if not name:
+            raise ValueError(f"--model {spec}: name the {prefix} network after the colon, e.g. {prefix}:resnet18")
+        module = import_library(prefix)  # a missing library names its extra, before anything is built
+        return _built(spec, kwargs, lambda: _library_model(module, prefix, name, num_classes, kwargs))
     if ":" in spec:
-        return _user_class(spec)(**kwargs)
+        cls = _user_class(spec)
+        return _built(spec, kwargs, lambda: cls(**kwargs))
     from . import MODELS, create_model
 
     if spec not in MODELS.names():
+        hint = (f"; to use a class of {spec}, name it: {spec}:ClassName" if spec.endswith(".py")
+                else "")
         raise ValueError(f"unknown model {spec!r}: give a name from `eae list`, timm:NAME, torchvision:NAME, "
-                         "or FILE.py:Class / package.module:Class")
-    return create_model(spec, num_classes=num_classes, **kwargs)
+                         f"or FILE.py:Class / package.module:Class{hint}")
+    return _built(spec, kwargs, lambda: create_model(spec, num_classes=num_classes, **kwargs))
 
 
-def _library_model(lib: str, name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
-    module = import_library(lib)
+def _built(spec: str, kwargs: dict[str, Any], make) -> nn.Module:
+    """``make()``; a constructor that fails (wrong or missing --model-kwargs, an unknown
+    library name, the user's own code) is the user's error, named in one line."""
+    try:
+        model = make()
+    except Exception as e:  # noqa: BLE001 - any failure of the user's constructor is reported, not a traceback
+        given = f" with --model-kwargs {json.dumps(kwargs)}" if kwargs else ""
+        raise ValueError(f"--model {spec}: could not be built{given} ({_one_line(e)}{_where(e)}); "
+                         "check the class's arguments (--model-kwargs '{\"name\": value}')") from e
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {spec}: built a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _library_model(module, lib: str, name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
     if lib == "timm":
         return module.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     import torchvision.models
@@ -88,8 +114,28 @@ def _library_model(lib: str, name: str, num_classes: int, kwargs: dict[str, Any]
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _where(e: BaseException, path: Path | None = None) -> str:
+    """', FILE line N': where in the user's code (the file ``path``, else the innermost
+    frame outside torch and eae) the exception was raised."""
+    if isinstance(e, SyntaxError):  # its message names the file and line already
+        return ""
+    frames = traceback.extract_tb(e.__traceback__)
+    if path is not None:
+        frames = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    else:
+        frames = [f for f in frames if "/torch/" not in f.filename and "/eae/" not in f.filename]
+    return f", {frames[-1].filename} line {frames[-1].lineno}" if frames else ""
+
+
 def _user_class(spec: str) -> type:
     where, _, cls = spec.rpartition(":")
+    if not where or not cls:
+        raise ValueError(f"--model {spec}: give FILE.py:ClassName or package.module:ClassName")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
@@ -98,12 +144,20 @@ def _user_class(spec: str) -> type:
         spec_obj = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec_obj)
         sys.modules[mod_name] = module
-        spec_obj.loader.exec_module(module)
+        try:
+            spec_obj.loader.exec_module(module)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's file failed: say where, in one line
+            sys.modules.pop(mod_name, None)
+            raise ValueError(f"--model {spec}: running {path} failed ({_one_line(e)}{_where(e, path)}); "
+                             f"fix it (`python {path}` shows the traceback)") from e
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as e:
             raise MissingDependency(f"--model {spec}: cannot import {where!r} ({e})") from None
+        except (Exception, SystemExit) as e:  # noqa: BLE001
+            raise ValueError(f"--model {spec}: importing {where} failed ({_one_line(e)}{_where(e)}); "
+                             f"fix it (`python -c 'import {where}'` shows the traceback)") from e
     found = getattr(module, cls, None)
     if not isinstance(found, type) or not issubclass(found, nn.Module):
         raise ValueError(f"--model {spec}: {where} has no nn.Module class {cls!r}")
@@ -115,20 +169,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``weights_only=True``, unwrapped from the usual containers (``state_dict``, ``model``,
     ...) and from DataParallel's ``module.`` prefix."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a weights file: give the .safetensors or .pt file itself "
+                           "(an eae run folder evaluates as `eae eval RUN_DIR`)")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch's pickle-protocol warning is noise before our one line
+            warnings.simplefilter("ignore")
+            if _is_safetensors(path):
+                from safetensors.torch import load_file
 
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state: Any = load_file(str(path))
+            else:
+                with path.open("rb") as fh:  # a file object: torch.load would go by the suffix itself
+                    state = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, truncated file, not a weights file at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in first or "Unsupported global" in first:
-            first = "it holds Python objects beyond tensors, which eae does not unpickle"
-        raise WeightsError(f"{path}: not a readable weights file ({first}); save a state_dict "
+        raise WeightsError(f"{path}: not a readable weights file ({_load_failure(e)}); save a state_dict "
                            "(torch.save(model.state_dict(), ...)) or a .safetensors file") from None
     for key in ("state_dict", "model_state_dict", "model", "net", "ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -141,11 +198,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _is_safetensors(path: Path) -> bool:
+    """By content, not by name: a safetensors file begins with an 8-byte header length and
+    a JSON header; a PyTorch file is a zip (PK) or a pickle. Unknown: by the suffix."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return True
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return False
+    return path.suffix == ".safetensors"
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load or safetensors refused a file, in one short phrase."""
+    text = str(e).strip()
+    glob = re.search(r"(?i)unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", text)
+    if glob:
+        return f"it holds Python objects beyond tensors ({glob.group(1)}), which eae does not unpickle"
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        return ("torch.load(weights_only=True) refused it: it holds Python objects beyond tensors, which eae "
+                "does not unpickle, or it is not a PyTorch file at all")
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first.split(". ")[0]  # torch's zip errors go on for several sentences
+
+
 def load_external(spec: str, weights: str | Path, num_classes: int, *, normalize: str | None = None,
                   kwargs: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """``build_model(spec)`` with the weights of ``weights`` (strict), wrapped with
     ``normalize`` when given, in eval mode on ``device``."""
-    norm = parse_normalize(normalize) if normalize else None  # cheap checks before any work
+    norm = parse_normalize(normalize) if normalize is not None else None  # cheap checks before any work
     model = build_model(spec, num_classes, kwargs)
     state = read_state_dict(weights)
     try:
