@@ -18,9 +18,10 @@ of the cascade, and the wall time of both. Pairs:
 ``--norm l2`` compares the L2 versions (AutoAttack ``norm='L2'``, eps 0.5 unless ``--eps``).
 
 Writes OUT/agreement.json and OUT/agreement.md after every model and pair, so a long run can
-be stopped and continued (``--resume`` skips the pairs already in agreement.json). Models run
-in parallel processes (``--out`` of their own each) are joined by ``--join DIR DIR ... --out OUT``,
-which runs nothing.
+be stopped and continued (``--resume`` skips what is already in agreement.json: each side of a
+pair, the official AutoAttack's evaluation and ours, is saved as soon as it ends). Models or
+sides run in parallel processes (``--out`` of their own each, ``--sides reference`` or
+``--sides eae``) are joined by ``--join DIR DIR ... --out OUT``, which runs nothing.
 """
 from __future__ import annotations
 
@@ -102,29 +103,43 @@ def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps:
             "flags": [e for e in report.evidence if not e.startswith("[ok]")]}
 
 
-def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, *, eps: float = 8 / 255, seed: int = 0,
-            batch_size: int = 500, device: torch.device | str = "cpu", norm: str = "linf") -> dict:
-    """Both evaluations of one model on (x in [0, 1], y), and how they differ."""
-    device = torch.device(device)
-    x, y = x.float(), y.long()
-    ref = run_reference(model, x, y, pair, eps, seed, batch_size, device, norm)
-    ours = run_ours(model, x, y, pair, eps, seed, batch_size, device, norm)
-    n = len(y)
-    clean = predict(model, x.to(device)).cpu() == y
-    only_ref = (ref["robust"] & ~ours["robust"]).nonzero().squeeze(1).tolist()
-    only_ours = (ours["robust"] & ~ref["robust"]).nonzero().squeeze(1).tolist()
+SIDES = {"reference": run_reference, "eae": run_ours}
+
+
+def run_side(side: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, *, eps: float, seed: int,
+             batch_size: int, device: torch.device, norm: str) -> dict:
+    """One side's evaluation as JSON: the robust points as indices, so that a side can be
+    saved as soon as it ends and the other run later, or in another process."""
+    r = SIDES[side](model, x.float(), y.long(), pair, eps, seed, batch_size, device, norm)
+    clean = int((predict(model, x.float().to(device)).cpu() == y.cpu()).sum())
+    return {**r, "robust": r["robust"].nonzero().squeeze(1).tolist(), "n": len(y), "clean": clean,
+            "threads": torch.get_num_threads()}
+
+
+def combine(ref: dict, ours: dict, pair: str) -> dict:
+    """The comparison of two sides run on the same images."""
+    n, clean = ref["n"], ref["clean"]
+    a, b = set(ref["robust"]), set(ours["robust"])
     return {
-        "pair": pair, "n": n, "clean": int(clean.sum()),
-        "robust": {"reference": int(ref["robust"].sum()), "eae": int(ours["robust"].sum())},
-        "robust_accuracy": {"reference": ref["robust"].float().mean().item(), "eae": ours["robust"].float().mean().item()},
-        "difference_points": (ours["robust"].float().mean().item() - ref["robust"].float().mean().item()) * 100,
-        "robust_only_for_reference": only_ref, "robust_only_for_eae": only_ours,
+        "pair": pair, "n": n, "clean": clean,
+        "robust": {"reference": len(a), "eae": len(b)},
+        "robust_accuracy": {"reference": len(a) / n, "eae": len(b) / n},
+        "difference_points": (len(b) - len(a)) / n * 100,
+        "robust_only_for_reference": sorted(a - b), "robust_only_for_eae": sorted(b - a),
         "stages": {"reference": ref["stages"], "eae": ours["stages"]},
         "seconds": {"reference": round(ref["seconds"], 1), "eae": round(ours["seconds"], 1),
                     "eae_attacks_only": round(ours["attack_seconds"], 1),
                     "ratio_eae_to_reference": round(ours["seconds"] / max(ref["seconds"], 1e-9), 3)},
         "reference_warnings": ref["warnings"], "eae_verdict": ours["verdict"], "eae_flags": ours["flags"],
     }
+
+
+def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, *, eps: float = 8 / 255, seed: int = 0,
+            batch_size: int = 500, device: torch.device | str = "cpu", norm: str = "linf") -> dict:
+    """Both evaluations of one model on (x in [0, 1], y), one after the other, and how they differ."""
+    kw = dict(eps=eps, seed=seed, batch_size=batch_size, device=torch.device(device), norm=norm)
+    ref, ours = (run_side(side, model, x, y, pair, **kw) for side in SIDES)
+    return combine(ref, ours, pair)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -195,7 +210,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--resume", action="store_true", help="skip the model/pair results already in OUT")
+    ap.add_argument("--sides", default="reference,eae",
+                    help="which evaluations to run now: reference, eae or both (default); each is saved when it "
+                         "ends, and a pair is compared once both are in OUT")
+    ap.add_argument("--resume", action="store_true", help="skip the sides already in OUT")
     args = ap.parse_args()
     if args.eps is None:
         args.eps = 8 / 255 if args.norm == "linf" else 0.5
@@ -206,11 +224,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "agreement.json"
     if args.join:
-        parts = [json.loads((Path(d) / "agreement.json").read_text()) for d in args.runs]
-        doc = {"header": {**parts[0]["header"], "command": "; ".join(p["header"]["command"] for p in parts)},
-               "models": {k: v for p in parts for k, v in p["models"].items()}}
-        path.write_text(json.dumps(doc, indent=1))
-        (out / "agreement.md").write_text(to_markdown(doc))
+        _save(join([json.loads((Path(d) / "agreement.json").read_text()) for d in args.runs]), out)
         return
     doc = json.loads(path.read_text()) if args.resume and path.exists() else {"models": {}}
     doc["header"] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "commit": git_commit(),
@@ -225,19 +239,56 @@ def main() -> None:
         x, y = load_test_set(read_config(run), args.n)
         x = x.float() / 255
         for pair in args.pairs.split(","):
-            if pair in doc["models"].get(name, {}):
+            record = doc["models"].setdefault(name, {}).setdefault(pair, {})
+            if "robust" in record:  # both sides done
                 continue
-            print(f"{name} {pair}: {args.n} images", file=sys.stderr, flush=True)
-            r = compare(model, x, y, pair, eps=args.eps, seed=args.seed, batch_size=args.batch_size, device=device,
-                        norm=args.norm)
-            r["commit"], r["threads"] = doc["header"]["commit"], torch.get_num_threads()
-            doc["models"].setdefault(name, {})[pair] = r
-            print(f"  reference {100 * r['robust_accuracy']['reference']:.1f}% ({r['seconds']['reference']:.0f} s), "
-                  f"eae {100 * r['robust_accuracy']['eae']:.1f}% ({r['seconds']['eae']:.0f} s)", file=sys.stderr,
-                  flush=True)
-            path.write_text(json.dumps(doc, indent=1))
-            (out / "agreement.md").write_text(to_markdown(doc))
+            sides = record.setdefault("sides", {})
+            for side in args.sides.split(","):
+                if side in sides:
+                    continue
+                print(f"{name} {pair} {side}: {args.n} images", file=sys.stderr, flush=True)
+                sides[side] = run_side(side, model, x, y, pair, eps=args.eps, seed=args.seed,
+                                       batch_size=args.batch_size, device=device, norm=args.norm)
+                sides[side]["commit"] = doc["header"]["commit"]
+                print(f"  {100 * len(sides[side]['robust']) / args.n:.1f}% robust ({sides[side]['seconds']:.0f} s)",
+                      file=sys.stderr, flush=True)
+                _save(doc, out)
+            _complete(doc["models"][name], pair)
+            _save(doc, out)
 
+
+def _complete(pairs: dict, pair: str) -> None:
+    """Replace a record holding both sides by their comparison."""
+    sides = pairs[pair].get("sides", {})
+    if set(SIDES) <= set(sides):
+        r = combine(sides["reference"], sides["eae"], pair)
+        r["commit"] = {k: sides[k]["commit"] for k in SIDES}
+        r["threads"] = {k: sides[k]["threads"] for k in SIDES}
+        pairs[pair] = r
+
+
+def join(parts: list[dict]) -> dict:
+    """One document from several runs of the script: finished pairs as they are, sides of
+    the same pair run in different processes put together and compared."""
+    doc = {"header": {**parts[0]["header"], "command": "; ".join(p["header"]["command"] for p in parts)},
+           "models": {}}
+    for part in parts:
+        for name, pairs in part["models"].items():
+            for pair, record in pairs.items():
+                into = doc["models"].setdefault(name, {})
+                if "robust" in record or pair not in into:
+                    into[pair] = json.loads(json.dumps(record))
+                elif "sides" in into[pair]:
+                    into[pair]["sides"].update(record.get("sides", {}))
+                _complete(into, pair)
+    return doc
+
+
+def _save(doc: dict, out: Path) -> None:
+    """agreement.json with every side finished so far; agreement.md with the finished pairs."""
+    (out / "agreement.json").write_text(json.dumps(doc, indent=1))
+    done = {name: {p: r for p, r in pairs.items() if "robust" in r} for name, pairs in doc["models"].items()}
+    (out / "agreement.md").write_text(to_markdown({**doc, "models": {k: v for k, v in done.items() if v}}))
 
 if __name__ == "__main__":
     main()
