@@ -21,6 +21,7 @@ default) adds the attacks needed for 1, 3, 4 and 6 on the first ``diag_n`` point
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -105,6 +106,95 @@ def _acc(model, attack, x, y, clean, batch_size, device, eot=1) -> float:
     return ok.float().mean().item()
 
 
+@dataclass
+class _Probe:
+    """The diagnostic points and how to attack them: ``acc(attack)`` is the accuracy that
+    remains on them (points the model gets wrong count as fooled)."""
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    clean: torch.Tensor
+    batch_size: int
+    device: torch.device
+    eot: int
+    eps: float
+    norm: str
+
+    def acc(self, attack) -> float:
+        return _acc(self.model, attack, self.x, self.y, self.clean, self.batch_size, self.device, self.eot)
+
+    def cw(self, eps: float | None = None, steps: int = 20) -> float:
+        return self.acc(CW(self.eps if eps is None else eps, steps=steps, norm=self.norm))
+
+    def pgd(self, eps: float | None = None, steps: int = 20) -> float:
+        return self.acc(PGD(self.eps if eps is None else eps, steps=steps, norm=self.norm))
+
+
+def _logit_check(model, x, batch_size, device, zero_grad_frac: float, details: dict) -> list[tuple[str, str]]:
+    """5. Logit scale: inflated logits saturate the softmax and hide the CE gradient."""
+    st = _logit_stats(model, x, batch_size, device)
+    st["zero_grad_frac"] = zero_grad_frac
+    details["logits"] = st
+    found = [("ok", f"mean logit norm {st['mean_logit_norm']:.1f}, mean max-softmax {st['mean_max_softmax']:.3f}")]
+    if st["mean_logit_norm"] > LOGIT_NORM:
+        found.append(("suspicious", f"inflated logits: mean logit norm {st['mean_logit_norm']:.1f} > {LOGIT_NORM:.0f}"))
+    return found
+
+
+def _ce_vs_margin(report: Report, probe: _Probe, level: str, details: dict) -> list[tuple[str, str]]:
+    """1. CE-PGD versus margin-PGD: from the suite's own standalone runs when it has both,
+    else (full level) PGD-20 and CW-20 on the diagnostic points."""
+    ce = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("pgd")]
+    mg = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("cw")]
+    if ce and mg:
+        a_ce, a_mg = report.per_attack[ce[-1]]["accuracy"], report.per_attack[mg[-1]]["accuracy"]
+        src = f"{ce[-1]} vs {mg[-1]}, {report.n:,} points"
+    elif level == "full":
+        a_ce, a_mg = probe.pgd(), probe.cw()
+        src = f"pgd20 vs cw20, {len(probe.y):,} points"
+    else:
+        return []
+    gap = a_ce - a_mg
+    details["ce_vs_margin"] = {"ce": a_ce, "margin": a_mg, "gap": gap, "source": src}
+    return [(_grade(gap, CE_GAP), f"cross-entropy PGD {_pct(a_ce)} vs margin-loss PGD {_pct(a_mg)}: "
+                                  f"gap {100 * gap:.1f} points ({src})")]
+
+
+def _eps_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
+    """3. CW-20 accuracy against ε (eps/8 .. 2 eps under L2): it must fall, and clearly."""
+    eps_values = EPS_SWEEP if probe.norm != "l2" else tuple(probe.eps * e / (8 / 255) for e in EPS_SWEEP)
+    sweep = {fmt_eps(e, probe.norm): probe.cw(e) for e in eps_values}
+    details["eps_sweep_cw20"] = sweep
+    accs = list(sweep.values())
+    rises = max(b - a for a, b in zip(accs, accs[1:]))
+    text = ", ".join(f"{k}: {_pct(v)}" for k, v in sweep.items())
+    kept = accs[-1] / max(accs[0], 1e-9)
+    details["eps_kept_16_vs_1"] = kept
+    if rises > EPS_RISE:
+        return [("masked", f"CW-20 accuracy rises with ε ({text})")]
+    if accs[-1] > EPS_FLOOR and kept > EPS_KEPT[0]:
+        return [(_grade(kept, EPS_KEPT), f"CW-20 accuracy barely falls as ε grows 16-fold: {100 * kept:.0f}% of "
+                                         f"it is kept ({text})")]
+    return [("ok", f"CW-20 accuracy falls with ε ({text})")]
+
+
+def _steps_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
+    """4. CW accuracy from 10 to 100 steps: a large drop means the attacks had not converged."""
+    a10, a100 = probe.cw(steps=10), probe.cw(steps=100)
+    details["steps_cw"] = {"10": a10, "100": a100}
+    return [(_grade(a10 - a100, STEPS_DROP), f"CW accuracy {_pct(a10)} after 10 steps, {_pct(a100)} after 100")]
+
+
+def _unbounded_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
+    """6. An attack allowed the whole image box (ε = 1 under L∞, sqrt(d) under L2) must
+    leave about 0% accuracy."""
+    unbounded = 1.0 if probe.norm != "l2" else float(probe.x[0].numel()) ** 0.5
+    unb = min(probe.cw(unbounded), probe.pgd(unbounded))
+    details["unbounded_eps1"] = unb
+    return [(_grade(unb, UNBOUNDED), f"unbounded attack (ε = {unbounded:.3g}, CE- and CW-PGD-20) leaves "
+                                     f"{_pct(unb)} accuracy")]
+
+
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report, *, level: str = "full",
              diag_n: int = 1000, batch_size: int = 500, device=None, seed: int = 0, eot: int = 1) -> Report:
     """Fill ``report.verdict``, ``report.evidence`` and ``report.diagnostics``."""
@@ -113,90 +203,31 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
     if level not in ("cheap", "full"):
         raise ValueError("diagnostics must be off, cheap or full")
     device = torch.device(device) if device is not None else x.device
-    y = y.long()
     m = min(diag_n, len(y))
-    xd, yd = x[:m], y[:m]
+    xd, yd = x[:m], y[:m].long()
     checks: list[tuple[str, str]] = list(report.notes)
     details: dict[str, Any] = {"n": m, "level": level}
     if m == 0:
         report.evidence = ["no points for the diagnostics (diag_n = 0 or no images): no verdict"]
         return report
     eps, norm = report.eps, report.norm
-    sweep_eps = EPS_SWEEP if norm != "l2" else tuple(eps * e / (8 / 255) for e in EPS_SWEEP)  # eps/8 .. 2 eps
-    unbounded = 1.0 if norm != "l2" else float(x[0].numel()) ** 0.5  # the whole [0, 1] box either way
-
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed + 1)
-        # 0. the model itself
-        # the sign-step check moves every pixel: under L2, by eps / sqrt(d), a move of L2 size eps
+        # 0. the model itself; the sign-step check moves every pixel: under L2 by eps / sqrt(d),
+        # a move of L2 size eps
         step = eps if norm != "l2" else eps / xd[0].numel() ** 0.5
         found, details["model"] = _model_checks(model, xd, yd, step, batch_size, device, eot)
         checks += found
-        # 5. logit scale
-        st = _logit_stats(model, xd, batch_size, device)
-        st["zero_grad_frac"] = details["model"]["zero_grad_frac"]["ce"]
-        details["logits"] = st
-        checks.append(("ok", f"mean logit norm {st['mean_logit_norm']:.1f}, mean max-softmax "
-                             f"{st['mean_max_softmax']:.3f}"))
-        if st["mean_logit_norm"] > LOGIT_NORM:
-            checks.append(("suspicious", f"inflated logits: mean logit norm {st['mean_logit_norm']:.1f} "
-                                         f"> {LOGIT_NORM:.0f}"))
-
-        # 1. cross-entropy versus margin loss
-        ce = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("pgd")]
-        mg = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("cw")]
-        clean_d = predict_all(model, xd, yd, batch_size, device)
-        if ce and mg:
-            a_ce, a_mg = report.per_attack[ce[-1]]["accuracy"], report.per_attack[mg[-1]]["accuracy"]
-            src = f"{ce[-1]} vs {mg[-1]}, {report.n:,} points"
-        elif level == "full":
-            a_ce = _acc(model, PGD(eps, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot)
-            a_mg = _acc(model, CW(eps, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot)
-            src = f"pgd20 vs cw20, {m:,} points"
-        else:
-            a_ce = a_mg = None
-        if a_ce is not None:
-            gap = a_ce - a_mg
-            details["ce_vs_margin"] = {"ce": a_ce, "margin": a_mg, "gap": gap, "source": src}
-            checks.append((_grade(gap, CE_GAP), f"cross-entropy PGD {_pct(a_ce)} vs margin-loss PGD {_pct(a_mg)}: "
-                                                f"gap {100 * gap:.1f} points ({src})"))
-
-        # 2. black box beating white box (Square last in a cascade)
-        sq = model_checks.square_extra(report.per_attack)
+        checks += _logit_check(model, xd, batch_size, device, details["model"]["zero_grad_frac"]["ce"], details)
+        probe = _Probe(model, xd, yd, predict_all(model, xd, yd, batch_size, device), batch_size, device, eot,
+                       eps, norm)
+        checks += _ce_vs_margin(report, probe, level, details)
+        sq = model_checks.square_extra(report.per_attack)  # 2. black box beating white box
         if sq is not None:
             details["square_extra"], found = sq
             checks.append(found)
-
         if level == "full":
-            # 3. accuracy against ε
-            sweep = {fmt_eps(e, norm): _acc(model, CW(e, steps=20, norm=norm), xd, yd, clean_d, batch_size, device,
-                                            eot) for e in sweep_eps}
-            details["eps_sweep_cw20"] = sweep
-            accs = list(sweep.values())
-            rises = max(b - a for a, b in zip(accs, accs[1:]))
-            text = ", ".join(f"{k}: {_pct(v)}" for k, v in sweep.items())
-            kept = accs[-1] / max(accs[0], 1e-9)
-            details["eps_kept_16_vs_1"] = kept
-            if rises > EPS_RISE:
-                checks.append(("masked", f"CW-20 accuracy rises with ε ({text})"))
-            elif accs[-1] > EPS_FLOOR and kept > EPS_KEPT[0]:
-                checks.append((_grade(kept, EPS_KEPT), f"CW-20 accuracy barely falls as ε grows "
-                                                       f"16-fold: {100 * kept:.0f}% of it is kept ({text})"))
-            else:
-                checks.append(("ok", f"CW-20 accuracy falls with ε ({text})"))
-            # 4. accuracy against steps
-            a10 = _acc(model, CW(eps, steps=10, norm=norm), xd, yd, clean_d, batch_size, device, eot)
-            a100 = _acc(model, CW(eps, steps=100, norm=norm), xd, yd, clean_d, batch_size, device, eot)
-            details["steps_cw"] = {"10": a10, "100": a100}
-            checks.append((_grade(a10 - a100, STEPS_DROP), f"CW accuracy {_pct(a10)} after 10 steps, {_pct(a100)} "
-                                                           f"after 100"))
-            # 6. unbounded attack
-            unb = min(_acc(model, CW(unbounded, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot),
-                      _acc(model, PGD(unbounded, steps=20, norm=norm), xd, yd, clean_d, batch_size, device, eot))
-            details["unbounded_eps1"] = unb
-            checks.append((_grade(unb, UNBOUNDED), f"unbounded attack (ε = {unbounded:.3g}, CE- and CW-PGD-20) leaves "
-                                                   f"{_pct(unb)} accuracy"))
-
+            checks += _eps_check(probe, details) + _steps_check(probe, details) + _unbounded_check(probe, details)
     report.verdict = _worst([lvl for lvl, _ in checks])
     order = {"masked": 0, "suspicious": 1, "ok": 2}
     report.evidence = [f"[{lvl}] {msg}" for lvl, msg in sorted(checks, key=lambda c: order[c[0]])]
