@@ -72,6 +72,8 @@ def _scope(results: dict[str, Any]) -> list[str]:
 
 
 def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
+    """The report's figures, where matplotlib is installed: the Pareto plot, validation
+    curves, the masking diagnosis per epoch, and seconds per epoch."""
     try:
         import matplotlib
 
@@ -88,66 +90,92 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
         cmap = plt.get_cmap("tab20")
         look = {name: {"color": cmap(i % 20), "linestyle": ("-", "--", ":")[i // 20 % 3],
                        "marker": ".ovs^"[i // 20 % 5]} for i, name in enumerate(groups)}
-        # 1. robust accuracy against training time, with the Pareto front
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        pts = []
-        for name, g in groups.items():
-            t = [r["train_seconds"] for r in g]
-            a = [100 * r["aa"] for r in g]
-            tx, ay = statistics.mean(t), statistics.mean(a)
-            ax.errorbar(tx, ay, yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3,
-                        color=look[name]["color"])
-            ax.annotate(name, (tx, ay), textcoords="offset points", xytext=(5, 4), fontsize=8)
-            pts.append((tx, ay))
-        front, best = [], -1.0
-        for tx, ay in sorted(pts):
-            if ay > best:
-                front.append((tx, ay))
-                best = ay
-        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", lw=1, label="Pareto front")
-        ax.set_xlabel("training time (s)")
-        ax.set_ylabel(f"{rows[0]['aa_label'].split(' (')[0]} robust accuracy (%)")
-        ax.set_title(f"{results['meta']['suite']}: robustness against training time")
-        ax.legend(loc="lower right", fontsize=8)
-        ax.grid(alpha=0.3)
-        made.append(_save(fig, out / "pareto.png"))
-        # 2. per-epoch validation accuracy (seed 0)
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for name, g in groups.items():
-            curve = [c for c in g[0]["curve"] if c.get("val_clean") is not None]
-            if curve:
-                ep = [c["epoch"] for c in curve]
-                a1.plot(ep, [100 * c["val_clean"] for c in curve], label=name, **look[name])
-                a2.plot(ep, [100 * (c["val_robust"] or 0) for c in curve], label=name, **look[name])
-        a1.set_title("validation clean accuracy (%)")
-        a2.set_title("validation worst case of PGD and CW (%)")
-        for a in (a1, a2):
-            a.set_xlabel("epoch (pass over the data)")
-            a.grid(alpha=0.3)
-        a2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        made.append(_save(fig, out / "curves.png"))
-        # 3. the masking diagnosis: how scale, seeds and robustness evolve per epoch
-        keys = [("logit_norm", "mean logit norm"), ("feature_norm", "mean feature norm"),
-                ("seed_frac", "seed fraction"), ("val_pgd", "val CE-PGD acc. (%)"), ("val_cw", "val CW acc. (%)"),
-                ("val_aa_fast", "val aa-fast acc. (%)")]
-        present = [(k, t) for k, t in keys if any(k in c for g in groups.values() for c in g[0]["curve"])]
-        if any(k in ("logit_norm", "val_aa_fast") for k, _ in present):
-            fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-            for ax, (k, title) in zip(axes.flat, keys):
-                for name, g in groups.items():
-                    pts = [(c["epoch"], c[k]) for c in g[0]["curve"] if c.get(k) is not None]
-                    if pts:
-                        scale = 100 if k.startswith("val_") else 1
-                        ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], label=name, **look[name])
-                ax.set_title(title, fontsize=9)
-                ax.grid(alpha=0.3)
-                if k == "logit_norm":
-                    ax.set_yscale("log")
-            handles = [plt.Line2D([], [], label=name, **look[name]) for name in groups]
-            fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        made.append(_save(_pareto_plot(plt, groups, look, rows, results), out / "pareto.png"))
+        made.append(_save(_curves_plot(plt, groups, look), out / "curves.png"))
+        fig = _diagnosis_plot(plt, groups, look)
+        if fig is not None:
             made.append(_save(fig, out / "diagnosis.png"))
-    # 4. seconds per epoch
-    speed = results.get("speed")
+    fig = _speed_plot(plt, results)
+    if fig is not None:
+        made.append(_save(fig, out / "speed.png"))
+    return made
+
+
+def _pareto_plot(plt, groups, look, rows, results):
+    """Robust accuracy against training time (mean over seeds, std as error bars), with the
+    Pareto front."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pts = []
+    for name, g in groups.items():
+        t = [r["train_seconds"] for r in g]
+        a = [100 * r["aa"] for r in g]
+        tx, ay = statistics.mean(t), statistics.mean(a)
+        ax.errorbar(tx, ay, yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3,
+                    color=look[name]["color"])
+        ax.annotate(name, (tx, ay), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        pts.append((tx, ay))
+    front, best = [], -1.0
+    for tx, ay in sorted(pts):
+        if ay > best:
+            front.append((tx, ay))
+            best = ay
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", lw=1, label="Pareto front")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel(f"{rows[0]['aa_label'].split(' (')[0]} robust accuracy (%)")
+    ax.set_title(f"{results['meta']['suite']}: robustness against training time")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _curves_plot(plt, groups, look):
+    """Per-epoch validation accuracy, clean and worst case (seed 0)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, g in groups.items():
+        curve = [c for c in g[0]["curve"] if c.get("val_clean") is not None]
+        if curve:
+            ep = [c["epoch"] for c in curve]
+            a1.plot(ep, [100 * c["val_clean"] for c in curve], label=name, **look[name])
+            a2.plot(ep, [100 * (c["val_robust"] or 0) for c in curve], label=name, **look[name])
+    a1.set_title("validation clean accuracy (%)")
+    a2.set_title("validation worst case of PGD and CW (%)")
+    for a in (a1, a2):
+        a.set_xlabel("epoch (pass over the data)")
+        a.grid(alpha=0.3)
+    a2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+_DIAGNOSIS_KEYS = [("logit_norm", "mean logit norm"), ("feature_norm", "mean feature norm"),
+                   ("seed_frac", "seed fraction"), ("val_pgd", "val CE-PGD acc. (%)"), ("val_cw", "val CW acc. (%)"),
+                   ("val_aa_fast", "val aa-fast acc. (%)")]
+
+
+def _diagnosis_plot(plt, groups, look):
+    """The masking diagnosis: how scale, seeds and robustness evolve per epoch (None when
+    the runs recorded none of it)."""
+    present = [k for k, _ in _DIAGNOSIS_KEYS if any(k in c for g in groups.values() for c in g[0]["curve"])]
+    if not any(k in ("logit_norm", "val_aa_fast") for k in present):
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (k, title) in zip(axes.flat, _DIAGNOSIS_KEYS):
+        for name, g in groups.items():
+            pts = [(c["epoch"], c[k]) for c in g[0]["curve"] if c.get(k) is not None]
+            if pts:
+                scale = 100 if k.startswith("val_") else 1
+                ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], label=name, **look[name])
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if k == "logit_norm":
+            ax.set_yscale("log")
+    handles = [plt.Line2D([], [], label=name, **look[name]) for name in groups]
+    fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def _speed_plot(plt, results):
+    """Seconds per epoch: from the speed table where there is one, else from the runs."""
+    speed, rows = results.get("speed"), results["rows"]
     if speed:
         names, secs = [r["entry"] for r in speed], [r["seconds_per_epoch"] for r in speed]
         label = "seconds per epoch (Free: per epoch-equivalent)"
@@ -157,16 +185,14 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
         secs = [statistics.mean(r["train_seconds"] / max(r["epochs"], 1) for r in v) for v in g.values()]
         label = "training seconds per epoch (Free: per epoch-equivalent)"
     else:
-        names = []
-    if names:
-        fig, ax = plt.subplots(figsize=(6.5, 3.8))
-        ax.bar(names, secs, color="tab:blue")
-        ax.set_ylabel("seconds")
-        ax.set_title(label)
-        ax.tick_params(axis="x", rotation=30)
-        ax.grid(axis="y", alpha=0.3)
-        made.append(_save(fig, out / "speed.png"))
-    return made
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.bar(names, secs, color="tab:blue")
+    ax.set_ylabel("seconds")
+    ax.set_title(label)
+    ax.tick_params(axis="x", rotation=30)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
 
 
 def _save(fig, path: Path) -> Path:
