@@ -416,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and fast-AT baselines, with strong evaluation.")
     p.add_argument("--version", action="version", version=f"eae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_train_parser, _eval_parser, _data_and_list_parsers, _bench_parser, _demo_parser):
+        add(sub)
+    return p
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--config", help="TOML preset (e.g. configs/cifar10_preact18_eae.toml); flags override it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -425,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a trained run on the test set",
                        description="Attack a trained run on the test set; the per-example worst case over "
                                    "every attack is its robust accuracy; gradient-masking checks give a verdict.")
@@ -474,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
+
+def _data_and_list_parsers(sub) -> None:
     d = sub.add_parser("data", help="find, download or convert, and verify a dataset")
     d.add_argument("dataset", choices=("cifar10",))
     d.add_argument("--data-dir", default=None)
@@ -483,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list architectures, methods and attacks")
     ls.set_defaults(func=cmd_list)
 
+
+def _bench_parser(sub) -> None:
     from .bench.suites import BENCH_SUITES
 
     b = sub.add_parser("bench", help="train and evaluate every method of a benchmark suite, then report",
@@ -510,13 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
 
+
+def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="CPU-sized comparison of standard, fgsm_rs and eae on CIFAR-10")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--data-dir", default=None)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
