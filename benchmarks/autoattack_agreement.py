@@ -193,7 +193,8 @@ def to_markdown(doc: dict) -> str:
         for pair, r in pairs.items():
             lines.append(f"- {name}, {pair}: reference only {r['robust_only_for_reference']}, eae only "
                          f"{r['robust_only_for_eae']}; reference warnings: {r['reference_warnings'] or 'none'}; "
-                         f"eae verdict {r['eae_verdict']}{': ' + '; '.join(r['eae_flags']) if r['eae_flags'] else ''}")
+                         f"eae verdict {r['eae_verdict']}{': ' + '; '.join(r['eae_flags']) if r['eae_flags'] else ''}; "
+                         f"commit {r.get('commit', h['commit'])}")
     return "\n".join(lines) + "\n"
 
 
