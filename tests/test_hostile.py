@@ -549,6 +549,13 @@ class Pair(Tiny):
         return super().forward(x), 0
 
 
+class FailsUnderAttack(Tiny):
+    def forward(self, x):
+        if x.requires_grad:
+            raise RuntimeError("boom under attack")
+        return super().forward(x)
+
+
 class NeedsDepth(Tiny):
     def __init__(self, depth):
         super().__init__()
@@ -606,6 +613,8 @@ EXTERNAL_CASES = [
     ("{MODELS}:Crashy", "{TINY}", [], "the model failed on a batch of shape (2, 3, 16, 16) (images in [0, 1]): "
                                       "RuntimeError: boom in forward"),
     ("{MODELS}:Pair", "{TINY}", [], "(wrap it to pick them out of the tuple)"),
+    ("{MODELS}:FailsUnderAttack", "{TINY}", [], "the model given by --model raised RuntimeError: boom under attack "
+                                                "({MODELS} line"),
     ("{MODELS}:Tiny", "{TINY}", ["--norm", "l2", "--eps", "100"], "beyond the largest L2 distance between two "
                                                                  "(3, 16, 16) images in [0, 1] (27.7)"),
 ]

@@ -570,6 +570,7 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     (None, '') for a bug."""
     from .checkpoint import RunLocked
     from .data import DatasetError
+    from .models.external import user_code_failure
     from .models.library import MissingDependency
     from .train import RunSaveError, TrainingStopped
 
@@ -582,6 +583,9 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     if isinstance(e, OSError):  # permissions, disk full, name too long, ...
         where = f": {e.filename}" if e.filename else ""
         return 2, f"{e.strerror or e}{where} (check the path, its permissions and the free space)"
+    user_code = user_code_failure(e)  # the user's --model failed mid-attack: theirs, however it failed
+    if user_code:
+        return 2, user_code
     if isinstance(e, (ValueError, RunLocked, DatasetError, MissingDependency)):
         return 2, str(e)
     return None, ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -35,6 +36,10 @@ NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 LIBRARIES = ("timm", "torchvision")
+_EAE_DIR = Path(__file__).resolve().parents[1]
+# The source files of the user's classes that --model loaded: an exception raised in them
+# after the model was built (during an attack, say) is the user's to fix, not a bug of ours.
+USER_SOURCES: set[Path] = set()
 
 
 class WeightsError(ValueError):
@@ -161,7 +166,23 @@ def _user_class(spec: str) -> type:
     found = getattr(module, cls, None)
     if not isinstance(found, type) or not issubclass(found, nn.Module):
         raise ValueError(f"--model {spec}: {where} has no nn.Module class {cls!r}")
+    try:
+        USER_SOURCES.add(Path(inspect.getsourcefile(found)).resolve())
+    except (TypeError, OSError):  # a class without a source file: nothing to attribute errors to
+        pass
     return found
+
+
+def user_code_failure(e: BaseException) -> str | None:
+    """One line for an exception raised in the user's model code (or in torch, called from
+    it) while ``eae`` used the model; None when our code lies below theirs (a bug of ours)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    theirs = [i for i, f in enumerate(frames) if Path(f.filename).resolve() in USER_SOURCES]
+    if not theirs or any(Path(f.filename).resolve().is_relative_to(_EAE_DIR) for f in frames[theirs[-1] + 1:]):
+        return None
+    f = frames[theirs[-1]]
+    return (f"the model given by --model raised {_one_line(e)} ({f.filename} line {f.lineno}) while it was "
+            "being evaluated; fix the model (EAE_DEBUG=1 shows the traceback)")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
