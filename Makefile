@@ -1,6 +1,6 @@
-# Two commands: `make demo` (the CPU-sized comparison) and `make test`.
+# `make demo` (the CPU-sized comparison), `make test`, and `make test-libs` (timm, torchvision).
 # Both create .venv and install what they need on first use.
-.PHONY: setup demo test clean
+.PHONY: setup setup-libs demo test test-libs clean
 
 setup: .venv/.installed
 
@@ -14,5 +14,15 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -q
 
+# The timm and torchvision models against the real libraries, in .venv-libs (several GB).
+setup-libs: .venv-libs/.installed
+
+.venv-libs/.installed: pyproject.toml scripts/setup_libs.sh
+	bash scripts/setup_libs.sh
+	touch $@
+
+test-libs: setup-libs
+	EAE_REQUIRE_LIBS=1 .venv-libs/bin/python -m pytest -q tests/test_library_models.py
+
 clean:
-	rm -rf .venv runs .pytest_cache
+	rm -rf .venv .venv-libs runs .pytest_cache

@@ -9,6 +9,7 @@ final linear layer."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 
@@ -96,6 +97,17 @@ REAL = [pytest.param(arch, marks=pytest.mark.skipif(importlib.util.find_spec(arc
         for arch in ("timm:convnext_atto", "timm:mobilenetv3_small_050", "timm:efficientnet_b0",
                      "torchvision:mobilenet_v3_small", "torchvision:shufflenet_v2_x0_5",
                      "torchvision:efficientnet_b0")]
+
+
+@pytest.mark.skipif(not os.environ.get("EAE_REQUIRE_LIBS"), reason="EAE_REQUIRE_LIBS not set")
+def test_real_libraries_are_installed_when_required():
+    """`make test-libs` sets EAE_REQUIRE_LIBS=1: there the tests above must run against the
+    real timm and torchvision, never silently against the stand-ins."""
+    import timm
+    import torchvision
+
+    assert hasattr(timm, "create_model") and hasattr(torchvision.models, "get_model")
+    assert not isinstance(create_model("timm:resnet18", num_classes=3).backbone, _Body)
 
 
 @pytest.mark.parametrize("arch", REAL)
