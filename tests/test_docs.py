@@ -149,6 +149,21 @@ def test_every_relative_link_points_to_something_that_exists(path):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("path", [*DOCS, *sorted((ROOT / "benchmarks").rglob("*.md"))])
+def test_code_fences_close_on_a_line_of_their_own(path):
+    """A closing fence with text after it does not close the block on GitHub: the rest of
+    the page would render as code."""
+    open_at = None
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            if open_at is None:
+                open_at = i
+            else:
+                assert line.strip() == "```", f"{path.name}:{i}: text after the closing fence of line {open_at}"
+                open_at = None
+    assert open_at is None, f"{path.name}:{open_at}: a code block that never closes"
+
+
 @pytest.mark.parametrize("path", DOCS, ids=IDS)
 def test_python_blocks_compile(path):
     for i, block in enumerate(_fenced(path.read_text(), "python")):

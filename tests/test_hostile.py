@@ -259,7 +259,8 @@ def test_data_and_bench_refuse_with_one_line(tmp_path, user, capsys, monkeypatch
                            (["bench", "smoke", "--out", str(tmp_path / "s"), "--tiny"], "headline` only"),
                            (["bench", "smoke", "--out", str(tmp_path / "s"), "--seeds", "0"], "--seeds"),
                            (["bench", "smoke", "--out", str(tmp_path / "s"), "--only", "bogus"], "unknown entries"),
-                           (["bench", "bogus", "--out", str(tmp_path / "s")], "invalid choice")]:
+                           (["bench", "bogus", "--out", str(tmp_path / "s")], "invalid choice"),
+                           (["bench", "smoke"], "needs --out DIR"), (["bench", "headline"], "needs --out DIR")]:
         rc, text = _call(argv, capsys)
         assert rc == 2 and fragment in text, (argv, text)
     assert _tree_hash(user) == before

@@ -165,7 +165,7 @@ def test_external_model_is_built_loaded_and_normalised(user_model, tmp_path):
 
 def test_eval_of_an_external_checkpoint_writes_robustbench_fields(user_model, tmp_path, capsys):
     src, weights = user_model
-    out = tmp_path / "report.json"
+    out = tmp_path / "results" / "tiny" / "report.json"  # --output creates its folder
     argv = ["eval", "--model", f"{src}:TinyNet", "--model-kwargs", '{"width": 8}', "--weights", str(weights),
             "--normalize", "cifar10", "--dataset", "imagefolder", "--data-dir", str(_folder(tmp_path)),
             "--image-size", "16", "--attacks", "pgd3", "--diagnostics", "off", "--output", str(out), "--quiet",
@@ -177,6 +177,17 @@ def test_eval_of_an_external_checkpoint_writes_robustbench_fields(user_model, tm
     assert float(rb["clean_acc"]) == pytest.approx(100 * report["clean_accuracy"], abs=0.01)
     assert report["written_by"] == "eae eval" and report["model"].endswith(":TinyNet")
     assert main(argv) == 0  # replacing its own report is fine
+
+
+@pytest.mark.parametrize("suite, given", [("aa", True), ("full", False), ("aa-fast", False), (None, False)])
+def test_robustbench_accuracy_only_for_autoattacks_standard_version(suite, given):
+    from types import SimpleNamespace
+
+    from eae.cli import robustbench_entry
+
+    report = SimpleNamespace(suite=suite, norm="linf", eps=8 / 255, clean_accuracy=0.5, robust_accuracy=0.25, n=100)
+    entry = robustbench_entry(report, {"dataset": "cifar10"})
+    assert entry["autoattack_acc"] == ("25.00" if given else None) and entry["n_examples"] == 100
 
 
 def _folder(tmp_path: Path) -> Path:

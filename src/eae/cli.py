@@ -246,8 +246,9 @@ def _num_classes(data: TrainConfig) -> int:
 def robustbench_entry(report, meta: dict[str, Any]) -> dict[str, Any]:
     """The result in the fields of RobustBench's model cards (accuracies in percent, as
     strings with two decimals), so that it compares with the leaderboard directly.
-    ``autoattack_acc`` only for the full AutoAttack (suite aa or full)."""
-    aa = report.suite in ("aa", "full")
+    ``autoattack_acc`` only for AutoAttack's standard version (suite aa; ``full`` adds other
+    attacks, so its robust accuracy is not AutoAttack's); ``n_examples`` says on how many."""
+    aa = report.suite == "aa"
     return {"dataset": meta.get("dataset"), "threat_model": {"linf": "Linf", "l2": "L2"}[report.norm],
             "eps": fmt_eps(report.eps) if report.norm == "linf" else f"{report.eps:g}",
             "clean_acc": f"{100 * report.clean_accuracy:.2f}",
@@ -268,6 +269,7 @@ def _save_report(args: argparse.Namespace, src: dict[str, Any], out: dict[str, A
     try:
         if args.output:
             _refuse_foreign(json_path)
+            json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
         atomic_write_json(json_path, out)
         atomic_write_bytes(json_path.with_suffix(".md"), md.encode())
     except (OSError, FileExistsError) as e:
@@ -351,11 +353,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"{name:<16} {secs:6.1f} s")
             print(f"{'total':<16} {sum(s for _, s in rows):6.1f} s (planning figures; see benchmarks/README.md)")
             return 0
+        if not args.out:
+            raise UsageError("headline needs --out DIR (the folder for its runs and REPORT.md)")
         results = run_headline(args.out, budget=args.budget if args.budget is not None else 510.0, tiny=args.tiny,
                                device=args.device, data_dir=args.data_dir, quiet=args.quiet)
         return 1 if any(s["status"] != "ok" for s in results["smoke"]) else 0
     if args.tiny or args.budget is not None or args.dry_run:
         raise ValueError("--tiny, --budget and --dry-run are options of `eae bench headline` only")
+    if not args.out:
+        raise UsageError(f"bench {args.suite} needs --out DIR (the folder for its runs, results.json and REPORT.md)")
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
               data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only)
@@ -502,7 +508,8 @@ def _bench_parser(sub) -> None:
                                    "runs of eae, fgsm_rs, eae_paper and standard with CW-20 and AutoAttack); "
                                    + "; ".join(f"{k}: {v.description}" for k, v in BENCH_SUITES.items()))
     b.add_argument("suite", choices=("headline",) + tuple(BENCH_SUITES))
-    b.add_argument("--out", required=True, help="output folder (runs, results.json, REPORT.md, report.html)")
+    b.add_argument("--out", help="output folder (runs, results.json, REPORT.md, report.html); "
+                   "not needed with --dry-run")
     b.add_argument("--seeds", type=_int_at_least(1), default=1, help="training seeds 0..N-1 (default: 1)")
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
     b.add_argument("--device", default="auto")
@@ -523,7 +530,7 @@ def _bench_parser(sub) -> None:
 
 
 def _demo_parser(sub) -> None:
-    demo = sub.add_parser("demo", help="CPU-sized comparison of standard, fgsm_rs and eae on CIFAR-10")
+    demo = sub.add_parser("demo", help="CPU-sized comparison of standard, fgsm_rs, eae and eae_paper on CIFAR-10")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--data-dir", default=None)
     demo.add_argument("--device", default="cpu")

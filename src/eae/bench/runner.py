@@ -139,31 +139,11 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     suite = get_bench_suite(suite_name)
     if seeds < 1:
         raise ValueError("--seeds must be >= 1")
-    names = [e.name for e in suite.entries]
-    unknown = sorted(set(only or ()) - set(names))
-    if unknown:
-        raise ValueError(f"--only: unknown entries {', '.join(unknown)}; {suite.name} has {', '.join(names)}")
-    selected = [e for e in suite.entries if not only or e.name in only]
+    selected = _selected_entries(suite, only)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
-    ask = {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
-           "entries": {e.name: e.overrides for e in suite.entries}}
-    ask = json.loads(json.dumps(ask))
-    manifest = out / "bench.json"
-    if manifest.is_file():
-        if not resume:
-            raise FileExistsError(f"{out} already holds a benchmark; pass --resume to continue it or choose "
-                                  "another --out")
-        try:
-            before = json.loads(manifest.read_text())
-        except ValueError as e:
-            raise ValueError(f"{manifest}: not valid JSON ({e}); it is not a benchmark this version wrote: "
-                             "choose another --out") from None
-        if before != ask:
-            raise ValueError(f"cannot resume {out}: it was started with different settings "
-                             f"({manifest}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, ask)
+    _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
+                 "entries": {e.name: e.overrides for e in suite.entries}}, resume)
     dev = resolve_device(device)
     t0 = time.perf_counter()
     speed = None
@@ -182,20 +162,54 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
                     rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log, **extra))
                 elif done.is_file():  # finished by an earlier call
                     rows.append(json.loads(done.read_text()))
-    for r in rows:  # training time relative to standard, same seed
-        std = next((s for s in rows if s["entry"] == "standard" and s["seed"] == r["seed"]), None)
-        r["x_standard"] = r["train_seconds"] / std["train_seconds"] if std else None
-    results = {
-        "meta": {
-            "suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
+    _relative_to_standard(rows)
+    meta = {"suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
             "budget_k": budget_k if suite.kind == "budget" else None, "device": device_name(dev),
-            "torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
-            "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "command": " ".join(shlex.quote(a) for a in sys.argv), "wall_seconds": time.perf_counter() - t0,
-        },
-        "rows": rows, "speed": speed,
-    }
+            **_provenance(), "wall_seconds": time.perf_counter() - t0}
+    results = {"meta": meta, "rows": rows, "speed": speed}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)
     log(f"report: {out / 'REPORT.md'}, {out / 'report.html'}")
     return results
+
+
+def _selected_entries(suite, only: list[str] | None) -> list:
+    names = [e.name for e in suite.entries]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--only: unknown entries {', '.join(unknown)}; {suite.name} has {', '.join(names)}")
+    return [e for e in suite.entries if not only or e.name in only]
+
+
+def _claim(out: Path, ask: dict[str, Any], resume: bool) -> None:
+    """Make ``out`` this benchmark's folder: a new one, or (with ``resume``) one started
+    with the very same settings; never another benchmark's or another tool's."""
+    ask = json.loads(json.dumps(ask))  # as it reads back from JSON, to compare like with like
+    manifest = out / "bench.json"
+    if manifest.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a benchmark; pass --resume to continue it or choose "
+                                  "another --out")
+        try:
+            before = json.loads(manifest.read_text())
+        except ValueError as e:
+            raise ValueError(f"{manifest}: not valid JSON ({e}); it is not a benchmark this version wrote: "
+                             "choose another --out") from None
+        if before != ask:
+            raise ValueError(f"cannot resume {out}: it was started with different settings "
+                             f"({manifest}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, ask)
+
+
+def _relative_to_standard(rows: list[dict[str, Any]]) -> None:
+    """Each row's training time over standard training's, same seed (None without one)."""
+    for r in rows:
+        std = next((s for s in rows if s["entry"] == "standard" and s["seed"] == r["seed"]), None)
+        r["x_standard"] = r["train_seconds"] / std["train_seconds"] if std else None
+
+
+def _provenance() -> dict[str, Any]:
+    return {"torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
+            "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(shlex.quote(a) for a in sys.argv)}
