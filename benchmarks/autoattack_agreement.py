@@ -78,27 +78,27 @@ def run_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str,
                         version=version)
         if version == "custom":
             aa.apgd.n_restarts = 1  # the standard version's setting
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         _, y_adv = aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         log.removeHandler(lines)
     n = len(y)
     stages = {m[1].lower(): round(float(m[2]) * n / 100) for m in map(STAGE.search, lines.lines) if m}
     robust = (y_adv.cpu() == y.cpu())
-    return {"robust": robust, "stages": stages, "seconds": seconds,
+    return {"robust": robust, "stages": stages, "seconds": seconds, "cpu_seconds": cpu,
             "warnings": [ln for ln in lines.lines if "seems" in ln or "Square Attack has" in ln or "zero gradient" in ln]}
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair: str, eps: float, seed: int, batch_size: int,
              device: torch.device, norm: str = "linf") -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = eae.evaluate(model, x, y, suite=pair, eps=eps, norm=norm, seed=seed, batch_size=batch_size,
                           device=device, diagnostics="cheap")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     n = len(y)
     stages = {k: round(v["accuracy"] * n) for k, v in report.per_attack.items()}
-    return {"robust": report.correct["worst_case"].cpu(), "stages": stages, "seconds": seconds,
+    return {"robust": report.correct["worst_case"].cpu(), "stages": stages, "seconds": seconds, "cpu_seconds": cpu,
             "attack_seconds": report.seconds, "verdict": report.verdict,
             "flags": [e for e in report.evidence if not e.startswith("[ok]")]}
 
@@ -116,6 +116,11 @@ def run_side(side: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pair
             "threads": torch.get_num_threads()}
 
 
+def _secs(r: dict, side: str) -> str:
+    cpu = r.get("cpu_seconds", {}).get(side)
+    return "-" if cpu is None else f"{cpu:.0f}"
+
+
 def combine(ref: dict, ours: dict, pair: str) -> dict:
     """The comparison of two sides run on the same images."""
     n, clean = ref["n"], ref["clean"]
@@ -130,6 +135,10 @@ def combine(ref: dict, ours: dict, pair: str) -> dict:
         "seconds": {"reference": round(ref["seconds"], 1), "eae": round(ours["seconds"], 1),
                     "eae_attacks_only": round(ours["attack_seconds"], 1),
                     "ratio_eae_to_reference": round(ours["seconds"] / max(ref["seconds"], 1e-9), 3)},
+        # CPU time of the process (one torch thread): the work done, little changed by other jobs
+        # on the machine, unlike the wall time; absent for sides saved before it was recorded
+        "cpu_seconds": {side: round(r["cpu_seconds"], 1) if "cpu_seconds" in r else None
+                        for side, r in (("reference", ref), ("eae", ours))},
         "reference_warnings": ref["warnings"], "eae_verdict": ours["verdict"], "eae_flags": ours["flags"],
     }
 
@@ -166,17 +175,19 @@ def to_markdown(doc: dict) -> str:
              f"- first {h['n']:,} CIFAR-10 test images, eps {h['eps_text']} ({h.get('norm', 'linf')}), seed {h['seed']}, "
              f"batch {h['batch_size']}", "",
              "Robust accuracy (%), the difference (eae minus reference, points), the points robust for one only, "
-             "and the wall time of each (eae: `evaluate` with the cheap diagnostics; reference: "
-             "`run_standard_evaluation` with its checks).", "",
-             "| model | pair | clean | reference | eae | diff | robust only for ref / eae | ref s | eae s | eae / ref |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "and the wall time and process CPU time of each (eae: `evaluate` with the cheap diagnostics; "
+             "reference: `run_standard_evaluation` with its checks).", "",
+             "| model | pair | clean | reference | eae | diff | robust only for ref / eae | ref s | eae s | eae / ref "
+             "| ref CPU s | eae CPU s |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, pairs in doc["models"].items():
         for pair, r in pairs.items():
             ra, s = r["robust_accuracy"], r["seconds"]
             lines.append(f"| {name} | {pair} | {100 * r['clean'] / r['n']:.1f} | {100 * ra['reference']:.1f} | "
                          f"{100 * ra['eae']:.1f} | {r['difference_points']:+.1f} | "
                          f"{len(r['robust_only_for_reference'])} / {len(r['robust_only_for_eae'])} | "
-                         f"{s['reference']:.0f} | {s['eae']:.0f} | {s['ratio_eae_to_reference']:.2f} |")
+                         f"{s['reference']:.0f} | {s['eae']:.0f} | {s['ratio_eae_to_reference']:.2f} | "
+                         f"{_secs(r, 'reference')} | {_secs(r, 'eae')} |")
     lines += ["", "Robust count after each stage of the cascade (reference / eae):", "",
               "| model | pair | " + " | ".join(("clean", "apgd-ce", "apgd-t", "fab-t", "square")) + " |",
               "|---|---|" + "---:|" * 5]

@@ -139,6 +139,7 @@ def test_same_robust_points_as_autoattack(tiny16, pair):
     # the random starts (and Square's windows) are drawn differently, so a point on the edge
     # may fall to one and not the other: at most one such point
     assert len(differ) <= 1, r
+    assert r["cpu_seconds"]["reference"] > 0 and r["cpu_seconds"]["eae"] > 0
     stages = r["stages"]
     assert stages["reference"].keys() == stages["eae"].keys()
     for k in stages["reference"]:
