@@ -204,11 +204,31 @@ def test_bf16_decisions_are_taken_in_fp32(near_tie):
             return apgd(model, xr, yr, ce_loss, EPS, steps=3)
 
         targeted_runs(run, model, x, y, targets=3)
-    assert sizes == [6, 12]  # the first target on all 6, then the other two on all 6
+    assert sizes == [6, 6, 6]  # every target on all 6 (none fooled), one target per batch of 6
     report = evaluate(model, x, y, suite="aa", eps=EPS, precision="bf16", batch_size=6, device="cpu",
                       diagnostics="off")
     assert report.robust_accuracy == 1.0
     assert [r["n_attacked"] for r in report.per_attack.values()] == [6, 6, 6, 6]
+
+
+def test_targets_run_in_chunks_within_the_batch_and_skip_fooled_points():
+    """APGD-T / FAB-T: the replicated targets never exceed the batch the caller gave (memory
+    on a GPU), several targets share a batch when few points stand, and a point fooled by
+    one target is not attacked with the next (as AutoAttack does)."""
+    from eae.attacks.apgd import targeted_runs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10)).eval()
+    x, y = torch.rand(8, 3, 4, 4), torch.zeros(8, dtype=torch.long)
+    calls = []
+
+    def run(xr, yr, target):  # "fools" every 4th image of each batch it is given
+        calls.append(len(xr))
+        return xr + 0.01, (yr == 0) & (torch.arange(len(xr)) % 4 == 0)
+
+    out = targeted_runs(run, model, x, y, targets=9)
+    assert max(calls) <= 8 and calls[0] == 8 and sum(calls) < 8 * 9, calls
+    assert torch.allclose(out, x + 0.01)
 
 
 def test_square_counts_queries_on_fp32_margins(near_tie):

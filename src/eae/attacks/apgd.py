@@ -9,8 +9,8 @@ halved example restarts from its best point.
 
 Everything is per example and on the device: no Python loop over examples and no
 host round trip inside the iterations. Restarts run as one batch (the input
-replicated); APGD-T runs its most likely target on every point, then the other 8
-targets as one batch on the points still standing.
+replicated); APGD-T runs its targets on the points no earlier target fooled, as many
+targets at once (the points replicated) as fit in the caller's batch.
 """
 from __future__ import annotations
 
@@ -160,26 +160,31 @@ def _reduce_runs(x_runs: torch.Tensor, fooled_runs: torch.Tensor, n: int) -> tup
 def targeted_runs(run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: int, restarts: int = 1
                   ) -> torch.Tensor:
     """Run ``run(xr, yr, target) -> (x_adv, fooled)`` towards the ``targets`` most likely
-    wrong classes of each clean point (AutoAttack's order).
+    wrong classes of each clean point (AutoAttack's order), each target only on the points
+    no earlier target fooled, as AutoAttack does.
 
-    The most likely target goes first, on every point; the other targets then go in one
-    batch (the input replicated), on the points still standing. Most non-robust points
-    fall to the first target, so little work is wasted, and the rest runs as one large
-    batch instead of k - 1 sequential ones.
+    Targets go in chunks: as many targets at once (the points replicated) as fit in the
+    batch the caller gave, so memory stays within ``--batch-size`` while the few points
+    that stand after the first targets still make one large batch on a GPU.
+    Returns, per point, the point that fooled it, else the first target's best point.
     """
     n = len(x)
     order = fp32_logits(model, x).argsort(1, descending=True)
     k = min(targets, order.shape[1] - 1)
-    x_adv, fooled = _reduce_runs(*run(x.repeat(restarts, 1, 1, 1), y.repeat(restarts),
-                                      order[:, 1].repeat(restarts)), n)
-    if k > 1:
-        idx = (~fooled).nonzero().squeeze(1)  # one host sync per call, not per iteration
-        if len(idx):
-            reps = (k - 1) * restarts
-            tgt = order[idx, 2:k + 1].T.reshape(-1).repeat(restarts)
-            xr, fr = run(x[idx].repeat(reps, 1, 1, 1), y[idx].repeat(reps), tgt)
-            xs, fs = _reduce_runs(xr, fr, len(idx))
-            x_adv[idx] = torch.where(fs.view(-1, *([1] * (x.dim() - 1))), xs, x_adv[idx])
+    x_adv, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+    first, view = 1, (-1,) + (1,) * (x.dim() - 1)
+    while first <= k:
+        idx = (~fooled).nonzero().squeeze(1)  # one host sync per chunk, not per iteration
+        if not len(idx):
+            break
+        chunk = range(first, min(first + max(1, n // (len(idx) * restarts)), k + 1))
+        reps = len(chunk) * restarts
+        tgt = order[idx][:, list(chunk)].T.reshape(-1).repeat(restarts)
+        xs, fs = _reduce_runs(*run(x[idx].repeat(reps, 1, 1, 1), y[idx].repeat(reps), tgt), len(idx))
+        keep = fs if first > 1 else torch.ones_like(fs)  # the first target's best point stands otherwise
+        x_adv[idx] = torch.where(keep.view(view), xs, x_adv[idx])
+        fooled[idx] |= fs
+        first = chunk.stop
     return x_adv
 
 
