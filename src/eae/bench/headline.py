@@ -21,10 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +29,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..checkpoint import load
 from ..config import TrainConfig
 from ..data import DeviceLoader, load_test_set
 from ..evaluation import evaluate
 from ..train import train
-from ..utils import atomic_write_json, device_name, git_commit, resolve_device
+from ..utils import atomic_write_json, device_name, resolve_device
+from .runner import provenance
 from .budget import Outcome, Task, run_tasks
 from .headline_report import write_headline_report
 from .suites import CIFAR10_PREACT18
@@ -339,11 +336,9 @@ def _results(h: Headline, outcomes: list[Outcome], budget, wall: float) -> dict[
 
 def _meta(h: Headline, budget, wall: float) -> dict[str, Any]:
     cuda = h.dev.type == "cuda"
-    return {"scale": h.scale.name, "device": device_name(h.dev), "torch": torch.__version__,
+    return {"scale": h.scale.name, "device": device_name(h.dev), **provenance(),
             "cuda": torch.version.cuda if cuda else None,
-            "cudnn": torch.backends.cudnn.version() if cuda else None, "eae": __version__,
-            "python": platform.python_version(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "command": " ".join(shlex.quote(a) for a in sys.argv), "budget_s": budget, "wall_seconds": round(wall, 1),
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "budget_s": budget, "wall_seconds": round(wall, 1),
             "run_config": h.scale.run, "aa_n": h.scale.aa_n, "cw_n": h.scale.cw_n, "diag_n": h.scale.diag_n}
 
 

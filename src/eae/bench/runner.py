@@ -165,7 +165,7 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     _relative_to_standard(rows)
     meta = {"suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
             "budget_k": budget_k if suite.kind == "budget" else None, "device": device_name(dev),
-            **_provenance(), "wall_seconds": time.perf_counter() - t0}
+            **provenance(), "wall_seconds": time.perf_counter() - t0}
     results = {"meta": meta, "rows": rows, "speed": speed}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)
@@ -209,7 +209,8 @@ def _relative_to_standard(rows: list[dict[str, Any]]) -> None:
         r["x_standard"] = r["train_seconds"] / std["train_seconds"] if std else None
 
 
-def _provenance() -> dict[str, Any]:
+def provenance() -> dict[str, Any]:
+    """What made a result: versions, commit, date and command line."""
     return {"torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
             "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join(shlex.quote(a) for a in sys.argv)}
