@@ -364,7 +364,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"bench {args.suite} needs --out DIR (the folder for its runs, results.json and REPORT.md)")
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
-              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only)
+              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only, compile=args.compile,
+              train_only=args.train_only)
     return 0
 
 
@@ -519,6 +520,10 @@ def _bench_parser(sub) -> None:
     b.add_argument("--only", default=None,
                    help="comma-separated entries to run now (the report keeps the ones finished before): "
                         "spreads a suite over several calls")
+    b.add_argument("--compile", action="store_true",
+                   help="torch.compile every network for training (the first epoch carries the compilation)")
+    b.add_argument("--train-only", action="store_true",
+                   help="train the entries and stop; a later call without it evaluates them")
     b.add_argument("--budget", type=float, default=None,
                    help="headline: wall-clock seconds for the whole command; parts that would not fit are "
                         "skipped with a note, most valuable first (default: 510)")

@@ -25,6 +25,7 @@ from .evaluation import run_suite
 from .models.library import import_library, is_library_arch
 from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, lr_factor,
                        train_epoch)
+from .system import configure_threads
 from .training.epoch import uses_bf16
 from .training.folder import RunSaveError, environment
 from .training.guards import nonfinite_advice
@@ -70,6 +71,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
         import_library(cfg.arch.partition(":")[0])
     device = dist.init(cfg.device)  # joins torchrun's process group, if any
+    if device.type == "cpu":
+        configure_threads()  # the cores this process may use (taskset, cgroups), unless OMP_NUM_THREADS says
     log = (lambda *a: None) if quiet or not dist.is_main() else (lambda *a: print(*a, flush=True))
     folder = RunFolder(cfg, log, write_checkpoint=save_checkpoint)
     try:
@@ -87,7 +90,7 @@ def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
     overfit = OverfitGuard(cfg, run.method.adversarial)
     epoch = 0 if ckpt is None else _resume(ckpt, run, folder, nonfinite, overfit)
     del ckpt  # a full training state: not kept for the whole run
-    metrics = folder.start(environment(device), run.dataset())
+    metrics = folder.start(environment(device, cfg.precision), run.dataset())
     _announce(run, validator, log)
     epochs_now = 0
     while epoch < run.passes:

@@ -56,7 +56,7 @@ def _replays(cfg: TrainConfig) -> int:
 
 
 def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,
-                  quiet: bool, log, **extra: Any) -> dict[str, Any]:
+                  quiet: bool, log, train_only: bool = False, **extra: Any) -> dict[str, Any] | None:
     run_dir = out / "runs" / f"{entry.name}-s{seed}"
     done = run_dir / "bench_eval.json"
     if done.is_file():
@@ -65,6 +65,8 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     cfg = _config(suite, entry, seed, run_dir, device, data_dir, **extra)
     log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
     result = train(cfg, resume=True, quiet=quiet)
+    if train_only:
+        return None
     dev = resolve_device(device)
     model = load(run_dir, device=dev)
     x, y = load_test_set(cfg)
@@ -132,10 +134,13 @@ def budget_epochs(speed: list[dict[str, Any]], k: float, standard_epochs: int) -
 
 def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool = False, device: str = "auto",
               data_dir: str | None = None, budget_k: float = 2.0, quiet: bool = False,
-              only: list[str] | None = None) -> dict[str, Any]:
+              only: list[str] | None = None, compile: bool = False, train_only: bool = False) -> dict[str, Any]:
     """Run (or continue) a suite and write its report. ``only``: run just these entries
     now; the report still shows every entry already finished in ``out``, so a suite can
-    be spread over several calls (e.g. on a time-limited GPU)."""
+    be spread over several calls (e.g. on a time-limited GPU). ``compile``: torch.compile
+    every network for training (a placement choice: runs resume either way).
+    ``train_only``: train the entries now, evaluate them in a later call (training and
+    evaluation then run where and when each fits)."""
     suite = get_bench_suite(suite_name)
     if seeds < 1:
         raise ValueError("--seeds must be >= 1")
@@ -159,9 +164,15 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
                 done = out / "runs" / f"{entry.name}-s{seed}" / "bench_eval.json"
                 if entry in selected:
                     extra = {"epochs": epochs[entry.name]} if epochs else {}
-                    rows.append(_accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log, **extra))
+                    row = _accuracy_run(suite, entry, seed, out, device, data_dir, quiet, log, train_only,
+                                        compile=compile, **extra)
+                    if row is not None:
+                        rows.append(row)
                 elif done.is_file():  # finished by an earlier call
                     rows.append(json.loads(done.read_text()))
+    if train_only:
+        log(f"trained; evaluate with the same command without --train-only (and with --resume)")
+        return {"rows": rows, "speed": speed}
     _relative_to_standard(rows)
     meta = {"suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
             "budget_k": budget_k if suite.kind == "budget" else None, "device": device_name(dev),

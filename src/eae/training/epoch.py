@@ -9,12 +9,13 @@ from typing import Any
 import torch
 
 from .. import distributed as dist
+from ..system import training_precision
 from ..utils import Timer, progress_bar
 from .guards import NonFiniteGuard
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return training_precision(precision, device) == "bf16"
 
 
 def _autocast(precision: str, device: torch.device):

@@ -37,6 +37,7 @@ from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DAT
                           WEIGHTS, CheckpointError, RunLock, RunLocked, is_run_config, load_checkpoint,
                           save_checkpoint, save_weights)
 from ..config import TrainConfig
+from ..system import describe_cpu, training_precision
 from ..utils import atomic_write_bytes, atomic_write_json, device_name
 
 ENVIRONMENT = "environment.json"
@@ -67,9 +68,10 @@ def check_run_folder(path: str | Path) -> None:
                           "choose a new or empty folder; nothing was written there")
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """What a run ran on (``environment.json``)."""
+def environment(device: torch.device, precision: str = "auto") -> dict[str, Any]:
+    """What a run ran on (``environment.json``), ``precision`` as resolved on ``device``."""
     return {
+        "precision": training_precision(precision, device),
         "eae_version": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -78,6 +80,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "world_size": dist.world_size(),
         "backend": torch.distributed.get_backend() if dist.initialized() else None,
+        **(describe_cpu() if device.type == "cpu" else {}),
     }
 
 

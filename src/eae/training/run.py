@@ -13,6 +13,7 @@ from ..config import TrainConfig
 from ..data import training_data
 from ..methods import create_method
 from ..models import count_parameters, create_model
+from ..system import training_precision
 from ..utils import device_name
 
 
@@ -78,7 +79,8 @@ class Run:
         cfg, data = self.cfg, self.data
         procs = f" x {self.world} processes ({torch.distributed.get_backend()})" if self.world > 1 else ""
         return (f"{cfg.method} | {cfg.arch} ({count_parameters(self.net) / 1e6:.2f}M params) | {cfg.dataset}: "
-                f"{data.n_train:,} train / {len(data.val_y):,} val | {device_name(self.device)}{procs} | "
+                f"{data.n_train:,} train / {len(data.val_y):,} val | {device_name(self.device)}{procs}, "
+                f"{training_precision(cfg.precision, self.device)} | "
                 f"{self.passes} epochs x {len(self.loader)} steps of {cfg.batch_size}"
                 + (f" x {self.method.replays} replays" if self.method.replays > 1 else ""))
 
