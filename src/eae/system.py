@@ -112,3 +112,17 @@ def describe_cpu() -> dict[str, object]:
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_bf16_units": cpu_bf16_units(), "cores_available": available_cores(),
             "threads": torch.get_num_threads()}
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable threads), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_usage(cpu_seconds: float) -> dict[str, float | int | None]:
+    """What a timed region's wall time needs beside it on a shared machine: the process's
+    CPU seconds (all threads), its threads, and the load the machine was under."""
+    return {"cpu_seconds": round(cpu_seconds, 3), "threads": torch.get_num_threads(), "load": load_average()}

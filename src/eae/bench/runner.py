@@ -38,8 +38,8 @@ from .suites import BenchSuite, Entry, get_bench_suite
 
 
 # per-epoch quantities kept for the plots (the masking diagnosis needs the EAE statistics)
-CURVE_KEYS = ("epoch", "val_clean", "val_pgd", "val_cw", "val_robust", "val_aa_fast", "seconds", "logit_norm",
-              "feature_norm", "seed_frac")
+CURVE_KEYS = ("epoch", "val_clean", "val_pgd", "val_cw", "val_robust", "val_aa_fast", "seconds", "cpu_seconds",
+              "threads", "load", "logit_norm", "feature_norm", "seed_frac")
 
 
 def _config(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,

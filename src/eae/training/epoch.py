@@ -4,12 +4,13 @@ summed on the device (no host sync inside the epoch) and reduced across ranks on
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import torch
 
 from .. import distributed as dist
-from ..system import training_precision
+from ..system import cpu_usage, training_precision
 from ..utils import Timer, progress_bar
 from .guards import NonFiniteGuard
 
@@ -79,6 +80,7 @@ def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) 
     guard.begin_epoch(run.device)
     bar = progress_bar(len(loader), progress, f"epoch {epoch + 1}/{run.passes}", unit="step")
     steps = 0
+    cpu0 = time.process_time()  # every thread of the process: with the wall time, whether it got its cores
     with Timer(run.device) as timer:
         for i, (x, y) in enumerate(loader):
             steps = i + 1
@@ -98,6 +100,7 @@ def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) 
                            "seconds": dist.all_reduce(torch.tensor([timer.seconds()]), "max").item()}  # slowest rank
     if guard.skip:
         row["skipped_steps"] = guard.skipped
+    row.update(cpu_usage(time.process_time() - cpu0))  # this rank's
     row.update(means)  # logit_norm, then the method's statistics
     if run.cfg.dataset == "imagefolder":
         n_skipped = dist.all_reduce(torch.tensor([float(loader.skipped)])).item()
