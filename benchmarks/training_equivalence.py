@@ -14,7 +14,8 @@ accuracy of ours and ART's, and whether their difference is below two standard e
 
 ART is installed at benchmark time only, never as a dependency of the project:
 
-    pip install --no-deps --target /tmp/art adversarial-robustness-toolbox scikit-learn six tqdm scipy
+    pip install --no-deps --target /tmp/art adversarial-robustness-toolbox==1.20.1 scikit-learn==1.5.2 \\
+        scipy six tqdm joblib threadpoolctl cloudpickle
     PYTHONPATH=src:/tmp/art EAE_DATA_DIR=/path/to/cifar10 OMP_NUM_THREADS=1 \\
         python benchmarks/training_equivalence.py --out benchmarks/results/cpu-2core/equivalence/training
 

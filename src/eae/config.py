@@ -172,7 +172,8 @@ class TrainConfig:
     overfit_step_factor: float = _f(0.5, "rollback_lower_step: factor applied to the attack step at each rollback")
     max_rollbacks: int = _f(3, "rollbacks allowed before the run stops")
     # --- system ------------------------------------------------------------
-    precision: str = _f("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16 units: AMX, AVX512-BF16; fp32 elsewhere) | bf16 | fp32", choices=PRECISIONS)
+    precision: str = _f("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16 units: AMX, "
+                                "AVX512-BF16; fp32 elsewhere) | bf16 | fp32", choices=PRECISIONS)
     channels_last: bool = _f(True, "channels_last memory format for images and weights")
     sync_bn: bool = _f(False, "under torchrun: BatchNorm statistics over the global batch (CUDA only)")
     compile: bool = _f(False, "torch.compile the network body for training")

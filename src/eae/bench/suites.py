@@ -145,6 +145,10 @@ CPU_REAL_SCALE = (
     Entry("eae_paper", {"method": "eae_paper"}),
 )
 
+# bf16 autocast against fp32 training at CPU size: the same runs but for the precision.
+PRECISION_PARITY = tuple(Entry(f"{m}_{p}", {"method": m, "precision": p}) for m in ("fgsm_rs", "eae")
+                         for p in ("fp32", "bf16"))
+
 BENCH_SUITES = {
     "cifar10": BenchSuite(
         "cifar10", "accuracy", CIFAR10_PREACT18, METHODS,
@@ -176,6 +180,12 @@ BENCH_SUITES = {
         description="the cifar10 suite's training recipe (PreActResNet-18, 49,000 CIFAR-10 images, 15 epochs, "
                     "batch 512, one-cycle LR 0.2, eps 8/255) with an evaluation a CPU finishes: clean and CW-20 "
                     "on the full test set, aa-fast on the first 1,000 test images, full aa on the first 200"),
+    "precision-parity-cpu": BenchSuite(
+        "precision-parity-cpu", "accuracy", CPU_ABLATION_BASE, PRECISION_PARITY, aa_suite="aa-fast",
+        eval_n=1000, aa_n=500, aa_n_other_seeds=500, diagnostics="cheap", diag_n=500,
+        description="fp32 against bf16-autocast training at CPU size (resnet_small, 10,000 CIFAR-10 images, "
+                    "5 epochs, batch 128), fgsm_rs and eae; clean, PGD-20 and CW-20 on the first 1,000 test "
+                    "images, aa-fast on the first 500 (SUBSETS); run with --seeds 3"),
     "smoke": BenchSuite(
         "smoke", "accuracy", SMOKE_BASE, _smoke_entries(), aa_suite="aa-fast", eval_n=100, aa_n_other_seeds=100,
         diagnostics="cheap", diag_n=100,
