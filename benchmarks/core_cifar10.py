@@ -1,4 +1,4 @@
-"""Core benchmark (issue 2): PreActResNet-18, full CIFAR-10, ε = 8/255, 15 epochs, batch 512,
+"""Core benchmark: PreActResNet-18, full CIFAR-10, ε = 8/255, 15 epochs, batch 512,
 for `standard`, `fgsm_rs`, `eae_paper` and `eae` (presets in configs/). Records seconds per epoch, total
 training time, and clean / CE-PGD-20 / CW-20 / worst-case accuracy on the full test set.
 

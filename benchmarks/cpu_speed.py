@@ -53,7 +53,7 @@ from eae.system import configure_threads, cpu_usage, describe_cpu, load_average 
 TRAIN_IMAGES = 49_000  # the cifar10 recipe's training split (1,000 held out)
 BATCH = CIFAR10_PREACT18["batch_size"]
 RELIABLE = 0.8  # CPU seconds / (wall seconds x threads) below this: the process did not get its cores
-EXPENSIVE = ("pgd10", "trades")  # ~11 network passes per step: fewer steps per pass
+EXPENSIVE = ("pgd10", "trades", "free8")  # 8-11 network passes per minibatch: fewer minibatches per pass
 
 
 class Timed:
@@ -97,19 +97,22 @@ def step_flops() -> float:
 
 
 # ----------------------------------------------------------------------------- eae train
-def eae_pass_seconds(entry, precision: str, compiled: bool, steps: int, workdir: str) -> dict[str, Any]:
+def eae_pass_seconds(entry, precision: str, compiled: bool, steps: int, workdir: str,
+                     channels_last: bool = True) -> dict[str, Any]:
     """Two passes of ``eae train`` over the first ``steps`` x 512 images; the second, timed."""
     from eae.methods import create_method
 
     fields = {**CIFAR10_PREACT18, **entry.overrides, "train_subset": steps * BATCH, "val_size": 0,
               "val_attack_steps": 0, "precision": precision, "compile": compiled, "device": "cpu",
-              "out": os.path.join(workdir, f"{entry.name}-{precision}-{int(compiled)}")}
+              "channels_last": channels_last,
+              "out": os.path.join(workdir, f"{entry.name}-{precision}-{int(compiled)}-{int(channels_last)}")}
     cfg = eae.TrainConfig.from_dict(fields)
     m = create_method(cfg).replays
     res = eae.train(cfg.replace(epochs=2 * m), quiet=True)
     timed = res.metrics[-1]
     per_epoch = timed["seconds"] / (steps * BATCH) * TRAIN_IMAGES / m
-    return {"entry": entry.name, "precision": precision, "compiled": compiled, "steps": steps, "replays": m,
+    return {"entry": entry.name, "precision": precision, "compiled": compiled, "channels_last": channels_last,
+            "steps": steps, "replays": m,
             "warmup_seconds": res.metrics[0]["seconds"], "pass": {k: timed[k] for k in
                                                                 ("seconds", "cpu_seconds", "threads", "load")},
             "seconds_per_epoch": per_epoch}
@@ -243,6 +246,11 @@ def run(a) -> None:
             print(f"{entry.name} {precision} {'compiled' if compiled else 'eager'}: {steps} steps x 2", flush=True)
             res["train"].append(eae_pass_seconds(entry, precision, compiled, steps, work))
             save()
+        if a.memory_format and "memory_format" not in res:
+            standard = next(e for e in METHODS if e.name == "standard")
+            res["memory_format"] = [eae_pass_seconds(standard, p, False, a.steps, work, channels_last=cl)
+                                    for p in a.precisions.split(",") for cl in (False, True)]
+            save()
         if a.rounds and "side_by_side" not in res:
             res["side_by_side"] = side_by_side(a.steps, a.rounds, work, not a.no_art)
             save()
@@ -300,6 +308,14 @@ def report(res: dict[str, Any]) -> str:
             ratio = f"{mine['seconds_per_epoch'] / base['seconds_per_epoch']:.2f}" if mine and base else "-"
             lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {ratio} |")
         lines += ["", _utilisation(res, rows)]
+    if "memory_format" in res:
+        lines += ["## Memory format", "", "`standard`, eager, seconds per epoch as above:", "",
+                  "| precision | contiguous (NCHW) | channels_last |", "|---|---:|---:|"]
+        mf = {(r["precision"], r["channels_last"]): r for r in res["memory_format"]}
+        for p in dict.fromkeys(r["precision"] for r in res["memory_format"]):
+            lines.append(f"| {p} | " + " | ".join(f"{mf[(p, cl)]['seconds_per_epoch']:,.0f}" if (p, cl) in mf else "-"
+                                                 for cl in (False, True)) + " |")
+        lines.append("")
     if "side_by_side" in res:
         lines += _side_report(res["side_by_side"])
     return "\n".join(lines) + "\n"
@@ -324,10 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="folder for <cpu>.json and <cpu>.md")
     p.add_argument("--methods", default="", help="comma-separated entries of the cifar10 suite (default: all)")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--steps", type=int, default=4, help="steps of 512 images per timed pass")
-    p.add_argument("--steps-expensive", type=int, default=2, help="the same for pgd10 and trades")
-    p.add_argument("--rounds", type=int, default=3, help="side-by-side rounds (0: none)")
+    p.add_argument("--steps", type=int, default=2, help="steps of 512 images per timed pass")
+    p.add_argument("--steps-expensive", type=int, default=1, help="the same for pgd10, trades and free8")
+    p.add_argument("--rounds", type=int, default=2, help="side-by-side rounds (0: none)")
     p.add_argument("--no-art", action="store_true", help="side by side without ART")
+    p.add_argument("--memory-format", action="store_true",
+                   help="also time standard training (eager) with and without channels_last")
     p.add_argument("--resume", action="store_true")
     run(p.parse_args(argv))
 

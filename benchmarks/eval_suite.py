@@ -1,4 +1,4 @@
-"""Evaluation benchmark (issue 3): run a suite (default AutoAttack standard, `aa`) with the
+"""Evaluation benchmark: run a suite (default AutoAttack standard, `aa`) with the
 gradient-masking diagnostics on trained runs, on the full test set, and tabulate robust
 accuracy, per-attack accuracy, verdict and wall-clock.
 

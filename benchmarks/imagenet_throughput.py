@@ -1,4 +1,4 @@
-"""ImageNet pipeline throughput (issue 6): images per second for loading alone and for
+"""ImageNet pipeline throughput: images per second for loading alone and for
 training ResNet-50 per method, and whether the loader keeps up with `standard`.
 
 Three measurements, each on the folder(s) given:

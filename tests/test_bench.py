@@ -17,8 +17,11 @@ def test_every_suite_entry_is_a_valid_config(name):
         cfg = TrainConfig.from_dict({**suite.base, **e.overrides})
         assert cfg.method in list_methods()
     names = [e.overrides["method"] for e in suite.entries]
-    wanted = ("standard", "fgsm_rs", "n_fgsm", "eae_paper") if name.startswith("eae-ablation") else \
-        ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae", "eae_paper")
+    ablation = ("standard", "fgsm_rs", "n_fgsm", "eae_paper")
+    wanted = {"eae-ablation": ablation, "eae-ablation-cpu": ablation,
+              "cifar10-cpu": ("standard", "fgsm_rs", "n_fgsm", "eae", "eae_paper"),
+              "precision-parity-cpu": ("fgsm_rs", "eae")}.get(
+        name, ("standard", "pgd", "free", "fgsm_rs", "n_fgsm", "trades", "eae", "eae_paper"))
     for method in wanted:
         assert method in names
     assert len({e.name for e in suite.entries}) == len(suite.entries)
@@ -133,3 +136,118 @@ def test_cpu_ablation_has_the_entries_of_the_gpu_ablation():
         if "eae_warmup_epochs" in g.overrides:  # the same fraction of the run
             assert c.overrides["eae_warmup_epochs"] / cpu.base["epochs"] == \
                 pytest.approx(g.overrides["eae_warmup_epochs"] / gpu.base["epochs"], abs=0.1)
+
+
+def test_cifar10_cpu_is_the_cifar10_recipe_with_a_cpu_sized_evaluation():
+    gpu, cpu = BENCH_SUITES["cifar10"], BENCH_SUITES["cifar10-cpu"]
+    assert {k: v for k, v in cpu.base.items() if k != "val_every"} == gpu.base  # training unchanged
+    assert [e.name for e in cpu.entries] == ["fgsm_rs", "eae", "n_fgsm", "eae0.1_on_n_fgsm_half", "standard",
+                                             "eae_paper"]
+    assert (cpu.eval_n, cpu.quick_attacks, cpu.aa_suite, cpu.aa_n, cpu.aa_full_n) == \
+        (None, ("clean", "cw20"), "aa-fast", 1000, 200)
+    half = TrainConfig.from_dict({**cpu.base, **cpu.entries[3].overrides})
+    assert (half.eae_base, half.eae_base_frac, half.eae_lambda) == ("n_fgsm", 0.5, 0.1)
+
+
+def test_precision_parity_differs_in_precision_only():
+    suite = BENCH_SUITES["precision-parity-cpu"]
+    cfgs = {e.name: TrainConfig.from_dict({**suite.base, **e.overrides}) for e in suite.entries}
+    for m in ("fgsm_rs", "eae"):
+        diff = cfgs[f"{m}_fp32"].differences(cfgs[f"{m}_bf16"])
+        assert diff == {"precision": ("fp32", "bf16")}
+
+
+def _timed(secs, cpu, threads=2):
+    return [{"epoch": 1, "seconds": secs, "cpu_seconds": cpu, "threads": threads, "load": 2.0}]
+
+
+def test_a_run_that_did_not_get_its_cores_has_no_time_ratio(tmp_path):
+    import torch
+
+    from eae.bench.runner import _relative_to_standard, timing_of
+
+    cpu = torch.device("cpu")
+    assert timing_of(_timed(100, 190), cpu)["reliable"] is True
+    slow = timing_of(_timed(100, 60), cpu)
+    assert slow["reliable"] is False and slow["cpu_share"] == 0.3
+    assert timing_of(_timed(100, 10), torch.device("cuda"))["reliable"] is True  # the GPU computes, the host waits
+    rows = [_row("standard", 0, 0.9, 0.0, 10), _row("fgsm_rs", 0, 0.8, 0.4, 20), _row("n_fgsm", 0, 0.8, 0.4, 20)]
+    rows[0]["timing"], rows[1]["timing"], rows[2]["timing"] = timing_of(_timed(10, 19), cpu), \
+        timing_of(_timed(20, 39), cpu), slow
+    _relative_to_standard(rows)
+    assert rows[1]["x_standard"] == 2.0 and rows[2]["x_standard"] is None
+    meta = {"suite": "smoke", "description": "d", "device": "cpu", "torch": "t", "eae": "v", "commit": "c",
+            "date": "now", "command": "eae bench smoke", "seeds": 1, "budget_k": None}
+    write_report(tmp_path, {"meta": meta, "rows": rows, "speed": None})
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "| n_fgsm |" in md and "unreliable timing" in md and "n_fgsm seed 0 (30%)" in md
+    assert "0.03" not in md
+
+
+def test_pareto_labels_never_overlap():
+    from eae.bench.report import label_positions
+
+    pts = [(100 + i % 3, 20 + 0.01 * i, f"entry{i}") for i in range(12)] + [(300, 45, "far")]
+    pos = label_positions(pts, width=0.24, height=0.06)
+    boxes = [((x - 0.24, x) if ha == "right" else (x, x + 0.24), y) for x, y, ha in pos]
+    for i, ((l1, r1), y1) in enumerate(boxes):
+        for (l2, r2), y2 in boxes[i + 1:]:
+            assert abs(y1 - y2) >= 0.06 - 1e-9 or r1 <= l2 or r2 <= l1
+
+
+def test_the_plots_have_no_empty_panel_and_integer_epochs(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eae.bench.report import _diagnosis_plot, _group
+
+    rows = [_row("fgsm_rs", 0, 0.8, 0.4, 20)]
+    for c in rows[0]["curve"]:
+        c.update(logit_norm=3.0, val_pgd=0.3, val_cw=0.3)  # no feature norm, seeds or per-epoch aa-fast
+    groups = _group(rows)
+    fig = _diagnosis_plot(plt, groups, {"fgsm_rs": {"color": "C0"}})
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel()
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
+
+
+def _tiny_suite():
+    from eae.bench.suites import BenchSuite, Entry
+
+    base = {"dataset": "synthetic", "arch": "resnet_small", "synthetic_train_size": 192, "synthetic_test_size": 64,
+            "synthetic_image_size": 16, "val_size": 64, "batch_size": 64, "epochs": 2, "val_attack_steps": 2,
+            "lr_max": 0.1}
+    return BenchSuite("tiny", "accuracy", base, (Entry("standard", {"method": "standard"}),
+                                                 Entry("fgsm_rs", {"method": "fgsm_rs"})),
+                      aa_suite="aa-fast", aa_n=32, aa_full_n=16, quick_attacks=("clean", "cw20"),
+                      diagnostics="cheap", diag_n=16)
+
+
+def test_train_only_then_evaluate_in_parts_that_survive_a_kill(tmp_path, monkeypatch):
+    import eae.bench.runner as runner
+
+    monkeypatch.setitem(BENCH_SUITES, "tiny", _tiny_suite())
+    out = tmp_path / "b"
+    assert run_bench("tiny", out, device="cpu", quiet=True, train_only=True)["rows"] == []
+    assert not list(out.glob("runs/*/bench_eval*")) and not (out / "results.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")}
+    assert len(stamps) == 2
+    res = run_bench("tiny", out, device="cpu", quiet=True, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")} == stamps  # not retrained
+    r = res["rows"][1]
+    assert r["pgd20"] is None and r["fgsm"] is None and (r["n"], r["aa_n"], r["aa_full_n"]) == (64, 32, 16)
+    assert 0 <= r["aa_full"] <= r["clean"] and 0 <= r["aa_fast_on_full_n"] <= 1
+    assert r["worst_case"] <= r["aa"] <= r["clean"] and r["precision"] in ("fp32", "bf16")
+    assert r["timing"]["cpu_share"] is not None
+    md = (out / "REPORT.md").read_text()
+    assert "AA full (16)" in md and "full AutoAttack (aa) on 16 of 64 test images (SUBSET)" in md
+    # a kill after the parts were saved: the next call assembles the row without attacking again
+    (out / "runs" / "fgsm_rs-s0" / "bench_eval.json").unlink()
+    monkeypatch.setattr(runner, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    again = run_bench("tiny", out, device="cpu", quiet=True, resume=True)
+    assert {k: v for k, v in again["rows"][1].items() if k != "curve"} == \
+        {k: v for k, v in r.items() if k != "curve"}

@@ -27,6 +27,11 @@ IDS = [str(p.relative_to(ROOT)) for p in DOCS]
 # Words about how the project was made (work items, who had which machine, notes the user
 # does not have). The README and docs say what the tool is and what was measured, on what.
 FORBIDDEN = re.compile(r"issue [0-9]|lent to|shared/|session|RESEARCH\.md|earlier round", re.IGNORECASE)
+# The same in every other file of the repository (code, scripts, committed results), where
+# "session" is also pytest's fixture scope and "shared/" a data path in a recorded command.
+FORBIDDEN_ANYWHERE = re.compile(r"\bissues? #?[0-9]|lent to|RESEARCH\.md|earlier round|"
+                                r"\b(first|second|third|fourth|earlier|this|next|previous|last|working) session",
+                                re.IGNORECASE)
 
 # Tokens that stand for a value the user supplies; a command holding one is not parsed.
 PLACEHOLDERS = {"FLAGS", "ENTRIES", "RUN", "DIR", "SUITE"}
@@ -88,6 +93,21 @@ def test_the_docs_exist():
 def test_no_words_about_how_the_project_was_made(path):
     hits = [f"{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
             if FORBIDDEN.search(line)]
+    assert not hits, "\n".join(hits)
+
+
+def _tracked_text_files() -> list[Path]:
+    try:
+        names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    paths = [ROOT / n for n in names.splitlines() if Path(n).suffix in {".py", ".md", ".json", ".toml", ".sh", ".txt", ""}]
+    return [p for p in paths if p.is_file() and p.name != Path(__file__).name]
+
+
+def test_no_file_speaks_of_how_the_project_was_made():
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()[:120]}" for p in _tracked_text_files()
+            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if FORBIDDEN_ANYWHERE.search(line)]
     assert not hits, "\n".join(hits)
 
 

@@ -68,16 +68,16 @@ def training_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def _cgroup_cpus() -> float | None:
+def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup (v2 ``cpu.max`` or v1 ``cfs_quota``), in cores."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = (root / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         return quota / period if quota > 0 else None
     except (OSError, ValueError):
         return None
@@ -105,6 +105,13 @@ def configure_threads() -> int:
         if torch.get_num_threads() > cores:  # torch counts the machine's cores, not ours
             torch.set_num_threads(cores)
     return torch.get_num_threads()
+
+
+def machine_name(device: torch.device) -> str:
+    """The device in words for a result's header: the GPU's name, or the CPU's with its threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def describe_cpu() -> dict[str, object]:

@@ -38,15 +38,30 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         cells = [[r["entry"], f"{r['seconds_per_epoch']:.3f}", f"{r['x_standard']:.2f}" if r["x_standard"] else "-",
                   f"{r['seconds_per_pass']:.3f}", str(r["replays"])] for r in results["speed"] or []]
         return header, cells
-    header = ["method", "epochs"] + [c for _, c in COLUMNS] + ["worst case", "training time (s)", "x standard",
+    columns = [(k, c) for k, c in COLUMNS if any(r.get(k) is not None for r in rows)]
+    if any(r.get("aa_full") is not None for r in rows):
+        columns.append(("aa_full", f"AA full ({rows[0].get('aa_full_n', 0):,})"))
+    header = ["method", "epochs"] + [c for _, c in columns] + ["worst case", "training time (s)", "x standard",
                                                               "masking verdict"]
     cells = []
     for name, g in _group(rows).items():
         verdicts = sorted({r["verdict"] for r in g})
-        cells.append([name, str(g[0]["epochs"])] + [_ms([r[k] for r in g]) for k, _ in COLUMNS]
+        cells.append([name, str(g[0]["epochs"])] + [_ms([r.get(k) for r in g]) for k, _ in columns]
                      + [_ms([r["worst_case"] for r in g]), _ms([r["train_seconds"] for r in g], pct=False),
-                        _ms([r["x_standard"] for r in g], pct=False, digits=2), "/".join(verdicts)])
+                        _ratio_cell(g), "/".join(verdicts)])
     return header, cells
+
+
+def _unreliable(r: dict[str, Any]) -> bool:
+    return (r.get("timing") or {}).get("reliable") is False
+
+
+def _ratio_cell(g: list[dict[str, Any]]) -> str:
+    """Training time over standard's; "unreliable" rather than a ratio from a process that
+    did not get its cores."""
+    if any(_unreliable(r) for r in g):
+        return "unreliable timing"
+    return _ms([r["x_standard"] for r in g], pct=False, digits=2)
 
 
 def _scope(results: dict[str, Any]) -> list[str]:
@@ -62,12 +77,18 @@ def _scope(results: dict[str, Any]) -> list[str]:
         return f"{n:,} of {size:,} test images" + (" (SUBSET)" if n < size else " (full test set)")
 
     if r0:
-        lines.append(f"seed 0: clean/FGSM/PGD-20/CW-20 on {sub(r0[0]['n'])}; {r0[0]['aa_label']} on "
-                     f"{sub(r0[0]['aa_n'])}")
+        quick = "/".join(c for k, c in COLUMNS[:4] if r0[0].get(k) is not None)
+        lines.append(f"seed 0: {quick} on {sub(r0[0]['n'])}; {r0[0]['aa_label']} on {sub(r0[0]['aa_n'])}"
+                     + (f"; full AutoAttack (aa) on {sub(r0[0]['aa_full_n'])}" if r0[0].get("aa_full_n") else ""))
     if rest:
         lines.append(f"seeds 1..{max(r['seed'] for r in rest)}: {rest[0]['aa_label']} on {sub(rest[0]['aa_n'])}")
     lines.append("values: accuracy in %, mean ± std over seeds; worst case = per example over every attack, "
                  "on the AA images; training time excludes per-epoch validation")
+    slow = [r for r in rows if _unreliable(r)]
+    if slow:
+        lines.append("unreliable timing (the process got under 80% of its cores: a shared machine): "
+                     + ", ".join(f"{r['entry']} seed {r['seed']} ({100 * r['timing']['cpu_share']:.0f}%)"
+                                 for r in slow))
     return lines
 
 
@@ -103,29 +124,72 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
 
 def _pareto_plot(plt, groups, look, rows, results):
     """Robust accuracy against training time (mean over seeds, std as error bars), with the
-    Pareto front."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    Pareto front; labels placed so that none overlaps another."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     pts = []
     for name, g in groups.items():
-        t = [r["train_seconds"] for r in g]
         a = [100 * r["aa"] for r in g]
-        tx, ay = statistics.mean(t), statistics.mean(a)
+        tx, ay = statistics.mean(r["train_seconds"] for r in g), statistics.mean(a)
         ax.errorbar(tx, ay, yerr=statistics.stdev(a) if len(a) > 1 else 0, fmt="o", capsize=3,
                     color=look[name]["color"])
-        ax.annotate(name, (tx, ay), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        pts.append((tx, ay))
+        pts.append((tx, ay, name))
     front, best = [], -1.0
-    for tx, ay in sorted(pts):
+    for tx, ay, _ in sorted(pts):
         if ay > best:
             front.append((tx, ay))
             best = ay
     ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", lw=1, label="Pareto front")
+    _label_points(ax, pts)
     ax.set_xlabel("training time (s)")
     ax.set_ylabel(f"{rows[0]['aa_label'].split(' (')[0]} robust accuracy (%)")
     ax.set_title(f"{results['meta']['suite']}: robustness against training time")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: hides no point
     ax.grid(alpha=0.3)
     return fig
+
+
+def label_positions(pts: list[tuple[float, float, str]], width: float = 0.24, height: float = 0.06
+                    ) -> list[tuple[float, float, str]]:
+    """Where each point's label goes, in axes fractions (the axes set by :func:`_label_points`):
+    beside its point (right of it, left for points in the right third), moved up or down in
+    steps of ``height`` until its box (``width`` x ``height``) meets no label placed before
+    it (points taken from the top). Returns (x, y, horizontal alignment) per point."""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    xspan, yspan = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float, float]] = []  # (left, right, y) of each placed label
+    out: dict[int, tuple[float, float, str]] = {}
+    for i in sorted(range(len(pts)), key=lambda i: -pts[i][1]):
+        fx = 0.05 + 0.8 * (pts[i][0] - min(xs)) / xspan
+        fy = 0.05 + 0.85 * (pts[i][1] - min(ys)) / yspan
+        ha = "right" if fx > 0.6 else "left"
+        left, right = (fx - 0.015 - width, fx - 0.015) if ha == "right" else (fx + 0.015, fx + 0.015 + width)
+        cand = fy
+        for k in range(60):
+            cand = fy + (k + 1) // 2 * height * (-1 if k % 2 else 1)
+            if all(abs(cand - py) >= height or right <= pl or left >= pr for pl, pr, py in placed):
+                break
+        placed.append((left, right, cand))
+        out[i] = (left if ha == "left" else right, cand, ha)
+    return [out[i] for i in range(len(pts))]
+
+
+def _label_points(ax, pts: list[tuple[float, float, str]]) -> None:
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    xspan, yspan = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    # points span 5%..85% of the width and 5%..90% of the height, as label_positions assumes
+    ax.set_xlim(min(xs) - 0.0625 * xspan, max(xs) + 0.1875 * xspan)
+    ax.set_ylim(min(ys) - 0.0588 * yspan, max(ys) + 0.1176 * yspan)
+    for (tx, ay, name), (fx, fy, ha) in zip(pts, label_positions(pts)):
+        moved = abs(fy - (0.05 + 0.85 * (ay - min(ys)) / yspan)) > 1e-9
+        ax.annotate(name, (tx, ay), xytext=(fx, fy), textcoords="axes fraction", fontsize=8, va="center", ha=ha,
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if moved else None)
+
+
+def _integer_epochs(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (pass over the data)")
 
 
 def _curves_plot(plt, groups, look):
@@ -137,34 +201,41 @@ def _curves_plot(plt, groups, look):
             ep = [c["epoch"] for c in curve]
             a1.plot(ep, [100 * c["val_clean"] for c in curve], label=name, **look[name])
             a2.plot(ep, [100 * (c["val_robust"] or 0) for c in curve], label=name, **look[name])
-    a1.set_title("validation clean accuracy (%)")
-    a2.set_title("validation worst case of PGD and CW (%)")
+    a1.set_title("validation clean accuracy")
+    a2.set_title("validation worst case of PGD and CW")
     for a in (a1, a2):
-        a.set_xlabel("epoch (pass over the data)")
+        _integer_epochs(a)
+        a.set_ylabel("accuracy (%)")
         a.grid(alpha=0.3)
     a2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
 
 
 _DIAGNOSIS_KEYS = [("logit_norm", "mean logit norm"), ("feature_norm", "mean feature norm"),
-                   ("seed_frac", "seed fraction"), ("val_pgd", "val CE-PGD acc. (%)"), ("val_cw", "val CW acc. (%)"),
-                   ("val_aa_fast", "val aa-fast acc. (%)")]
+                   ("seed_frac", "seed fraction"), ("val_pgd", "val CE-PGD accuracy (%)"),
+                   ("val_cw", "val CW accuracy (%)"), ("val_aa_fast", "val aa-fast accuracy (%)")]
 
 
 def _diagnosis_plot(plt, groups, look):
-    """The masking diagnosis: how scale, seeds and robustness evolve per epoch (None when
-    the runs recorded none of it)."""
-    present = [k for k, _ in _DIAGNOSIS_KEYS if any(k in c for g in groups.values() for c in g[0]["curve"])]
-    if not any(k in ("logit_norm", "val_aa_fast") for k in present):
+    """The masking diagnosis: how scale, seeds and robustness evolve per epoch, one panel per
+    quantity the runs recorded (None when they recorded none of it)."""
+    present = [(k, t) for k, t in _DIAGNOSIS_KEYS
+               if any(c.get(k) is not None for g in groups.values() for c in g[0]["curve"])]
+    if not any(k in ("logit_norm", "val_aa_fast") for k, _ in present):
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (k, title) in zip(axes.flat, _DIAGNOSIS_KEYS):
+    cols = min(3, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.remove()  # no empty panel
+    for ax, (k, title) in zip(axes.flat, present):
         for name, g in groups.items():
             pts = [(c["epoch"], c[k]) for c in g[0]["curve"] if c.get(k) is not None]
             if pts:
                 scale = 100 if k.startswith("val_") else 1
                 ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], label=name, **look[name])
-        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(title, fontsize=9)
+        _integer_epochs(ax)
         ax.grid(alpha=0.3)
         if k == "logit_norm":
             ax.set_yscale("log")

@@ -31,6 +31,7 @@ from ..config import TrainConfig
 from ..data import load_test_set
 from ..evaluation import evaluate
 from ..evaluation.diagnostics import LEVELS
+from ..system import training_precision
 from ..train import train
 from ..utils import atomic_write_json, device_name, git_commit, resolve_device
 from .report import write_report
@@ -68,31 +69,82 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     if train_only:
         return None
     dev = resolve_device(device)
+    parts = _evaluate_run(suite, cfg, seed, run_dir, dev, quiet, log)
+    q, a, full = parts["quick"], parts["aa"], parts.get("aa_full")
+    n_aa, n_full = a["n"], full["n"] if full else 0
+    worst = [qc and ac for qc, ac in zip(q["correct"][:n_aa], a["correct"])]
+    secs = [m["seconds"] for m in result.metrics]
+    reports = [q, a] + ([full] if full else [])
+    row = {
+        "entry": entry.name, "method": cfg.method, "seed": seed, "epochs": cfg.epochs, "passes": len(secs),
+        "clean": q["clean_accuracy"], "fgsm": q["accuracy"].get("fgsm"), "pgd20": q["accuracy"].get("pgd20"),
+        "cw20": q["accuracy"]["cw20"], "aa": a["robust_accuracy"], "aa_suite": a["suite"], "aa_label": a["label"],
+        "worst_case": sum(worst) / max(len(worst), 1), "n": q["n"], "aa_n": n_aa, "test_size": q["test_size"],
+        "train_seconds": sum(secs), "seconds_per_pass": statistics.median(secs[1:] or secs),
+        "timing": timing_of(result.metrics, dev),
+        "verdict": max((r["verdict"] for r in reports), key=LEVELS.index),
+        "evidence": q["evidence"] + a["evidence"][:1], "eval_seconds": sum(r["seconds"] for r in reports),
+        "run_dir": str(run_dir), "precision": training_precision(cfg.precision, dev),
+        "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in result.metrics],
+        "config": entry.overrides,
+    }
+    if full:
+        row.update(aa_full=full["robust_accuracy"], aa_full_n=n_full, aa_full_label=full["label"],
+                   aa_full_stages=_stages(full), aa_fast_on_full_n=sum(a["correct"][:n_full]) / max(n_full, 1))
+    atomic_write_json(done, row)
+    return row
+
+
+def _evaluate_run(suite: BenchSuite, cfg: TrainConfig, seed: int, run_dir: Path, dev, quiet: bool, log
+                  ) -> dict[str, dict[str, Any]]:
+    """The suite's evaluations of a trained run, each saved in the run folder as it ends
+    (``bench_eval_PART.json``), so that a killed evaluation resumes after the parts done."""
     model = load(run_dir, device=dev)
     x, y = load_test_set(cfg)
     test_size = len(y)
     n_quick = min(suite.eval_n or test_size, test_size)
     n_aa = min(suite.aa_n or n_quick, n_quick) if seed == 0 else min(suite.aa_n_other_seeds or n_quick, n_quick)
-    log(f"[{entry.name} seed {seed}] evaluating: quick on {n_quick:,}, {suite.aa_suite} on {n_aa:,} test images")
-    q = evaluate(model, x[:n_quick], y[:n_quick], suite="quick", eps=cfg.eps, device=dev, seed=seed,
-                 diagnostics=suite.diagnostics, diag_n=suite.diag_n, test_size=test_size, progress=not quiet)
-    a = evaluate(model, x[:n_aa], y[:n_aa], suite=suite.aa_suite, eps=cfg.eps, device=dev, seed=seed,
-                 diagnostics="cheap", diag_n=suite.diag_n, test_size=test_size, progress=not quiet)
-    worst = q.correct["worst_case"][:n_aa] & a.correct["worst_case"]
-    secs = [m["seconds"] for m in result.metrics]
-    row = {
-        "entry": entry.name, "method": cfg.method, "seed": seed, "epochs": cfg.epochs, "passes": len(secs),
-        "clean": q.clean_accuracy, "fgsm": q.accuracy["fgsm"], "pgd20": q.accuracy["pgd20"],
-        "cw20": q.accuracy["cw20"], "aa": a.robust_accuracy, "aa_suite": a.suite, "aa_label": a.label,
-        "worst_case": worst.float().mean().item(), "n": n_quick, "aa_n": n_aa, "test_size": test_size,
-        "train_seconds": sum(secs), "seconds_per_pass": statistics.median(secs[1:] or secs),
-        "verdict": max((q.verdict, a.verdict), key=LEVELS.index), "evidence": q.evidence + a.evidence[:1],
-        "eval_seconds": q.seconds + a.seconds, "run_dir": str(run_dir),
-        "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in result.metrics],
-        "config": entry.overrides,
-    }
-    atomic_write_json(done, row)
-    return row
+    n_full = min(suite.aa_full_n, n_aa) if seed == 0 else 0
+    quick = {"attacks": list(suite.quick_attacks)} if suite.quick_attacks else {"suite": "quick"}
+    plan = [("quick", n_quick, dict(quick, diagnostics=suite.diagnostics)),
+            ("aa", n_aa, dict(suite=suite.aa_suite, diagnostics="cheap"))]
+    if n_full:
+        plan.append(("aa_full", n_full, dict(suite="aa", diagnostics="cheap")))
+    parts = {}
+    for part, n, how in plan:
+        path = run_dir / f"bench_eval_{part}.json"
+        if path.is_file():
+            parts[part] = json.loads(path.read_text())
+            continue
+        log(f"[{run_dir.name}] evaluating {part}: {how.get('suite') or ','.join(how['attacks'])} on {n:,} "
+            "test images")
+        rep = evaluate(model, x[:n], y[:n], eps=cfg.eps, device=dev, seed=seed, diag_n=suite.diag_n,
+                       test_size=test_size, progress=not quiet, **how)
+        parts[part] = {**rep.to_dict(), "correct": rep.correct["worst_case"].tolist()}
+        atomic_write_json(path, parts[part])
+    return parts
+
+
+def _stages(report: dict[str, Any]) -> dict[str, float]:
+    """Robust accuracy after each attack of a cascade (what each adds)."""
+    return {spec: r["accuracy"] for spec, r in report["per_attack"].items()}
+
+
+# A timing is trusted when the process got the cores it asked for: CPU seconds (all threads)
+# at least this share of wall seconds x threads. On a GPU the host thread mostly waits, so
+# only CPU runs are judged.
+RELIABLE_SHARE = 0.8
+
+
+def timing_of(metrics: list[dict[str, Any]], device) -> dict[str, Any]:
+    """Whether a run's training time can be compared: the share of its cores it got."""
+    rows = [m for m in metrics if "cpu_seconds" in m and m.get("threads")]
+    if device.type != "cpu" or not rows:
+        return {"reliable": True if device.type != "cpu" else None, "cpu_share": None}
+    share = sum(m["cpu_seconds"] for m in rows) / sum(m["seconds"] * m["threads"] for m in rows)
+    loads = [m["load"] for m in rows if m.get("load") is not None]
+    return {"reliable": share >= RELIABLE_SHARE, "cpu_share": round(share, 3),
+            "max_load": max(loads) if loads else None, "threads": rows[-1]["threads"]}
 
 
 def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: str | None, quiet: bool, log
@@ -214,10 +266,12 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> None:
 
 
 def _relative_to_standard(rows: list[dict[str, Any]]) -> None:
-    """Each row's training time over standard training's, same seed (None without one)."""
+    """Each row's training time over standard training's, same seed (None without one, or
+    when either timing is unreliable: a process that did not get its cores)."""
     for r in rows:
         std = next((s for s in rows if s["entry"] == "standard" and s["seed"] == r["seed"]), None)
-        r["x_standard"] = r["train_seconds"] / std["train_seconds"] if std else None
+        trusted = std is not None and all((x.get("timing") or {}).get("reliable") is not False for x in (r, std))
+        r["x_standard"] = r["train_seconds"] / std["train_seconds"] if trusted else None
 
 
 def provenance() -> dict[str, Any]:

@@ -26,6 +26,8 @@ class BenchSuite:
     eval_n: int | None = None  # test images for seed 0 (None: the full test set)
     aa_n: int | None = None  # AutoAttack on the first N of them for seed 0 (None: all eval_n)
     aa_n_other_seeds: int | None = 2000  # AutoAttack on the first N test images for seeds > 0
+    aa_full_n: int = 0  # also full AutoAttack (aa) on the first N of the aa images, seed 0 (0: not run)
+    quick_attacks: tuple[str, ...] | None = None  # the first evaluation's attacks (None: the quick suite)
     diagnostics: str = "full"
     diag_n: int = 1000
     speed_epochs: int = 3  # speed: passes per method (the first, with warm-up, is not counted)
@@ -73,7 +75,7 @@ def _eae(name: str, **overrides: Any) -> Entry:
     return Entry(name, {"method": "eae_paper", "val_aa_n": 200, **overrides})
 
 
-# Issue 5: which knob drives the masking of the reconstruction, and which remedy removes it.
+# The EAE ablation: which knob drives the masking of the reconstruction, and which remedy removes it.
 # Entries with eae_lambda = 0 are the input-space adversary alone (the same cheap schedule
 # without the latent term): the control that says what the EAE term itself adds.
 EAE_ABLATION = (
@@ -176,7 +178,7 @@ BENCH_SUITES = {
                     "the first 500 (SUBSETS): not a result"),
     "cifar10-cpu": BenchSuite(
         "cifar10-cpu", "accuracy", {**CIFAR10_PREACT18, "val_every": 3}, CPU_REAL_SCALE, aa_suite="aa-fast",
-        aa_n=1000, aa_n_other_seeds=1000, diag_n=500,
+        aa_n=1000, aa_n_other_seeds=1000, aa_full_n=200, quick_attacks=("clean", "cw20"), diag_n=500,
         description="the cifar10 suite's training recipe (PreActResNet-18, 49,000 CIFAR-10 images, 15 epochs, "
                     "batch 512, one-cycle LR 0.2, eps 8/255) with an evaluation a CPU finishes: clean and CW-20 "
                     "on the full test set, aa-fast on the first 1,000 test images, full aa on the first 200"),
