@@ -9,7 +9,7 @@
    Free-AT). The FLOPs of one standard step (counted by ``torch.utils.flop_counter``) over its
    time give the share of the bf16 matmul throughput the step uses.
 3. Side by side in one process, on the same images and the same initial network: our
-   ``fgsm_rs`` (``eae train``, defaults: precision auto, channels_last, plus ``--compile``),
+   ``fgsm_rs`` (``eae train``'s loop with its defaults: precision auto, channels_last),
    IBM ART's ``AdversarialTrainerFBFPyTorch`` (the same algorithm), and a plain fp32 FGSM-RS
    loop written the usual way (NCHW, ``loss.backward()`` for the attack, as Wong et al.'s
    code). Rounds alternate (ours, ART, plain, ours, ...) so that drift hits all alike.
@@ -122,7 +122,7 @@ def eae_pass_seconds(entry, precision: str, compiled: bool, steps: int, workdir:
 def side_by_side_config(steps: int, workdir: str) -> "eae.TrainConfig":
     # no augmentation: ART's fit does none, nor does the plain loop
     return eae.TrainConfig.from_dict({**CIFAR10_PREACT18, "method": "fgsm_rs", "train_subset": steps * BATCH,
-                                      "val_size": 0, "val_attack_steps": 0, "augment": False, "compile": True,
+                                      "val_size": 0, "val_attack_steps": 0, "augment": False,
                                       "epochs": 1000, "device": "cpu", "out": os.path.join(workdir, "side")})
 
 
@@ -140,8 +140,8 @@ def fresh_net():
 
 
 def ours_fgsm_rs(cfg) -> Callable[[], None]:
-    """eae's training loop (``Run`` + ``train_epoch``, what ``eae train`` runs) with the
-    defaults (precision auto, channels_last) and ``--compile``: one epoch per call."""
+    """eae's training loop (``Run`` + ``train_epoch``, what ``eae train`` runs) with its
+    defaults (precision auto, channels_last, eager): one epoch per call."""
     from eae.training import NonFiniteGuard, Run, train_epoch
 
     run, guard, epochs = Run(cfg, torch.device("cpu"), lambda *a: None), NonFiniteGuard("stop"), iter(range(1000))
@@ -189,8 +189,8 @@ def side_by_side(steps: int, rounds: int, workdir: str, with_art: bool) -> dict[
     """Seconds per epoch of the three trainers, alternating, after one warm-up epoch each."""
     cfg = side_by_side_config(steps, workdir)
     x, y = side_by_side_images(cfg)
-    trainers = {"eae fgsm_rs (bf16 auto, channels_last, compiled)" if _bf16() else "eae fgsm_rs (compiled)":
-                ours_fgsm_rs(cfg), "plain fp32 FGSM-RS loop": plain_fgsm_rs(x, y)}
+    ours = f"eae fgsm_rs (defaults: {'bf16 autocast' if _bf16() else 'fp32'}, channels_last)"
+    trainers = {ours: ours_fgsm_rs(cfg), "plain fp32 FGSM-RS loop": plain_fgsm_rs(x, y)}
     if with_art:
         trainers["IBM ART AdversarialTrainerFBFPyTorch"] = art_fbf(x, y)
     for fit in trainers.values():

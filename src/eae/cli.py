@@ -573,7 +573,10 @@ def _resume_hint(args: argparse.Namespace) -> str:
         return (f": the run continues from its last finished epoch with `eae train --out {out} --resume`"
                 if (Path(out) / "checkpoint.pt").exists() else "")
     if getattr(args, "func", None) is cmd_bench:
-        return f": `eae bench {args.suite} --out {args.out} --resume` continues it" if args.suite != "headline" else ""
+        if args.suite == "headline":
+            return ""
+        flags = "".join(f" --{f.replace('_', '-')}" for f in ("compile", "train_only") if getattr(args, f, False))
+        return f": `eae bench {args.suite} --out {args.out} --resume{flags}` continues it"
     return ""
 
 
