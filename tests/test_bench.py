@@ -234,10 +234,13 @@ def test_train_only_then_evaluate_in_parts_that_survive_a_kill(tmp_path, monkeyp
     out = tmp_path / "b"
     assert run_bench("tiny", out, device="cpu", quiet=True, train_only=True)["rows"] == []
     assert not list(out.glob("runs/*/bench_eval*")) and not (out / "results.json").exists()
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")}
-    assert len(stamps) == 2
+    weights = {p: p.read_bytes() for p in out.glob("runs/*/model.safetensors")}
+    epochs = {p: p.read_text().count("\n") for p in out.glob("runs/*/metrics.jsonl")}
+    assert len(weights) == 2 and set(epochs.values()) == {2}
     res = run_bench("tiny", out, device="cpu", quiet=True, resume=True)
-    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.safetensors")} == stamps  # not retrained
+    # not retrained: the same weights, no epoch added
+    assert {p: p.read_bytes() for p in out.glob("runs/*/model.safetensors")} == weights
+    assert {p: p.read_text().count("\n") for p in out.glob("runs/*/metrics.jsonl")} == epochs
     r = res["rows"][1]
     assert r["pgd20"] is None and r["fgsm"] is None and (r["n"], r["aa_n"], r["aa_full_n"]) == (64, 32, 16)
     assert 0 <= r["aa_full"] <= r["clean"] and 0 <= r["aa_fast_on_full_n"] <= 1

@@ -79,7 +79,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
         "entry": entry.name, "method": cfg.method, "seed": seed, "epochs": cfg.epochs, "passes": len(secs),
         "clean": q["clean_accuracy"], "fgsm": q["accuracy"].get("fgsm"), "pgd20": q["accuracy"].get("pgd20"),
         "cw20": q["accuracy"]["cw20"], "aa": a["robust_accuracy"], "aa_suite": a["suite"], "aa_label": a["label"],
-        "worst_case": sum(worst) / max(len(worst), 1), "n": q["n"], "aa_n": n_aa, "test_size": q["test_size"],
+        "worst_case": _mean(worst), "n": q["n"], "aa_n": n_aa, "test_size": q["test_size"],
         "train_seconds": sum(secs), "seconds_per_pass": statistics.median(secs[1:] or secs),
         "timing": timing_of(result.metrics, dev),
         "verdict": max((r["verdict"] for r in reports), key=LEVELS.index),
@@ -90,7 +90,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     }
     if full:
         row.update(aa_full=full["robust_accuracy"], aa_full_n=n_full, aa_full_label=full["label"],
-                   aa_full_stages=_stages(full), aa_fast_on_full_n=sum(a["correct"][:n_full]) / max(n_full, 1))
+                   aa_full_stages=_stages(full), aa_fast_on_full_n=_mean(a["correct"][:n_full]))
     atomic_write_json(done, row)
     return row
 
@@ -123,6 +123,12 @@ def _evaluate_run(suite: BenchSuite, cfg: TrainConfig, seed: int, run_dir: Path,
         parts[part] = {**rep.to_dict(), "correct": rep.correct["worst_case"].tolist()}
         atomic_write_json(path, parts[part])
     return parts
+
+
+def _mean(flags: list[bool]) -> float:
+    """The fraction of True, computed as every accuracy of a report is (a float32 mean), so
+    that a worst case compares exactly with the accuracies it is the minimum of."""
+    return torch.tensor(flags, dtype=torch.float32).mean().item() if flags else float("nan")
 
 
 def _stages(report: dict[str, Any]) -> dict[str, float]:
