@@ -50,7 +50,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
             c = comp[key]
             lines.append(f"| `{method}` | {label} | {_pm(c['ours'])} | {_pm(c['theirs'])} | {100 * c['diff']:+.1f} | "
                          f"{200 * c['se_diff']:.1f} | {'yes' if c['equivalent'] else 'no'} |")
-    lines += ["", "Per seed (clean / CW-20 / aa-fast, %; training seconds):", ""]
+    lines += ["", "Per seed (clean / CW-20 / aa-fast, %; training seconds, from one-thread processes that shared "
+                  "the machine: not a speed comparison):", ""]
     for r in sorted(doc["rows"], key=lambda r: (r["entry"], r["seed"])):
         lines.append(f"- `{r['entry']}` seed {r['seed']}: {100 * r['clean']:.1f} / {100 * r['cw20']:.1f} / "
                      f"{100 * r['aa']:.1f}; {r['train_seconds']:.0f} s")

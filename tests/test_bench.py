@@ -228,18 +228,27 @@ def _tiny_suite():
 
 
 def test_train_only_then_evaluate_in_parts_that_survive_a_kill(tmp_path, monkeypatch):
+    import torch
+
     import eae.bench.runner as runner
 
     monkeypatch.setitem(BENCH_SUITES, "tiny", _tiny_suite())
     out = tmp_path / "b"
     assert run_bench("tiny", out, device="cpu", quiet=True, train_only=True)["rows"] == []
     assert not list(out.glob("runs/*/bench_eval*")) and not (out / "results.json").exists()
-    weights = {p: p.read_bytes() for p in out.glob("runs/*/model.safetensors")}
+    from safetensors.torch import load_file
+
+    def tensors():
+        return {p: load_file(p) for p in out.glob("runs/*/model.safetensors")}
+
+    weights = tensors()
     epochs = {p: p.read_text().count("\n") for p in out.glob("runs/*/metrics.jsonl")}
     assert len(weights) == 2 and set(epochs.values()) == {2}
     res = run_bench("tiny", out, device="cpu", quiet=True, resume=True)
     # not retrained: the same weights, no epoch added
-    assert {p: p.read_bytes() for p in out.glob("runs/*/model.safetensors")} == weights
+    again_w = tensors()
+    assert again_w.keys() == weights.keys()
+    assert all(torch.equal(again_w[p][k], t) for p in weights for k, t in weights[p].items())
     assert {p: p.read_text().count("\n") for p in out.glob("runs/*/metrics.jsonl")} == epochs
     r = res["rows"][1]
     assert r["pgd20"] is None and r["fgsm"] is None and (r["n"], r["aa_n"], r["aa_full_n"]) == (64, 32, 16)
