@@ -263,3 +263,11 @@ def test_train_only_then_evaluate_in_parts_that_survive_a_kill(tmp_path, monkeyp
     again = run_bench("tiny", out, device="cpu", quiet=True, resume=True)
     assert {k: v for k, v in again["rows"][1].items() if k != "curve"} == \
         {k: v for k, v in r.items() if k != "curve"}
+
+
+@pytest.mark.parametrize("flag", ["--train-only", "--compile"])
+def test_headline_refuses_the_suite_only_flags(flag, tmp_path, capsys):
+    from eae import cli
+
+    assert cli.main(["bench", "headline", flag, "--out", str(tmp_path / "h")]) == 2
+    assert "headline takes" in capsys.readouterr().err and not (tmp_path / "h").exists()

@@ -343,7 +343,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.suite == "headline":
         from .bench.headline import run_headline
 
-        if args.only or args.resume or args.seeds != 1:
+        if args.only or args.resume or args.seeds != 1 or args.compile or args.train_only:
             raise ValueError("headline takes --out, --budget, --tiny, --dry-run, --device, --data-dir and --quiet only")
         if args.dry_run:
             from .bench.headline import GPU, TINY, plan_table
