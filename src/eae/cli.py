@@ -103,8 +103,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
         result = train(cfg, resume=args.resume, quiet=args.quiet, stop_after=args.stop_after)
-    finally:
-        dist.shutdown()
+    except BaseException:
+        dist.shutdown(sync=False)
+        raise
+    dist.shutdown()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if not result.finished:
@@ -122,9 +124,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import distributed as dist
 
     try:
-        return _eval(args, dist.init(args.device))
-    finally:
-        dist.shutdown()
+        code = _eval(args, dist.init(args.device))
+    except BaseException:
+        dist.shutdown(sync=False)
+        raise
+    dist.shutdown()
+    return code
 
 
 def _eval(args: argparse.Namespace, device) -> int:

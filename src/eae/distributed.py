@@ -69,9 +69,22 @@ def init(device: str = "auto") -> torch.device:
     return dev
 
 
-def shutdown() -> None:
-    if initialized():
-        dist.destroy_process_group()
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group. ``sync``: first wait until every rank is here, so that no rank
+    tears down its connections while another still uses them (gloo then aborts the process
+    with "terminate called without an active exception"). On an error path pass False: the
+    other ranks may never arrive, and torchrun stops them anyway."""
+    if not initialized():
+        return
+    if sync and world_size() > 1:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(minutes=5))
+            else:
+                dist.barrier()
+        except RuntimeError:
+            pass  # a rank that did not arrive: leave anyway, torchrun reports the failed one
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
