@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from eae.cli import main
+from helpers import only_report
 
 
 def test_train_then_eval_round_trip(tmp_path, capsys):
@@ -20,7 +21,7 @@ def test_train_then_eval_round_trip(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "SUBSET" in out and "worst case" in out
-    report = json.loads((run / "eval.json").read_text())
+    report = json.loads(only_report(run).read_text())
     assert report["n"] == 40 and report["subset"] is True and report["test_size"] == 96
     assert set(report["accuracy"]) == {"clean", "fgsm", "pgd3", "cw3"}
     assert report["worst_case"] <= min(report["accuracy"].values())
@@ -40,7 +41,7 @@ def test_eval_suite_and_strict(tmp_path, capsys):
                  "--batch-size", "64", "--val-attack-steps", "0", "--device", "cpu", "--out", str(run),
                  "--quiet"]) == 0
     rc = main(["eval", str(run), "--suite", "aa-fast", "--eps", "2/255", "--diag-n", "32", "--strict", "--quiet"])
-    report = json.loads((run / "eval.json").read_text())
+    report = json.loads(only_report(run).read_text())
     assert report["suite"] == "aa-fast" and "NOT full AutoAttack" in report["label"]
     assert report["verdict"] in ("ok", "suspicious", "masked") and report["evidence"]
     assert rc == (0 if report["verdict"] == "ok" else 3)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from eae.cli import main
+from helpers import only_report
 
 
 @pytest.mark.slow
@@ -20,7 +21,7 @@ def test_cifar10_subset_train_and_eval(cifar_dir, tmp_path):
     rc = main(["eval", str(run), "--data-dir", str(cifar_dir.parent), "--attacks", "clean,pgd5,cw5",
                "--n", "300", "--diag-n", "100", "--quiet"])
     assert rc == 0
-    report = json.loads((run / "eval.json").read_text())
+    report = json.loads(only_report(run).read_text())
     assert report["test_size"] == 10000 and report["subset"]
     assert report["accuracy"]["clean"] > 0.25
     # a standard-trained net is not robust at 8/255

@@ -267,7 +267,7 @@ def test_data_and_bench_refuse_with_one_line(tmp_path, user, capsys, monkeypatch
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bench.json").write_text("{ torn")
     rc, text = _call(["bench", "smoke", "--out", str(tmp_path / "b"), "--resume"], capsys)
-    assert rc == 2 and "bench.json: not valid JSON" in text
+    assert rc == 2 and "was not made by eae (it holds bench.json)" in text
 
 
 def test_resume_takes_the_runs_config_and_refuses_changes(run, tmp_path, capsys):
@@ -357,8 +357,8 @@ def _torn_middle(tmp_path, user, run):
 
 # (how the --out folder is made, exit status, fragment of the message); the folder given is hashed
 OUT_CASES = [
-    (_user_out, 2, "is not empty and is not a run of eae train (it holds .notes.pt.bak, config.json"),
-    (_user_resume, 2, "is not a run of eae train"),
+    (_user_out, 2, "is not empty and was not made by eae (it holds .notes.pt.bak, config.json"),
+    (_user_resume, 2, "was not made by eae"),
     (_file_out, 2, "is a file, not a folder"),
     (_finished_run, 2, "already holds a run"),
     (_weights_only, 2, "already holds a run (model.safetensors, model_best.safetensors)"),
@@ -652,7 +652,7 @@ def test_eval_output_keeps_a_report_the_user_edited(external, tmp_path, capsys):
     md.write_text(md.read_text() + "\nmy notes on this result\n")
     before = _tree_hash(out.parent)
     rc, text = _call(argv, capsys)
-    assert rc == 2 and f"{md} is not the report eae eval wrote beside r.json" in text, text
+    assert rc == 2 and f"{md} was changed since eae eval wrote it" in text, text
     assert _tree_hash(out.parent) == before and "| clean |" in text
 
 

@@ -14,6 +14,7 @@ import torch
 from eae.config import TrainConfig
 from eae.data import DatasetError, load_test_set, num_test_images
 from eae.data.imagefolder import FolderLoader, decode, scan_folder
+from helpers import only_report
 
 PIL = pytest.importorskip("PIL.Image")
 REPO = Path(__file__).resolve().parents[1]
@@ -164,5 +165,5 @@ def test_train_and_eval_on_tiny_imagenet(tiny_imagenet, tmp_path):
     assert cfg["dataset"] == "imagefolder" and cfg["image_size"] == 64
     subprocess.run([sys.executable, "-m", "eae", "eval", str(out), *common, "--n", "100", "--attacks", "clean,pgd2",
                     "--diagnostics", "off", "--quiet"], env=env, check=True, timeout=600)
-    report = json.loads((out / "eval.json").read_text())
+    report = json.loads(only_report(out).read_text())
     assert report["n"] == 100 and report["test_size"] == 400 and report["subset"]

@@ -14,6 +14,7 @@ from eae.config import TrainConfig
 from eae.methods import create_method, list_methods
 from eae.models.external import Normalized, load_external, parse_normalize, read_state_dict
 from eae.threat import L2Ball
+from helpers import only_report
 
 SYN = ["--dataset", "synthetic", "--synthetic-test-size", "64", "--synthetic-image-size", "16"]
 
@@ -105,7 +106,7 @@ def test_l2_run_is_evaluated_under_l2_by_default(tmp_path, capsys):
              "--batch-size", "64", "--val-attack-steps", "1", "--quiet", "--epochs", "1"]
     assert main(["train", *flags, "--method", "fgsm_rs", "--norm", "l2", "--eps", "0.5", "--out", str(out)]) == 0
     assert main(["eval", str(out), "--attacks", "pgd5", "--n", "32", "--diagnostics", "off", "--quiet"]) == 0
-    report = json.loads((out / "eval.json").read_text())
+    report = json.loads(only_report(out).read_text())
     assert report["norm"] == "l2" and report["eps"] == 0.5 and report["eps_text"] == "0.5"
     assert report["robustbench"]["threat_model"] == "L2" and report["robustbench"]["autoattack_acc"] is None
     assert "0.5 (l2)" in capsys.readouterr().out

@@ -227,7 +227,7 @@ def test_only_new_empty_or_run_folders_are_written(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="not a run of eae train \\(it holds notes.txt\\)"):
+    with pytest.raises(FileExistsError, match="was not made by eae \\(it holds notes.txt\\)"):
         check_run_folder(mine)
     (mine / ".eae-run").write_text("")
     check_run_folder(mine)

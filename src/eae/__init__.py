@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from .attacks import ATTACKS, build_attack, list_attacks  # noqa: E402
 from .checkpoint import load  # noqa: E402
 from .config import TrainConfig  # noqa: E402
+from .errors import ConfigError, EaeError, OutputRefused, RunExists  # noqa: E402
 from .evaluation import EvalResult, evaluate  # noqa: E402
 from .methods import METHODS, list_methods  # noqa: E402
 from .models import MODELS, create_model, list_models  # noqa: E402
@@ -24,5 +25,5 @@ from .train import RunResult, train  # noqa: E402
 __all__ = [
     "__version__", "TrainConfig", "train", "RunResult", "load", "evaluate", "EvalResult",
     "create_model", "build_attack", "list_models", "list_methods", "list_attacks",
-    "MODELS", "METHODS", "ATTACKS",
+    "MODELS", "METHODS", "ATTACKS", "EaeError", "ConfigError", "OutputRefused", "RunExists",
 ]

@@ -125,7 +125,9 @@ class RunLock:
             import fcntl
         except ImportError:  # no flock (Windows): no protection, as before
             return self
-        fh = self.path.open("a+")
+        from .outputs import open_nofollow  # a .lock planted as a link is refused, never written through
+
+        fh = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

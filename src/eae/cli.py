@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import sys
 import time
 import typing
@@ -62,9 +64,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(load_toml(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    if getattr(args, "resume", False):
-        return resume_config(values)
-    return TrainConfig.from_dict(values)
+    cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
+    args.resolved_out = cfg.out  # what a resume hint must name (a preset may set it)
+    return cfg
 
 
 def resume_config(given: dict[str, Any]) -> TrainConfig:
@@ -82,8 +84,8 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
     if not (out / CONFIG).is_file():
         print(f"note: nothing to resume in {out}: starting a new run there", file=sys.stderr)
         return TrainConfig.from_dict(given)
-    if not (out / CHECKPOINT).is_file() and any((out / f).exists() for f in (WEIGHTS, "eval.json")):
-        raise ValueError(f"cannot resume {out}: it holds results ({WEIGHTS} or eval.json) but no {CHECKPOINT} to "
+    if not (out / CHECKPOINT).is_file() and ((out / WEIGHTS).exists() or any(out.glob("eval*.json"))):
+        raise ValueError(f"cannot resume {out}: it holds results ({WEIGHTS} or an eval report) but no {CHECKPOINT} to "
                          "continue from; choose another --out for a new run")
     saved = read_config(out)
     cfg = TrainConfig.from_dict({**saved.to_dict(), **given})
@@ -110,13 +112,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if not result.finished:
-        print(f"stopped after {len(result.metrics)} epochs as asked (--stop-after); the run is unfinished: continue "
-              f"it with `eae train --out {cfg.out} --resume`")
+        from shlex import quote
+
+        done = len(result.metrics)
+        print(f"stopped after {args.stop_after} {_plural(args.stop_after, 'epoch')} of this call as asked "
+              f"(--stop-after; {done} {_plural(done, 'epoch')} done in all); the run is unfinished: continue it "
+              f"with `eae train --out {quote(cfg.out)} --resume`")
     elif not args.quiet:
         last = result.final
         print(json.dumps({"run_dir": str(result.run_dir), "train_seconds": round(result.train_seconds, 2),
                           **{k: last[k] for k in ("val_clean", "val_pgd", "val_cw", "val_robust") if k in last}}))
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
 
 
 # --------------------------------------------------------------------------- eval
@@ -147,9 +157,11 @@ def _eval(args: argparse.Namespace, device) -> int:
     if not 0 < n <= test_size:
         raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
     x, y = src["load"](n)
-    if args.attacks and args.suite:
+    if args.attacks is not None and args.suite:
         raise UsageError("give --suite or --attacks, not both")
-    attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks else None
+    attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks is not None else None
+    if attacks == []:
+        raise UsageError(f"--attacks {args.attacks!r} names no attack: give e.g. clean,pgd20,cw20 (or a --suite)")
     suite = None if attacks else (args.suite or "quick")
     norm = args.norm or src["norm"]
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
@@ -164,12 +176,15 @@ def _eval(args: argparse.Namespace, device) -> int:
     out = {"written_by": "eae eval", **src["meta"], **report.to_dict(),
            "device": device_name(device) + procs, "torch": torch.__version__,
            "robustbench": robustbench_entry(report, src["meta"])}
+    if src["meta"].get("weights_epoch"):
+        print(f"scoring the best weights so far: epoch {src['meta']['weights_epoch']} of the run")
     md = report.to_markdown(title=src["title"])
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
             "loading and the gradient-masking diagnostics)")
     print(md)  # the numbers first: a folder that cannot be written must not cost them
     print(f"\n{tail}")
-    status = _save_report(args, src, out, f"{md}\n\n{tail}\n")
+    default = src["run_dir"] / eval_report_name(suite, attacks, n, test_size, norm, eps, src) if src["run_dir"] else None
+    status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
     if status:
         return status
     if args.strict and report.verdict != "ok":
@@ -201,10 +216,39 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         cfg = cfg.replace(data_dir=args.data_dir)
     model = load(run_dir, weights=weights, device=device)
     check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
-    meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "architecture": cfg.arch}
+    meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "architecture": cfg.arch,
+            **({"weights_epoch": weights_epoch(run_dir)} if weights == "best" else {})}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
-            "default_output": run_dir / "eval.json"}
+            "run_dir": run_dir}
+
+
+def weights_epoch(run_dir: Path) -> str | None:
+    """The epoch the best weights come from (recorded in their metadata)."""
+    from safetensors import safe_open
+
+    from .checkpoint import BEST_WEIGHTS
+
+    try:
+        with safe_open(str(run_dir / BEST_WEIGHTS), framework="pt") as fh:
+            return (fh.metadata() or {}).get("epoch")
+    except Exception:
+        return None
+
+
+def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: float, src: dict[str, Any]) -> str:
+    """The report of one evaluation of a run, named by what was run, so that evaluations of
+    the same run keep their own reports: eval-quick.json, eval-aa-n1000-best.json,
+    eval-clean+pgd20-l2-eps0.5.json."""
+    what = suite or "+".join(attacks)
+    parts = [re.sub(r"[^A-Za-z0-9+.-]", "_", what)[:80]]
+    if n < test_size:
+        parts.append(f"n{n}")
+    if norm != src["norm"] or abs(eps - src["eps"]) > 1e-12:
+        parts.append(f"{norm}-eps{eps:.6g}")
+    if src["meta"].get("weights") == "best":
+        parts.append("best")
+    return "eval-" + "-".join(parts) + ".json"
 
 
 def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
@@ -233,7 +277,7 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
             "dataset": data.dataset, "architecture": args.model}
     return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
             "norm": "linf", "eps": DEFAULT_EPS["linf"], "meta": meta,
-            "title": f"{args.model} ({args.weights})", "default_output": None}
+            "title": f"{args.model} ({args.weights})", "run_dir": None}
 
 
 def _no_constant(name: str):
@@ -261,59 +305,30 @@ def robustbench_entry(report, meta: dict[str, Any]) -> dict[str, Any]:
             "n_examples": report.n, "architecture": meta.get("architecture")}
 
 
-def _save_report(args: argparse.Namespace, src: dict[str, Any], out: dict[str, Any], md: str) -> int:
-    """Write the JSON and Markdown reports: into the run folder (ours), or to --output,
-    which may only replace a report that eae wrote. 0, or 2 when they could not be saved."""
+def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
+    """Write the JSON and Markdown reports through the output owner (:mod:`eae.outputs`): a
+    new file, or one that an earlier ``eae eval`` wrote and nobody changed. 0, or 2 when
+    they could not be saved (the numbers are printed already)."""
+    from .errors import OutputRefused
+    from .outputs import check_report
     from .utils import atomic_write_bytes, atomic_write_json
 
-    json_path = Path(args.output) if args.output else src["default_output"]
     if json_path is None:
         print("(not saved: pass --output PATH.json to save the report)")
         return 0
     out = {**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()}
     try:
-        if args.output:
-            _refuse_foreign(json_path)
-            json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
+        replaced = check_report(json_path, "eae eval")
+        json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
         atomic_write_json(json_path, out)
         atomic_write_bytes(json_path.with_suffix(".md"), md.encode())
-    except (OSError, FileExistsError) as e:
-        why = str(e) if isinstance(e, FileExistsError) else (e.strerror or str(e))
+    except (OSError, OutputRefused) as e:
+        why = str(e) if isinstance(e, OutputRefused) else (e.strerror or str(e))
         print(f"error: could not save the report to {json_path} ({why}); the numbers above are complete: "
-              "pass --output PATH to save them elsewhere", file=sys.stderr)
+              "pass --output PATH.json to save them elsewhere", file=sys.stderr)
         return 2
-    print(f"written: {json_path}, {json_path.with_suffix('.md')}")
+    print(f"written: {json_path}, {json_path.with_suffix('.md')}" + (f" ({replaced})" if replaced else ""))
     return 0
-
-
-def _refuse_foreign(json_path: Path) -> None:
-    """--output may replace only what a previous ``eae eval`` wrote there."""
-    if json_path.suffix != ".json":
-        raise FileExistsError(f"--output must end in .json (a .md is written beside it), got {json_path.name}")
-    md_path = json_path.with_suffix(".md")
-    for p in (json_path, md_path):
-        if p.exists() and not _ours(json_path):
-            raise FileExistsError(f"{p} exists and was not written by eae eval; it is left as it is")
-    if md_path.exists() and not _md_unchanged(json_path, md_path):
-        raise FileExistsError(f"{md_path} is not the report eae eval wrote beside {json_path.name} (it was "
-                              "changed or replaced since); it is left as it is")
-
-
-def _ours(json_path: Path) -> bool:
-    try:
-        return json.loads(json_path.read_text()).get("written_by") == "eae eval"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _md_unchanged(json_path: Path, md_path: Path) -> bool:
-    """The .md is the one eae wrote with this JSON (its SHA-256 is recorded there); a JSON
-    written before the hash was recorded vouches for its .md as before."""
-    try:
-        recorded = json.loads(json_path.read_text()).get("markdown_sha256")
-        return recorded is None or hashlib.sha256(md_path.read_bytes()).hexdigest() == recorded
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 # --------------------------------------------------------------------------- data / list
@@ -394,7 +409,7 @@ class UsageError(SystemExit):
         return self.message
 
 
-def _int_at_least(low: int):
+def _int_at_least(low: int, high: int = 2**31 - 1):
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -402,8 +417,20 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if v < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        if v > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text[:27] + '...' if len(text) > 30 else text}")
         return v
     return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
 
 
 def _eps(text: str) -> float:
@@ -464,7 +491,7 @@ def _eval_parser(sub) -> None:
                    help="first N test images (default: all; fewer is labelled SUBSET)")
     e.add_argument("--batch-size", type=_int_at_least(1), default=500)
     e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
+    e.add_argument("--seed", type=_int_at_least(0, 2**63 - 1), default=0, help="seed of the attacks' random starts (default: 0)")
     e.add_argument("--weights", default=None,
                    help="of a run: final, or best (the best epoch on the validation split) (default: final); "
                         "with --model: the weights FILE (.safetensors, or a state_dict read with weights_only)")
@@ -489,7 +516,8 @@ def _eval_parser(sub) -> None:
     e.add_argument("--diag-n", type=_int_at_least(0), default=1000, help="points used by the diagnostics (default: 1000)")
     e.add_argument("--strict", action="store_true", help="exit with status 3 unless the verdict is ok")
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--output", default=None, help="JSON report path (default: RUN_DIR/eval.json; .md beside it)")
+    e.add_argument("--output", default=None, help="JSON report path (default: RUN_DIR/eval-WHAT.json, named by what was run, e.g. "
+                        "eval-quick.json, eval-aa-n1000.json; .md beside it)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -520,7 +548,7 @@ def _bench_parser(sub) -> None:
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
     b.add_argument("--device", default="auto")
     b.add_argument("--data-dir", default=None)
-    b.add_argument("--budget-k", type=float, default=2.0,
+    b.add_argument("--budget-k", type=_positive_float, default=2.0,
                    help="cifar10-budget: the budget is K x the time of 15 standard epochs (default: 2)")
     b.add_argument("--only", default=None,
                    help="comma-separated entries to run now (the report keeps the ones finished before): "
@@ -529,7 +557,7 @@ def _bench_parser(sub) -> None:
                    help="torch.compile every network for training (the first epoch carries the compilation)")
     b.add_argument("--train-only", action="store_true",
                    help="train the entries and stop; a later call without it evaluates them")
-    b.add_argument("--budget", type=float, default=None,
+    b.add_argument("--budget", type=_positive_float, default=None,
                    help="headline: wall-clock seconds for the whole command; parts that would not fit are "
                         "skipped with a note, most valuable first (default: 510)")
     b.add_argument("--tiny", action="store_true",
@@ -548,40 +576,79 @@ def _demo_parser(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `timeout` send), handled like Ctrl-C: the run keeps its
+    last checkpoint and the message says how to continue."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command. A user's mistake (a bad value, a bad or missing file, a missing
-    device, a full disk) is one line naming the cause, exit status 2; a guard that stops
-    training, 4; Ctrl-C, 130. A traceback means a bug of ours (or EAE_DEBUG=1)."""
+    """Run a command: the one exit path. A user's mistake or their machine (a bad value, a
+    bad or missing file, a missing device, a full disk, their model's code) is one or two
+    lines naming the cause, exit status 2; a guard that stops training, 4; Ctrl-C, 130;
+    SIGTERM, 143. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except UsageError as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         raise
-    except KeyboardInterrupt:
-        print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except SystemExit as e:  # raised by a user's model code (ours never raises it here)
+        print(f"error: the model's code called sys.exit({e.code!r}) while eae was using it; nothing was "
+              "scored: fix the model", file=sys.stderr)
+        return 2
     except Exception as e:
         if os.environ.get("EAE_DEBUG"):
             raise
         status, message = _user_error(e)
         if status is None:
+            print("eae: an internal error (a bug of ours, not your input): please report it with the "
+                  "traceback below", file=sys.stderr)
             raise
         print(f"error: {message}", file=sys.stderr)
         return status
 
 
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _resume_hint(args: argparse.Namespace) -> str:
+    """The exact command that continues what was stopped, shell-quoted, from what it used."""
+    from shlex import quote
+
     if getattr(args, "func", None) is cmd_train:
-        out = getattr(args, "out", None) or "runs/default"
-        return (f": the run continues from its last finished epoch with `eae train --out {out} --resume`"
+        out = getattr(args, "resolved_out", None) or getattr(args, "out", None) or "runs/default"
+        return (f": the run continues from its last finished epoch with `eae train --out {quote(out)} --resume`"
                 if (Path(out) / "checkpoint.pt").exists() else "")
     if getattr(args, "func", None) is cmd_bench:
-        if args.suite == "headline":
+        if args.suite == "headline" or not args.out:
             return ""
-        flags = "".join(f" --{f.replace('_', '-')}" for f in ("compile", "train_only") if getattr(args, f, False))
-        return f": `eae bench {args.suite} --out {args.out} --resume{flags}` continues it"
+        flags = [f"--{f.replace('_', '-')}" for f in ("compile", "train_only") if getattr(args, f, False)]
+        if args.seeds != 1:
+            flags += ["--seeds", str(args.seeds)]
+        if args.budget_k != 2.0:
+            flags += ["--budget-k", repr(args.budget_k)]
+        for name in ("only", "device", "data_dir"):
+            value = getattr(args, name, None)
+            if value and not (name == "device" and value == "auto"):
+                flags += [f"--{name.replace('_', '-')}", value]
+        cmd = ["eae", "bench", args.suite, "--out", args.out, "--resume", *flags]
+        return f": `{' '.join(quote(c) for c in cmd)}` continues it"
     return ""
 
 
@@ -594,6 +661,10 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     from .models.library import MissingDependency
     from .train import RunSaveError, TrainingStopped
 
+    from .errors import EaeError
+
+    if isinstance(e, EaeError):
+        return 2, e.cli
     if isinstance(e, TrainingStopped):
         return 4, str(e)
     if isinstance(e, RunSaveError):

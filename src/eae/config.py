@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
@@ -182,6 +184,9 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also log metrics to TensorBoard (if installed)")
 
     def __post_init__(self) -> None:
+        wrong = _type_errors(self)  # first: the range checks below assume the types
+        if wrong:
+            raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)  # frozen: resolved once, here
@@ -232,8 +237,20 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 errors.append(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        for name in ("seed", "val_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                errors.append(f"{name} must be in 0..{MAX_SEED} (2^63 - 1), got {short(getattr(self, name))}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int) and not isinstance(v, bool) and f.name not in ("seed", "val_seed") and v > MAX_INT:
+                errors.append(f"{f.name} must be at most {MAX_INT:,}, got {short(v)}")
+            if isinstance(v, str) and "\x00" in v:
+                errors.append(f"{f.name} holds a NUL character")
+        if self.dataset == "synthetic" and self.synthetic_image_size < 8:
+            errors.append(f"synthetic_image_size must be >= 8 (pixels; the networks downsample by 8), "
+                          f"got {self.synthetic_image_size}")
         if errors:
-            raise ValueError("invalid config: " + "; ".join(errors))
+            raise ConfigError("invalid config: " + "; ".join(errors), field=errors[0].split()[0])
 
     def _check_numbers(self) -> list[str]:
         """Every float finite; step sizes, scales and weights in their ranges (a NaN or a
@@ -266,7 +283,7 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown and strict:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}", field=unknown[0])
         hints = typing.get_type_hints(cls)
         kwargs = {k: coerce(hints[k], v, k) for k, v in d.items() if k in known}
         return cls(**kwargs)
@@ -292,6 +309,52 @@ class TrainConfig:
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = PLACEMENT_FIELDS) -> dict[str, tuple[Any, Any]]:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+MAX_INT = 2**31 - 1  # sizes, counts and steps: beyond this no tensor or run is meant
+
+
+def _type_ok(tp: Any, v: Any) -> bool:
+    """``v`` is exactly of type ``tp``: no bool for an int or a float, no str for a number."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(a, v) for a in typing.get_args(tp))
+    if origin is tuple:
+        elem = typing.get_args(tp)[0]
+        return isinstance(v, (tuple, list)) and all(_type_ok(elem, e) for e in v)
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, tp)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_errors(cfg: "TrainConfig") -> list[str]:
+    hints = typing.get_type_hints(type(cfg))
+    errors = []
+    for f in fields(cfg):
+        v, tp = getattr(cfg, f.name), hints[f.name]
+        if not _type_ok(tp, v):
+            optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+            base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+            want = "a list of numbers" if typing.get_origin(base) is tuple else _TYPE_NAMES.get(base, str(base))
+            errors.append(f"{f.name} must be {want}{' (or None)' if optional else ''}, "
+                          f"got {short(v)} ({type(v).__name__})")
+    return errors
+
+
+def short(v: Any, limit: int = 40) -> str:
+    """repr of a value for a message, cut (a 300-digit number is not read)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _arch_errors(arch: str) -> list[str]:
@@ -327,13 +390,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML preset. Tables are flattened with their name as prefix, so
     ``[eae] eta = 0.1`` and ``eae_eta = 0.1`` mean the same."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",
+                          field="config")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file, or another encoding such as "
+                          "UTF-16): save it as UTF-8 TOML", field="config") from None
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+        raise ConfigError(f"config file {path}: not valid TOML ({e})", field="config") from None
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict):
@@ -383,14 +451,18 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
                 value = [v for v in value.split(",") if v.strip()]
             return tuple(coerce(elem, v, name) for v in value)
         if tp is bool:
+            if not isinstance(value, (bool, str)):  # TOML 1 / 0 for a boolean: say true or false
+                raise ValueError(f"expected true or false, got {value!r}")
             return parse_bool(value)
+        if isinstance(value, bool) and tp in (int, float):  # TOML true for a number: a mistake, not 1
+            raise ValueError(f"expected a number, got {value!r}")
         if tp is float:
             try:
                 return parse_float(value)
             except ValueError as e:
                 raise ValueError(str(e) if "division" in str(e) else f"not a number: {value!r}") from None
         if tp is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
                 raise ValueError(f"not an integer: {value}")
             try:
                 return int(value)
@@ -400,8 +472,8 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {value!r}")
             return value
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"config field {name}: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(f"config field {name}: {e}", field=name) from None
     raise TypeError(f"config field {name}: unsupported type {tp}")
 
 

@@ -19,7 +19,8 @@ from .evaluation import evaluate
 from .train import train
 from .bench.runner import timing_of
 from .system import machine_name, training_precision
-from .utils import atomic_write_json, resolve_device
+from .outputs import OutputFolder
+from .utils import atomic_write_bytes, atomic_write_json, resolve_device
 
 METHODS = ("standard", "fgsm_rs", "eae", "eae_paper")
 
@@ -37,6 +38,17 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, device: str = 
              train_subset: int = 10000, epochs: int = 5, n_test: int = 1000) -> list[dict[str, Any]]:
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     dev = resolve_device(device)
+    folder = OutputFolder(out, "demo").claim()
+    try:
+        rows = _train_and_evaluate(out, data_dir, device, dev, quiet, train_subset, epochs, n_test, log)
+    except BaseException:
+        folder.abandon()
+        raise
+    _report(rows, out, dev, train_subset, epochs, n_test, quiet)
+    return rows
+
+
+def _train_and_evaluate(out, data_dir, device, dev, quiet, train_subset, epochs, n_test, log):
     rows = []
     for method in METHODS:
         cfg = demo_config(method, out, data_dir, device, train_subset, epochs)
@@ -55,6 +67,10 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, device: str = 
                      "train_seconds": result.train_seconds, "eval_seconds": res.seconds,
                      "timing": timing_of(result.metrics, dev),
                      "verdict": res.verdict, "evidence": res.evidence})
+    return rows
+
+
+def _report(rows, out, dev, train_subset: int, epochs: int, n_test: int, quiet: bool) -> None:
     trusted = all(r["timing"]["reliable"] is not False for r in rows)
     for r in rows:  # no ratio from a process that did not get its cores (a shared machine)
         r["x_standard"] = r["train_seconds"] / rows[0]["train_seconds"] if trusted else None
@@ -65,12 +81,10 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, device: str = 
     note = ("CE-PGD-20 far above CW-20 means the cross-entropy gradient is masked: trust the CW and "
             "worst-case columns. 'masking check' is the cheap gradient-masking check (CE vs margin gap, "
             "logit scale, zero gradients); `eae eval RUN --suite aa` runs the full one.")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "demo.md").write_text(f"{header}\n\n{table}\n\n{note}\n")
+    atomic_write_bytes(Path(out) / "demo.md", f"{header}\n\n{table}\n\n{note}\n".encode())
     atomic_write_json(Path(out) / "demo.json", {"header": header, "rows": rows})
     if not quiet:
         print(f"\n{header}\n\n{table}\n\n{note}\nwritten: {out}/demo.md, {out}/demo.json")
-    return rows
 
 
 def _ratio(r: dict[str, Any]) -> str:

@@ -76,9 +76,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     log = (lambda *a: None) if quiet or not dist.is_main() else (lambda *a: print(*a, flush=True))
     folder = RunFolder(cfg, log, write_checkpoint=save_checkpoint)
     try:
-        return _train(cfg, folder, folder.open(resume), device, log, quiet, stop_after)
-    finally:
-        folder.close()
+        result = _train(cfg, folder, folder.open(resume), device, log, quiet, stop_after)
+    except BaseException:
+        folder.close(failed=True)
+        raise
+    folder.close()
+    return result
 
 
 def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
@@ -99,7 +102,7 @@ def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
         collapsed = validator.due(epoch) and _validate(row, run, epoch, validator, (nonfinite, overfit), folder)
         metrics.append(row)
         folder.record(row)
-        log(_epoch_line(row, run.passes))
+        log(_epoch_line(row, run.passes, run.method.adversarial))
         back = overfit.respond(row, run, folder, log) if collapsed else None
         if back is not None:  # rolled back: the epochs after the best one are redone
             epoch, metrics = back, [r for r in metrics if r["epoch"] <= back]
@@ -150,9 +153,11 @@ def _state(run: Run, epoch: int, folder: RunFolder, nonfinite: NonFiniteGuard, o
     return run.snapshot(epoch, best=folder.best, guard=guard)
 
 
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+def _epoch_line(row: dict[str, Any], epochs: int, adversarial: bool = False) -> str:
+    # on adversarial inputs, accuracy near or below chance is expected, not a bug: the label says so
+    acc = "train acc (adversarial inputs)" if adversarial else "train acc"
     parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['train_loss']:.4f}",
-             f"train acc {100 * row['train_acc']:5.1f}%"]
+             f"{acc} {100 * row['train_acc']:5.1f}%"]
     for key, label in (("val_clean", "val clean"), ("val_pgd", "pgd"), ("val_cw", "cw")):
         if key in row:
             parts.append(f"{label} {100 * row[key]:5.1f}%")

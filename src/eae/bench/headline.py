@@ -34,6 +34,8 @@ from ..config import TrainConfig
 from ..data import DeviceLoader, load_test_set
 from ..evaluation import evaluate
 from ..train import train
+from ..errors import OutputRefused
+from ..outputs import OutputFolder, check_folder
 from ..utils import atomic_write_json, device_name, resolve_device
 from .runner import provenance
 from .budget import Outcome, Task, run_tasks
@@ -304,15 +306,17 @@ def run_headline(out: str | Path, *, budget: float | None = 510.0, tiny: bool = 
     """Run the headline into the new folder ``out``; return what headline.json holds."""
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty: the headline writes into a new folder; "
-                              "choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise OutputRefused(f"{out} exists and is not empty: the headline writes into a new folder; choose "
+                            "another out", cli=f"{out} exists and is not empty: the headline writes into a new "
+                                                "folder; choose another --out")
+    check_folder(out, "headline")  # a file, a dangling link
     if budget is not None and not (budget > 0 and math.isfinite(budget)):
         raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
     # cuBLAS reads its workspace setting when its first handle is made: set it before any
     # CUDA work, or the smoke's bit-exact resume check could fail for want of it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    out.mkdir(parents=True, exist_ok=True)
+    OutputFolder(out, "headline").claim()
     h = Headline(out, TINY if tiny else GPU, device, data_dir, quiet)
     h.log(f"eae bench headline ({h.scale.name}) on {device_name(h.dev)}; budget "
           + (f"{budget:.0f} s" if budget else "none"))

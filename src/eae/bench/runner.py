@@ -30,7 +30,9 @@ from ..checkpoint import load
 from ..config import TrainConfig
 from ..data import load_test_set
 from ..evaluation import evaluate
+from ..errors import ConfigError, OutputRefused
 from ..evaluation.diagnostics import LEVELS
+from ..outputs import OutputFolder, check_folder
 from ..system import training_precision
 from ..train import train
 from ..utils import atomic_write_json, device_name, git_commit, resolve_device
@@ -200,13 +202,28 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     ``train_only``: train the entries now, evaluate them in a later call (training and
     evaluation then run where and when each fits)."""
     suite = get_bench_suite(suite_name)
-    if seeds < 1:
-        raise ValueError("--seeds must be >= 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be an integer >= 1, got {seeds!r}", cli=f"--seeds must be >= 1, got {seeds!r}",
+                          field="seeds")
+    if isinstance(budget_k, bool) or not isinstance(budget_k, (int, float)) or not (math.isfinite(budget_k)
+                                                                                    and budget_k > 0):
+        raise ConfigError(f"budget_k must be a finite number > 0, got {budget_k!r}",
+                          cli=f"--budget-k must be a finite number > 0, got {budget_k!r}", field="budget_k")
     selected = _selected_entries(suite, only)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
-    _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
-                 "entries": {e.name: e.overrides for e in suite.entries}}, resume)
+    folder = _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
+                          "entries": {e.name: e.overrides for e in suite.entries}}, resume)
+    try:
+        return _run(suite, selected, out, seeds=seeds, device=device, data_dir=data_dir, budget_k=budget_k,
+                    quiet=quiet, compile=compile, train_only=train_only, log=log)
+    except BaseException:
+        folder.abandon()  # removes the folder again if nothing but the claim was written
+        raise
+
+
+def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet, compile, train_only, log
+         ) -> dict[str, Any]:
     dev = resolve_device(device)
     t0 = time.perf_counter()
     speed = None
@@ -229,7 +246,7 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
                 elif done.is_file():  # finished by an earlier call
                     rows.append(json.loads(done.read_text()))
     if train_only:
-        log(f"trained; evaluate with the same command without --train-only (and with --resume)")
+        log("trained; evaluate with the same command without --train-only (and with --resume)")
         return {"rows": rows, "speed": speed}
     _relative_to_standard(rows)
     meta = {"suite": suite.name, "description": suite.description, "kind": suite.kind, "seeds": seeds,
@@ -250,15 +267,18 @@ def _selected_entries(suite, only: list[str] | None) -> list:
     return [e for e in suite.entries if not only or e.name in only]
 
 
-def _claim(out: Path, ask: dict[str, Any], resume: bool) -> None:
-    """Make ``out`` this benchmark's folder: a new one, or (with ``resume``) one started
-    with the very same settings; never another benchmark's or another tool's."""
+def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
+    """Make ``out`` this benchmark's folder (see :mod:`eae.outputs`): a new one, or (with
+    ``resume``) one started with the very same settings; never another benchmark's, a
+    run's or another tool's."""
     ask = json.loads(json.dumps(ask))  # as it reads back from JSON, to compare like with like
+    check_folder(out, "bench")
     manifest = out / "bench.json"
     if manifest.is_file():
         if not resume:
-            raise FileExistsError(f"{out} already holds a benchmark; pass --resume to continue it or choose "
-                                  "another --out")
+            raise OutputRefused(f"{out} already holds a benchmark; pass resume=True to continue it or another out",
+                                cli=f"{out} already holds a benchmark; pass --resume to continue it or choose "
+                                    "another --out")
         try:
             before = json.loads(manifest.read_text())
         except ValueError as e:
@@ -267,8 +287,11 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> None:
         if before != ask:
             raise ValueError(f"cannot resume {out}: it was started with different settings "
                              f"({manifest}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(out, "bench").claim()
+    if not manifest.is_file():
+        folder.written.append(manifest.name)
     atomic_write_json(manifest, ask)
+    return folder
 
 
 def _relative_to_standard(rows: list[dict[str, Any]]) -> None:

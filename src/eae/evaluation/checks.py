@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..attacks import APGD, APGDT, FABT, Attack, attack_mode, ce_loss, dlr_loss, margin_loss
-from ..attacks.base import eot_gradient, grad_of
+from ..attacks.base import eot_gradient
 
 Check = tuple[str, str]
 

@@ -33,15 +33,18 @@ import torch
 
 from .. import __version__
 from .. import distributed as dist
-from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DATASET, EVENTS, MARKER, METRICS,
-                          WEIGHTS, CheckpointError, RunLock, RunLocked, is_run_config, load_checkpoint,
+from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DATASET, EVENTS, METRICS,
+                          WEIGHTS, CheckpointError, RunLock, RunLocked, load_checkpoint,
                           save_checkpoint, save_weights)
 from ..config import TrainConfig
+from ..errors import OutputRefused, RunExists
+from ..outputs import OutputFolder, check_folder
 from ..system import describe_cpu, training_precision
 from ..utils import atomic_write_bytes, atomic_write_json, device_name
 
 ENVIRONMENT = "environment.json"
-_ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, NotADirectoryError, RunLocked, CheckpointError)}
+_ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, NotADirectoryError, RunLocked, CheckpointError,
+                                    OutputRefused, RunExists)}
 _WRITTEN = (CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, BEST_WEIGHTS, METRICS, CONFIG, DATASET, ENVIRONMENT)
 # our temporary files: atomic writes (".NAME." + 8 random characters, see utils) and hard links (".NAME.tmp")
 _TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, _WRITTEN)) + r")\.([a-z0-9_]{8}|tmp)")
@@ -52,20 +55,9 @@ class RunSaveError(RuntimeError):
 
 
 def check_run_folder(path: str | Path) -> None:
-    """Training writes only into a new or empty folder or into a run: one with our
-    marker, or the config.json of a run written before the marker existed. Anything
-    else raises FileExistsError naming what is there (nothing has been written)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise NotADirectoryError(f"--out {path} is a file, not a folder: choose a new or empty folder")
-    names = sorted(p.name for p in path.iterdir())
-    if not names or names == [".lock"] or MARKER in names or is_run_config(path / CONFIG):
-        return
-    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    raise FileExistsError(f"--out {path} is not empty and is not a run of eae train (it holds {shown}): "
-                          "choose a new or empty folder; nothing was written there")
+    """Training writes only into a new or empty folder or into a run (see
+    :mod:`eae.outputs`); anything else raises OutputRefused (nothing has been written)."""
+    check_folder(path, "run")
 
 
 def environment(device: torch.device, precision: str = "auto") -> dict[str, Any]:
@@ -140,6 +132,7 @@ class RunFolder:
         self.path = Path(cfg.out)
         self.main = dist.is_main()
         self.lock = RunLock(self.path)
+        self.output = OutputFolder(self.path, "run")
         self.best: dict[str, Any] = {"epoch": None, "val_robust": -1.0}  # what the best files hold
         self.saved_epoch: int | None = None  # the epoch checkpoint.pt holds (None: there is none)
         self.tb = None
@@ -156,6 +149,7 @@ class RunFolder:
                 answer = (None, self._open(resume))
             except Exception as e:
                 self.lock.release()
+                self.output.abandon()
                 failure, answer = e, ((type(e).__name__, str(e)), None)
         error, ckpt = dist.broadcast_object(answer)
         if failure is not None:
@@ -167,11 +161,7 @@ class RunFolder:
         return ckpt
 
     def _open(self, resume: bool) -> dict[str, Any] | None:
-        check_run_folder(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        marker = self.path / MARKER
-        if not marker.exists():  # first: from now on the folder is recognisably a run
-            marker.write_text("A run folder of `eae train`: it writes here, and only here.\n")
+        self.output.claim()  # first: from now on the folder is recognisably a run
         self.lock.acquire()
         for tmp in self.path.iterdir():  # half-written files of a killed run (we hold the lock)
             if _TEMPORARY.fullmatch(tmp.name):
@@ -181,11 +171,13 @@ class RunFolder:
             return self._resumable(load_checkpoint(ckpt_path))
         results = [n for n in (CHECKPOINT, METRICS, WEIGHTS, BEST_WEIGHTS) if (self.path / n).exists()]
         if results and not resume:
-            raise FileExistsError(f"{self.path} already holds a run ({', '.join(results)}); pass --resume to "
-                                  "continue it or choose another --out")
+            held = f"{self.path} already holds a run ({', '.join(results)})"
+            raise RunExists(f"{held}: pass resume=True to continue it, or another out",
+                            cli=f"{held}: pass --resume to continue it or choose another --out")
         if resume and {WEIGHTS, BEST_WEIGHTS} & set(results):
-            raise FileExistsError(f"cannot resume {self.path}: it holds results ({', '.join(results)}) but no "
-                                  f"{CHECKPOINT} to continue from; choose another --out for a new run")
+            held = f"cannot resume {self.path}: it holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from"
+            raise RunExists(f"{held}; choose another out for a new run",
+                            cli=f"{held}; choose another --out for a new run")
         return None
 
     def _resumable(self, ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -210,11 +202,15 @@ class RunFolder:
             self.tb = _tensorboard(self.path)
         return metrics
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release the folder; after a failure before anything was written (the data could
+        not be read, say), remove what opening it created."""
         if self.tb is not None:
             self.tb.close()
             self.tb = None
         self.lock.release()
+        if failed and self.main:
+            self.output.abandon()
 
     # --- metrics and events ----------------------------------------------------
     def record(self, row: dict[str, Any]) -> None:
@@ -245,8 +241,8 @@ class RunFolder:
             what()
             return True
         except OSError as e:
-            self.log(f"warning: could not write {label} after epoch {epoch} ({e}); the previous {path.name} "
-                     "is kept and training goes on")
+            _note(f"warning: could not write {label} after epoch {epoch} ({e}); the previous {path.name} "
+                  "is kept and training goes on")  # on stderr even with --quiet: it changes what can be resumed
             self.event(epoch, "save_failed", file=path.name, error=str(e))
             return False
 

@@ -81,7 +81,8 @@ class Run:
         return (f"{cfg.method} | {cfg.arch} ({count_parameters(self.net) / 1e6:.2f}M params) | {cfg.dataset}: "
                 f"{data.n_train:,} train / {len(data.val_y):,} val | {device_name(self.device)}{procs}, "
                 f"{training_precision(cfg.precision, self.device)} | "
-                f"{self.passes} epochs x {len(self.loader)} steps of {cfg.batch_size}"
+                f"{self.passes} epoch{'s' if self.passes != 1 else ''} x {len(self.loader)} "
+                f"step{'s' if len(self.loader) != 1 else ''} of {cfg.batch_size}"
                 + (f" x {self.method.replays} replays" if self.method.replays > 1 else ""))
 
     def dataset(self) -> dict[str, Any]:

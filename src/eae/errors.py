@@ -1,0 +1,31 @@
+"""The exceptions eae raises for what a user or their machine caused (importable from ``eae``).
+
+Each is a subclass of the built-in exception a Python user would catch anyway
+(``ValueError``, ``FileExistsError``), so ``except ValueError`` keeps working. The
+message speaks the language of the door it came through: ``str(e)`` names the Python
+API's arguments (``resume=True``, ``out``); the command line prints :attr:`cli`, which
+names the flags (``--resume``, ``--out``). Anything else that escapes eae is a bug of ours.
+"""
+from __future__ import annotations
+
+
+class EaeError(Exception):
+    """Base of eae's own errors: a user's input or their machine, never a bug of ours."""
+
+    def __init__(self, message: str, *, cli: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.cli = cli if cli is not None else message  # the same error, in the words of the flags
+        self.field = field  # the config field or option at fault, when there is one
+
+
+class ConfigError(EaeError, ValueError):
+    """A value that cannot be right (wrong type, out of range, not finite); names the field."""
+
+
+class OutputRefused(EaeError, FileExistsError):
+    """eae will not write there: the folder or file is someone else's (or a link it did not
+    make). Nothing was written; the message says why and what to do instead."""
+
+
+class RunExists(OutputRefused):
+    """The run folder holds a run already: resume it or choose another folder."""

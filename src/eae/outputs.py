@@ -1,0 +1,214 @@
+"""Where eae may write: the one owner of every output folder and report file.
+
+Every command that writes (``train``, ``eval``, ``bench``, ``demo``) asks this module
+first. The rules, in one place:
+
+- A folder is written only when it is new, empty, or already ours *of the same kind*:
+  a run of ``eae train``, a benchmark of ``eae bench``, a ``demo`` or a ``headline``
+  folder. Ours means our marker file is there (a regular file, never a link, whose text
+  names its kind), or, for folders made before the marker existed, our own files
+  recognised by their content. Anything else is refused with the reason and the fix
+  (:class:`~eae.errors.OutputRefused`); nothing has been written then.
+- Marker and lock files are opened without following symbolic links (``O_NOFOLLOW``),
+  and a new marker with ``O_EXCL``: a link planted where they go is refused, never
+  written through.
+- What a refused or failed command created itself (folders, marker, lock) is removed
+  again when nothing else was written: a refusal leaves the disk as it found it.
+- A report file (``eval-*.json`` and its ``.md``) is replaced only when eae wrote it and
+  nobody changed it since (the JSON says ``written_by``; the JSON records the SHA-256
+  of its Markdown). Replacing one is said, never silent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import OutputRefused
+
+# kind -> marker file name; the run marker predates the others and keeps its name
+MARKERS = {"run": ".eae-run", "bench": ".eae-bench", "demo": ".eae-demo", "headline": ".eae-headline"}
+WHAT = {"run": "a run of `eae train`", "bench": "a benchmark of `eae bench`", "demo": "the folder of `eae demo`",
+        "headline": "the folder of `eae bench headline`"}
+LOCK = ".lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (ELOOP) with a clear error."""
+    try:
+        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
+    except OSError as e:
+        if path.is_symlink():
+            raise OutputRefused(f"{path} is a symbolic link; eae does not write through links it did not make: "
+                                "remove the link (or choose another folder)") from None
+        raise e
+
+
+def _regular(path: Path) -> bool:
+    """A regular file at ``path`` itself (a link to one does not count)."""
+    try:
+        return path.lstat().st_mode & 0o170000 == 0o100000
+    except OSError:
+        return False
+
+
+def _read_small(path: Path, limit: int = 1 << 20) -> str | None:
+    """The text of a small regular file (not a link), or None."""
+    if not _regular(path) or path.lstat().st_size > limit:
+        return None
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def kind_of(path: Path) -> str | None:
+    """Which of our kinds the folder ``path`` is, by its marker, else by its content."""
+    for kind, name in MARKERS.items():
+        text = _read_small(path / name)
+        if text is not None and (kind == "run" or kind in text):
+            return kind
+    for kind, recognise in _LEGACY.items():
+        if recognise(path):
+            return kind
+    return None
+
+
+def _json(path: Path) -> Any:
+    text = _read_small(path)
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _legacy_run(path: Path) -> bool:
+    d = _json(path / "config.json")
+    return isinstance(d, dict) and {"out", "method", "arch", "epochs"} <= set(d)
+
+
+def _legacy_bench(path: Path) -> bool:
+    d = _json(path / "bench.json")
+    return isinstance(d, dict) and {"suite", "entries"} <= set(d)
+
+
+def _legacy_demo(path: Path) -> bool:
+    """demo.json, or (a demo stopped before its report) nothing but run folders."""
+    d = _json(path / "demo.json")
+    if isinstance(d, dict) and {"header", "rows"} <= set(d):
+        return True
+    children = [p for p in path.iterdir() if p.name != LOCK]
+    return bool(children) and all(p.is_dir() and not p.is_symlink() and kind_of(p) == "run" for p in children)
+
+
+_LEGACY: dict[str, Callable[[Path], bool]] = {"run": _legacy_run, "bench": _legacy_bench, "demo": _legacy_demo}
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "out") -> None:
+    """Raise :class:`OutputRefused` unless ``path`` may become (or is) a ``kind`` folder:
+    new, empty, or ours of that kind. Writes nothing."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        target = os.readlink(path)
+        raise OutputRefused(f"{api}={str(path)!r} is a symbolic link to {target}, which does not exist: "
+                            "create that folder or choose another", cli=f"{flag} {path} is a symbolic link to "
+                            f"{target}, which does not exist: create that folder or choose another {flag}")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputRefused(f"{api}={str(path)!r} is a file, not a folder: choose a new or empty folder",
+                            cli=f"{flag} {path} is a file, not a folder: choose a new or empty folder")
+    names = sorted(p.name for p in path.iterdir())
+    if not names or (names == [LOCK] and _regular(path / LOCK)):
+        return
+    found = kind_of(path)
+    if found == kind:
+        return
+    why = (f"it is {WHAT[found]}" if found else f"it is not empty and was not made by eae (it holds {_listing(names)})")
+    fix = f"choose a new or empty folder for {WHAT[kind]}; nothing was written there"
+    raise OutputRefused(f"{api}={str(path)!r}: {why}: {fix}", cli=f"{flag} {path}: {why}: {fix}")
+
+
+class OutputFolder:
+    """A folder of one kind, claimed for writing: checked, created (remembering which
+    levels it created), marked. :meth:`abandon` undoes the claim if nothing else was
+    written, so a command that is refused or fails early leaves no trace."""
+
+    def __init__(self, path: str | Path, kind: str, flag: str = "--out", api: str = "out"):
+        self.path, self.kind, self.flag, self.api = Path(path), kind, flag, api
+        self.created: list[Path] = []  # folders this claim made, outermost first
+        self.marked = False  # whether this claim wrote the marker
+        self.written: list[str] = []  # files this claim wrote that abandon() may remove (e.g. a manifest)
+
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKERS[self.kind]
+
+    def claim(self) -> "OutputFolder":
+        check_folder(self.path, self.kind, self.flag, self.api)
+        missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.created = list(reversed(missing))
+        if not self.marker.exists() and not self.marker.is_symlink():
+            fd = open_nofollow(self.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{self.kind}: {WHAT[self.kind]} writes here, and only here.\n")
+            self.marked = True
+        elif not _regular(self.marker):
+            raise OutputRefused(f"{self.marker} is not a regular file; eae does not write through it: remove it")
+        return self
+
+    def abandon(self) -> None:
+        """Remove what this claim made, when the folder holds nothing else (lock aside)."""
+        if not self.marked:
+            return
+        ours = {self.marker.name, LOCK, *self.written}
+        if {p.name for p in self.path.iterdir()} - ours:
+            return
+        for name in ours:
+            if _regular(self.path / name):
+                (self.path / name).unlink()
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.created, self.marked = [], False
+
+
+# --------------------------------------------------------------------------- report files
+def report_owner(json_path: Path) -> str | None:
+    """``written_by`` of a report JSON (None: not one of ours)."""
+    d = _json(json_path)
+    return d.get("written_by") if isinstance(d, dict) else None
+
+
+def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | None:
+    """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
+    Returns a line saying what would be replaced (None: nothing), or raises
+    :class:`OutputRefused` for a file that is not ours or was changed since we wrote it."""
+    if json_path.suffix != ".json":
+        raise OutputRefused(f"{flag} must end in .json (a .md is written beside it), got {json_path.name}")
+    md_path = json_path.with_suffix(".md")
+    for p in (json_path, md_path):
+        if p.is_symlink():
+            raise OutputRefused(f"{p} is a symbolic link; eae does not write through links it did not make: "
+                                f"remove it or pass {flag} elsewhere")
+        if p.exists() and report_owner(json_path) != owner:
+            raise OutputRefused(f"{p} exists and was not written by {owner}; it is left as it is: pass {flag} "
+                                "to write the report elsewhere")
+    if md_path.exists():
+        recorded = (_json(json_path) or {}).get("markdown_sha256")
+        text = md_path.read_bytes() if _regular(md_path) else b""
+        if recorded is not None and hashlib.sha256(text).hexdigest() != recorded:
+            raise OutputRefused(f"{md_path} was changed since {owner} wrote it; it is left as it is: move it away, "
+                                f"or pass {flag} to write the report elsewhere")
+    return f"replaces {json_path} (an earlier report of the same evaluation)" if json_path.exists() else None
