@@ -594,8 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if threading_main():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_main() else None
     try:
         return args.func(args)
     except UsageError as e:
@@ -619,6 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return status
+    finally:
+        if previous is not None:  # main() called from Python (tests, notebooks): leave the process as it was
+            signal.signal(signal.SIGTERM, previous)
 
 
 def threading_main() -> bool:

@@ -1,0 +1,243 @@
+"""The three mechanisms of docs/reliability.md, case by case: the one owner of output
+folders (eae.outputs), the one validator (TrainConfig and the flags), the one exit path
+(eae.cli.main). Each case asserts the status, the words, and that nothing of the user's
+changed."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import eae
+from eae.cli import main
+from eae.outputs import OutputFolder, check_folder
+
+from test_hostile import SYN, _call, _external_argv, _tree_hash, external, user  # noqa: F401 (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("owner") / "run"
+    assert main(["train", *SYN, "--method", "standard", "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _copy(run: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------- files
+def test_a_lock_planted_as_a_link_is_refused_and_not_written_through(tmp_path, capsys):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("the user's text")
+    alone, in_run = tmp_path / "alone", tmp_path / "in_run"
+    for out in (alone, in_run):
+        out.mkdir()
+        (out / ".lock").symlink_to(victim)
+    (in_run / ".eae-run").write_text("a run")  # ours, but the lock inside is a planted link
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(alone)], capsys)
+    assert rc == 2 and "was not made by eae (it holds .lock)" in text  # a link is not our empty lock file
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(in_run)], capsys)
+    assert rc == 2 and ".lock is a symbolic link" in text and "Traceback" not in text
+    assert victim.read_text() == "the user's text"
+
+
+def test_a_marker_planted_as_a_link_is_refused(tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("x")
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / ".eae-bench").symlink_to(victim)
+    with pytest.raises(eae.OutputRefused):
+        OutputFolder(out, "bench").claim()
+    assert victim.read_text() == "x"
+
+
+def test_a_refused_training_leaves_no_folder_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper"
+    (tmp_path / "images").mkdir()  # an image folder without train/ and val/: refused after the folder was claimed
+    rc, text = _call(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"),
+                      "--arch", "resnet_small", "--epochs", "1", "--quiet", "--out", str(out)], capsys)
+    assert rc == 2 and "Traceback" not in text
+    assert not (tmp_path / "new").exists()  # both levels it made are gone again
+
+
+def test_a_dangling_link_as_out_is_named(tmp_path, capsys):
+    out = tmp_path / "link"
+    out.symlink_to(tmp_path / "gone")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and "symbolic link" in text and "does not exist" in text and "Errno" not in text
+
+
+@pytest.mark.parametrize("kind,other", [("bench", "run"), ("demo", "run"), ("run", "bench"), ("headline", "demo")])
+def test_a_folder_of_one_kind_is_refused_to_another(tmp_path, kind, other):
+    OutputFolder(tmp_path / "f", other).claim()
+    (tmp_path / "f" / "something").write_text("x")
+    with pytest.raises(eae.OutputRefused, match="it is "):
+        check_folder(tmp_path / "f", kind)
+
+
+def test_bench_refuses_a_users_folder_and_a_run(run, tmp_path, user, capsys):
+    (user / "REPORT.md").write_text("my report")
+    (user / "results.json").write_text("{}")
+    before = _tree_hash(user)
+    rc, text = _call(["bench", "smoke", "--out", str(user), "--quiet"], capsys)
+    assert rc == 2 and "was not made by eae" in text and _tree_hash(user) == before
+    before = _tree_hash(run)
+    rc, text = _call(["bench", "smoke", "--out", str(run), "--quiet"], capsys)
+    assert rc == 2 and "it is a run of `eae train`" in text and _tree_hash(run) == before
+
+
+def test_each_evaluation_keeps_its_own_report_and_a_rerun_says_what_it_replaces(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    for attacks in ("clean", "clean,pgd1"):
+        assert main(["eval", str(r), "--attacks", attacks, "--diagnostics", "off", "--quiet"]) == 0
+    assert main(["eval", str(r), "--attacks", "clean", "--n", "10", "--diagnostics", "off", "--quiet"]) == 0
+    names = sorted(p.name for p in r.glob("eval-*.json"))
+    assert names == ["eval-clean+pgd1.json", "eval-clean-n10.json", "eval-clean.json"]
+    capsys.readouterr()
+    assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
+    assert f"replaces {r / 'eval-clean.json'}" in capsys.readouterr().out
+
+
+def test_eval_keeps_a_report_the_user_edited_in_the_run_folder(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
+    (r / "eval-clean.md").write_text("my notes on this run")
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 2 and "was changed since eae eval wrote it" in text
+    assert (r / "eval-clean.md").read_text() == "my notes on this run"
+
+
+def test_best_weights_say_which_epoch_they_are(run, tmp_path, capsys):
+    rc, text = _call(["eval", str(run), "--weights", "best", "--attacks", "clean", "--diagnostics", "off", "--quiet",
+                      "--output", str(tmp_path / "b.json")], capsys)
+    assert rc == 0 and "epoch 1 of the run" in text
+
+
+# --------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize("toml,fragment", [
+    ("epochs = true", "epochs: expected a number, got True"),
+    ("augment = 1", "augment: expected true or false"),
+    ("seed = 99999999999999999999", "seed"),
+    ("lr_max = nan", "lr_max must be a finite number"),
+])
+def test_toml_values_of_the_wrong_type_name_the_field(tmp_path, toml, fragment, capsys):
+    preset = tmp_path / "p.toml"
+    preset.write_text(toml + "\n")
+    rc, text = _call(["train", *SYN, "--config", str(preset), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and "Traceback" not in text and "Overflow" not in text
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("epochs = 1\n".encode("utf-16"), "not UTF-8 text"),
+    (bytes(range(256)), "not UTF-8 text"),
+    (None, "is a folder"),
+])
+def test_config_files_that_are_not_toml_text_are_named(tmp_path, content, fragment, capsys):
+    preset = tmp_path / "p.toml"
+    preset.mkdir() if content is None else preset.write_bytes(content)
+    rc, text = _call(["train", *SYN, "--config", str(preset), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and str(preset) in text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", *SYN, "--seed", str(2**64)], "seed must be in 0.."),
+    (["train", *SYN, "--synthetic-image-size", "1"], "synthetic_image_size must be >= 8"),
+    (["train", *SYN, "--device", "meta"], "device 'meta' is not supported"),
+    (["bench", "smoke", "--budget-k", "nan"], "--budget-k: must be a finite number > 0"),
+    (["bench", "smoke", "--budget-k", "inf"], "--budget-k: must be a finite number > 0"),
+])
+def test_impossible_values_are_one_line_naming_the_field(tmp_path, argv, fragment, capsys):
+    rc, text = _call([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and fragment in text and "Traceback" not in text, text
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_refuses_an_empty_attack_list_and_meta_device(run, capsys):
+    rc, text = _call(["eval", str(run), "--attacks", ","], capsys)
+    assert rc == 2 and "names no attack" in text
+    rc, text = _call(["eval", str(run), "--device", "meta", "--attacks", "clean"], capsys)
+    assert rc == 2 and "not supported" in text and "Traceback" not in text
+
+
+# --------------------------------------------------------------------------- the API
+def test_the_api_speaks_python(run, tmp_path):
+    cfg = eae.TrainConfig(**{**json.loads((run / "config.json").read_text()), "out": str(tmp_path / "r")})
+    _copy(run, tmp_path / "r")
+    with pytest.raises(eae.RunExists) as e:
+        eae.train(cfg, quiet=True)
+    assert "resume=True" in str(e.value) and "--resume" not in str(e.value)
+    assert isinstance(e.value, FileExistsError)
+    with pytest.raises(eae.ConfigError) as c:
+        eae.TrainConfig(epochs=True)
+    assert c.value.field == "epochs" and isinstance(c.value, ValueError)
+
+
+# --------------------------------------------------------------------------- exits
+def _train_until_checkpoint(out: Path, argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "eae", "train", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_saves_and_gives_the_exact_quoted_command_with_the_presets_out(tmp_path):
+    out = tmp_path / "my runs" / "r 1"  # a space: the hint must still paste
+    preset = tmp_path / "p.toml"
+    preset.write_text(f"out = {json.dumps(str(out))}\nepochs = 50\nsynthetic_train_size = 1024\n")
+    proc = _train_until_checkpoint(out, [*SYN, "--config", str(preset)])
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+    hint = err.split("`")[1]
+    assert shlex.split(hint) == ["eae", "train", "--out", str(out), "--resume"]
+
+
+def test_bench_ctrl_c_hint_keeps_the_settings_resume_needs(monkeypatch, tmp_path, capsys):
+    import eae.bench as bench
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_bench", interrupted)
+    out = tmp_path / "a b"
+    rc, text = _call(["bench", "smoke", "--out", str(out), "--seeds", "2", "--budget-k", "3"], capsys)
+    assert rc == 130
+    hint = shlex.split(text.split("`")[1])
+    assert hint[:6] == ["eae", "bench", "smoke", "--out", str(out), "--resume"]
+    assert "--seeds" in hint and "2" in hint and "--budget-k" in hint and "3.0" in hint
+
+
+def test_a_model_that_calls_sys_exit_is_an_error_not_a_success(external, capsys):
+    quitter = Path(external["ROOT"]) / "quitter.py"
+    quitter.write_text(Path(external["MODELS"]).read_text()
+                       + "\n\nclass Quitter(Tiny):\n    def forward(self, x):\n        import sys; sys.exit(0)\n")
+    argv = _external_argv(external, f"{quitter}:Quitter", "{TINY}", [])
+    rc, text = _call(argv, capsys)
+    assert rc == 2 and "sys.exit(0)" in text and "nothing was scored" in text
+
+
+def test_resumed_stop_after_counts_the_epochs_of_this_call(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--out", str(out), "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", *SYN, "--epochs", "3", "--out", str(out), "--stop-after", "1", "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert "stopped after 1 epoch of this call" in text and "2 epochs done in all" in text
