@@ -1,7 +1,7 @@
 """Shared fixtures. Everything runs offline on the CPU.
 
-Real CIFAR-10 is taken from $EAE_DATA_DIR, else from ../shared/data/cifar10 beside
-the checkout. Tests that need it are skipped when it is absent, unless
+Real CIFAR-10 is found as the command line finds it ($EAE_DATA_DIR, then the user
+cache that `eae data cifar10` fills), else in ../shared/data/cifar10 beside the checkout. Tests that need it are skipped when it is absent, unless
 EAE_REQUIRE_DATA=1 (set by CI), where its absence is a failure.
 """
 from __future__ import annotations
@@ -20,15 +20,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def _cifar_root() -> Path | None:
-    candidates = []
-    if os.environ.get("EAE_DATA_DIR"):
-        candidates.append(Path(os.environ["EAE_DATA_DIR"]))
-    candidates.append(REPO.parent / "shared" / "data" / "cifar10")
-    for c in candidates:
-        for d in (c / "cifar-10-batches-py", c):
-            if (d / "data_batch_1").is_file():
-                return d
-    return None
+    """Where the command line would find it ($EAE_DATA_DIR, then the user cache that
+    `eae data cifar10` fills), else ../shared/data/cifar10 beside the checkout."""
+    from eae.data.cifar10 import locate
+
+    found = locate()
+    if found is not None:
+        return found
+    shared = REPO.parent / "shared" / "data" / "cifar10"
+    return locate(shared)
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,10 @@ def cifar_dir() -> Path:
     """The real cifar-10-batches-py folder."""
     d = _cifar_root()
     if d is None:
-        msg = "real CIFAR-10 not found (set EAE_DATA_DIR)"
+        from eae.data.cifar10 import default_cache_dir
+
+        msg = (f"real CIFAR-10 not found in $EAE_DATA_DIR or {default_cache_dir()}: run `eae data cifar10` "
+               "(downloads and verifies it there) or set EAE_DATA_DIR to the folder holding cifar-10-batches-py")
         if os.environ.get("EAE_REQUIRE_DATA") == "1":
             pytest.fail(msg)
         pytest.skip(msg)

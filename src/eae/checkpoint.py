@@ -168,6 +168,22 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None
 
 
+def _unfinished_hint(run_dir: Path, weights: str) -> str:
+    """What a run without those weights has instead, said as it is (no promise of a file
+    that is not there)."""
+    from shlex import quote
+
+    has_ckpt, has_best = (run_dir / CHECKPOINT).is_file(), (run_dir / BEST_WEIGHTS).is_file()
+    if weights == "final" and has_ckpt:
+        return (f": training has not finished; `eae train --out {quote(str(run_dir))} --resume` continues it"
+                + (" (or evaluate the best epoch so far with --weights best)" if has_best else ""))
+    if weights == "final" and has_best:
+        return ": training did not finish; evaluate the best epoch so far with --weights best"
+    if weights == "best" and not has_best:
+        return ": no epoch of this run has been validated yet"
+    return ": training stopped before any epoch was saved; there are no weights to evaluate"
+
+
 def is_run_config(path: str | Path) -> bool:
     """Whether ``path`` is the config.json of a run (a JSON object of config fields)."""
     try:
@@ -235,8 +251,7 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
         raise ValueError(f"weights must be 'final' or 'best', got {weights!r}")
     path = run_dir / name
     if not path.is_file():
-        hint = " (training not finished? the last checkpoint is in checkpoint.pt)" if weights == "final" else ""
-        raise FileNotFoundError(f"{path} not found{hint}")
+        raise FileNotFoundError(f"{path} not found{_unfinished_hint(run_dir, weights)}")
     state = load_weights(path)
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)

@@ -260,7 +260,7 @@ class RunFolder:
     def recovery(self) -> str:
         """Where the run can continue from, in words."""
         if self.saved_epoch is None:
-            return "no checkpoint has been written"
+            return "no checkpoint has been written, so there is nothing to resume: a new run (another --out) starts over"
         return (f"{self.path / CHECKPOINT} holds epoch {self.saved_epoch} (`eae train --out {self.path} --resume` "
                 "continues from it as configured)")
 
@@ -297,8 +297,9 @@ class RunFolder:
                 if also_best:
                     _link_or_copy(path, self.path / BEST_WEIGHTS)
             except OSError as e:
-                error = (f"could not write the final weights to {path} ({e.strerror or e}); {self.recovery()}: "
-                         "make room or fix the permissions, then run that command to write them")
+                then = ("make room or fix the permissions, then run that command to write them"
+                        if self.saved_epoch is not None else "make room or fix the permissions first")
+                error = f"could not write the final weights to {path} ({e.strerror or e}); {self.recovery()}: {then}"
         error = dist.broadcast_object(error)
         if error:
             raise RunSaveError(error)
