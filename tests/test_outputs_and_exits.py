@@ -241,3 +241,132 @@ def test_resumed_stop_after_counts_the_epochs_of_this_call(tmp_path, capsys):
     assert main(["train", *SYN, "--epochs", "3", "--out", str(out), "--stop-after", "1", "--resume"]) == 0
     text = capsys.readouterr().out
     assert "stopped after 1 epoch of this call" in text and "2 epochs done in all" in text
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("return torch.zeros(len(x), 3, device='meta')", "logits on meta for inputs on cpu"),
+    ("return [0, 1]", "returned a list, not a tensor"),
+    ("return torch.zeros(len(x))", "logits must be (2, classes)"),
+])
+def test_a_model_whose_outputs_are_not_logits_is_one_line(external, body, fragment, capsys):
+    odd = Path(external["ROOT"]) / "odd.py"
+    odd.write_text(Path(external["MODELS"]).read_text()
+                   + f"\n\nclass Odd(Tiny):\n    def forward(self, x):\n        {body}\n")
+    rc, text = _call(_external_argv(external, f"{odd}:Odd", "{TINY}", []), capsys)
+    assert rc == 2 and fragment in text and "Traceback" not in text, text
+
+
+# --------------------------------------------------------------------------- second trial's cases
+def test_a_users_lock_file_is_not_taken_for_ours(tmp_path, capsys):
+    out = tmp_path / "lockdir"
+    out.mkdir()
+    (out / ".lock").write_text("my precious lock notes")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and "was not made by eae" in text
+    assert (out / ".lock").read_text() == "my precious lock notes"
+
+
+def test_an_appended_log_planted_as_a_link_is_not_written_through(tmp_path, capsys):
+    victim = tmp_path / "userlog.txt"
+    victim.write_text("mine\n")
+    out = tmp_path / "planted"
+    out.mkdir()
+    (out / ".eae-run").write_text("a run")
+    (out / "metrics.jsonl").symlink_to(victim)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and victim.read_text() == "mine\n"
+
+
+def test_demo_refuses_a_folder_holding_a_users_run(run, tmp_path, capsys):
+    mine = tmp_path / "myruns"
+    _copy(run, mine / "old")
+    before = _tree_hash(mine)
+    rc, text = _call(["demo", "--out", str(mine), "--data-dir", str(tmp_path / "nodata"), "--quiet"], capsys)
+    assert rc == 2 and "was not made by eae" in text and _tree_hash(mine) == before
+
+
+def test_an_out_that_cannot_be_created_names_the_flag(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "file.txt" / "sub")], capsys)
+    assert rc == 2 and text.startswith("error: --out") and "cannot create it" in text and "[Errno" not in text
+
+
+def test_report_names_cover_everything_that_changes_the_numbers():
+    from argparse import Namespace
+
+    from eae.cli import eval_report_name
+
+    src = {"norm": "linf", "eps": 8 / 255, "meta": {"weights": "final"}}
+    plain = Namespace(seed=0, precision="fp32", eot=None)
+    name = lambda attacks, args=plain: eval_report_name(None, attacks, 100, 100, "linf", 8 / 255, src, args)  # noqa
+    assert name(["clean"]) == "eval-clean.json"
+    assert name(["clean"], Namespace(seed=3, precision="bf16", eot=2)) == "eval-clean-seed3-precisionbf16-eot2.json"
+    many = ["clean"] * 14
+    assert name(many + ["fgsm"]) != name(many + ["cw2"]) and len(name(many + ["fgsm"])) < 90
+
+
+def test_a_report_json_edited_by_hand_is_not_replaced(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
+    report = json.loads((r / "eval-clean.json").read_text())
+    report["robust_accuracy"] = 0.99
+    (r / "eval-clean.json").write_text(json.dumps(report))
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 2 and "was changed since eae eval wrote it" in text
+    assert json.loads((r / "eval-clean.json").read_text())["robust_accuracy"] == 0.99
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--attacks", "pgd99999999999999999999"], "steps must be in 1..100,000"),
+    (["--attacks", "pgd0"], "attack spec 'pgd0'"),
+])
+def test_attack_specs_out_of_range_name_the_spec(run, argv, fragment, capsys):
+    rc, text = _call(["eval", str(run), *argv, "--quiet"], capsys)
+    assert rc == 2 and fragment in text, text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["bench", "smoke", "--only", ","], "names no entry"),
+    (["train", *SYN, "--momentum", "5"], "momentum must be in [0, 1)"),
+    (["train", *SYN, "--norm", "l2", "--eps", "0"], "eps 0 under l2"),
+])
+def test_second_trial_values_are_refused(tmp_path, argv, fragment, capsys):
+    rc, text = _call([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "o").exists(), text
+
+
+def test_presets_with_a_bom_are_read_and_devices_are_not_presets(tmp_path, capsys):
+    from eae.config import load_toml
+
+    preset = tmp_path / "bom.toml"
+    preset.write_bytes("epochs = 3\n".encode("utf-8-sig"))
+    assert load_toml(preset) == {"epochs": 3}
+    rc, text = _call(["train", *SYN, "--config", "/dev/zero", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "not a regular file" in text
+
+
+def test_a_named_data_dir_is_the_only_place_looked_at(tmp_path, capsys):
+    rc, text = _call(["data", "cifar10", "--data-dir", str(tmp_path / "nodata"), "--no-download"], capsys)
+    assert rc == 2 and str(tmp_path / "nodata") in text and ".cache" not in text
+
+
+def test_the_api_checks_its_own_arguments(tiny_cfg):
+    import torch
+
+    for kwargs in ({"stop_after": 0}, {"stop_after": True}, {"resume": "no"}):
+        with pytest.raises(eae.ConfigError):
+            eae.train(tiny_cfg, **kwargs)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x, y = torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])
+    for kwargs, field in (({"seed": -1}, "seed"), ({"seed": 2**70}, "seed"), ({"attacks": "fgsm"}, "attacks")):
+        with pytest.raises(eae.ConfigError) as e:
+            eae.evaluate(model, x, y, **kwargs)
+        assert e.value.field == field
+
+
+def test_load_of_an_unfinished_run_speaks_python(tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--out", str(out), "--stop-after", "1"]) == 0
+    with pytest.raises(FileNotFoundError) as e:
+        eae.load(out)
+    assert "resume=True" in str(e.value) and "--resume" not in str(e.value) and "weights='best'" in str(e.value)

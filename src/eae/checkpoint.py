@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .errors import EaeError
 from .utils import atomic_write_bytes
 
 MAGIC = b"EAECKPT1"
@@ -168,17 +169,24 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None
 
 
-def _unfinished_hint(run_dir: Path, weights: str) -> str:
+class MissingWeights(EaeError, FileNotFoundError):
+    """A run folder without the weights asked for (training unfinished or stopped early)."""
+
+
+def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
     """What a run without those weights has instead, said as it is (no promise of a file
-    that is not there)."""
+    that is not there), in the words of the command line or of the Python API."""
     from shlex import quote
 
     has_ckpt, has_best = (run_dir / CHECKPOINT).is_file(), (run_dir / BEST_WEIGHTS).is_file()
+    best = "--weights best" if cli else "weights='best'"
     if weights == "final" and has_ckpt:
-        return (f": training has not finished; `eae train --out {quote(str(run_dir))} --resume` continues it"
-                + (" (or evaluate the best epoch so far with --weights best)" if has_best else ""))
+        go_on = (f"`eae train --out {quote(str(run_dir))} --resume`" if cli
+                 else f"eae.train(config, resume=True) with out={str(run_dir)!r}")
+        return (f": training has not finished; {go_on} continues it"
+                + (f" (or evaluate the best epoch so far with {best})" if has_best else ""))
     if weights == "final" and has_best:
-        return ": training did not finish; evaluate the best epoch so far with --weights best"
+        return f": training did not finish; evaluate the best epoch so far with {best}"
     if weights == "best" and not has_best:
         return ": no epoch of this run has been validated yet"
     return ": training stopped before any epoch was saved; there are no weights to evaluate"
@@ -251,7 +259,8 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
         raise ValueError(f"weights must be 'final' or 'best', got {weights!r}")
     path = run_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found{_unfinished_hint(run_dir, weights)}")
+        raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
+                             cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
     state = load_weights(path)
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)

@@ -183,7 +183,8 @@ def _eval(args: argparse.Namespace, device) -> int:
             "loading and the gradient-masking diagnostics)")
     print(md)  # the numbers first: a folder that cannot be written must not cost them
     print(f"\n{tail}")
-    default = src["run_dir"] / eval_report_name(suite, attacks, n, test_size, norm, eps, src) if src["run_dir"] else None
+    default = (src["run_dir"] / eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
+               if src["run_dir"] else None)
     status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
     if status:
         return status
@@ -236,18 +237,26 @@ def weights_epoch(run_dir: Path) -> str | None:
         return None
 
 
-def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: float, src: dict[str, Any]) -> str:
-    """The report of one evaluation of a run, named by what was run, so that evaluations of
-    the same run keep their own reports: eval-quick.json, eval-aa-n1000-best.json,
-    eval-clean+pgd20-l2-eps0.5.json."""
+def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: float, src: dict[str, Any],
+                     args: argparse.Namespace) -> str:
+    """The report of one evaluation of a run, named by everything that changes its numbers,
+    so that evaluations of the same run keep their own reports: eval-quick.json,
+    eval-aa-n1000-best.json, eval-clean+pgd20-l2-eps0.5-seed3.json. A long attack list is
+    cut and given a digest of the whole, so two lists never share a name."""
     what = suite or "+".join(attacks)
-    parts = [re.sub(r"[^A-Za-z0-9+.-]", "_", what)[:80]]
+    name = re.sub(r"[^A-Za-z0-9+.-]", "_", what)
+    if len(name) > 60:
+        name = name[:50] + "-" + hashlib.sha256(what.encode()).hexdigest()[:8]
+    parts = [name]
     if n < test_size:
         parts.append(f"n{n}")
     if norm != src["norm"] or abs(eps - src["eps"]) > 1e-12:
         parts.append(f"{norm}-eps{eps:.6g}")
     if src["meta"].get("weights") == "best":
         parts.append("best")
+    for flag, default in (("seed", 0), ("precision", "fp32"), ("eot", None)):
+        if getattr(args, flag) != default:
+            parts.append(f"{flag}{getattr(args, flag)}")
     return "eval-" + "-".join(parts) + ".json"
 
 
@@ -316,7 +325,9 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
     if json_path is None:
         print("(not saved: pass --output PATH.json to save the report)")
         return 0
-    out = {**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()}
+    from .outputs import sealed
+
+    out = sealed({**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()})
     try:
         replaced = check_report(json_path, "eae eval")
         json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
@@ -382,7 +393,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--tiny, --budget and --dry-run are options of `eae bench headline` only")
     if not args.out:
         raise UsageError(f"bench {args.suite} needs --out DIR (the folder for its runs, results.json and REPORT.md)")
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only is not None else None
+    if only == []:
+        raise UsageError(f"--only {args.only!r} names no entry: give e.g. --only eae,fgsm_rs (or leave it out)")
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
               data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only, compile=args.compile,
               train_only=args.train_only)

@@ -199,12 +199,20 @@ class TrainConfig:
         side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(self.dataset, 32)
         if not errors and isinstance(side, int) and side > 0:
             errors += l2_diameter_errors(self.eps, self.norm, (3, side, side))
+        if isinstance(self.momentum, (int, float)) and math.isfinite(self.momentum) and not self.momentum < 1:
+            errors.append(f"momentum must be in [0, 1) (SGD momentum; 0.9 is usual), got {self.momentum}")
+        if self.norm == "l2" and self.eps == 0 and derived:
+            errors.append(f"eps 0 under l2 makes the step sizes derived from it (eps / 4: {', '.join(derived)}) zero: "
+                          "give eps > 0, or those step sizes")
+            derived_zero = True
+        else:
+            derived_zero = False
         for name in ("lr_max", "momentum", "weight_decay", "overfit_drop"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 errors.append(f"{name} must be a finite number >= 0, got {v}")
         numbers = self._check_numbers()
-        if bad_eps:  # said once: not again as a non-finite eps, nor as the step sizes derived from it
+        if bad_eps or derived_zero:  # said once: not again as a non-finite eps, nor as the step sizes derived from it
             numbers = [e for e in numbers if not e.startswith(tuple(f"{n} " for n in ("eps", *derived)))]
         errors += numbers
         if not 0 < self.overfit_step_factor <= 1:
@@ -393,10 +401,14 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",
                           field="config")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file: give a TOML file", field="config")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.stat().st_size > 1 << 20:
+        raise ConfigError(f"config file {path} is over 1 MiB: not a preset; give a TOML file", field="config")
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM (some editors write one) is fine
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text (a binary file, or another encoding such as "
                           "UTF-16): save it as UTF-8 TOML", field="config") from None

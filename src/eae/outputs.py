@@ -56,6 +56,12 @@ def _regular(path: Path) -> bool:
         return False
 
 
+def _our_lock(path: Path) -> bool:
+    """A lock file as eae leaves it: a regular file holding nothing or a process id."""
+    text = _read_small(path, limit=64)
+    return text is not None and (text.strip() == "" or text.strip().isdigit())
+
+
 def _read_small(path: Path, limit: int = 1 << 20) -> str | None:
     """The text of a small regular file (not a link), or None."""
     if not _regular(path) or path.lstat().st_size > limit:
@@ -97,12 +103,8 @@ def _legacy_bench(path: Path) -> bool:
 
 
 def _legacy_demo(path: Path) -> bool:
-    """demo.json, or (a demo stopped before its report) nothing but run folders."""
     d = _json(path / "demo.json")
-    if isinstance(d, dict) and {"header", "rows"} <= set(d):
-        return True
-    children = [p for p in path.iterdir() if p.name != LOCK]
-    return bool(children) and all(p.is_dir() and not p.is_symlink() and kind_of(p) == "run" for p in children)
+    return isinstance(d, dict) and {"header", "rows"} <= set(d)
 
 
 _LEGACY: dict[str, Callable[[Path], bool]] = {"run": _legacy_run, "bench": _legacy_bench, "demo": _legacy_demo}
@@ -127,7 +129,7 @@ def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "o
         raise OutputRefused(f"{api}={str(path)!r} is a file, not a folder: choose a new or empty folder",
                             cli=f"{flag} {path} is a file, not a folder: choose a new or empty folder")
     names = sorted(p.name for p in path.iterdir())
-    if not names or (names == [LOCK] and _regular(path / LOCK)):
+    if not names or (names == [LOCK] and _our_lock(path / LOCK)):
         return
     found = kind_of(path)
     if found == kind:
@@ -155,7 +157,12 @@ class OutputFolder:
     def claim(self) -> "OutputFolder":
         check_folder(self.path, self.kind, self.flag, self.api)
         missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = f"cannot create it ({e.strerror or e}{': ' + str(e.filename) if e.filename else ''})"
+            raise OutputRefused(f"{self.api}={str(self.path)!r}: {why}: choose a folder you can write",
+                                cli=f"{self.flag} {self.path}: {why}: choose a folder you can write") from None
         self.created = list(reversed(missing))
         if not self.marker.exists() and not self.marker.is_symlink():
             fd = open_nofollow(self.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -191,6 +198,16 @@ def report_owner(json_path: Path) -> str | None:
     return d.get("written_by") if isinstance(d, dict) else None
 
 
+def _digest(d: dict[str, Any]) -> str:
+    body = {k: v for k, v in d.items() if k != "report_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def sealed(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with the SHA-256 of its own content: an edit of the JSON is then seen."""
+    return {**report, "report_sha256": _digest(report)}
+
+
 def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | None:
     """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
     Returns a line saying what would be replaced (None: nothing), or raises
@@ -205,6 +222,11 @@ def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | N
         if p.exists() and report_owner(json_path) != owner:
             raise OutputRefused(f"{p} exists and was not written by {owner}; it is left as it is: pass {flag} "
                                 "to write the report elsewhere")
+    if json_path.exists():
+        recorded = (_json(json_path) or {}).get("report_sha256")
+        if recorded is not None and recorded != _digest(_json(json_path)):
+            raise OutputRefused(f"{json_path} was changed since {owner} wrote it; it is left as it is: move it away, "
+                                f"or pass {flag} to write the report elsewhere")
     if md_path.exists():
         recorded = (_json(json_path) or {}).get("markdown_sha256")
         text = md_path.read_bytes() if _regular(md_path) else b""

@@ -21,6 +21,7 @@ from typing import Any
 from . import distributed as dist
 from .checkpoint import BEST_WEIGHTS, WEIGHTS, save_checkpoint
 from .config import TrainConfig
+from .errors import ConfigError
 from .evaluation import run_suite
 from .models.library import import_library, is_library_arch
 from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, lr_factor,
@@ -49,6 +50,18 @@ class RunResult:
         return self.metrics[-1] if self.metrics else {}
 
 
+def _check_arguments(cfg, resume, quiet, stop_after) -> None:
+    """train()'s own arguments, checked as the config's fields are (the Python door)."""
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be an eae.TrainConfig, got {type(cfg).__name__}", field="cfg")
+    for name, value in (("resume", resume), ("quiet", quiet)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, got {value!r}", field=name)
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ConfigError(f"stop_after must be None or an integer >= 1 (epochs of this call), got {stop_after!r}",
+                          cli=f"--stop-after must be >= 1, got {stop_after!r}", field="stop_after")
+
+
 def _check_names(cfg: TrainConfig) -> None:
     from .methods import METHODS
     from .models import MODELS
@@ -67,6 +80,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     config must match, placement fields aside). ``stop_after``: return after this
     many epochs of this call (the run stays resumable).
     """
+    _check_arguments(cfg, resume, quiet, stop_after)
     _check_names(cfg)
     if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
         import_library(cfg.arch.partition(":")[0])

@@ -28,6 +28,9 @@ ALIASES = {
 }
 
 
+MAX_STEPS, MAX_RESTARTS = 100_000, 1_000  # beyond these an attack is a typo, not an evaluation
+
+
 def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
     """An attack from a short spec, or ``None`` for ``clean``.
 
@@ -48,12 +51,15 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
         raise ValueError(f"unknown attack spec {spec!r}; use clean, {', '.join(ALIASES)} or one of "
                          f"{', '.join(ATTACKS.names())}, with optional steps and restarts, e.g. pgd20, cw20, "
                          "pgd50r10, apgd-ce100")
-    if m["steps"]:
-        kwargs["steps"] = int(m["steps"])
-    if m["restarts"]:
-        kwargs["restarts"] = int(m["restarts"])
+    for key, top in (("steps", MAX_STEPS), ("restarts", MAX_RESTARTS)):
+        if m[key]:
+            kwargs[key] = int(m[key])
+            if not 1 <= kwargs[key] <= top:
+                raise ValueError(f"attack spec {spec!r}: {key} must be in 1..{top:,}, got {m[key]}")
     try:
         return ATTACKS.get(name)(eps, norm=norm, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"attack spec {spec!r}: {e}") from None
     except TypeError:
         raise ValueError(f"attack spec {spec!r}: {name} does not take "
                          f"{' or '.join(k for k in ('steps', 'restarts') if k in kwargs)}") from None

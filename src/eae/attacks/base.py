@@ -45,7 +45,7 @@ def attack_mode(model: nn.Module, *, eval_mode: bool = True, precision: str = "f
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad())
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-            for dev in ("cpu", "cuda"):
+            for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
                 if precision == "bf16":
                     stack.enter_context(torch.autocast(dev, dtype=torch.bfloat16))
                 else:

@@ -1,7 +1,9 @@
 """CIFAR-10: find it, fetch it if absent, verify it before any use.
 
-Where we look, in order: ``--data-dir``, ``$EAE_DATA_DIR``, ``~/.cache/eae``. Each
-may hold the standard ``cifar-10-batches-py`` folder (or be that folder).
+Where we look: ``--data-dir`` when it is given (only there: a folder named on the
+command line is never silently replaced by another copy), else ``$EAE_DATA_DIR``, then
+``~/.cache/eae``. Each may hold the standard ``cifar-10-batches-py`` folder (or be that
+folder).
 
 If none has it, it is fetched into the first of those locations:
 1. the official archive from the CIFAR-10 site, checked against its published MD5;
@@ -106,8 +108,12 @@ def default_cache_dir() -> Path:
 
 def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
     roots: list[tuple[Path, str]] = []
-    if data_dir:
-        roots.append((Path(data_dir).expanduser(), "--data-dir"))
+    if data_dir:  # named explicitly: the only place looked at (never silently another copy)
+        path = Path(data_dir).expanduser()
+        if path.exists() and not path.is_dir():
+            raise DatasetError(f"--data-dir {path} is a file, not a folder: give the folder that holds (or will "
+                               f"hold) {FOLDER}")
+        return [(path, "--data-dir")]
     if os.environ.get("EAE_DATA_DIR"):
         roots.append((Path(os.environ["EAE_DATA_DIR"]).expanduser(), "$EAE_DATA_DIR"))
     roots.append((default_cache_dir(), "user cache"))

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..attacks import Attack
-from ..config import eps_errors
+from ..config import eps_errors, short
+from ..errors import ConfigError
 from .core import predict, run_suite
 from .diagnostics import diagnose
 from .report import Report, fmt_eps
@@ -43,7 +44,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``x`` was taken from, so that a subset is labelled as one.
     """
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
-                    norm=norm, eot=eot)
+                    norm=norm, eot=eot, seed=seed, attacks=attacks)
     report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
                        seed=seed, precision=precision, test_size=test_size, progress=progress, eot=eot)
     return diagnose(model, x, y, report, level=diagnostics, diag_n=diag_n, batch_size=batch_size, device=device,
@@ -51,7 +52,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str, diagnostics: str,
-                    norm: str, eot: int | None = None) -> None:
+                    norm: str, eot: int | None = None, seed: int = 0, attacks=None) -> None:
     """Refuse values that would print a wrong number (a 0% from a negative batch size, an ε
     of 8 read as 2040/255), naming the argument."""
     errors = eps_errors(eps, norm)
@@ -63,8 +64,14 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
                              ("diagnostics", diagnostics, ("full", "cheap", "off")), ("norm", norm, ("linf", "l2"))):
         if v not in allowed:
             errors.append(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1:
+        errors.append(f"seed must be an integer in 0..2^63 - 1, got {short(seed)}")
+    if isinstance(attacks, str):  # "fgsm" would be read letter by letter
+        errors.append(f"attacks must be a list of attack specs (e.g. ['clean', 'pgd20']), got the string {attacks!r}")
+    elif attacks is not None and not isinstance(attacks, Mapping) and not all(isinstance(a, str) for a in attacks):
+        errors.append(f"attacks must be a list of attack specs (strings), got {short(attacks)}")
     if errors:
-        raise ValueError("; ".join(errors))
+        raise ConfigError("; ".join(errors), field=errors[0].split()[0])
 
 
 __all__ = ["evaluate", "check_arguments", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",

@@ -36,11 +36,30 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     NaN or infinite logits are an error, never a prediction (argmax would call them class 0)."""
     with attack_mode(model), torch.no_grad():
         logits = model(x)
+    check_outputs(logits, x)
     if not torch.isfinite(logits).all():
         bad = int((~torch.isfinite(logits)).any(1).sum())
         raise NonFiniteOutputs(f"the model returned NaN or infinite logits for {bad} of {len(x)} images "
                                "(clean or attacked): no accuracy can be scored; check the weights and the model")
     return logits.argmax(1)
+
+
+class BadOutputs(ValueError):
+    """The model's outputs are not logits eae can score: not a tensor, the wrong shape,
+    or on another device than its inputs."""
+
+
+def check_outputs(logits, x: torch.Tensor) -> None:
+    """Logits as (batch, classes) floats on the inputs' device, or one clear error."""
+    if not isinstance(logits, torch.Tensor):
+        raise BadOutputs(f"the model returned a {type(logits).__name__}, not a tensor of logits: return the "
+                         "(batch, classes) logits")
+    if logits.device != x.device:
+        raise BadOutputs(f"the model returned its logits on {logits.device} for inputs on {x.device}: "
+                         "return them on the inputs' device")
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0] or not logits.is_floating_point():
+        raise BadOutputs(f"the model returned {tuple(logits.shape)} {logits.dtype} for {x.shape[0]} images: "
+                         "expected (batch, classes) floating-point logits")
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import platform
 import re
 import shutil
 import sys
+from shlex import quote
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +39,7 @@ from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DAT
                           save_checkpoint, save_weights)
 from ..config import TrainConfig
 from ..errors import OutputRefused, RunExists
-from ..outputs import OutputFolder, check_folder
+from ..outputs import OutputFolder, check_folder, open_nofollow
 from ..system import describe_cpu, training_precision
 from ..utils import atomic_write_bytes, atomic_write_json, device_name
 
@@ -102,6 +103,11 @@ def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note
                              "repair or delete that line, then resume") from None
         rows.append(row)
     return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _append(path: Path):
+    """A file opened for appending, never through a link planted in its place."""
+    return os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
 
 
 def _json_row(row: dict[str, Any]) -> str:
@@ -217,7 +223,7 @@ class RunFolder:
         """Append an epoch's row to metrics.jsonl (and TensorBoard)."""
         if not self.main:
             return
-        with (self.path / METRICS).open("a") as fh:
+        with _append(self.path / METRICS) as fh:
             fh.write(_json_row(row) + "\n")
         if self.tb is not None:
             for k, v in row.items():
@@ -231,7 +237,7 @@ class RunFolder:
 
     def event(self, epoch: int, kind: str, **info: Any) -> None:
         if self.main:  # append-only history of what the guards did (never rewritten)
-            with (self.path / EVENTS).open("a") as fh:
+            with _append(self.path / EVENTS) as fh:
                 fh.write(json.dumps({"epoch": epoch, "event": kind, **info}) + "\n")
 
     # --- checkpoints and weights -------------------------------------------------
@@ -261,8 +267,8 @@ class RunFolder:
         """Where the run can continue from, in words."""
         if self.saved_epoch is None:
             return "no checkpoint has been written, so there is nothing to resume: a new run (another --out) starts over"
-        return (f"{self.path / CHECKPOINT} holds epoch {self.saved_epoch} (`eae train --out {self.path} --resume` "
-                "continues from it as configured)")
+        return (f"{self.path / CHECKPOINT} holds epoch {self.saved_epoch} (`eae train --out {quote(str(self.path))} "
+                "--resume` continues from it as configured)")
 
     def save_epoch(self, state: dict[str, Any] | None, epoch: int) -> None:
         """The checkpoint after ``epoch``; the best checkpoint too if it is the best epoch."""
