@@ -370,3 +370,15 @@ def test_load_of_an_unfinished_run_speaks_python(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         eae.load(out)
     assert "resume=True" in str(e.value) and "--resume" not in str(e.value) and "weights='best'" in str(e.value)
+
+
+def test_files_left_out_are_said_even_with_quiet(tmp_path, capsys):
+    from test_imagefolder import make_folder
+
+    data = make_folder(tmp_path / "data", per_class=4)
+    (data / "train" / "a" / "notes.jpg").write_text("not an image")
+    rc = main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(data), "--image-size", "16",
+               "--arch", "resnet_small", "--val-size", "3", "--batch-size", "4", "--epochs", "1", "--val-attack-steps",
+               "1", "--workers", "0", "--bad-images", "skip", "--quiet", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "1 file of the training folder was left out" in err

@@ -135,6 +135,12 @@ def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
 
 def _announce(run: Run, validator: Validator, log) -> None:
     log(run.describe())
+    if run.data.skipped and run.main:  # said even with --quiet: the run trains on fewer images than the folder holds
+        n = run.data.skipped
+        print(f"note: {n:,} {'file' if n == 1 else 'files'} of the training folder {'was' if n == 1 else 'were'} "
+              "left out (--bad-images skip; each "
+              "epoch's images_skipped in metrics.jsonl counts them with the ones substituted later)",
+              file=sys.stderr, flush=True)
     if not validator.enabled and run.main:  # said even with --quiet: it changes what the run writes
         print(f"note: no validation split (val_size 0): no per-epoch validation, and {BEST_WEIGHTS} will be "
               "the last epoch's weights", file=sys.stderr, flush=True)
