@@ -106,19 +106,19 @@ def test_each_evaluation_keeps_its_own_report_and_a_rerun_says_what_it_replaces(
         assert main(["eval", str(r), "--attacks", attacks, "--diagnostics", "off", "--quiet"]) == 0
     assert main(["eval", str(r), "--attacks", "clean", "--n", "10", "--diagnostics", "off", "--quiet"]) == 0
     names = sorted(p.name for p in r.glob("eval-*.json"))
-    assert names == ["eval-clean+pgd1.json", "eval-clean-n10.json", "eval-clean.json"]
+    assert names == ["eval-clean+pgd1-diagoff.json", "eval-clean-diagoff.json", "eval-clean-n10-diagoff.json"]
     capsys.readouterr()
     assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
-    assert f"replaces {r / 'eval-clean.json'}" in capsys.readouterr().out
+    assert f"replaces {r / 'eval-clean-diagoff.json'}" in capsys.readouterr().out
 
 
 def test_eval_keeps_a_report_the_user_edited_in_the_run_folder(run, tmp_path, capsys):
     r = _copy(run, tmp_path / "r")
     assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
-    (r / "eval-clean.md").write_text("my notes on this run")
+    (r / "eval-clean-diagoff.md").write_text("my notes on this run")
     rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
     assert rc == 2 and "was changed since eae eval wrote it" in text
-    assert (r / "eval-clean.md").read_text() == "my notes on this run"
+    assert (r / "eval-clean-diagoff.md").read_text() == "my notes on this run"
 
 
 def test_best_weights_say_which_epoch_they_are(run, tmp_path, capsys):
@@ -297,10 +297,13 @@ def test_report_names_cover_everything_that_changes_the_numbers():
     from eae.cli import eval_report_name
 
     src = {"norm": "linf", "eps": 8 / 255, "meta": {"weights": "final"}}
-    plain = Namespace(seed=0, precision="fp32", eot=None)
+    plain = Namespace(seed=0, precision="fp32", eot=None, diagnostics="full", diag_n=1000)
     name = lambda attacks, args=plain: eval_report_name(None, attacks, 100, 100, "linf", 8 / 255, src, args)  # noqa
     assert name(["clean"]) == "eval-clean.json"
-    assert name(["clean"], Namespace(seed=3, precision="bf16", eot=2)) == "eval-clean-seed3-precisionbf16-eot2.json"
+    odd = Namespace(seed=3, precision="bf16", eot=2, diagnostics="cheap", diag_n=1000)
+    assert name(["clean"], odd) == "eval-clean-seed3-precisionbf16-eot2-diagcheap.json"
+    near = lambda eps: eval_report_name(None, ["fgsm"], 8, 8, "linf", eps, src, plain)  # noqa: E731
+    assert near(0.03137252) != near(0.03137251) and near(4 / 255) == "eval-fgsm-linf-eps4-255.json"
     many = ["clean"] * 14
     assert name(many + ["fgsm"]) != name(many + ["cw2"]) and len(name(many + ["fgsm"])) < 90
 
@@ -308,12 +311,12 @@ def test_report_names_cover_everything_that_changes_the_numbers():
 def test_a_report_json_edited_by_hand_is_not_replaced(run, tmp_path, capsys):
     r = _copy(run, tmp_path / "r")
     assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
-    report = json.loads((r / "eval-clean.json").read_text())
+    report = json.loads((r / "eval-clean-diagoff.json").read_text())
     report["robust_accuracy"] = 0.99
-    (r / "eval-clean.json").write_text(json.dumps(report))
+    (r / "eval-clean-diagoff.json").write_text(json.dumps(report))
     rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
     assert rc == 2 and "was changed since eae eval wrote it" in text
-    assert json.loads((r / "eval-clean.json").read_text())["robust_accuracy"] == 0.99
+    assert json.loads((r / "eval-clean-diagoff.json").read_text())["robust_accuracy"] == 0.99
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -382,3 +385,85 @@ def test_files_left_out_are_said_even_with_quiet(tmp_path, capsys):
                "1", "--workers", "0", "--bad-images", "skip", "--quiet", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 0 and "1 file of the training folder was left out" in err
+
+
+# --------------------------------------------------------------------------- third trial's cases
+def test_run_files_without_a_config_are_never_replaced(tmp_path, capsys):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / ".eae-run").write_text("copied")
+    (fake / "metrics.jsonl").write_text("the user's own log\n")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(fake)], capsys)
+    assert rc == 2 and "no checkpoint.pt" in text
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(fake), "--resume"], capsys)
+    assert rc == 2 and "config.json is missing" in text
+    assert (fake / "metrics.jsonl").read_text() == "the user's own log\n"
+
+
+def test_a_resume_without_a_checkpoint_says_it_restarts(tmp_path, capsys):
+    out, args = tmp_path / "r", [*SYN, "--epochs", "3", "--val-every", "5"]  # no validation yet: no best weights
+    assert main(["train", *args, "--out", str(out), "--stop-after", "1"]) == 0
+    (out / "checkpoint.pt").unlink()
+    capsys.readouterr()
+    assert main(["train", *args, "--out", str(out), "--resume", "--stop-after", "1"]) == 0
+    assert "no checkpoint.pt: the run restarts from epoch 1" in capsys.readouterr().err
+
+
+def test_a_missing_config_with_a_checkpoint_is_named_on_resume(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--out", str(out), "--stop-after", "1"]) == 0
+    (out / "config.json").unlink()
+    rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "config.json is missing" in text and "nothing to resume" not in text
+
+
+def test_budget_k_belongs_to_budget_suites_and_a_changed_setting_is_named(tmp_path, capsys):
+    rc, text = _call(["bench", "smoke", "--out", str(tmp_path / "b"), "--budget-k", "3"], capsys)
+    assert rc == 2 and "budget suites" in text and not (tmp_path / "b").exists()
+    from eae.bench.runner import _claim
+
+    _claim(tmp_path / "c", {"suite": "smoke", "seeds": 2, "entries": {}}, resume=False)
+    with pytest.raises(ValueError, match=r"seeds 2 \(now 1\)"):
+        _claim(tmp_path / "c", {"suite": "smoke", "seeds": 1, "entries": {}}, resume=True)
+
+
+def test_the_api_refuses_empty_and_inconsistent_evaluations(run):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x, y = torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])
+    for kwargs, field in (({"attacks": []}, "attacks"), ({"test_size": 2}, "test_size"),
+                          ({"test_size": -1}, "test_size")):
+        with pytest.raises(eae.ConfigError) as e:
+            eae.evaluate(model, x, y, **kwargs)
+        assert e.value.field == field
+    with pytest.raises(eae.ConfigError, match="no images"):
+        eae.evaluate(model, x[:0], y[:0])
+    with pytest.raises(eae.ConfigError) as e:
+        eae.load(run, device="cuda:7" if torch.cuda.is_available() else "cuda")
+    assert e.value.field == "device" and "--device" not in str(e.value)
+    with pytest.raises(eae.ConfigError):
+        eae.train(eae.TrainConfig(out="unused"), stop_after=10**30)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"method": "pgd", "pgd_steps": 0}, "pgd_steps must be >= 1"),
+    ({"method": "trades", "trades_steps": 0}, "trades_steps must be >= 1"),
+    ({"lr_schedule": "piecewise", "lr_milestones": ()}, "lr_milestones is empty"),
+])
+def test_values_that_would_train_on_nothing_are_refused(kwargs, fragment):
+    with pytest.raises(eae.ConfigError, match=fragment):
+        eae.TrainConfig(**kwargs)
+
+
+def test_missing_best_weights_are_said_as_they_are(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    (r / "model_best.safetensors").unlink()
+    rc, text = _call(["eval", str(r), "--weights", "best", "--attacks", "clean"], capsys)
+    assert rc == 2 and "moved or deleted" in text and "--weights final" in text
+
+
+def test_a_set_eae_data_dir_is_the_only_place_looked_at(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "nonexistent"))
+    rc, text = _call(["data", "cifar10", "--no-download"], capsys)
+    assert rc == 2 and "nonexistent" in text and ".cache" not in text

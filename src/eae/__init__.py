@@ -14,7 +14,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attacks import ATTACKS, build_attack, list_attacks  # noqa: E402
-from .checkpoint import load  # noqa: E402
+from .checkpoint import MissingWeights, load  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .errors import ConfigError, EaeError, OutputRefused, RunExists  # noqa: E402
 from .evaluation import EvalResult, evaluate  # noqa: E402
@@ -26,4 +26,5 @@ __all__ = [
     "__version__", "TrainConfig", "train", "RunResult", "load", "evaluate", "EvalResult",
     "create_model", "build_attack", "list_models", "list_methods", "list_attacks",
     "MODELS", "METHODS", "ATTACKS", "EaeError", "ConfigError", "OutputRefused", "RunExists",
+    "MissingWeights",
 ]

@@ -169,6 +169,17 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None
 
 
+def _device(device: str | torch.device) -> torch.device:
+    """A device to load onto, or ConfigError naming ``device`` (not torch's assertion)."""
+    from .errors import ConfigError
+    from .utils import resolve_device
+
+    try:
+        return resolve_device(device) if isinstance(device, str) else torch.device(device)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"device: {e}".replace("use --device cpu", "use device='cpu'"), field="device") from None
+
+
 class MissingWeights(EaeError, FileNotFoundError):
     """A run folder without the weights asked for (training unfinished or stopped early)."""
 
@@ -188,7 +199,9 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
     if weights == "final" and has_best:
         return f": training did not finish; evaluate the best epoch so far with {best}"
     if weights == "best" and not has_best:
-        return ": no epoch of this run has been validated yet"
+        return (": it is written when an epoch is validated: none has been yet, or the file was moved or deleted"
+                + (f" (the final weights are there: {'--weights final' if cli else 'weights=' + repr('final')})"
+                   if (run_dir / WEIGHTS).is_file() else ""))
     return ": training stopped before any epoch was saved; there are no weights to evaluate"
 
 
@@ -270,4 +283,4 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path}: these weights do not fit a {cfg.arch!r} network as {run_dir / CONFIG} "
                               f"describes ({first})") from None
-    return model.to(device).eval()
+    return model.to(_device(device)).eval()

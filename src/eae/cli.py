@@ -82,6 +82,10 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
     out = Path(given.get("out", TrainConfig.out))
     check_run_folder(out)  # a folder that is not a run is refused before its config.json is read
     if not (out / CONFIG).is_file():
+        held = [n for n in (CHECKPOINT, WEIGHTS, "metrics.jsonl") if (out / n).exists()]
+        if held:  # run files without the config that says what they are: nothing is replaced
+            raise ValueError(f"cannot resume {out}: its {CONFIG} is missing (it holds {', '.join(held)}): restore "
+                             f"{CONFIG}, or choose another --out for a new run")
         print(f"note: nothing to resume in {out}: starting a new run there", file=sys.stderr)
         return TrainConfig.from_dict(given)
     if not (out / CHECKPOINT).is_file() and ((out / WEIGHTS).exists() or any(out.glob("eval*.json"))):
@@ -250,13 +254,15 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
     parts = [name]
     if n < test_size:
         parts.append(f"n{n}")
-    if norm != src["norm"] or abs(eps - src["eps"]) > 1e-12:
-        parts.append(f"{norm}-eps{eps:.6g}")
+    if norm != src["norm"] or eps != src["eps"]:
+        k = eps * 255
+        parts.append(f"{norm}-eps" + (f"{round(k)}-255" if abs(k - round(k)) < 1e-9 else repr(float(eps))))
     if src["meta"].get("weights") == "best":
         parts.append("best")
-    for flag, default in (("seed", 0), ("precision", "fp32"), ("eot", None)):
+    for flag, label, default in (("seed", "seed", 0), ("precision", "precision", "fp32"), ("eot", "eot", None),
+                                 ("diagnostics", "diag", "full"), ("diag_n", "diagn", 1000)):
         if getattr(args, flag) != default:
-            parts.append(f"{flag}{getattr(args, flag)}")
+            parts.append(f"{label}{getattr(args, flag)}")
     return "eval-" + "-".join(parts) + ".json"
 
 
@@ -397,7 +403,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if only == []:
         raise UsageError(f"--only {args.only!r} names no entry: give e.g. --only eae,fgsm_rs (or leave it out)")
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
-              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet, only=only, compile=args.compile,
+              data_dir=args.data_dir, budget_k=2.0 if args.budget_k is None else args.budget_k, quiet=args.quiet, only=only, compile=args.compile,
               train_only=args.train_only)
     return 0
 
@@ -561,7 +567,7 @@ def _bench_parser(sub) -> None:
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
     b.add_argument("--device", default="auto")
     b.add_argument("--data-dir", default=None)
-    b.add_argument("--budget-k", type=_positive_float, default=2.0,
+    b.add_argument("--budget-k", type=_positive_float, default=None,
                    help="cifar10-budget: the budget is K x the time of 15 standard epochs (default: 2)")
     b.add_argument("--only", default=None,
                    help="comma-separated entries to run now (the report keeps the ones finished before): "
@@ -656,7 +662,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
         flags = [f"--{f.replace('_', '-')}" for f in ("compile", "train_only") if getattr(args, f, False)]
         if args.seeds != 1:
             flags += ["--seeds", str(args.seeds)]
-        if args.budget_k != 2.0:
+        if args.budget_k is not None:
             flags += ["--budget-k", repr(args.budget_k)]
         for name in ("only", "device", "data_dir"):
             value = getattr(args, name, None)

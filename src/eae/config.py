@@ -222,8 +222,13 @@ class TrainConfig:
                      "eae_base_every", "eae_base_downsample"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_size", "train_subset", "eae_warmup_epochs", "pgd_steps", "val_attack_steps",
-                     "trades_steps", "val_aa_n", "workers", "max_rollbacks"):
+        for name in ("pgd_steps", "trades_steps"):  # 0 steps would train on noise under an attack's name
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule == "piecewise" and len(self.lr_milestones) == 0:
+            errors.append("lr_milestones is empty: the piecewise schedule needs at least one (e.g. 0.5, 0.75)")
+        for name in ("val_size", "train_subset", "eae_warmup_epochs", "val_attack_steps",
+                     "val_aa_n", "workers", "max_rollbacks"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):

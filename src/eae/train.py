@@ -57,7 +57,8 @@ def _check_arguments(cfg, resume, quiet, stop_after) -> None:
     for name, value in (("resume", resume), ("quiet", quiet)):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be True or False, got {value!r}", field=name)
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or not 1 <= stop_after <= 2**31 - 1):
         raise ConfigError(f"stop_after must be None or an integer >= 1 (epochs of this call), got {stop_after!r}",
                           cli=f"--stop-after must be >= 1, got {stop_after!r}", field="stop_after")
 

@@ -212,6 +212,10 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     selected = _selected_entries(suite, only)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
+    if suite.kind != "budget" and budget_k != 2.0:
+        raise ConfigError(f"budget_k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",
+                          cli=f"--budget-k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",
+                          field="budget_k")
     folder = _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
                           "entries": {e.name: e.overrides for e in suite.entries}}, resume)
     try:
@@ -285,8 +289,12 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
             raise ValueError(f"{manifest}: not valid JSON ({e}); it is not a benchmark this version wrote: "
                              "choose another --out") from None
         if before != ask:
-            raise ValueError(f"cannot resume {out}: it was started with different settings "
-                             f"({manifest}); choose another --out")
+            changed = sorted(k for k in set(before) | set(ask) if before.get(k) != ask.get(k)) if isinstance(
+                before, dict) else ["everything"]
+            said = ", ".join(f"{k} {before.get(k)!r} (now {ask.get(k)!r})" if k in ("seeds", "budget_k", "suite")
+                             else k for k in changed)
+            raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): "
+                             "give the same --seeds and --budget-k as the first call, or choose another --out")
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
         folder.written.append(manifest.name)

@@ -1,7 +1,7 @@
 """CIFAR-10: find it, fetch it if absent, verify it before any use.
 
-Where we look: ``--data-dir`` when it is given (only there: a folder named on the
-command line is never silently replaced by another copy), else ``$EAE_DATA_DIR``, then
+Where we look: ``--data-dir`` when it is given, else ``$EAE_DATA_DIR`` when it is set
+(only there: a folder the user names is never silently replaced by another copy), else
 ``~/.cache/eae``. Each may hold the standard ``cifar-10-batches-py`` folder (or be that
 folder).
 
@@ -114,8 +114,8 @@ def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Pat
             raise DatasetError(f"--data-dir {path} is a file, not a folder: give the folder that holds (or will "
                                f"hold) {FOLDER}")
         return [(path, "--data-dir")]
-    if os.environ.get("EAE_DATA_DIR"):
-        roots.append((Path(os.environ["EAE_DATA_DIR"]).expanduser(), "$EAE_DATA_DIR"))
+    if os.environ.get("EAE_DATA_DIR"):  # set explicitly too: the only place (never silently another copy)
+        return [(Path(os.environ["EAE_DATA_DIR"]).expanduser(), "$EAE_DATA_DIR")]
     roots.append((default_cache_dir(), "user cache"))
     return roots
 

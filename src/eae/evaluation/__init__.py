@@ -45,6 +45,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
                     norm=norm, eot=eot, seed=seed, attacks=attacks)
+    n = len(x) if hasattr(x, "__len__") else None
+    if n == 0:
+        raise ConfigError("x holds no images: nothing can be scored", field="x")
+    if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int)
+                                  or n is not None and test_size < n):
+        raise ConfigError(f"test_size must be an integer >= the number of images given ({n}), got {short(test_size)}",
+                          field="test_size")
     report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
                        seed=seed, precision=precision, test_size=test_size, progress=progress, eot=eot)
     return diagnose(model, x, y, report, level=diagnostics, diag_n=diag_n, batch_size=batch_size, device=device,
@@ -66,7 +73,9 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
             errors.append(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1:
         errors.append(f"seed must be an integer in 0..2^63 - 1, got {short(seed)}")
-    if isinstance(attacks, str):  # "fgsm" would be read letter by letter
+    if attacks is not None and not isinstance(attacks, str) and len(attacks) == 0:
+        errors.append("attacks is empty: give e.g. ['clean', 'pgd20', 'cw20'], or None for the quick suite")
+    elif isinstance(attacks, str):  # "fgsm" would be read letter by letter
         errors.append(f"attacks must be a list of attack specs (e.g. ['clean', 'pgd20']), got the string {attacks!r}")
     elif attacks is not None and not isinstance(attacks, Mapping) and not all(isinstance(a, str) for a in attacks):
         errors.append(f"attacks must be a list of attack specs (strings), got {short(attacks)}")

@@ -178,12 +178,25 @@ class RunFolder:
         results = [n for n in (CHECKPOINT, METRICS, WEIGHTS, BEST_WEIGHTS) if (self.path / n).exists()]
         if results and not resume:
             held = f"{self.path} already holds a run ({', '.join(results)})"
+            if CHECKPOINT not in results:
+                held += f" and no {CHECKPOINT}, so nothing to continue"
+                raise RunExists(f"{held}: resume=True restarts it from epoch 1 as configured, or choose another out",
+                                cli=f"{held}: --resume restarts it from epoch 1 as configured, or choose "
+                                    "another --out")
             raise RunExists(f"{held}: pass resume=True to continue it, or another out",
                             cli=f"{held}: pass --resume to continue it or choose another --out")
+        if resume and results and not (self.path / CONFIG).is_file():
+            raise RunExists(f"cannot resume {self.path}: it holds {', '.join(results)} but no {CONFIG} saying what "
+                            "run they belong to; nothing was changed: choose another out",
+                            cli=f"cannot resume {self.path}: it holds {', '.join(results)} but no {CONFIG} saying "
+                                "what run they belong to; nothing was changed: choose another --out")
         if resume and {WEIGHTS, BEST_WEIGHTS} & set(results):
             held = f"cannot resume {self.path}: it holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from"
             raise RunExists(f"{held}; choose another out for a new run",
                             cli=f"{held}; choose another --out for a new run")
+        if resume and results:  # killed before its first checkpoint, or the checkpoint was removed: said, never silent
+            _note(f"note: {self.path} has no {CHECKPOINT}: the run restarts from epoch 1 as configured "
+                  f"({METRICS} is rewritten)")
         return None
 
     def _resumable(self, ckpt: dict[str, Any]) -> dict[str, Any]:
