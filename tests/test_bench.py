@@ -93,7 +93,7 @@ def test_smoke_suite_end_to_end(cifar_dir, tmp_path):
 
     with pytest.raises(FileExistsError):
         run_bench("smoke", out, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="other settings"):
         run_bench("smoke", out, seeds=2, resume=True, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.safetensors")}
     again = run_bench("smoke", out, resume=True, device="cpu", data_dir=str(cifar_dir.parent), quiet=True)

@@ -305,7 +305,9 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path):
     args = [sys.executable, "-m", "eae", "train", *SYN, "--epochs", "50", "--synthetic-train-size", "1024",
             "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a test run started in the background by a shell inherits SIGINT ignored: give the child the default back
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -65,7 +65,7 @@ def test_resume_refuses_a_different_config(tiny_cfg):
 
 def test_existing_run_is_not_overwritten(tiny_cfg):
     eae.train(tiny_cfg, quiet=True, stop_after=1)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="resume=True"):
         eae.train(tiny_cfg, quiet=True)
 
 

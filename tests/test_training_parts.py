@@ -231,7 +231,7 @@ def test_only_new_empty_or_run_folders_are_written(tmp_path):
         check_run_folder(mine)
     (mine / ".eae-run").write_text("")
     check_run_folder(mine)
-    with pytest.raises(NotADirectoryError, match="is a file"):
+    with pytest.raises(FileExistsError, match="is a file"):
         check_run_folder(mine / "notes.txt")
 
 

@@ -386,9 +386,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from .bench.headline import GPU, TINY, plan_table
 
             rows = plan_table(TINY if args.tiny else GPU)
+            budget, used = (args.budget if args.budget is not None else 510.0), 0.0
             for name, secs in rows:
-                print(f"{name:<16} {secs:6.1f} s")
-            print(f"{'total':<16} {sum(s for _, s in rows):6.1f} s (planning figures; see benchmarks/README.md)")
+                used += secs
+                print(f"{name:<16} {secs:6.1f} s" + ("   (past the budget at this point of the plan)" if used > budget else ""))
+            print(f"{'total':<16} {sum(s for _, s in rows):6.1f} s against a budget of {budget:.0f} s (planning "
+                  "figures; the run itself skips, most valuable first, what would not fit; see benchmarks/README.md)")
             return 0
         if not args.out:
             raise UsageError("headline needs --out DIR (the folder for its runs and REPORT.md)")
