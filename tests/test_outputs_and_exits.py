@@ -207,7 +207,7 @@ def test_sigterm_saves_and_gives_the_exact_quoted_command_with_the_presets_out(t
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
     hint = err.split("`")[1]
-    assert shlex.split(hint) == ["eae", "train", "--out", str(out), "--resume"]
+    assert shlex.split(hint) == ["eae", "train", f"--out={out}", "--resume"]  # = : a path may start with -
 
 
 def test_bench_ctrl_c_hint_keeps_the_settings_resume_needs(monkeypatch, tmp_path, capsys):
@@ -221,7 +221,7 @@ def test_bench_ctrl_c_hint_keeps_the_settings_resume_needs(monkeypatch, tmp_path
     rc, text = _call(["bench", "smoke", "--out", str(out), "--seeds", "2", "--budget-k", "3"], capsys)
     assert rc == 130
     hint = shlex.split(text.split("`")[1])
-    assert hint[:6] == ["eae", "bench", "smoke", "--out", str(out), "--resume"]
+    assert hint[:5] == ["eae", "bench", "smoke", f"--out={out}", "--resume"]
     assert "--seeds" in hint and "2" in hint and "--budget-k" in hint and "3.0" in hint
 
 
@@ -467,3 +467,79 @@ def test_a_set_eae_data_dir_is_the_only_place_looked_at(tmp_path, monkeypatch, c
     monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "nonexistent"))
     rc, text = _call(["data", "cifar10", "--no-download"], capsys)
     assert rc == 2 and "nonexistent" in text and ".cache" not in text
+
+
+# --------------------------------------------------------------------------- fourth trial's cases
+def test_paths_that_go_up_are_refused_before_anything_is_made(tmp_path, capsys):
+    proj = tmp_path / "userproj"
+    proj.mkdir()
+    (proj / "config.json").write_text("{}")
+    before = _tree_hash(proj)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(proj / "newrun" / "..")], capsys)
+    assert rc == 2 and "goes up with '..'" in text and _tree_hash(proj) == before
+
+
+def test_a_lock_hard_linked_to_a_users_file_is_not_written_into(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    (r / ".lock").unlink(missing_ok=True)
+    os.link(precious, r / ".lock")
+    rc, text = _call(["train", "--out", str(r), "--resume"], capsys)
+    assert rc == 2 and "hard link" in text and precious.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", *SYN, "--pgd-steps", "2147483647"], "pgd_steps must be at most 100,000"),
+    (["train", *SYN, "--synthetic-train-size", "100000000"], "synthetic_train_size must be at most"),
+    (["train", *SYN, "--lr-max", "1e300"], "lr_max must be at most"),
+    (["train", *SYN, "--config", ""], "is a folder"),
+])
+def test_values_that_would_run_for_days_or_exhaust_memory_are_refused(tmp_path, argv, fragment, capsys):
+    rc, text = _call([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "o").exists(), text
+
+
+def test_eval_refuses_an_empty_weights_name_and_a_huge_eot(run, capsys):
+    rc, text = _call(["eval", str(run), "--weights", "", "--attacks", "clean"], capsys)
+    assert rc == 2 and "final or best" in text
+    rc, text = _call(["eval", str(run), "--eot", "2147483647", "--attacks", "fgsm"], capsys)
+    assert rc == 2 and "--eot" in text
+
+
+def test_eae_debug_0_means_off(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EAE_DEBUG", "0")
+    rc, text = _call(["train", *SYN, "--epochs", "0", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "Traceback" not in text
+
+
+def test_a_missing_tensorboard_is_one_line_and_claims_no_folder(tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--tensorboard", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "pip install tensorboard" in text and not (tmp_path / "o").exists()
+
+
+def test_names_changed_by_cleaning_keep_apart():
+    from argparse import Namespace
+
+    from eae.cli import eval_report_name
+
+    src = {"norm": "linf", "eps": 8 / 255, "meta": {"weights": "final"}}
+    args = Namespace(seed=0, precision="fp32", eot=None, diagnostics="full", diag_n=1000)
+    assert (eval_report_name(None, ["pgd\u0661"], 8, 8, "linf", 8 / 255, src, args)
+            != eval_report_name(None, ["pgd\u0663"], 8, 8, "linf", 8 / 255, src, args))
+
+
+def test_the_api_names_device_in_python_words():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(eae.ConfigError) as e:
+        eae.evaluate(torch.nn.Flatten(), torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), device="cuda")
+    assert "device='cpu'" in str(e.value) and "--device" not in str(e.value)

@@ -129,6 +129,11 @@ class RunLock:
         from .outputs import open_nofollow  # a .lock planted as a link is refused, never written through
 
         fh = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT), "r+")
+        if os.fstat(fh.fileno()).st_nlink > 1:  # a hard link to someone's file: never written into
+            fh.close()
+            from .errors import OutputRefused
+
+            raise OutputRefused(f"{self.path} is a hard link to another file; eae does not write into it: remove it")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -192,7 +197,7 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
     has_ckpt, has_best = (run_dir / CHECKPOINT).is_file(), (run_dir / BEST_WEIGHTS).is_file()
     best = "--weights best" if cli else "weights='best'"
     if weights == "final" and has_ckpt:
-        go_on = (f"`eae train --out {quote(str(run_dir))} --resume`" if cli
+        go_on = (f"`eae train --out={quote(str(run_dir))} --resume`" if cli
                  else f"eae.train(config, resume=True) with out={str(run_dir)!r}")
         return (f": training has not finished; {go_on} continues it"
                 + (f" (or evaluate the best epoch so far with {best})" if has_best else ""))

@@ -60,7 +60,7 @@ def _parse(tp: Any, text: str, name: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = {}
-    if args.config:
+    if args.config is not None:  # an empty --config (an unset variable) is an error, not "no preset"
         values.update(load_toml(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         done = len(result.metrics)
         print(f"stopped after {args.stop_after} {_plural(args.stop_after, 'epoch')} of this call as asked "
               f"(--stop-after; {done} {_plural(done, 'epoch')} done in all); the run is unfinished: continue it "
-              f"with `eae train --out {quote(cfg.out)} --resume`")
+              f"with `eae train --out={quote(cfg.out)} --resume`")
     elif not args.quiet:
         last = result.final
         print(json.dumps({"run_dir": str(result.run_dir), "train_seconds": round(result.train_seconds, 2),
@@ -212,7 +212,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     for flag in ("normalize", "model_kwargs", "dataset"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is for --model; a run folder knows its own")
-    weights = args.weights or "final"
+    weights = args.weights if args.weights is not None else "final"
     if weights not in ("final", "best"):
         raise UsageError(f"--weights for a run folder is final or best, got {weights!r} (a weights file needs --model)")
     run_dir = Path(args.run_dir)
@@ -249,7 +249,7 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
     cut and given a digest of the whole, so two lists never share a name."""
     what = suite or "+".join(attacks)
     name = re.sub(r"[^A-Za-z0-9+.-]", "_", what)
-    if len(name) > 60:
+    if len(name) > 60 or name != what:  # cut or changed: a digest of the whole keeps names apart
         name = name[:50] + "-" + hashlib.sha256(what.encode()).hexdigest()[:8]
     parts = [name]
     if n < test_size:
@@ -530,7 +530,7 @@ def _eval_parser(sub) -> None:
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="arithmetic of the attacks' gradients; their decisions (fooled or not) and the scores are always "
                         "strict fp32 (default: fp32)")
-    e.add_argument("--eot", type=_int_at_least(1), default=None,
+    e.add_argument("--eot", type=_int_at_least(1, 10_000), default=None,
                    help="average each attack gradient over N forward passes (expectation over transformation, "
                         "for randomised models; AutoAttack uses 20) (default: 1; aa-rand: 20)")
     e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
@@ -631,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "scored: fix the model", file=sys.stderr)
         return 2
     except Exception as e:
-        if os.environ.get("EAE_DEBUG"):
+        if os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off"):
             raise
         status, message = _user_error(e)
         if status is None:
@@ -657,7 +657,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
     if getattr(args, "func", None) is cmd_train:
         out = getattr(args, "resolved_out", None) or getattr(args, "out", None) or "runs/default"
-        return (f": the run continues from its last finished epoch with `eae train --out {quote(out)} --resume`"
+        return (f": the run continues from its last finished epoch with `eae train --out={quote(out)} --resume`"
                 if (Path(out) / "checkpoint.pt").exists() else "")
     if getattr(args, "func", None) is cmd_bench:
         if args.suite == "headline" or not args.out:
@@ -671,7 +671,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
             value = getattr(args, name, None)
             if value and not (name == "device" and value == "auto"):
                 flags += [f"--{name.replace('_', '-')}", value]
-        cmd = ["eae", "bench", args.suite, "--out", args.out, "--resume", *flags]
+        cmd = ["eae", "bench", args.suite, f"--out={args.out}", "--resume", *flags]
         return f": `{' '.join(quote(c) for c in cmd)}` continues it"
     return ""
 

@@ -259,6 +259,17 @@ class TrainConfig:
                 errors.append(f"{f.name} must be at most {MAX_INT:,}, got {short(v)}")
             if isinstance(v, str) and "\x00" in v:
                 errors.append(f"{f.name} holds a NUL character")
+        for name, top in (("pgd_steps", 100_000), ("trades_steps", 100_000), ("val_attack_steps", 100_000),
+                          ("free_replays", 1_000), ("synthetic_train_size", 1_000_000), ("synthetic_test_size", 1_000_000),
+                          ("synthetic_image_size", 1024), ("image_size", 1024)):
+            v = getattr(self, name)
+            if isinstance(v, int) and v > top:  # beyond these a value is a typo that would run for days or OOM
+                errors.append(f"{name} must be at most {top:,}, got {short(v)}")
+        for name, top in (("lr_max", 1e6), ("head_scale", 1e4), ("eae_eta", 100.0), ("trades_beta", 1e4),
+                          ("eae_lambda", 1e4), ("eae_logit_penalty", 1e4), ("nfgsm_noise", 100.0)):
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
+                errors.append(f"{name} must be at most {top:g}, got {v:g}")
         if self.dataset == "synthetic" and self.synthetic_image_size < 8:
             errors.append(f"synthetic_image_size must be >= 8 (pixels; the networks downsample by 8), "
                           f"got {self.synthetic_image_size}")

@@ -118,6 +118,9 @@ def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "o
     """Raise :class:`OutputRefused` unless ``path`` may become (or is) a ``kind`` folder:
     new, empty, or ours of that kind. Writes nothing."""
     path = Path(path)
+    if ".." in path.parts:  # userproj/new/.. is userproj: named plainly or not at all
+        raise OutputRefused(f"{api}={str(path)!r} goes up with '..': give the folder itself",
+                            cli=f"{flag} {path} goes up with '..': give the folder itself")
     if path.is_symlink() and not path.exists():
         target = os.readlink(path)
         raise OutputRefused(f"{api}={str(path)!r} is a symbolic link to {target}, which does not exist: "
@@ -212,8 +215,11 @@ def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | N
     """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
     Returns a line saying what would be replaced (None: nothing), or raises
     :class:`OutputRefused` for a file that is not ours or was changed since we wrote it."""
-    if json_path.suffix != ".json":
-        raise OutputRefused(f"{flag} must end in .json (a .md is written beside it), got {json_path.name}")
+    if ".." in json_path.parts:
+        raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
+    if json_path.suffix != ".json" or json_path.stem.startswith(".") or json_path.name == ".json":
+        raise OutputRefused(f"{flag} must be a file name ending in .json (a .md is written beside it), "
+                            f"got {json_path.name!r}")
     md_path = json_path.with_suffix(".md")
     for p in (json_path, md_path):
         if p.is_symlink():
@@ -223,8 +229,10 @@ def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | N
             raise OutputRefused(f"{p} exists and was not written by {owner}; it is left as it is: pass {flag} "
                                 "to write the report elsewhere")
     if json_path.exists():
-        recorded = (_json(json_path) or {}).get("report_sha256")
-        if recorded is not None and recorded != _digest(_json(json_path)):
+        d = _json(json_path) or {}
+        recorded = d.get("report_sha256")
+        # reports of this version carry both digests: one without its seal was edited
+        if (recorded is None and "markdown_sha256" in d) or (recorded is not None and recorded != _digest(d)):
             raise OutputRefused(f"{json_path} was changed since {owner} wrote it; it is left as it is: move it away, "
                                 f"or pass {flag} to write the report elsewhere")
     if md_path.exists():

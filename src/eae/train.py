@@ -83,6 +83,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     """
     _check_arguments(cfg, resume, quiet, stop_after)
     _check_names(cfg)
+    if cfg.tensorboard:  # a missing package, before the run folder is claimed
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("tensorboard=True needs the tensorboard package: pip install tensorboard",
+                              cli="--tensorboard needs the tensorboard package: pip install tensorboard",
+                              field="tensorboard") from None
     if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
         import_library(cfg.arch.partition(":")[0])
     device = dist.init(cfg.device)  # joins torchrun's process group, if any

@@ -35,12 +35,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise _device_error(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):  # meta, mps, xpu...: eae trains and attacks on CPUs and CUDA GPUs
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise _device_error(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise _device_error(f"device {name!r} requested but CUDA is not available; use @CPU@")
     return dev
+
+
+def _device_error(message: str):
+    from .errors import ConfigError
+
+    return ConfigError(message.replace("@CPU@", "device='cpu'"), cli=message.replace("@CPU@", "--device cpu"),
+                       field="device")
 
 
 def device_name(device: torch.device) -> str:
@@ -103,7 +110,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     partial file, a crash at any moment leaves the old or the new version, and a
     failed write (disk full, permissions) leaves the old one untouched and raises."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.eae-tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

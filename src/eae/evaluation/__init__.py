@@ -65,8 +65,9 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
     errors = eps_errors(eps, norm)
     checked = [("batch_size", batch_size, 1), ("diag_n", diag_n, 0)] + ([("eot", eot, 1)] if eot is not None else [])
     for name, v, low in checked:
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            errors.append(f"{name} must be an integer >= {low}, got {v!r}")
+        top = 10_000 if name == "eot" else 2**31 - 1
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= top:
+            errors.append(f"{name} must be an integer in {low}..{top:,}, got {short(v)}")
     for name, v, allowed in (("precision", precision, ("fp32", "tf32", "bf16")),
                              ("diagnostics", diagnostics, ("full", "cheap", "off")), ("norm", norm, ("linf", "l2"))):
         if v not in allowed:

@@ -22,6 +22,7 @@ from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
 from ..utils import progress_bar
+from ..utils import resolve_device
 from . import checks
 from .report import Report
 from .suites import CASCADE, STANDALONE, Suite, custom_suite, get_suite
@@ -166,7 +167,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               test_size: int | None = None, progress: bool = False, eot: int | None = None) -> Report:
     """Clean accuracy and every attack of the plan; no diagnostics (see ``evaluate``).
     ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
-    device = torch.device(device) if device is not None else x.device
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device) if device is not None \
+        else x.device  # a device name is checked (ConfigError naming device), not handed to torch
     check_inputs(x, y)
     check_radius(eps, norm, x)
     s, plan = resolve_plan(attacks, suite, eps, norm)

@@ -47,8 +47,9 @@ ENVIRONMENT = "environment.json"
 _ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, NotADirectoryError, RunLocked, CheckpointError,
                                     OutputRefused, RunExists)}
 _WRITTEN = (CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, BEST_WEIGHTS, METRICS, CONFIG, DATASET, ENVIRONMENT)
-# our temporary files: atomic writes (".NAME." + 8 random characters, see utils) and hard links (".NAME.tmp")
-_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, _WRITTEN)) + r")\.([a-z0-9_]{8}|tmp)")
+# our temporary files: atomic writes (".NAME.eae-tmp-" + 8 random characters, see utils) and hard links
+# (".NAME.eae-tmp"): a name a user's file does not have by chance (".config.json.original" is theirs)
+_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, _WRITTEN)) + r")\.eae-tmp(-[a-z0-9_]{8})?")
 
 
 class RunSaveError(RuntimeError):
@@ -119,7 +120,7 @@ def _json_row(row: dict[str, Any]) -> str:
 def _link_or_copy(src: Path, dst: Path) -> None:
     """dst = the current content of src. A hard link costs no space: src is later
     replaced by a rename, which leaves the linked content in place."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}.eae-tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
@@ -280,7 +281,7 @@ class RunFolder:
         """Where the run can continue from, in words."""
         if self.saved_epoch is None:
             return "no checkpoint has been written, so there is nothing to resume: a new run (another --out) starts over"
-        return (f"{self.path / CHECKPOINT} holds epoch {self.saved_epoch} (`eae train --out {quote(str(self.path))} "
+        return (f"{self.path / CHECKPOINT} holds epoch {self.saved_epoch} (`eae train --out={quote(str(self.path))} "
                 "--resume` continues from it as configured)")
 
     def save_epoch(self, state: dict[str, Any] | None, epoch: int) -> None:
