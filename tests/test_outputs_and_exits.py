@@ -543,3 +543,17 @@ def test_the_api_names_device_in_python_words():
     with pytest.raises(eae.ConfigError) as e:
         eae.evaluate(torch.nn.Flatten(), torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), device="cuda")
     assert "device='cpu'" in str(e.value) and "--device" not in str(e.value)
+
+
+def test_a_pipe_closed_early_is_not_reported_as_a_disk_error():
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    eae_list = subprocess.Popen([sys.executable, "-m", "eae", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env)
+    eae_list.stdout.close()  # the reader is gone before eae writes
+    err = eae_list.stderr.read().decode()
+    assert eae_list.wait(timeout=120) in (0, 141) and "check the path" not in err and "Traceback" not in err
+
+
+def test_an_infinite_denominator_is_not_read_as_zero(tmp_path, capsys):
+    rc, text = _call(["train", *SYN, "--eps", "1/3e400", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--eps" in text

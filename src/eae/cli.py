@@ -185,8 +185,11 @@ def _eval(args: argparse.Namespace, device) -> int:
     md = report.to_markdown(title=src["title"])
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
             "loading and the gradient-masking diagnostics)")
-    print(md)  # the numbers first: a folder that cannot be written must not cost them
-    print(f"\n{tail}")
+    try:
+        print(md)  # the numbers first: a folder that cannot be written must not cost them
+        print(f"\n{tail}", flush=True)
+    except BrokenPipeError:  # `| head`: the report is saved all the same
+        sys.stdout = open(os.devnull, "w")
     default = (src["run_dir"] / eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
                if src["run_dir"] else None)
     status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
@@ -626,6 +629,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:  # stdout piped into a command that ended early (`| head`): not an error of the run
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's own flush does not fail again
+        print("note: the output pipe was closed before eae finished writing to it (e.g. `| head`)", file=sys.stderr)
+        return 141
     except SystemExit as e:  # raised by a user's model code (ours never raises it here)
         print(f"error: the model's code called sys.exit({e.code!r}) while eae was using it; nothing was "
               "scored: fix the model", file=sys.stderr)

@@ -449,6 +449,8 @@ def parse_float(text: str | float | int) -> float:
         num, _, den = s.partition("/")
         if float(den) == 0:
             raise ValueError(f"division by zero in {s!r}")
+        if not (math.isfinite(float(num)) and math.isfinite(float(den))):  # 1/3e400 would read as 0
+            raise ValueError(f"not a finite fraction: {s!r}")
         return float(num) / float(den)
     return float(s)
 
