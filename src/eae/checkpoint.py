@@ -42,7 +42,6 @@ CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"  # the full state of the best epoch (rollback target)
 EVENTS = "events.jsonl"  # what the training guards did
 DATASET = "dataset.json"  # what the run was trained on: dataset, class names, image size
-MARKER = ".eae-run"  # written first into every run folder
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -176,13 +175,9 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 def _device(device: str | torch.device) -> torch.device:
     """A device to load onto, or ConfigError naming ``device`` (not torch's assertion)."""
-    from .errors import ConfigError
     from .utils import resolve_device
 
-    try:
-        return resolve_device(device) if isinstance(device, str) else torch.device(device)
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"device: {e}".replace("use --device cpu", "use device='cpu'"), field="device") from None
+    return resolve_device(device) if isinstance(device, str) else torch.device(device)
 
 
 class MissingWeights(EaeError, FileNotFoundError):
@@ -208,15 +203,6 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
                 + (f" (the final weights are there: {'--weights final' if cli else 'weights=' + repr('final')})"
                    if (run_dir / WEIGHTS).is_file() else ""))
     return ": training stopped before any epoch was saved; there are no weights to evaluate"
-
-
-def is_run_config(path: str | Path) -> bool:
-    """Whether ``path`` is the config.json of a run (a JSON object of config fields)."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and {"out", "method", "arch", "epochs"} <= set(d)
 
 
 def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:

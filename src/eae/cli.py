@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import METHOD_DEFAULTS, TrainConfig, coerce, load_toml, parse_float
+from .config import MAX_INT, MAX_SEED, METHOD_DEFAULTS, TrainConfig, coerce, load_toml, parse_float
 from .evaluation.report import fmt_eps
 from .evaluation.suites import SUITES as _SUITES
 
@@ -434,7 +434,7 @@ class UsageError(SystemExit):
         return self.message
 
 
-def _int_at_least(low: int, high: int = 2**31 - 1):
+def _int_at_least(low: int, high: int = MAX_INT):
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -516,7 +516,7 @@ def _eval_parser(sub) -> None:
                    help="first N test images (default: all; fewer is labelled SUBSET)")
     e.add_argument("--batch-size", type=_int_at_least(1), default=500)
     e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=_int_at_least(0, 2**63 - 1), default=0, help="seed of the attacks' random starts (default: 0)")
+    e.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, help="seed of the attacks' random starts (default: 0)")
     e.add_argument("--weights", default=None,
                    help="of a run: final, or best (the best epoch on the validation split) (default: final); "
                         "with --model: the weights FILE (.safetensors, or a state_dict read with weights_only)")

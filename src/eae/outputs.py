@@ -195,12 +195,6 @@ class OutputFolder:
 
 
 # --------------------------------------------------------------------------- report files
-def report_owner(json_path: Path) -> str | None:
-    """``written_by`` of a report JSON (None: not one of ours)."""
-    d = _json(json_path)
-    return d.get("written_by") if isinstance(d, dict) else None
-
-
 def _digest(d: dict[str, Any]) -> str:
     body = {k: v for k, v in d.items() if k != "report_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -221,22 +215,23 @@ def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | N
         raise OutputRefused(f"{flag} must be a file name ending in .json (a .md is written beside it), "
                             f"got {json_path.name!r}")
     md_path = json_path.with_suffix(".md")
+    d = _json(json_path)
+    d = d if isinstance(d, dict) else {}
     for p in (json_path, md_path):
         if p.is_symlink():
             raise OutputRefused(f"{p} is a symbolic link; eae does not write through links it did not make: "
                                 f"remove it or pass {flag} elsewhere")
-        if p.exists() and report_owner(json_path) != owner:
+        if p.exists() and d.get("written_by") != owner:
             raise OutputRefused(f"{p} exists and was not written by {owner}; it is left as it is: pass {flag} "
                                 "to write the report elsewhere")
     if json_path.exists():
-        d = _json(json_path) or {}
         recorded = d.get("report_sha256")
         # reports of this version carry both digests: one without its seal was edited
         if (recorded is None and "markdown_sha256" in d) or (recorded is not None and recorded != _digest(d)):
             raise OutputRefused(f"{json_path} was changed since {owner} wrote it; it is left as it is: move it away, "
                                 f"or pass {flag} to write the report elsewhere")
     if md_path.exists():
-        recorded = (_json(json_path) or {}).get("markdown_sha256")
+        recorded = d.get("markdown_sha256")
         text = md_path.read_bytes() if _regular(md_path) else b""
         if recorded is not None and hashlib.sha256(text).hexdigest() != recorded:
             raise OutputRefused(f"{md_path} was changed since {owner} wrote it; it is left as it is: move it away, "

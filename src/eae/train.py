@@ -20,7 +20,7 @@ from typing import Any
 
 from . import distributed as dist
 from .checkpoint import BEST_WEIGHTS, WEIGHTS, save_checkpoint
-from .config import TrainConfig
+from .config import MAX_INT, TrainConfig
 from .errors import ConfigError
 from .evaluation import run_suite
 from .models.library import import_library, is_library_arch
@@ -58,7 +58,7 @@ def _check_arguments(cfg, resume, quiet, stop_after) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be True or False, got {value!r}", field=name)
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
-                                   or not 1 <= stop_after <= 2**31 - 1):
+                                   or not 1 <= stop_after <= MAX_INT):
         raise ConfigError(f"stop_after must be None or an integer >= 1 (epochs of this call), got {stop_after!r}",
                           cli=f"--stop-after must be >= 1, got {stop_after!r}", field="stop_after")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..attacks import Attack
-from ..config import eps_errors, short
+from ..config import MAX_INT, MAX_SEED, eps_errors, short
 from ..errors import ConfigError
 from .core import predict, run_suite
 from .diagnostics import diagnose
@@ -65,14 +65,14 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
     errors = eps_errors(eps, norm)
     checked = [("batch_size", batch_size, 1), ("diag_n", diag_n, 0)] + ([("eot", eot, 1)] if eot is not None else [])
     for name, v, low in checked:
-        top = 10_000 if name == "eot" else 2**31 - 1
+        top = 10_000 if name == "eot" else MAX_INT
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= top:
             errors.append(f"{name} must be an integer in {low}..{top:,}, got {short(v)}")
     for name, v, allowed in (("precision", precision, ("fp32", "tf32", "bf16")),
                              ("diagnostics", diagnostics, ("full", "cheap", "off")), ("norm", norm, ("linf", "l2"))):
         if v not in allowed:
             errors.append(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         errors.append(f"seed must be an integer in 0..2^63 - 1, got {short(seed)}")
     if attacks is not None and not isinstance(attacks, str) and len(attacks) == 0:
         errors.append("attacks is empty: give e.g. ['clean', 'pgd20', 'cw20'], or None for the quick suite")
