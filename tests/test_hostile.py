@@ -674,3 +674,28 @@ def test_train_l2_eps_is_said_once_and_in_range(tmp_path, extra, fragment, capsy
     rc, text = _call(["train", *SYN, "--norm", "l2", *extra, "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and fragment in text and "pgd_alpha" not in text and "trades_alpha" not in text, text
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- starting up
+def test_the_command_starts_without_importing_torch():
+    # the precondition for answering a Ctrl-C in the first second: torch loads inside eae.launch.main
+    code = "import sys, eae, eae.launch; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line(monkeypatch, capsys):
+    from eae import launch
+
+    class Interrupting:  # a finder that is asked for eae.cli while torch would be loading
+        def find_spec(self, name, path=None, target=None):
+            if name == "eae.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "eae.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    assert launch.main() == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err

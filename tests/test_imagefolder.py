@@ -93,9 +93,10 @@ def test_undecodable_image_stops_or_is_substituted(folder, tmp_path):
     broken.write_bytes(good[: len(good) // 3])  # a valid header: passes the scan, fails to decode
     idx = scan_folder(folder / "train")
     assert any(Path(p) == broken for p, _ in idx.samples)
-    strict = FolderLoader(idx.samples, 64, 16, workers=0)
-    with pytest.raises(DatasetError, match="truncated.jpg"):
-        list(strict)
+    for workers in (0, 1):  # from a worker process too: one line, no worker traceback
+        with pytest.raises(DatasetError, match="truncated.jpg") as e:
+            list(FolderLoader(idx.samples, 64, 16, workers=workers))
+        assert "\n" not in str(e.value) and "Traceback" not in str(e.value) and "--bad-images skip" in str(e.value)
     lenient = FolderLoader(idx.samples, 64, 16, workers=0, bad_images="skip")
     (x, y), = list(lenient)
     assert x.shape == (19, 3, 16, 16) and lenient.skipped == 1
@@ -113,6 +114,15 @@ def test_folder_loader_shards_like_the_device_loader(folder):
     again.load_state_dict(one.state_dict())
     first_b = next(iter(FolderLoader(idx.samples, 7, 16, workers=0, seed=4)))[1]
     assert not torch.equal(next(iter(again))[1], first_b)  # epoch 2 is another permutation
+
+
+def test_undecodable_test_image_names_the_file_without_a_training_flag(folder):
+    good = (folder / "val" / "a" / "a0.jpg").read_bytes()
+    (folder / "val" / "a" / "broken.jpg").write_bytes(good[: len(good) // 3])
+    cfg = TrainConfig(dataset="imagefolder", data_dir=str(folder), image_size=24, workers=1)
+    with pytest.raises(DatasetError, match="broken.jpg") as e:
+        load_test_set(cfg, None)
+    assert "\n" not in str(e.value) and "--bad-images" not in str(e.value) and "remove or replace" in str(e.value)
 
 
 def test_test_set_is_val_folder(folder):

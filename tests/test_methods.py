@@ -278,6 +278,9 @@ def test_eae_base_downsampled_adversary_stays_in_the_ball():
     assert moved.abs().max() <= 8 / 255 + 1e-6 and moved.abs().max() > 0
     with pytest.raises(ValueError, match="eae_base_downsample"):
         TrainConfig(method="eae", eae_base_downsample=0)
+    with pytest.raises(ValueError, match=r"eae_base_downsample 17 is larger than the images \(16 pixels\)"):
+        TrainConfig(method="eae", dataset="synthetic", synthetic_image_size=16, eae_base_downsample=17)
+    TrainConfig(method="eae", dataset="synthetic", synthetic_image_size=16, eae_base_downsample=16)
 
 
 def test_eae_on_free_carries_the_training_steps_input_gradient():

@@ -54,6 +54,28 @@ def test_a_lock_planted_as_a_link_is_refused_and_not_written_through(tmp_path, c
     assert victim.read_text() == "the user's text"
 
 
+def test_another_programs_pidfile_named_lock_is_not_taken_for_ours(tmp_path, capsys):
+    out = tmp_path / "daemon"
+    out.mkdir()
+    (out / ".lock").write_text("4242\n")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and "was not made by eae (it holds .lock)" in text
+    assert sorted(p.name for p in out.iterdir()) == [".lock"] and (out / ".lock").read_text() == "4242\n"
+
+
+def test_a_refused_claim_leaves_an_empty_lock_it_found_in_place(tmp_path):
+    out = tmp_path / "f"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    folder = OutputFolder(out, "run").claim()
+    folder.abandon()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the marker is gone, the lock it found is not
+    fresh = OutputFolder(tmp_path / "new", "run").claim()
+    (fresh.path / ".lock").write_text("123")  # as RunLock writes it
+    fresh.abandon()
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_marker_planted_as_a_link_is_refused(tmp_path):
     victim = tmp_path / "precious.txt"
     victim.write_text("x")
@@ -112,6 +134,21 @@ def test_each_evaluation_keeps_its_own_report_and_a_rerun_says_what_it_replaces(
     assert f"replaces {r / 'eval-clean-diagoff.json'}" in capsys.readouterr().out
 
 
+def test_output_naming_another_evaluations_report_is_refused(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    report = tmp_path / "report.json"
+    assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]) == 0
+    before = report.read_bytes()
+    rc, text = _call(["eval", str(r), "--attacks", "clean,pgd1", "--diagnostics", "off", "--quiet",
+                      "--output", str(report)], capsys)
+    assert rc == 2 and "holds the report of another evaluation (clean-diagoff of" in text
+    assert report.read_bytes() == before
+    other = _copy(run, tmp_path / "other")  # the same settings on another run: another evaluation too
+    rc, text = _call(["eval", str(other), "--attacks", "clean", "--diagnostics", "off", "--quiet",
+                      "--output", str(report)], capsys)
+    assert rc == 2 and "another evaluation" in text and report.read_bytes() == before
+
+
 def test_eval_keeps_a_report_the_user_edited_in_the_run_folder(run, tmp_path, capsys):
     r = _copy(run, tmp_path / "r")
     assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
@@ -160,6 +197,8 @@ def test_config_files_that_are_not_toml_text_are_named(tmp_path, content, fragme
     (["train", *SYN, "--device", "meta"], "device 'meta' is not supported"),
     (["bench", "smoke", "--budget-k", "nan"], "--budget-k: must be a finite number > 0"),
     (["bench", "smoke", "--budget-k", "inf"], "--budget-k: must be a finite number > 0"),
+    (["bench", "headline", "--dry-run", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", *SYN, "--method", "eae", "--eae-base-downsample", "17"], "eae_base_downsample 17 is larger"),
 ])
 def test_impossible_values_are_one_line_naming_the_field(tmp_path, argv, fragment, capsys):
     rc, text = _call([*argv, "--out", str(tmp_path / "o")], capsys)
@@ -208,6 +247,26 @@ def test_sigterm_saves_and_gives_the_exact_quoted_command_with_the_presets_out(t
     assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
     hint = err.split("`")[1]
     assert shlex.split(hint) == ["eae", "train", f"--out={out}", "--resume"]  # = : a path may start with -
+
+
+@pytest.mark.parametrize("disposition", ["default", "ignored"])
+def test_sighup_is_answered_like_sigterm_unless_ignored(monkeypatch, capsys, disposition):
+    import eae.cli as cli
+
+    def hang_up(args):  # the terminal closes while a command runs
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.5)  # the handler runs at the next bytecode
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_list", hang_up)
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL if disposition == "default" else signal.SIG_IGN)
+    try:
+        rc = main(["list"])
+        assert signal.getsignal(signal.SIGHUP) is (signal.SIG_DFL if disposition == "default" else signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    err = capsys.readouterr().err
+    assert (rc, "hung up (SIGHUP" in err) == ((129, True) if disposition == "default" else (0, False))
 
 
 def test_bench_ctrl_c_hint_keeps_the_settings_resume_needs(monkeypatch, tmp_path, capsys):
@@ -557,3 +616,14 @@ def test_a_pipe_closed_early_is_not_reported_as_a_disk_error():
 def test_an_infinite_denominator_is_not_read_as_zero(tmp_path, capsys):
     rc, text = _call(["train", *SYN, "--eps", "1/3e400", "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and "--eps" in text
+
+
+def test_resume_with_a_hand_edited_config_names_the_file(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "2", "--stop-after", "1", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "lr_max": cfg["lr_max"] * 2}))
+    before = _tree_hash(out)
+    rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and f"{out / 'config.json'} no longer matches" in text and "lr_max" in text
+    assert "Traceback" not in text and _tree_hash(out) == before

@@ -28,7 +28,7 @@ from eae.data import DeviceLoader
 from eae.data import cifar10 as c10
 from eae.evaluation import evaluate
 from eae.evaluation.report import Report
-from eae.train import TrainingStopped
+from eae.trainer import TrainingStopped
 
 train_mod = importlib.import_module("eae.train")  # the module (eae.train is also the function)
 

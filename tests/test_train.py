@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 import eae
 from eae.checkpoint import load_checkpoint
-from eae.train import lr_factor
+from eae.trainer import lr_factor
 
 
 def test_run_directory_contents(tiny_cfg):

@@ -57,6 +57,21 @@ def test_nonfinite_guard_in_skip_mode_undoes_the_step_and_counts_it():
     assert guard.skipped == 0 and guard.skipped_total == 1
 
 
+@pytest.mark.parametrize("given, named", [
+    ({"method": "trades", "trades_beta": 5000.0}, "--trades-beta (now 5000; default 6)"),
+    ({"method": "eae", "eae_lambda": 50.0}, "--eae-lambda (now 50; default 0.1)"),
+    ({"method": "eae_paper", "eae_eta": 90.0}, "--eae-eta (now 90; default 0.02)"),
+    ({"head": "cosine", "head_scale": 9000.0}, "--head-scale (now 9000; default 16)"),
+])
+def test_nonfinite_advice_names_a_raised_loss_scale_the_run_uses(given, named):
+    from eae.config import TrainConfig
+    from eae.training.guards import nonfinite_advice
+
+    assert named in nonfinite_advice(TrainConfig(**given), bf16=False)
+    unused = {**given, "method": "fgsm_rs", "head": "linear"}  # the same values, on a run that ignores them
+    assert "smaller" not in nonfinite_advice(TrainConfig(**unused), bf16=False)
+
+
 def test_nonfinite_weights_stop_the_run():
     net = _bn_net()
     NonFiniteGuard("stop").check_weights(net, 0)

@@ -11,20 +11,38 @@ Python API::
 """
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .attacks import ATTACKS, build_attack, list_attacks  # noqa: E402
-from .checkpoint import MissingWeights, load  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .errors import ConfigError, EaeError, OutputRefused, RunExists  # noqa: E402
-from .evaluation import EvalResult, evaluate  # noqa: E402
-from .methods import METHODS, list_methods  # noqa: E402
-from .models import MODELS, create_model, list_models  # noqa: E402
-from .train import RunResult, train  # noqa: E402
+# Names load on first use (PEP 562), so that `import eae` and the `eae` command start without
+# importing torch: a Ctrl-C in the first second then ends like any other (see eae.launch).
+_EXPORTS = {
+    "ATTACKS": "attacks", "build_attack": "attacks", "list_attacks": "attacks",
+    "MissingWeights": "checkpoint", "load": "checkpoint",
+    "TrainConfig": "config",
+    "ConfigError": "errors", "EaeError": "errors", "OutputRefused": "errors", "RunExists": "errors",
+    "EvalResult": "evaluation", "evaluate": "evaluation",
+    "METHODS": "methods", "list_methods": "methods",
+    "MODELS": "models", "create_model": "models", "list_models": "models",
+    "RunResult": "trainer", "train": "trainer",
+}
 
-__all__ = [
-    "__version__", "TrainConfig", "train", "RunResult", "load", "evaluate", "EvalResult",
-    "create_model", "build_attack", "list_models", "list_methods", "list_attacks",
-    "MODELS", "METHODS", "ATTACKS", "EaeError", "ConfigError", "OutputRefused", "RunExists",
-    "MissingWeights",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:  # a submodule (eae.attacks, ...), as after an eager import
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'eae' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

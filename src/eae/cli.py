@@ -104,7 +104,7 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed as dist
-    from .train import train
+    from .trainer import train
 
     cfg = config_from_args(args)
     try:
@@ -190,8 +190,11 @@ def _eval(args: argparse.Namespace, device) -> int:
         print(f"\n{tail}", flush=True)
     except BrokenPipeError:  # `| head`: the report is saved all the same
         sys.stdout = open(os.devnull, "w")
-    default = (src["run_dir"] / eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
-               if src["run_dir"] else None)
+    name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
+    # what makes two evaluations the same one: the report name's settings, and what was scored
+    subject = str(src["run_dir"].resolve()) if src["run_dir"] else f"{src['meta']['model']} {src['meta']['weights']}"
+    out["evaluation"] = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": subject}
+    default = src["run_dir"] / name if src["run_dir"] else None
     status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
     if status:
         return status
@@ -338,7 +341,7 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
 
     out = sealed({**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()})
     try:
-        replaced = check_report(json_path, "eae eval")
+        replaced = check_report(json_path, "eae eval", evaluation=out["evaluation"])
         json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
         atomic_write_json(json_path, out)
         atomic_write_bytes(json_path.with_suffix(".md"), md.encode())
@@ -385,8 +388,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         if args.only or args.resume or args.seeds != 1 or args.compile or args.train_only:
             raise ValueError("headline takes --out, --budget, --tiny, --dry-run, --device, --data-dir and --quiet only")
-        if args.dry_run:
+        if args.dry_run:  # a plan for another machine: the device is checked by name, not looked for
             from .bench.headline import GPU, TINY, plan_table
+            from .utils import parse_device
+
+            parse_device(args.device)
 
             rows = plan_table(TINY if args.tiny else GPU)
             budget, used = (args.budget if args.budget is not None else 510.0), 0.0
@@ -602,33 +608,58 @@ def _demo_parser(sub) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers and `timeout` send), handled like Ctrl-C: the run keeps its
-    last checkpoint and the message says how to continue."""
+    """SIGTERM (what schedulers and `timeout` send) or SIGHUP (the terminal closed), handled
+    like Ctrl-C: the run keeps its last checkpoint and the message says how to continue."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+_SIGNALS = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP: its terminal was closed)"}
+
+
+def _on_signal(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def _catch_signals() -> dict:
+    """Answer SIGTERM and SIGHUP like Ctrl-C; returns the handlers to put back. A SIGHUP that
+    is ignored (`nohup`) stays ignored."""
+    import signal
+
+    if not threading_main():
+        return {}
+    previous = {}
+    for name in _SIGNALS:
+        num = getattr(signal, name, None)
+        if num is not None and (name != "SIGHUP" or signal.getsignal(num) is signal.SIG_DFL):
+            previous[num] = signal.signal(num, _on_signal)
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command: the one exit path. A user's mistake or their machine (a bad value, a
     bad or missing file, a missing device, a full disk, their model's code) is one or two
     lines naming the cause, exit status 2; a guard that stops training, 4; Ctrl-C, 130;
-    SIGTERM, 143. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
+    SIGTERM, 143; SIGHUP, 129. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
     import signal
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_main() else None
+    previous = _catch_signals()
     try:
         return args.func(args)
     except UsageError as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         raise
     except KeyboardInterrupt as e:
-        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        what = _SIGNALS[signal.Signals(e.signum).name] if isinstance(e, Terminated) else "interrupted"
+        try:
+            print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
+        except OSError:  # the closed terminal was stderr: the exit status still says it
+            pass
+        return 128 + e.signum if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # stdout piped into a command that ended early (`| head`): not an error of the run
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the exit's own flush does not fail again
@@ -649,8 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return status
     finally:
-        if previous is not None:  # main() called from Python (tests, notebooks): leave the process as it was
-            signal.signal(signal.SIGTERM, previous)
+        for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was
+            signal.signal(num, handler)
 
 
 def threading_main() -> bool:
@@ -691,7 +722,7 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     from .data import DatasetError
     from .models.external import user_code_failure
     from .models.library import MissingDependency
-    from .train import RunSaveError, TrainingStopped
+    from .trainer import RunSaveError, TrainingStopped
 
     from .errors import EaeError
 

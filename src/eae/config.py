@@ -234,6 +234,10 @@ class TrainConfig:
         if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):
             errors.append("eae_base free takes its input gradient from the training step itself: "
                           "eae_base_frac, eae_base_every and eae_base_downsample must be 1")
+        if (self.method.startswith("eae") and isinstance(side, int) and isinstance(self.eae_base_downsample, int)
+                and self.eae_base_downsample > side):
+            errors.append(f"eae_base_downsample {self.eae_base_downsample} is larger than the images ({side} pixels): "
+                          f"the input-space adversary would see no pixel; give at most {side} (2 or 4 are usual)")
         if not 0 < self.eae_base_frac <= 1:
             errors.append(f"eae_base_frac must be in (0, 1], got {self.eae_base_frac}")
         if not self.eae_temperature > 0:

@@ -16,7 +16,7 @@ from .checkpoint import WEIGHTS, load
 from .config import TrainConfig
 from .data import load_test_set
 from .evaluation import evaluate
-from .train import train
+from .trainer import train
 from .bench.runner import timing_of
 from .system import machine_name, training_precision
 from .outputs import OutputFolder

@@ -56,12 +56,6 @@ def _regular(path: Path) -> bool:
         return False
 
 
-def _our_lock(path: Path) -> bool:
-    """A lock file as eae leaves it: a regular file holding nothing or a process id."""
-    text = _read_small(path, limit=64)
-    return text is not None and (text.strip() == "" or text.strip().isdigit())
-
-
 def _read_small(path: Path, limit: int = 1 << 20) -> str | None:
     """The text of a small regular file (not a link), or None."""
     if not _regular(path) or path.lstat().st_size > limit:
@@ -132,7 +126,8 @@ def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "o
         raise OutputRefused(f"{api}={str(path)!r} is a file, not a folder: choose a new or empty folder",
                             cli=f"{flag} {path} is a file, not a folder: choose a new or empty folder")
     names = sorted(p.name for p in path.iterdir())
-    if not names or (names == [LOCK] and _our_lock(path / LOCK)):
+    # an empty lock alone: what an older eae could leave; one holding a pid may be another program's pidfile
+    if not names or (names == [LOCK] and _read_small(path / LOCK, limit=64) in ("", "\n")):
         return
     found = kind_of(path)
     if found == kind:
@@ -152,6 +147,7 @@ class OutputFolder:
         self.created: list[Path] = []  # folders this claim made, outermost first
         self.marked = False  # whether this claim wrote the marker
         self.written: list[str] = []  # files this claim wrote that abandon() may remove (e.g. a manifest)
+        self.found_lock = False  # a lock was there before the claim: abandon() leaves it
 
     @property
     def marker(self) -> Path:
@@ -167,6 +163,7 @@ class OutputFolder:
             raise OutputRefused(f"{self.api}={str(self.path)!r}: {why}: choose a folder you can write",
                                 cli=f"{self.flag} {self.path}: {why}: choose a folder you can write") from None
         self.created = list(reversed(missing))
+        self.found_lock = os.path.lexists(self.path / LOCK)
         if not self.marker.exists() and not self.marker.is_symlink():
             fd = open_nofollow(self.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             with os.fdopen(fd, "w") as fh:
@@ -180,8 +177,8 @@ class OutputFolder:
         """Remove what this claim made, when the folder holds nothing else (lock aside)."""
         if not self.marked:
             return
-        ours = {self.marker.name, LOCK, *self.written}
-        if {p.name for p in self.path.iterdir()} - ours:
+        ours = [*self.written, *([] if self.found_lock else [LOCK]), self.marker.name]  # the marker last
+        if {p.name for p in self.path.iterdir()} - {*ours, LOCK}:
             return
         for name in ours:
             if _regular(self.path / name):
@@ -205,10 +202,11 @@ def sealed(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "report_sha256": _digest(report)}
 
 
-def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | None:
+def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation: Any = None) -> str | None:
     """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
     Returns a line saying what would be replaced (None: nothing), or raises
-    :class:`OutputRefused` for a file that is not ours or was changed since we wrote it."""
+    :class:`OutputRefused` for a file that is not ours, was changed since we wrote it, or
+    (with ``evaluation``, the new report's ``evaluation`` field) holds another evaluation."""
     if ".." in json_path.parts:
         raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
     if json_path.suffix != ".json" or json_path.stem.startswith(".") or json_path.name == ".json":
@@ -236,4 +234,10 @@ def check_report(json_path: Path, owner: str, flag: str = "--output") -> str | N
         if recorded is not None and hashlib.sha256(text).hexdigest() != recorded:
             raise OutputRefused(f"{md_path} was changed since {owner} wrote it; it is left as it is: move it away, "
                                 f"or pass {flag} to write the report elsewhere")
+    if json_path.exists() and evaluation is not None and d.get("evaluation") != evaluation:
+        was = d.get("evaluation")
+        what = (f"{was.get('settings')} of {was.get('of')}" if isinstance(was, dict)
+                else "written by an earlier eae, which did not record what it evaluated")
+        raise OutputRefused(f"{json_path} holds the report of another evaluation ({what}); it is left as it is: "
+                            f"pass {flag} to write this report elsewhere, or move that one away")
     return f"replaces {json_path} (an earlier report of the same evaluation)" if json_path.exists() else None

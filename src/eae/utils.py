@@ -29,15 +29,24 @@ def git_commit() -> str:
     return commit + ("-dirty" if changed else "")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def parse_device(name: str) -> torch.device | None:
+    """The device ``name`` names (None for auto), refused unless a CPU or a CUDA GPU;
+    whether it is present is ``resolve_device``'s question."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
         raise _device_error(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):  # meta, mps, xpu...: eae trains and attacks on CPUs and CUDA GPUs
         raise _device_error(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    dev = parse_device(name)
+    if dev is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise _device_error(f"device {name!r} requested but CUDA is not available; use @CPU@")
     return dev

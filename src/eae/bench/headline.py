@@ -33,7 +33,7 @@ from ..checkpoint import load
 from ..config import TrainConfig
 from ..data import DeviceLoader, load_test_set
 from ..evaluation import evaluate
-from ..train import train
+from ..trainer import train
 from ..errors import OutputRefused
 from ..outputs import OutputFolder, check_folder
 from ..utils import atomic_write_json, device_name, resolve_device

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoint import CHECKPOINT, WEIGHTS
-from ..train import TrainingStopped, train
+from ..trainer import TrainingStopped, train
 
 
 def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:

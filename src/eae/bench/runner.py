@@ -34,7 +34,7 @@ from ..errors import ConfigError, OutputRefused
 from ..evaluation.diagnostics import LEVELS
 from ..outputs import OutputFolder, check_folder
 from ..system import training_precision
-from ..train import train
+from ..trainer import train
 from ..utils import atomic_write_json, device_name, git_commit, resolve_device
 from .report import write_report
 from .suites import BenchSuite, Entry, get_bench_suite

@@ -194,7 +194,8 @@ def read_test_set(src: DataSource, n: int | None = None) -> tuple[torch.Tensor, 
         samples = _test_samples(src)
         # a fixed shuffle of the class-sorted files, so that the first n cover every class
         samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))][:n]
-        return f.decode_all(samples, src.image_size, workers=src.workers, bad_images=src.bad_images)
+        return f.decode_all(samples, src.image_size, workers=src.workers, bad_images=src.bad_images,
+                            advice=f.TEST_ADVICE)
     _, _, sx, sy, *_ = _arrays(src)
     if n is not None:
         sx, sy = sx[:n], sy[:n]

@@ -161,7 +161,8 @@ def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[float, float, fl
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    """Decodes one image per item in a worker; returns (uint8 CHW, label, files skipped).
+    """Decodes one image per item in a worker; returns (uint8 CHW, label, files skipped,
+    "" or why the file cannot be decoded).
 
     Augmentation draws from a generator seeded by (seed, epoch, index), so an image's
     crop does not depend on which worker or rank decodes it."""
@@ -175,16 +176,28 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        # A file that cannot be decoded under "error" comes back as its message, not as an
+        # exception: a worker's exception reaches the user wrapped in the worker's traceback.
         for tries in range(len(self.samples)):
             path, y = self.samples[(i + tries) % len(self.samples)]
             rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
             try:
-                return torch.from_numpy(decode(path, self.size, train=self.train, rng=rng)), y, tries
+                return torch.from_numpy(decode(path, self.size, train=self.train, rng=rng)), y, tries, ""
             except Exception as e:  # Pillow raises many types for broken files
                 if self.bad_images == "error":
-                    raise DatasetError(f"{path}: cannot decode ({type(e).__name__}: {e}); pass --bad-images "
-                                       "skip to substitute the next readable image and count it") from None
+                    blank = torch.zeros((3, self.size, self.size), dtype=torch.uint8)
+                    return blank, y, tries, f"{path}: cannot decode ({type(e).__name__}: {e})"
         raise DatasetError("no image of the folder could be decoded")
+
+
+def _raise_undecodable(errors: Sequence[str], advice: str) -> None:
+    first = next((e for e in errors if e), None)
+    if first is not None:
+        raise DatasetError(f"{first}; {advice}")
+
+
+TRAIN_ADVICE = "remove or replace the file, or pass --bad-images skip to substitute the next readable image and count it"
+TEST_ADVICE = "remove or replace the file (an evaluation scores every image of val/)"
 
 
 class _GlobalBatches(torch.utils.data.Sampler):
@@ -236,7 +249,8 @@ class FolderLoader:
                                          num_workers=self.workers, pin_memory=cuda,
                                          prefetch_factor=4 if self.workers else None)
         self.epoch += 1
-        for b, (x, y, tries) in zip(batches, dl):
+        for b, (x, y, tries, errors) in zip(batches, dl):
+            _raise_undecodable(errors, TRAIN_ADVICE)
             self.global_batch = len(b)
             self.skipped += int(tries.sum())
             x = x.to(self.device, non_blocking=True).float().div_(255)
@@ -252,14 +266,16 @@ class FolderLoader:
 
 
 def decode_all(samples: Sequence[tuple[str, int]], size: int, *, workers: int = 4, bad_images: str = "error",
-               batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre crops of ``samples`` as one uint8 tensor (N, 3, size, size), with labels."""
+               batch_size: int = 256, advice: str = TRAIN_ADVICE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre crops of ``samples`` as one uint8 tensor (N, 3, size, size), with labels;
+    ``advice`` follows the name of a file that cannot be decoded."""
     if not samples:  # no validation split (val_size 0)
         return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
     ds = FolderDataset(samples, size, train=False, bad_images=bad_images)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
     xs, ys = [], []
-    for x, y, _ in dl:
+    for x, y, _, errors in dl:
+        _raise_undecodable(errors, advice)
         xs.append(x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys).long()

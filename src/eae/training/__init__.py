@@ -1,4 +1,4 @@
-"""The parts of the training loop (:mod:`eae.train`), each a small piece that owns its
+"""The parts of the training loop (:mod:`eae.trainer`), each a small piece that owns its
 state and its files:
 
 - :class:`Run` (``run.py``): what training changes: the network, optimiser, LR

@@ -36,7 +36,7 @@ from .. import __version__
 from .. import distributed as dist
 from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DATASET, EVENTS, METRICS,
                           WEIGHTS, CheckpointError, RunLock, RunLocked, load_checkpoint,
-                          save_checkpoint, save_weights)
+                          read_config, save_checkpoint, save_weights)
 from ..config import TrainConfig
 from ..errors import OutputRefused, RunExists
 from ..outputs import OutputFolder, check_folder, open_nofollow
@@ -201,12 +201,24 @@ class RunFolder:
         return None
 
     def _resumable(self, ckpt: dict[str, Any]) -> dict[str, Any]:
-        diff = TrainConfig.from_dict(ckpt["config"], strict=False).differences(self.cfg)
+        trained = TrainConfig.from_dict(ckpt["config"], strict=False)
+        diff = trained.differences(self.cfg)
         if diff:
-            raise ValueError(f"cannot resume {self.path}: config differs from the checkpoint's: "
-                             + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            if self._config_edited(trained):  # `--resume` reads config.json: name the file, not "the config"
+                raise ValueError(f"cannot resume {self.path}: {self.path / CONFIG} no longer matches the settings "
+                                 f"{CHECKPOINT} was trained with ({changes}); nothing was changed: put those values "
+                                 "back in it, or start a new run (another --out) for other settings")
+            raise ValueError(f"cannot resume {self.path}: config differs from the checkpoint's: {changes}")
         self._rows = read_metrics(self.path / METRICS, ckpt["epoch"])  # a note even with --quiet
         return ckpt
+
+    def _config_edited(self, trained: TrainConfig) -> bool:
+        """Whether the run's config.json differs from the checkpoint's config (edited by hand)."""
+        try:
+            return bool(trained.differences(read_config(self.path)))
+        except (OSError, ValueError):  # missing or unreadable: named where it is read
+            return False
 
     def start(self, env: dict[str, Any], dataset: dict[str, Any]) -> list[dict[str, Any]]:
         """Write the run's description; the metrics rows of the checkpoint resumed from

@@ -6,13 +6,14 @@ broadcasts), so none is left waiting in a collective when the others stop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Iterator
 
 import torch
 
 from .. import distributed as dist
 from ..checkpoint import BEST_CHECKPOINT, BEST_WEIGHTS
-from ..config import TrainConfig
+from ..config import TrainConfig, method_defaults
 from ..evaluation.core import NonFiniteOutputs
 
 
@@ -110,11 +111,32 @@ def nonfinite_advice(cfg: TrainConfig, bf16: bool) -> str:
     """How a new run avoids non-finite numbers, naming the flags to change. (A NaN or
     inf in the config itself is refused before training: every number is checked.)"""
     fixes = [f"a lower --lr-max (now {cfg.lr_max:g})"]
+    fixes += [f"a smaller --{name.replace('_', '-')} (now {now:g}; default {default:g})"
+              for name, now, default in raised_scales(cfg)]
     if bf16:
         fixes.append("--precision fp32 (this run computes in bf16)")
     if cfg.nonfinite != "skip":
         fixes.append("--nonfinite skip (skips such steps and counts them)")
     return f"A new run (another --out) with {', or '.join(fixes)} avoids it; check the data too"
+
+
+# Fields that scale a loss term or the logits, by the methods (or head) that use them:
+# raised far above their defaults they, not the learning rate, are the likely cause.
+_SCALES = {"head_scale": lambda c: c.head == "cosine", "trades_beta": lambda c: c.method == "trades",
+           "eae_eta": lambda c: c.method.startswith("eae"), "eae_lambda": lambda c: c.method.startswith("eae"),
+           "eae_logit_penalty": lambda c: c.method.startswith("eae"),
+           "nfgsm_noise": lambda c: c.method == "n_fgsm" or (c.method.startswith("eae") and c.eae_base == "n_fgsm")}
+
+
+def raised_scales(cfg: TrainConfig) -> list[tuple[str, float, float]]:
+    """(field, value, default) for the loss or logit scales this run uses above their defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | method_defaults(cfg.method)
+    out = []
+    for name, used in _SCALES.items():
+        now, default = getattr(cfg, name), defaults.get(name)
+        if used(cfg) and isinstance(default, (int, float)) and now > default:
+            out.append((name, now, default))
+    return out
 
 
 ROLLBACKS = ("rollback", "rollback_lower_step")
