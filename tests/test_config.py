@@ -55,7 +55,7 @@ def test_every_field_has_a_flag_that_sets_it():
             argv, expected = [flag, pick], pick
         elif f.name == "lr_milestones":
             argv, expected = [flag, "0.3,0.9"], (0.3, 0.9)
-        elif f.name in ("eae_conf_low", "eae_conf_high"):
+        elif f.name in ("eae_conf_low", "eae_conf_high", "pgi_smoothing"):
             argv, expected = [flag, "0.75"], 0.75
         elif isinstance(value, float) or hints[f.name] == (float | None):
             argv, expected = [flag, "4/255"], 4 / 255

@@ -23,6 +23,9 @@ def _one_step(cfg, epoch=0):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     before = [p.detach().clone() for p in model.parameters()]
     x, y = _batch()
+    if method.per_example:  # as the loop does: the images' indices in the training set
+        method.setup_examples(len(y), tuple(x.shape[1:]), x.device)
+        method.examples = (torch.arange(len(y)), 0, len(y))
     out = method.step(model, x, y, epoch)
     assert all(m.training for m in model.modules())  # methods leave the model in train mode
     opt.zero_grad()
@@ -301,3 +304,61 @@ def test_eae_on_free_carries_the_training_steps_input_gradient():
     torch.testing.assert_close(again.carried.delta, method.carried.delta)
     with pytest.raises(ValueError, match="eae_base free"):
         TrainConfig(method="eae", eae_base="free", eae_base_frac=0.5)
+
+
+def test_gradalign_regulariser_is_trained_through_and_zero_lambda_is_fgsm():
+    from eae.methods.gradalign import gradient_cosine
+
+    g = torch.randn(4, 3, 8, 8)
+    assert gradient_cosine(g, 2 * g).item() == pytest.approx(1.0, abs=1e-6)
+    assert gradient_cosine(g, -g).item() == pytest.approx(-1.0, abs=1e-6)
+    g2 = g.clone()
+    g2[0] = 0  # an example with a zero gradient is left out of the mean, not counted as 0
+    assert gradient_cosine(g, g2).item() == pytest.approx(1.0, abs=1e-6)
+    out, changed, total = _one_step(TrainConfig(method="gradalign"))
+    assert "gradalign_cos" in out.stats and -1 <= out.stats["gradalign_cos"] <= 1 and changed == total
+    plain, _, _ = _one_step(TrainConfig(method="gradalign", gradalign_lambda=0.0))
+    assert out.loss.item() > plain.loss.item()  # the regulariser adds lambda (1 - cos) > 0
+
+
+@pytest.mark.parametrize("init", ["mep", "ep"])
+def test_prior_guided_fgsm_carries_each_images_prior_to_the_next_epoch(init):
+    cfg = TrainConfig(method="fgsm_pgi", pgi_init=init, pgi_reset_every=2)
+    torch.manual_seed(0)
+    model = create_model("resnet_small").train()
+    x, y = _batch()
+    method = create_method(cfg)
+    method.setup_examples(64, tuple(x.shape[1:]), x.device)
+    method.examples = (torch.arange(32, 64), 0, 32)  # this batch: images 32..63 of a 64-image set
+    method.step(model, x, y, 0)
+    start = (cfg.eps * torch.ones(()))
+    assert torch.all(method.delta[:32].abs() == start)  # untouched images keep their start, +-eps
+    moved = method.delta[32:]
+    assert not torch.equal(moved.abs(), start.expand_as(moved))  # this batch's priors were updated
+    assert moved.abs().max() <= cfg.eps + 1e-7 and ((x + moved) >= -1e-7).all() and ((x + moved) <= 1 + 1e-7).all()
+    assert (method.momentum is None) == (init == "ep")
+    kept = method.delta.clone()
+    method.step(model, x, y, 1)  # epoch 1: no restart
+    assert not torch.equal(method.delta[32:], kept[32:]) and torch.equal(method.delta[:32], kept[:32])
+    method.step(model, x, y, 2)  # epoch 2 = pgi_reset_every: the priors restart from the same draw
+    again = create_method(cfg)
+    again.setup_examples(64, tuple(x.shape[1:]), x.device)
+    again._restart(2)
+    assert torch.equal(method.delta[:32], again.delta[:32])
+
+
+def test_prior_guided_fgsm_refuses_a_training_set_too_large_for_its_priors():
+    method = create_method(TrainConfig(method="fgsm_pgi"))
+    with pytest.raises(ValueError, match="per training image: 1,281,167 images of 3x224x224"):
+        method.setup_examples(1_281_167, (3, 224, 224), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("given, field", [({"gradalign_lambda": -0.1}, "gradalign_lambda"),
+                                          ({"pgi_momentum": 1.5}, "pgi_momentum"), ({"pgi_lambda": -1.0}, "pgi_lambda"),
+                                          ({"pgi_smoothing": 0.2}, "pgi_smoothing"), ({"pgi_alpha": 0.0}, "pgi_alpha"),
+                                          ({"pgi_reset_every": 0}, "pgi_reset_every"),
+                                          ({"method": "gradalign", "norm": "l2", "eps": 0.5}, "linf only"),
+                                          ({"method": "fgsm_pgi", "norm": "l2", "eps": 0.5}, "linf only")])
+def test_new_methods_hyperparameters_are_validated(given, field):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**given)

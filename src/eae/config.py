@@ -40,6 +40,8 @@ BAD_IMAGES = ("error", "skip")
 NONFINITE = ("stop", "skip")
 OVERFIT_ACTIONS = ("warn", "stop", "rollback", "rollback_lower_step")
 FGSM_INITS = ("uniform", "zero")
+PGI_INITS = ("mep", "ep")
+LINF_ONLY = ("gradalign", "fgsm_pgi")  # methods whose papers and code define no l2 form
 NORMS = ("linf", "l2")
 EPS_HELP = "8/255 is 0.031 for linf; 0.5 is the usual l2 radius on CIFAR-10"
 
@@ -127,6 +129,18 @@ class TrainConfig:
     trades_steps: int = _f(10, "trades: steps of the KL inner maximisation")
     trades_alpha: float | None = _f(None, "trades: step size of the inner maximisation; default 2/255 (linf) "
                                           "or eps / 4 (l2)")
+    gradalign_lambda: float = _f(0.2, "gradalign: weight of the gradient-alignment regulariser lambda (1 - cos); "
+                                      "0.2 is the authors' value at eps 8/255")
+    gradalign_init: str = _f("zero", "gradalign: start of its FGSM step: zero (the authors' runs) or uniform in "
+                                     "the eps-ball", choices=FGSM_INITS)
+    pgi_init: str = _f("mep", "fgsm_pgi: the prior carried to the next epoch: ep (this epoch's adversarial "
+                              "perturbation) or mep (a step along a momentum of its gradients)", choices=PGI_INITS)
+    pgi_alpha: float | None = _f(None, "fgsm_pgi: step size; default eps")
+    pgi_lambda: float = _f(10.0, "fgsm_pgi: weight of the output-consistency term (MSE between the logits at the "
+                                 "prior and at the adversarial point)")
+    pgi_momentum: float = _f(0.3, "fgsm_pgi (mep): decay of the gradient momentum, in [0, 1]")
+    pgi_smoothing: float = _f(0.6, "fgsm_pgi: label smoothing: the probability left on the true class (1 = none)")
+    pgi_reset_every: int = _f(40, "fgsm_pgi: restart the priors every this many epochs")
     nfgsm_noise: float = _f(2.0, "n_fgsm: noise U(-k eps, k eps), k = this")
     nfgsm_alpha: float | None = _f(None, "n_fgsm: step size; default eps")
     eae_norm: str = _f("l2", "eae: norm of the minimal latent perturbation", choices=EAE_NORMS)
@@ -219,7 +233,7 @@ class TrainConfig:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
                      "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size",
-                     "eae_base_every", "eae_base_downsample"):
+                     "eae_base_every", "eae_base_downsample", "pgi_reset_every"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("pgd_steps", "trades_steps"):  # 0 steps would train on noise under an attack's name
@@ -234,6 +248,9 @@ class TrainConfig:
         if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):
             errors.append("eae_base free takes its input gradient from the training step itself: "
                           "eae_base_frac, eae_base_every and eae_base_downsample must be 1")
+        if self.method in LINF_ONLY and self.norm != "linf":
+            errors.append(f"method {self.method} is defined for linf only (as in its paper and code); "
+                          "use --norm linf, or another method for l2")
         if (self.method.startswith("eae") and isinstance(side, int) and isinstance(self.eae_base_downsample, int)
                 and self.eae_base_downsample > side):
             errors.append(f"eae_base_downsample {self.eae_base_downsample} is larger than the images ({side} pixels): "
@@ -270,6 +287,7 @@ class TrainConfig:
             if isinstance(v, int) and v > top:  # beyond these a value is a typo that would run for days or OOM
                 errors.append(f"{name} must be at most {top:,}, got {short(v)}")
         for name, top in (("lr_max", 1e6), ("head_scale", 1e4), ("eae_eta", 100.0), ("trades_beta", 1e4),
+                          ("gradalign_lambda", 1e4), ("pgi_lambda", 1e4),
                           ("eae_lambda", 1e4), ("eae_logit_penalty", 1e4), ("nfgsm_noise", 100.0)):
             v = getattr(self, name)
             if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
@@ -285,8 +303,10 @@ class TrainConfig:
         negative step would train silently on nonsense)."""
         errors = [f"{f.name} must be a finite number, got {getattr(self, f.name)}" for f in fields(self)
                   if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
-        positive = ("fgsm_alpha", "pgd_alpha", "trades_alpha", "nfgsm_alpha", "head_scale", "lr_gamma", "eae_rel")
-        non_negative = ("nfgsm_noise", "trades_beta", "eae_eta", "eae_lambda", "eae_logit_penalty")
+        positive = ("fgsm_alpha", "pgd_alpha", "trades_alpha", "nfgsm_alpha", "pgi_alpha", "head_scale", "lr_gamma",
+                    "eae_rel")
+        non_negative = ("nfgsm_noise", "trades_beta", "eae_eta", "eae_lambda", "eae_logit_penalty", "gradalign_lambda",
+                        "pgi_lambda")
         for name in positive:
             v = getattr(self, name)
             if v is not None and math.isfinite(v) and not v > 0:
@@ -295,6 +315,11 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and math.isfinite(v) and v < 0:
                 errors.append(f"{name} must be >= 0, got {v}")
+        if not 0 <= self.pgi_momentum <= 1:
+            errors.append(f"pgi_momentum must be in [0, 1], got {self.pgi_momentum}")
+        if not 0.5 <= self.pgi_smoothing <= 1:
+            errors.append(f"pgi_smoothing must be in [0.5, 1] (the probability left on the true class; 1 = no "
+                          f"smoothing, 0.6 the authors'), got {self.pgi_smoothing}")
         if not 0 < self.eae_maha_momentum <= 1:
             errors.append(f"eae_maha_momentum must be in (0, 1], got {self.eae_maha_momentum}")
         return errors

@@ -230,6 +230,7 @@ class FolderLoader:
         self.seed, self.workers, self.channels_last = seed, workers, channels_last
         self.rank, self.world_size = rank, world_size
         self.epoch, self.global_batch, self.skipped = 0, 0, 0
+        self.examples: tuple[torch.Tensor, int, int] | None = None  # last batch: indices, this rank's lo, hi
 
     def _batches(self) -> list[list[int]]:
         n = len(self.dataset)
@@ -252,6 +253,8 @@ class FolderLoader:
         for b, (x, y, tries, errors) in zip(batches, dl):
             _raise_undecodable(errors, TRAIN_ADVICE)
             self.global_batch = len(b)
+            lo, hi = shard_bounds(len(b), self.rank, self.world_size)
+            self.examples = (torch.tensor(b, device=self.device), lo, hi)
             self.skipped += int(tries.sum())
             x = x.to(self.device, non_blocking=True).float().div_(255)
             if self.channels_last:

@@ -81,6 +81,7 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.global_batch = 0
+        self.examples: tuple[torch.Tensor, int, int] | None = None  # last batch: indices, this rank's lo, hi
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -99,6 +100,7 @@ class DeviceLoader:
             self.global_batch = len(batch)
             lo, hi = shard_bounds(len(batch), self.rank, self.world_size)
             idx = batch[lo:hi]
+            self.examples = (batch, lo, hi)
             x = self.images[idx]
             if self.augment:  # drawn for the global batch: identical on every rank
                 dy, dx, flip = crop_flip_params(len(batch), self.pad, self.generator, self.device)

@@ -1,7 +1,7 @@
 """Training methods, one small module each, registered by name."""
 from __future__ import annotations
 
-from . import eae, fgsm_rs, free, n_fgsm, pgd, standard, trades  # noqa: F401  (registration)
+from . import eae, fgsm_pgi, fgsm_rs, free, gradalign, n_fgsm, pgd, standard, trades  # noqa: F401  (registration)
 from .base import Method, StepOutput, input_grad
 from .registry import METHODS, register_method
 

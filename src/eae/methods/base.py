@@ -59,6 +59,21 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    # Methods with state per training image (``per_example = True``) get the loop's
+    # ``examples`` before every step: (the global batch's image indices, this rank's
+    # slice lo, hi). Their per-image state is the same on every rank and saved once.
+    per_example = False
+    examples: tuple[torch.Tensor, int, int] | None = None
+
+    def setup_examples(self, n: int, shape: tuple[int, ...], device: torch.device) -> None:
+        pass
+
+    def example_state(self) -> dict:
+        return {}
+
+    def load_example_state(self, state: dict) -> None:
+        pass
+
 
 class Downsampled(nn.Module):
     """The model seen through an average pooling of its input by ``factor``: the

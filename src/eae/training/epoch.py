@@ -84,6 +84,8 @@ def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) 
     with Timer(run.device) as timer:
         for i, (x, y) in enumerate(loader):
             steps = i + 1
+            if run.method.per_example:
+                run.method.examples = loader.examples
             # DDP averages the ranks' gradients; a rank's share of an uneven global
             # batch is reweighted so that the result is the global batch's mean
             share = len(y) * run.world / loader.global_batch if run.world > 1 else 1.0

@@ -123,6 +123,7 @@ def nonfinite_advice(cfg: TrainConfig, bf16: bool) -> str:
 # Fields that scale a loss term or the logits, by the methods (or head) that use them:
 # raised far above their defaults they, not the learning rate, are the likely cause.
 _SCALES = {"head_scale": lambda c: c.head == "cosine", "trades_beta": lambda c: c.method == "trades",
+           "gradalign_lambda": lambda c: c.method == "gradalign", "pgi_lambda": lambda c: c.method == "fgsm_pgi",
            "eae_eta": lambda c: c.method.startswith("eae"), "eae_lambda": lambda c: c.method.startswith("eae"),
            "eae_logit_penalty": lambda c: c.method.startswith("eae"),
            "nfgsm_noise": lambda c: c.method == "n_fgsm" or (c.method.startswith("eae") and c.eae_base == "n_fgsm")}

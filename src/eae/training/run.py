@@ -57,6 +57,8 @@ class Run:
         if self.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.rank)  # each rank its own attack noise
         self.method = create_method(cfg)
+        if self.method.per_example:
+            self.method.setup_examples(self.data.n_train, (3, self.data.image_size, self.data.image_size), device)
         self.params = list(self.net.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr_max, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -101,7 +103,8 @@ class Run:
             return None
         state = {"epoch": epoch, "config": self.cfg.to_dict(), "model": self.net.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "loader": self.loader.state_dict(), "ranks": ranks}
+                 "loader": self.loader.state_dict(), "ranks": ranks,
+                 "examples": self.method.example_state()}  # the same on every rank: saved once
         return {**state, **extra, "step_scale": self.method.step_scale}
 
     def restore(self, state: dict[str, Any]) -> int:
@@ -112,6 +115,8 @@ class Run:
         self.loader.load_state_dict(state["loader"])
         mine = self._rank_state(state)
         self.method.load_state_dict(mine["method"])
+        if self.method.per_example:
+            self.method.load_example_state(state["examples"])
         self.method.step_scale = float(state.get("step_scale", 1.0))
         if mine["rng"] is not None:
             torch.set_rng_state(mine["rng"]["torch"])
