@@ -362,3 +362,12 @@ def test_prior_guided_fgsm_refuses_a_training_set_too_large_for_its_priors():
 def test_new_methods_hyperparameters_are_validated(given, field):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**given)
+
+
+@pytest.mark.parametrize("base", ["gradalign", "fgsm_pgi"])
+def test_eae_on_a_whole_method_is_that_method_plus_the_latent_term(base):
+    alone, _, _ = _one_step(TrainConfig(method=base))
+    under, changed, total = _one_step(TrainConfig(method="eae", eae_base=base, eae_lambda=0.0))
+    assert under.loss.item() == pytest.approx(alone.loss.item(), rel=1e-6)  # the same input, loss and draws
+    assert set(alone.stats) <= set(under.stats) and changed == total
+    assert {"seed_frac", "eae_loss", "latent_dist"} <= set(under.stats)  # the latent term ran (weight 0)

@@ -39,7 +39,8 @@ def test_load_rebuilds_the_trained_network(tiny_cfg):
 
 @pytest.mark.parametrize("method, extra", [("standard", {}), ("free", {"free_replays": 2, "epochs": 6}),
                                            ("gradalign", {"gradalign_init": "uniform"}),
-                                           ("fgsm_pgi", {"pgi_reset_every": 2}), ("fgsm_pgi", {"pgi_init": "ep"})])
+                                           ("fgsm_pgi", {"pgi_reset_every": 2}), ("fgsm_pgi", {"pgi_init": "ep"}),
+                                           ("eae", {"eae_base": "fgsm_pgi"})])
 def test_resume_gives_the_same_weights(tiny_cfg, tmp_path, method, extra):
     a = tiny_cfg.replace(out=str(tmp_path / "a"), **{"epochs": 3, "method": method, **extra})
     b = a.replace(out=str(tmp_path / "b"))

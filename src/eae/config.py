@@ -34,7 +34,7 @@ EAE_NORMS = ("l2", "linf")
 EAE_SEED_RULES = ("quantile", "confidence", "mahalanobis", "all")
 EAE_LATENTS = ("penultimate", "logits")
 EAE_BUDGETS = ("minimal", "relative")
-EAE_BASES = ("clean", "fgsm_rs", "n_fgsm", "free")
+EAE_BASES = ("clean", "fgsm_rs", "n_fgsm", "free", "gradalign", "fgsm_pgi")
 DATASETS = ("cifar10", "synthetic", "imagefolder")
 BAD_IMAGES = ("error", "skip")
 NONFINITE = ("stop", "skip")
@@ -161,7 +161,8 @@ class TrainConfig:
     eae_base: str | None = _f(None, "eae: the input whose latent is perturbed: clean, or a cheap input-space "
                                     "adversary trained on as well: fgsm_rs, n_fgsm, or free (Free-AT's "
                                     "carried perturbation, free_replays replays of each minibatch, no extra "
-                                    "pass)", choices=EAE_BASES,
+                                    "pass); or a whole method, its input and its loss: gradalign, fgsm_pgi",
+                              choices=EAE_BASES,
                               by_method=True)
     eae_base_frac: float | None = _f(None, "eae: fraction of each batch given the input-space adversary",
                                      by_method=True)
@@ -245,6 +246,14 @@ class TrainConfig:
                      "val_aa_n", "workers", "max_rollbacks"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        whole_methods = ("gradalign", "fgsm_pgi")  # bases that bring their own loss: on every step, whole batch
+        if (self.eae_base in whole_methods
+                and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1)):
+            errors.append(f"eae_base {self.eae_base} is a whole method (its adversary and its loss) under the EAE "
+                          "term: eae_base_frac, eae_base_every and eae_base_downsample must be 1")
+        if self.method.startswith("eae") and self.eae_base in whole_methods and self.norm != "linf":
+            errors.append(f"eae_base {self.eae_base} is defined for linf only (as in its paper and code); "
+                          "use --norm linf")
         if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):
             errors.append("eae_base free takes its input gradient from the training step itself: "
                           "eae_base_frac, eae_base_every and eae_base_downsample must be 1")

@@ -42,6 +42,8 @@ METHODS = (
     Entry("fgsm_rs", {"method": "fgsm_rs"}),
     Entry("n_fgsm", {"method": "n_fgsm"}),
     Entry("trades", {"method": "trades", "trades_beta": 6.0, "trades_steps": 10}),
+    Entry("gradalign", {"method": "gradalign"}),  # FGSM + gradient alignment (double backprop)
+    Entry("fgsm_pgi", {"method": "fgsm_pgi"}),  # prior-guided FGSM (MEP)
     Entry("eae", {"method": "eae"}),  # the default EAE: does not mask
     Entry("eae_paper", {"method": "eae_paper"}),  # the faithful reconstruction: masks (docs/eae.md)
 )
@@ -82,6 +84,8 @@ EAE_ABLATION = (
     Entry("standard", {"method": "standard"}),
     Entry("fgsm_rs", {"method": "fgsm_rs", "val_aa_n": 200}),
     Entry("n_fgsm", {"method": "n_fgsm", "val_aa_n": 200}),
+    Entry("gradalign", {"method": "gradalign", "val_aa_n": 200}),
+    Entry("fgsm_pgi", {"method": "fgsm_pgi", "val_aa_n": 200}),
     _eae("eae_paper"),  # the reconstruction (docs/eae.md)
     _eae("eae_eta0.1", eae_eta=0.1),
     _eae("eae_q0.25", eae_q=0.25),

@@ -104,6 +104,24 @@ class Downsampled(nn.Module):
                 m.num_batches_tracked.copy_(tracked)
 
 
+class AdversaryThenLoss(Method):
+    """A method whose step is an adversarial input, then a loss on the logits there (with
+    whatever the adversary left for it in ``aux``). The EAE term can be put on such a
+    method (``eae_base``): EAE then adds its latent term to this loss, at this input."""
+
+    def adversarial(self, model, x, y, epoch) -> tuple[torch.Tensor, object]:
+        raise NotImplementedError
+
+    def loss(self, model, logits, y, aux) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def step(self, model, x, y, epoch):
+        x_adv, aux = self.adversarial(model, x, y, epoch)
+        logits = model(x_adv)
+        loss, stats = self.loss(model, logits, y, aux)
+        return StepOutput(loss, logits, stats)
+
+
 def input_grad(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d CE / d delta at x + delta, in the model's current (train) mode. Only the input
     gradient is asked for, so no parameter gradient is accumulated."""

@@ -18,7 +18,8 @@ Remedies studied, all config fields: a cosine head (``head=cosine``:
 bounded logits), a logit-norm penalty, a relative latent budget instead of the
 minimal one, a temperature on the EAE term, and EAE on top of a cheap input-space
 adversary (``eae_base=fgsm_rs`` / ``n_fgsm``, on all or a fraction of the batch or
-of the steps, or through a downsampled input; ``free``: Free-AT's carried perturbation).
+of the steps, or through a downsampled input; ``free``: Free-AT's carried perturbation),
+or on a whole method, its adversarial input and its own loss (``gradalign``, ``fgsm_pgi``).
 
 Two methods share this code and differ in their defaults (config.METHOD_DEFAULTS):
 ``eae_paper``, the faithful reconstruction (clean inputs, λ = 1), with which the network
@@ -45,7 +46,7 @@ from .base import Downsampled, Method, StepOutput
 from .fgsm_rs import fgsm_rs_example
 from .free import CarriedPerturbation
 from .n_fgsm import n_fgsm_example
-from .registry import register_method
+from .registry import METHODS, register_method
 
 
 def minimal_perturbation(logits: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
@@ -147,6 +148,28 @@ class EAE(Method):
         if cfg.eae_base == "free":  # Free-AT's replays and carried perturbation under the EAE term
             self.replays = cfg.free_replays
             self.carried = CarriedPerturbation(self.threat, lambda: cfg.eps)
+        # a whole method under the EAE term: its adversarial input and its loss, the latent term added
+        self.base = METHODS.get(cfg.eae_base)(cfg) if cfg.eae_base in ("gradalign", "fgsm_pgi") else None
+        self.per_example = bool(self.base and self.base.per_example)
+
+    # per-image state (fgsm_pgi) lives in the base method: the loop's calls reach it
+    @property
+    def examples(self):
+        return self.base.examples if self.base else None
+
+    @examples.setter
+    def examples(self, value) -> None:
+        if self.base:
+            self.base.examples = value
+
+    def setup_examples(self, n, shape, device) -> None:
+        self.base.setup_examples(n, shape, device)
+
+    def example_state(self) -> dict:
+        return self.base.example_state() if self.base else {}
+
+    def load_example_state(self, state: dict) -> None:
+        self.base.load_example_state(state)
 
     def seeds(self, logits, latent, latent_tilde, dist, y):
         """Boolean mask of the examples whose EAE enters the loss."""
@@ -201,13 +224,19 @@ class EAE(Method):
 
     def step(self, model, x, y, epoch):
         cfg = self.cfg
-        xb = self.base_input(model, x, y)
-        logits, z = model(xb, return_features=True)
-        loss_clean = F.cross_entropy(logits, y)
+        base_stats = {}
+        if self.base is not None:
+            xb, aux = self.base.adversarial(model, x, y, epoch)
+            logits, z = model(xb, return_features=True)
+            loss_clean, base_stats = self.base.loss(model, logits, y, aux)
+        else:
+            xb = self.base_input(model, x, y)
+            logits, z = model(xb, return_features=True)
+            loss_clean = F.cross_entropy(logits, y)
         if cfg.eae_logit_penalty:
             loss_clean = loss_clean + cfg.eae_logit_penalty * logits.float().pow(2).sum(1).mean()
         if epoch < cfg.eae_warmup_epochs:
-            return StepOutput(loss_clean, logits, {"seed_frac": torch.zeros((), device=x.device)})
+            return StepOutput(loss_clean, logits, {"seed_frac": torch.zeros((), device=x.device), **base_stats})
         if cfg.eae_latent == "penultimate":
             latent, weight, _ = linear_form(unwrap(model).head, z)
         else:  # the logits themselves are the latent; the "head" is the identity
@@ -232,6 +261,7 @@ class EAE(Method):
                 "eae_loss": loss_eae.detach(),
                 "latent_dist": (dist * seeds).sum() / n_seeds.clamp_min(1),
                 "feature_norm": z.detach().float().norm(dim=1).mean(),
+                **base_stats,
             }
         return StepOutput(loss, logits, stats)
 
@@ -241,6 +271,8 @@ class EAE(Method):
             state["gaussian"] = self.gaussian.state_dict()
         if self.carried:
             state["carried"] = self.carried.state_dict()
+        if self.base:
+            state["base"] = self.base.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -249,6 +281,8 @@ class EAE(Method):
             self.gaussian.load_state_dict(state["gaussian"])
         if self.carried and "carried" in state:
             self.carried.load_state_dict(state["carried"])
+        if self.base and "base" in state:
+            self.base.load_state_dict(state["base"])
 
 
 @register_method("eae_paper")

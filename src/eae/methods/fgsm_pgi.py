@@ -32,14 +32,14 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from ..threat import clip_to_image
-from .base import Method, StepOutput
+from .base import AdversaryThenLoss
 from .registry import register_method
 
 MAX_STATE_BYTES = 16 << 30  # beyond this the priors do not fit a training device (ImageNet: ~1.5 TB)
 
 
 @register_method("fgsm_pgi")
-class FGSMPGI(Method):
+class FGSMPGI(AdversaryThenLoss):
     """FGSM from a per-example prior carried across epochs (EP, or MEP: momentum), with an output-consistency term (Jia et al. 2022)."""
 
     name = "fgsm_pgi"
@@ -91,22 +91,22 @@ class FGSMPGI(Method):
             self.momentum.copy_(state["momentum"])
 
     # ------------------------------------------------------------------ step
-    def step(self, model, x, y, epoch):
+    def adversarial(self, model, x, y, epoch):
         cfg = self.cfg
         if epoch % cfg.pgi_reset_every == 0 and self.started != epoch:
             self._restart(epoch)
         rows, lo, hi = self.examples  # the global batch's image indices, and this rank's slice of it
-        mine = rows[lo:hi]
-        prior = self.delta[mine].requires_grad_(True)
-        logits0 = model(x + prior)
+        prior = self.delta[rows[lo:hi]].requires_grad_(True)
+        logits0 = model(x + prior)  # trained through: the consistency term reaches it
         g = torch.autograd.grad(self._ce(logits0, y), prior, retain_graph=True)[0].detach()
         prior = prior.detach()
         adv = clip_to_image(x, self.threat.project(prior + self.threat.step(g, self.alpha * self.step_scale)))
-        logits = model(x + adv)
-        consistency = F.mse_loss(logits.float(), logits0.float())
-        loss = self._ce(logits, y) + cfg.pgi_lambda * consistency
         self._remember(rows, lo, hi, x, prior, g, adv)
-        return StepOutput(loss, logits, {"pgi_consistency": consistency.detach()})
+        return x + adv, logits0
+
+    def loss(self, model, logits, y, logits0):
+        consistency = F.mse_loss(logits.float(), logits0.float())
+        return self._ce(logits, y) + self.cfg.pgi_lambda * consistency, {"pgi_consistency": consistency.detach()}
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against labels smoothed to ``pgi_smoothing`` on the true class (the

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from ..distributed import unwrap
 from ..threat import clip_to_image
-from .base import Method, StepOutput
+from .base import AdversaryThenLoss
 from .registry import register_method
 
 
 @register_method("gradalign")
-class GradAlign(Method):
+class GradAlign(AdversaryThenLoss):
     """FGSM + lambda (1 - cos) gradient-alignment regulariser, double backprop (Andriushchenko & Flammarion 2020)."""
 
     name = "gradalign"
@@ -38,21 +38,25 @@ class GradAlign(Method):
         super().__init__(cfg)
         self.alpha = 1.25 * cfg.eps if cfg.fgsm_alpha is None else cfg.fgsm_alpha
 
-    def step(self, model, x, y, epoch):
+    def adversarial(self, model, x, y, epoch):
         cfg = self.cfg
-        net = unwrap(model)  # input gradients bypass DDP; the training forward below does not
+        net = unwrap(model)  # input gradients bypass DDP; the training forward does not
         start = torch.zeros_like(x) if cfg.gradalign_init == "zero" else torch.empty_like(x).uniform_(-cfg.eps, cfg.eps)
         delta = start.requires_grad_(True)
         g1 = torch.autograd.grad(F.cross_entropy(net(_authors_clamp(x + delta)), y), delta)[0].detach()
         delta = clip_to_image(x, self.threat.project(start.detach() + self.threat.step(g1, self.alpha * self.step_scale)))
-        logits = model(x + delta.detach())
+        return x + delta.detach(), (x, g1)
+
+    def loss(self, model, logits, y, aux):
+        cfg = self.cfg
         loss = F.cross_entropy(logits, y)
         if cfg.gradalign_lambda == 0:
-            return StepOutput(loss, logits)
+            return loss, {}
+        x, g1 = aux
         eta = torch.empty_like(x).uniform_(-cfg.eps, cfg.eps).requires_grad_(True)
-        g2 = torch.autograd.grad(F.cross_entropy(net(x + eta), y), eta, create_graph=True)[0]
-        reg = cfg.gradalign_lambda * (1.0 - gradient_cosine(g1, g2))
-        return StepOutput(loss + reg, logits, {"gradalign_cos": 1.0 - reg.detach() / cfg.gradalign_lambda})
+        g2 = torch.autograd.grad(F.cross_entropy(unwrap(model)(x + eta), y), eta, create_graph=True)[0]
+        cos = gradient_cosine(g1, g2)
+        return loss + cfg.gradalign_lambda * (1.0 - cos), {"gradalign_cos": cos.detach()}
 
 
 def _authors_clamp(v: torch.Tensor) -> torch.Tensor:
