@@ -399,6 +399,22 @@ def test_a_run_without_the_marker_is_still_recognised(run, tmp_path, capsys):
     assert rc == 0 and (mine / "model.safetensors").is_file(), text
 
 
+@pytest.mark.parametrize("extra", [None, "notes.txt"])
+def test_a_users_folder_with_a_config_json_is_not_taken_for_an_old_run(run, tmp_path, capsys, extra):
+    user = tmp_path / "p"
+    user.mkdir()
+    if extra is None:  # a config.json of the user's, with a few of the same keys
+        (user / "config.json").write_text('{"out": "results", "method": "mine", "arch": "vit", "epochs": 100}')
+        (user / "environment.json").write_text('{"my": "env"}')
+    else:  # an old run's files, with a file of the user's among them
+        for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+            (user / name).write_bytes((run / name).read_bytes())
+        (user / extra).write_text("mine")
+    before = _tree_hash(user)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(user)], capsys)
+    assert rc == 2 and "was not made by eae" in text and _tree_hash(user) == before
+
+
 def test_no_validation_split_writes_no_nan_and_keeps_the_last_as_best(tmp_path, capsys):
     out = tmp_path / "r"
     rc, text = _call(["train", *SYN, "--epochs", "2", "--val-size", "0", "--out", str(out)], capsys)

@@ -177,3 +177,23 @@ def test_train_and_eval_on_tiny_imagenet(tiny_imagenet, tmp_path):
                     "--diagnostics", "off", "--quiet"], env=env, check=True, timeout=600)
     report = json.loads(only_report(out).read_text())
     assert report["n"] == 100 and report["test_size"] == 400 and report["subset"]
+
+
+def test_a_report_of_another_test_folder_is_another_evaluation(folder, tmp_path, capsys):
+    import shutil
+
+    from eae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(folder), "--image-size", "16",
+                 "--arch", "resnet_small", "--epochs", "1", "--batch-size", "9", "--val-size", "3", "--workers", "0",
+                 "--val-attack-steps", "1", "--out", str(run), "--quiet"]) == 0
+    other = tmp_path / "copy"
+    shutil.copytree(folder, other)
+    report = tmp_path / "r.json"
+    common = ["--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]
+    assert main(["eval", str(run), *common]) == 0
+    assert json.loads(report.read_text())["evaluation"]["of"].endswith(f"on {folder.resolve() / 'val'}")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", str(other), *common]) == 2
+    assert "another evaluation" in capsys.readouterr().err

@@ -627,3 +627,79 @@ def test_resume_with_a_hand_edited_config_names_the_file(tmp_path, capsys):
     rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
     assert rc == 2 and f"{out / 'config.json'} no longer matches" in text and "lr_max" in text
     assert "Traceback" not in text and _tree_hash(out) == before
+
+
+@pytest.mark.parametrize("reader", ["closed pipe", "full disk"])
+def test_training_goes_on_when_its_output_cannot_be_written(tmp_path, reader):
+    # `eae train ... | head -1` and `eae train ... > /dev/full`: the printing stops, the run does not
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "eae", "train", *[a for a in SYN if a != "--quiet"], "--epochs", "2", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    if reader == "closed pipe":
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc.stdout.readline()
+        proc.stdout.close()  # as `head -1` does after its line
+        err, rc = proc.stderr.read().decode(), proc.wait(timeout=300)
+        assert rc == 141
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, env=env, timeout=300)
+        err, rc = done.stderr.decode(), done.returncode
+        assert rc == 0
+    assert "eae goes on without printing" in err and "Traceback" not in err
+    assert (out / "model.safetensors").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_input_nested_too_deeply_is_one_line_not_an_internal_error(run, tmp_path, capsys):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("lr_milestones = " + "[" * 3000 + "0.5" + "]" * 3000 + "\n")
+    rc, text = _call(["train", *SYN, "--out", str(tmp_path / "x"), "--config", str(deep)], capsys)
+    assert rc == 2 and "nested too deeply" in text and "internal error" not in text
+    rc, text = _call(["eval", "--model", "preact_resnet18", "--weights", str(tmp_path / "w.pt"),
+                      "--model-kwargs", "[" * 5000 + "]" * 5000], capsys)
+    assert rc == 2 and "nested too deeply" in text and len(text) < 1000
+    r = _copy(run, tmp_path / "r")
+    (r / "dataset.json").write_text('{"a":' * 3000 + "1" + "}" * 3000)
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 2 and "dataset.json" in text and "nested too deeply" in text
+
+
+@pytest.mark.parametrize("damage", ["emptied", "deleted"])
+def test_resume_refuses_a_metrics_file_without_the_checkpoints_epochs(tmp_path, capsys, damage):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--stop-after", "2", "--out", str(out)]) == 0
+    if damage == "emptied":
+        (out / "metrics.jsonl").write_text("")
+    else:
+        (out / "metrics.jsonl").unlink()
+    before = _tree_hash(out)
+    rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "metrics.jsonl has no row for epochs 1-2" in text and _tree_hash(out) == before
+
+
+def test_the_api_refuses_impossible_attack_model_and_test_set_sizes():
+    import torch
+
+    for eps in (5.0, -1.0, float("nan")):
+        with pytest.raises(eae.ConfigError, match="eps must be"):
+            eae.build_attack("pgd5", eps=eps)
+    for n in (0, -1, 2.5, True):
+        with pytest.raises(eae.ConfigError, match="num_classes must be an integer >= 1"):
+            eae.create_model("resnet_small", num_classes=n)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
+    with pytest.raises(eae.ConfigError, match="test_size must be"):
+        eae.evaluate(net, torch.rand(8, 3, 4, 4), torch.zeros(8, dtype=torch.long), attacks=["clean"], test_size=10**20)
+    for field, value in (("overfit_drop", 1.5), ("workers", 10**6)):
+        with pytest.raises(eae.ConfigError, match=field):
+            eae.TrainConfig(**{field: value})
+
+
+def test_a_file_of_a_run_given_as_the_run_is_named(run, capsys):
+    rc, text = _call(["eval", str(run / "model.safetensors"), "--attacks", "clean"], capsys)
+    assert rc == 2 and "is a file, not a run folder" in text and str(run) in text and "config.json not found" not in text
+    with pytest.raises(eae.NotARun, match="is a file, not a run folder"):
+        eae.load(run / "model.safetensors")
+    with pytest.raises(FileNotFoundError):  # NotARun is one: `except FileNotFoundError` keeps working
+        eae.load(run / "nowhere")

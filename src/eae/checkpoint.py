@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .errors import EaeError
-from .utils import atomic_write_bytes
+from .utils import atomic_write_bytes, loads_json
 
 MAGIC = b"EAECKPT1"
 
@@ -161,11 +160,17 @@ class RunLock:
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:
+    from .errors import NotARun
+
     path = Path(run_dir) / CONFIG
+    if Path(run_dir).is_file():
+        raise NotARun(f"{run_dir} is a file, not a run folder: give the folder that holds it ({Path(run_dir).parent})"
+                      + (" or, for weights alone, eae eval --model NAME --weights FILE"
+                         if str(run_dir).endswith((".safetensors", ".pt", ".pth")) else ""))
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory of `eae train`?")
+        raise NotARun(f"{path} not found: is {run_dir} a run directory of `eae train`?")
     try:
-        d = json.loads(path.read_text())
+        d = loads_json(path.read_text())
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         return TrainConfig.from_dict(d, strict=False)
@@ -212,7 +217,7 @@ def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        d = json.loads(path.read_text())
+        d = loads_json(path.read_text())
         if not (isinstance(d, dict) and isinstance(d.get("classes"), list) and isinstance(d.get("image_size"), int)):
             raise ValueError("expected an object with classes and image_size")
     except ValueError as e:

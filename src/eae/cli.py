@@ -193,6 +193,8 @@ def _eval(args: argparse.Namespace, device) -> int:
     name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
     # what makes two evaluations the same one: the report name's settings, and what was scored
     subject = str(src["run_dir"].resolve()) if src["run_dir"] else f"{src['meta']['model']} {src['meta']['weights']}"
+    if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
+        subject += f" on {src['meta']['test_data']}"
     out["evaluation"] = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": subject}
     default = src["run_dir"] / name if src["run_dir"] else None
     status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
@@ -227,7 +229,10 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         cfg = cfg.replace(data_dir=args.data_dir)
     model = load(run_dir, weights=weights, device=device)
     check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
-    meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "architecture": cfg.arch,
+    # the test set scored: CIFAR-10 is the same wherever it lies (checksums); an image folder is its folder
+    test_data = str(Path(cfg.data_dir).resolve() / "val") if cfg.dataset == "imagefolder" else cfg.dataset
+    meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "test_data": test_data,
+            "architecture": cfg.arch,
             **({"weights_epoch": weights_epoch(run_dir)} if weights == "best" else {})}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
@@ -281,12 +286,15 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
         raise UsageError("give a run folder or --model with --weights, not both")
     if not args.weights or args.weights in ("final", "best"):
         raise UsageError("--model needs --weights FILE (.safetensors, or a PyTorch state_dict file)")
+    from .utils import loads_json
+
+    given = args.model_kwargs if args.model_kwargs is None or len(args.model_kwargs) <= 200 else args.model_kwargs[:200] + "..."
     try:
-        kwargs = json.loads(args.model_kwargs, parse_constant=_no_constant) if args.model_kwargs is not None else {}
+        kwargs = loads_json(args.model_kwargs, parse_constant=_no_constant) if args.model_kwargs is not None else {}
     except json.JSONDecodeError as e:
-        raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}): {args.model_kwargs!r}") from None
+        raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}): {given!r}") from None
     except ValueError as e:
-        raise UsageError(f"--model-kwargs: {e}, in {args.model_kwargs!r}") from None
+        raise UsageError(f"--model-kwargs: {e}, in {given!r}") from None
     if not isinstance(kwargs, dict):
         raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
     data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size,
@@ -294,7 +302,8 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     num_classes = _num_classes(data)
     model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
                           device=device)
-    meta = {"model": args.model, "weights": str(args.weights), "normalize": args.normalize,
+    test_data = str(Path(data.data_dir).resolve() / "val") if data.dataset == "imagefolder" else data.dataset
+    meta = {"model": args.model, "weights": str(args.weights), "normalize": args.normalize, "test_data": test_data,
             "dataset": data.dataset, "architecture": args.model}
     return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
             "norm": "linf", "eps": DEFAULT_EPS["linf"], "meta": meta,
@@ -648,8 +657,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _catch_signals()
+    stdout = sys.stdout = _Stdout(sys.stdout)
     try:
-        return args.func(args)
+        status = args.func(args)
+        # a reader that went away (`| head`) ends the command as such a reader expects: 141
+        return 141 if not status and isinstance(stdout.failed, BrokenPipeError) else status
     except UsageError as e:
         print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         raise
@@ -682,6 +694,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was
             signal.signal(num, handler)
+        if sys.stdout is stdout:
+            sys.stdout = stdout.stream
+
+
+class _Stdout:
+    """Standard output that outlives its reader: a closed pipe (`| head`) or a full disk
+    (`> /dev/full`) stops the printing, never the training or the files; one note says so."""
+
+    def __init__(self, stream):
+        self.stream, self.failed = stream, None
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                return self.stream.write(text)
+            except OSError as e:
+                self._fail(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self.stream.flush()
+            except OSError as e:
+                self._fail(e)
+
+    def _fail(self, e: OSError) -> None:
+        self.failed = e
+        try:  # what is still buffered goes nowhere, so that the exit's own flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+            pass
+        why = ("the output pipe was closed before eae finished writing to it (e.g. `| head`)"
+               if isinstance(e, BrokenPipeError) else f"standard output could not be written ({e.strerror or e})")
+        print(f"note: {why}; eae goes on without printing, and writes its files as usual", file=sys.stderr)
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...: the stream's own
+        return getattr(self.stream, name)
 
 
 def threading_main() -> bool:

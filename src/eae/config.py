@@ -230,6 +230,9 @@ class TrainConfig:
         if bad_eps or derived_zero:  # said once: not again as a non-finite eps, nor as the step sizes derived from it
             numbers = [e for e in numbers if not e.startswith(tuple(f"{n} " for n in ("eps", *derived)))]
         errors += numbers
+        if isinstance(self.overfit_drop, (int, float)) and self.overfit_drop > 1:
+            errors.append(f"overfit_drop must be in [0, 1] (an accuracy drop; above 1 the guard could never fire), "
+                          f"got {self.overfit_drop}")
         if not 0 < self.overfit_step_factor <= 1:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
@@ -291,7 +294,7 @@ class TrainConfig:
                 errors.append(f"{f.name} holds a NUL character")
         for name, top in (("pgd_steps", 100_000), ("trades_steps", 100_000), ("val_attack_steps", 100_000),
                           ("free_replays", 1_000), ("synthetic_train_size", 1_000_000), ("synthetic_test_size", 1_000_000),
-                          ("synthetic_image_size", 1024), ("image_size", 1024)):
+                          ("synthetic_image_size", 1024), ("image_size", 1024), ("workers", 256)):
             v = getattr(self, name)
             if isinstance(v, int) and v > top:  # beyond these a value is a typo that would run for days or OOM
                 errors.append(f"{name} must be at most {top:,}, got {short(v)}")
@@ -468,6 +471,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
                           "UTF-16): save it as UTF-8 TOML", field="config") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: not valid TOML ({e})", field="config") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply to read: not a preset", field="config") from None
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict):

@@ -29,3 +29,7 @@ class OutputRefused(EaeError, FileExistsError):
 
 class RunExists(OutputRefused):
     """The run folder holds a run already: resume it or choose another folder."""
+
+
+class NotARun(EaeError, FileNotFoundError):
+    """The folder given as a run holds no run of ``eae train`` (or is a file of one)."""

@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import OutputRefused
+from .utils import loads_json
 
 # kind -> marker file name; the run marker predates the others and keeps its name
 MARKERS = {"run": ".eae-run", "bench": ".eae-bench", "demo": ".eae-demo", "headline": ".eae-headline"}
@@ -81,14 +83,26 @@ def kind_of(path: Path) -> str | None:
 def _json(path: Path) -> Any:
     text = _read_small(path)
     try:
-        return json.loads(text) if text is not None else None
+        return loads_json(text) if text is not None else None
     except ValueError:
         return None
 
 
+# What a run of an older eae (before markers) holds; anything else in the folder makes it not ours.
+_RUN_FILES = {"config.json", "dataset.json", "environment.json", "metrics.jsonl", "events.jsonl", "checkpoint.pt",
+              "checkpoint_best.pt", "model.safetensors", "model_best.safetensors", "tensorboard", LOCK}
+_RUN_CONFIG_KEYS = {"out", "method", "arch", "epochs", "eps", "batch_size", "lr_max", "seed", "dataset"}
+
+
 def _legacy_run(path: Path) -> bool:
+    """A run folder written before markers: eae's config.json (its fields, not four of them),
+    results that only training writes, and nothing that is not a run's file."""
     d = _json(path / "config.json")
-    return isinstance(d, dict) and {"out", "method", "arch", "epochs"} <= set(d)
+    if not (isinstance(d, dict) and _RUN_CONFIG_KEYS <= set(d)):
+        return False
+    names = {p.name for p in path.iterdir()}
+    foreign = {n for n in names - _RUN_FILES if not re.fullmatch(r"eval.*\.(json|md)|\..*\.eae-tmp-\w+", n)}
+    return bool(names & {"metrics.jsonl", "checkpoint.pt", "model.safetensors"}) and not foreign
 
 
 def _legacy_bench(path: Path) -> bool:

@@ -144,3 +144,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def loads_json(text: str | bytes, **kwargs: Any) -> Any:
+    """``json.loads``, where input nested too deeply for Python's parser is a ValueError
+    like any other bad JSON (not a RecursionError, which would read as a bug of ours)."""
+    try:
+        return json.loads(text, **kwargs)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None

@@ -38,6 +38,14 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
     ``fab-t``, ``square`` (5,000 queries; ``square1000`` = 1,000), ``apgd-dlr``; the names
     of ``eae list`` work too.
     """
+    from ..config import eps_errors
+    from ..errors import ConfigError
+
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"norm must be linf or l2, got {norm!r}", field="norm")
+    bad = eps_errors(eps, norm)
+    if bad:  # an attack allowed past [0, 1] would score images that are not images
+        raise ConfigError(bad[0], field="eps")
     spec = spec.strip().lower()
     if spec == "clean":
         return None

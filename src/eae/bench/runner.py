@@ -35,7 +35,7 @@ from ..evaluation.diagnostics import LEVELS
 from ..outputs import OutputFolder, check_folder
 from ..system import training_precision
 from ..trainer import train
-from ..utils import atomic_write_json, device_name, git_commit, resolve_device
+from ..utils import atomic_write_json, device_name, git_commit, loads_json, resolve_device
 from .report import write_report
 from .suites import BenchSuite, Entry, get_bench_suite
 
@@ -64,7 +64,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     done = run_dir / "bench_eval.json"
     if done.is_file():
         log(f"[{entry.name} seed {seed}] done, skipped")
-        return json.loads(done.read_text())
+        return loads_json(done.read_text())
     cfg = _config(suite, entry, seed, run_dir, device, data_dir, **extra)
     log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
     result = train(cfg, resume=True, quiet=quiet)
@@ -116,7 +116,7 @@ def _evaluate_run(suite: BenchSuite, cfg: TrainConfig, seed: int, run_dir: Path,
     for part, n, how in plan:
         path = run_dir / f"bench_eval_{part}.json"
         if path.is_file():
-            parts[part] = json.loads(path.read_text())
+            parts[part] = loads_json(path.read_text())
             continue
         log(f"[{run_dir.name}] evaluating {part}: {how.get('suite') or ','.join(how['attacks'])} on {n:,} "
             "test images")
@@ -161,7 +161,7 @@ def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: st
     for entry in suite.entries:
         done = out / "speed" / entry.name / "speed.json"
         if done.is_file():
-            rows.append(json.loads(done.read_text()))
+            rows.append(loads_json(done.read_text()))
             continue
         if entry not in entries:
             continue
@@ -248,7 +248,7 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
                     if row is not None:
                         rows.append(row)
                 elif done.is_file():  # finished by an earlier call
-                    rows.append(json.loads(done.read_text()))
+                    rows.append(loads_json(done.read_text()))
     if train_only:
         log("trained; evaluate with the same command without --train-only (and with --resume)")
         return {"rows": rows, "speed": speed}
@@ -284,7 +284,7 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
                                 cli=f"{out} already holds a benchmark; pass --resume to continue it or choose "
                                     "another --out")
         try:
-            before = json.loads(manifest.read_text())
+            before = loads_json(manifest.read_text())
         except ValueError as e:
             raise ValueError(f"{manifest}: not valid JSON ({e}); it is not a benchmark this version wrote: "
                              "choose another --out") from None

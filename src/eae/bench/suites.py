@@ -108,6 +108,9 @@ EAE_ABLATION = (
     _eae("eae0.1_on_n_fgsm_every2", eae_base="n_fgsm", eae_base_every=2, eae_lambda=0.1),
     _eae("n_fgsm_lowres2", eae_base="n_fgsm", eae_base_downsample=2, eae_lambda=0.0),
     _eae("eae0.1_on_n_fgsm_lowres2", eae_base="n_fgsm", eae_base_downsample=2, eae_lambda=0.1),
+    # the fixes for catastrophic overfitting users compare against, with the EAE term on top
+    _eae("eae0.1_on_gradalign", eae_base="gradalign", eae_lambda=0.1),
+    _eae("eae0.1_on_fgsm_pgi", eae_base="fgsm_pgi", eae_lambda=0.1),
     # the input gradient for free: Free-AT's carried perturbation, 4 replays per minibatch
     _eae("free4", eae_base="free", free_replays=4, eae_lambda=0.0),
     _eae("eae0.1_on_free4", eae_base="free", free_replays=4, eae_lambda=0.1),

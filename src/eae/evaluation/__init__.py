@@ -24,6 +24,9 @@ from .suites import SUITES, Suite, get_suite
 EvalResult = Report  # the name of the 0.1 API
 
 
+MAX_TEST_SIZE = 10**9  # a test set of more images is a typo (ImageNet's has 50,000)
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              attacks: Sequence[str] | Mapping[str, Attack | None] | None = None, eps: float = 8 / 255, *,
              suite: str | None = None, norm: str = "linf", batch_size: int = 500,
@@ -49,8 +52,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if n == 0:
         raise ConfigError("x holds no images: nothing can be scored", field="x")
     if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int)
-                                  or n is not None and test_size < n):
-        raise ConfigError(f"test_size must be an integer >= the number of images given ({n}), got {short(test_size)}",
+                                  or n is not None and test_size < n or test_size > MAX_TEST_SIZE):
+        raise ConfigError(f"test_size must be an integer from the number of images given ({n}) to "
+                          f"{MAX_TEST_SIZE:,} (the size of the test set they come from), got {short(test_size)}",
                           field="test_size")
     report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
                        seed=seed, precision=precision, test_size=test_size, progress=progress, eot=eot)

@@ -15,6 +15,10 @@ HEADS = ("linear", "cosine")
 
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,) * 3,
                  std: Sequence[float] = (0.5,) * 3, head: str = "linear", head_scale: float = 16.0) -> Classifier:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}", field="num_classes")
     if is_library_arch(name):  # timm:NAME, torchvision:NAME: the library's own normalisation
         model = library_classifier(name, num_classes)
     else:

@@ -41,7 +41,7 @@ from ..config import TrainConfig
 from ..errors import OutputRefused, RunExists
 from ..outputs import OutputFolder, check_folder, open_nofollow
 from ..system import describe_cpu, training_precision
-from ..utils import atomic_write_bytes, atomic_write_json, device_name
+from ..utils import atomic_write_bytes, atomic_write_json, device_name, loads_json
 
 ENVIRONMENT = "environment.json"
 _ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, NotADirectoryError, RunLocked, CheckpointError,
@@ -92,7 +92,7 @@ def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note
     rows = []
     for i, line in lines:
         try:
-            row = json.loads(line)
+            row = loads_json(line)
             if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
                 raise ValueError("not an object with an integer epoch")
         except ValueError as e:
@@ -211,6 +211,17 @@ class RunFolder:
                                  "back in it, or start a new run (another --out) for other settings")
             raise ValueError(f"cannot resume {self.path}: config differs from the checkpoint's: {changes}")
         self._rows = read_metrics(self.path / METRICS, ckpt["epoch"])  # a note even with --quiet
+        missing = sorted(set(range(1, ckpt["epoch"] + 1)) - {r["epoch"] for r in self._rows})
+        if missing:  # emptied or cut by hand: resuming would print and keep a history with holes
+            which = f"{missing[0]}" if len(missing) == 1 else f"{missing[0]}-{missing[-1]}" \
+                if missing == list(range(missing[0], missing[-1] + 1)) else ", ".join(map(str, missing))
+            raise RunExists(f"cannot resume {self.path}: {METRICS} has no row for epoch{'s' * (len(missing) > 1)} "
+                            f"{which}, which {CHECKPOINT} has done (was it emptied or edited?); nothing was changed: "
+                            f"restore {METRICS}, or start a new run (another out)",
+                            cli=f"cannot resume {self.path}: {METRICS} has no row for epoch"
+                                f"{'s' * (len(missing) > 1)} {which}, which {CHECKPOINT} has done (was it emptied "
+                                f"or edited?); nothing was changed: restore {METRICS}, or start a new run "
+                                "(another --out)")
         return ckpt
 
     def _config_edited(self, trained: TrainConfig) -> bool:

@@ -115,6 +115,10 @@ def nonfinite_advice(cfg: TrainConfig, bf16: bool) -> str:
               for name, now, default in raised_scales(cfg)]
     if bf16:
         fixes.append("--precision fp32 (this run computes in bf16)")
+    if bf16 and cfg.channels_last and cfg.device != "cuda" and not cfg.device.startswith("cuda:"):
+        # torch's CPU bf16 channels_last convolutions give NaN or huge weight gradients on 1x1 feature
+        # maps (seen with torchvision's resnet18 on 16-pixel images; torch 2.13 and 2.14, AVX512-BF16)
+        fixes.append("--no-channels-last (on CPUs, some bf16 convolutions on tiny feature maps are not finite)")
     if cfg.nonfinite != "skip":
         fixes.append("--nonfinite skip (skips such steps and counts them)")
     return f"A new run (another --out) with {', or '.join(fixes)} avoids it; check the data too"
