@@ -91,3 +91,19 @@ def test_presets_load(preset):
 
 def test_presets_exist():
     assert len(list((REPO / "configs").glob("*.toml"))) >= 3
+
+
+def test_preset_tables_are_prefixes_at_any_depth_and_other_forms_are_named(tmp_path):
+    from eae.config import load_toml
+    from eae.errors import ConfigError
+
+    (tmp_path / "a.toml").write_text('[eae]\nbase = "n_fgsm"\nbase_frac = 0.5\n')
+    assert load_toml(tmp_path / "a.toml") == {"eae_base": "n_fgsm", "eae_base_frac": 0.5}
+    (tmp_path / "b.toml").write_text("[eae.base]\nfrac = 0.5\n")
+    assert load_toml(tmp_path / "b.toml") == {"eae_base_frac": 0.5}
+    (tmp_path / "c.toml").write_text("[[eae]]\neta = 0.1\n")
+    with pytest.raises(ConfigError, match=r"array of tables.*write \[eae\]"):
+        load_toml(tmp_path / "c.toml")
+    (tmp_path / "config.json").write_text('{"lr_max": 0.2}')
+    with pytest.raises(ConfigError, match="is JSON: presets are TOML"):
+        load_toml(tmp_path / "config.json")

@@ -197,3 +197,33 @@ def test_a_report_of_another_test_folder_is_another_evaluation(folder, tmp_path,
     capsys.readouterr()
     assert main(["eval", str(run), "--data-dir", str(other), *common]) == 2
     assert "another evaluation" in capsys.readouterr().err
+
+
+def test_class_names_that_differ_only_in_unicode_form_are_refused(tmp_path):
+    import unicodedata
+
+    for name in (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        _jpeg(tmp_path / "train" / name / "a.jpg", seed=1)
+    with pytest.raises(DatasetError, match="two Unicode forms"):
+        scan_folder(tmp_path / "train")
+
+
+def test_a_runs_relative_image_folder_missing_from_here_asks_for_data_dir(folder, tmp_path, monkeypatch, capsys):
+    from eae.cli import main
+
+    monkeypatch.chdir(folder.parent)
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", folder.name, "--image-size",
+                 "16", "--arch", "resnet_small", "--epochs", "1", "--batch-size", "9", "--val-size", "3",
+                 "--workers", "0", "--val-attack-steps", "1", "--out", str(run), "--quiet"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the relative path leads nowhere from here
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # a usage error, as argparse's own
+        main(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "a relative path" in err and "--data-dir" in err
+    assert main(["eval", str(run), "--data-dir", str(folder), "--attacks", "clean", "--diagnostics", "off",
+                 "--quiet"]) == 0

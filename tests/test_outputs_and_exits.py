@@ -101,6 +101,14 @@ def test_a_dangling_link_as_out_is_named(tmp_path, capsys):
     out.symlink_to(tmp_path / "gone")
     rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
     assert rc == 2 and "symbolic link" in text and "does not exist" in text and "Errno" not in text
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "rel").symlink_to("nowhere")  # relative: to the link's folder, not the working one
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "o" / "rel")], capsys)
+    assert rc == 2 and f"create {tmp_path / 'o' / 'nowhere'}," in text
+    (tmp_path / "o" / "a").symlink_to("b")
+    (tmp_path / "o" / "b").symlink_to("a")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "o" / "a")], capsys)
+    assert rc == 2 and "a loop of links" in text and "does not exist" not in text
 
 
 @pytest.mark.parametrize("kind,other", [("bench", "run"), ("demo", "run"), ("run", "bench"), ("headline", "demo")])
@@ -703,3 +711,47 @@ def test_a_file_of_a_run_given_as_the_run_is_named(run, capsys):
         eae.load(run / "model.safetensors")
     with pytest.raises(FileNotFoundError):  # NotARun is one: `except FileNotFoundError` keeps working
         eae.load(run / "nowhere")
+
+
+@pytest.mark.parametrize("flag, value", [("--image-size", "32"), ("--dataset", "cifar10"), ("--normalize", "0,0,0:1,1,1")])
+def test_eval_of_a_run_refuses_the_flags_of_a_model_from_elsewhere(run, capsys, flag, value):
+    rc, text = _call(["eval", str(run), flag, value, "--attacks", "clean"], capsys)
+    assert rc == 2 and f"{flag} is for --model; a run folder knows its own" in text
+
+
+def test_data_locations_that_cannot_be_right_are_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("EAE_DATA_DIR", raising=False)
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rc, text = _call(["data", "cifar10", "--no-download"], capsys)
+    assert rc == 2 and "is a file, not a folder" in text and "Errno" not in text
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path) + "\n")
+    rc, text = _call(["data", "cifar10", "--no-download"], capsys)
+    assert rc == 2 and "white space" in text and "\\n" in text
+
+
+def test_a_suite_heading_says_the_eot_that_was_run():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
+    x, y = torch.rand(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)
+    labels = {e: eae.evaluate(net, x, y, suite="aa-rand", eot=e, diagnostics="off").label for e in (1, 5, None)}
+    assert "no EOT" in labels[1] and "with EOT 5" in labels[5] and "with EOT;" in labels[None]
+
+
+def test_a_resumed_bench_of_another_suite_says_which_suite_to_resume_with(tmp_path):
+    from eae.bench.runner import _claim
+
+    _claim(tmp_path / "b", {"suite": "smoke", "seeds": 1, "budget_k": None}, resume=False)
+    with pytest.raises(ValueError) as e:
+        _claim(tmp_path / "b", {"suite": "speed", "seeds": 1, "budget_k": None}, resume=True)
+    assert "`eae bench smoke`" in str(e.value) and "--seeds" not in str(e.value)
+    with pytest.raises(ValueError, match="give the same --seeds as the first call"):
+        _claim(tmp_path / "b", {"suite": "smoke", "seeds": 3, "budget_k": None}, resume=True)
+
+
+def test_a_file_where_the_cifar_folder_goes_is_named(tmp_path, capsys):
+    (tmp_path / "cifar-10-batches-py").write_text("not a folder")
+    for extra in ([], ["--no-download"]):
+        rc, text = _call(["data", "cifar10", "--data-dir", str(tmp_path), *extra], capsys)
+        assert rc == 2 and "is a file where the CIFAR-10 folder goes" in text and "Errno" not in text

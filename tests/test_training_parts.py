@@ -201,6 +201,19 @@ def test_run_folder_keeps_the_previous_checkpoint_when_a_save_fails(tiny_cfg):
     assert event["event"] == "save_failed" and event["file"] == CHECKPOINT
 
 
+def test_a_failed_first_checkpoint_does_not_claim_a_previous_one(tiny_cfg, capsys):
+    def full_disk(path, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    folder = RunFolder(tiny_cfg, _quiet, write_checkpoint=full_disk)
+    folder.open(resume=False)
+    folder.start({}, {})
+    assert not folder.save_checkpoint({"epoch": 1}, 1)
+    folder.close()
+    err = capsys.readouterr().err
+    assert "there is no checkpoint.pt yet" in err and "previous" not in err
+
+
 def test_run_folder_keeps_the_best_epoch(tiny_cfg):
     folder = RunFolder(tiny_cfg, _quiet)
     folder.open(resume=False)

@@ -217,7 +217,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if args.run_dir is None:
         raise UsageError("give a run folder (eae eval RUN_DIR), or --model SPEC --weights FILE for a model "
                          "trained elsewhere")
-    for flag in ("normalize", "model_kwargs", "dataset"):
+    for flag in ("normalize", "model_kwargs", "dataset", "image_size"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is for --model; a run folder knows its own")
     weights = args.weights if args.weights is not None else "final"
@@ -227,6 +227,10 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     cfg = read_config(run_dir)
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
+    elif cfg.dataset == "imagefolder" and cfg.data_dir and not Path(cfg.data_dir).is_dir():
+        rel = "" if Path(cfg.data_dir).is_absolute() else " (a relative path: from the folder training ran in)"
+        raise UsageError(f"the run's images, data_dir {cfg.data_dir!r}{rel}, are not found from here: "
+                         "give --data-dir with the folder that holds train/ and val/")
     model = load(run_dir, weights=weights, device=device)
     check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     # the test set scored: CIFAR-10 is the same wherever it lies (checksums); an image folder is its folder
@@ -297,7 +301,7 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
         raise UsageError(f"--model-kwargs: {e}, in {given!r}") from None
     if not isinstance(kwargs, dict):
         raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
-    data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size,
+    data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size or 224,
                        workers=min(8, os.cpu_count() or 1))
     num_classes = _num_classes(data)
     model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
@@ -544,7 +548,8 @@ def _eval_parser(sub) -> None:
                         "'m1,m2,m3,s1,s2,s3' (eae feeds it images in [0, 1] through this normalisation)")
     e.add_argument("--dataset", choices=("cifar10", "imagefolder"), default=None,
                    help="with --model: test data (default: cifar10; imagefolder: --data-dir D with D/val)")
-    e.add_argument("--image-size", type=_int_at_least(1), default=224, help="with --dataset imagefolder")
+    e.add_argument("--image-size", type=_int_at_least(1), default=None,
+                   help="with --model and --dataset imagefolder: side of the test crops (default 224)")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="arithmetic of the attacks' gradients; their decisions (fooled or not) and the scores are always "
                         "strict fp32 (default: fp32)")

@@ -464,6 +464,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}")
     if path.stat().st_size > 1 << 20:
         raise ConfigError(f"config file {path} is over 1 MiB: not a preset; give a TOML file", field="config")
+    if path.suffix.lower() == ".json":  # read as TOML it fails anyway; say what presets are
+        raise ConfigError(f"config file {path} is JSON: presets are TOML (`lr_max = 0.2`); to continue the run "
+                          "a config.json belongs to, use `eae train --out RUN --resume`", field="config")
     try:
         raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM (some editors write one) is fine
     except UnicodeDecodeError:
@@ -473,13 +476,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({e})", field="config") from None
     except RecursionError:
         raise ConfigError(f"config file {path}: nested too deeply to read: not a preset", field="config") from None
+    return _flatten(raw, "", path)
+
+
+def _flatten(table: dict[str, Any], prefix: str, path: Path) -> dict[str, Any]:
+    """Tables are prefixes, at any depth: ``[eae] base_frac = 0.5`` and ``[eae.base] frac = 0.5``
+    both mean ``eae_base_frac = 0.5``."""
     flat: dict[str, Any] = {}
-    for k, v in raw.items():
+    for k, v in table.items():
+        key = f"{prefix}{k}"
         if isinstance(v, dict):
-            for k2, v2 in v.items():
-                flat[f"{k}_{k2}"] = v2
+            flat.update(_flatten(v, f"{key}_", path))
+        elif isinstance(v, list) and v and all(isinstance(t, dict) for t in v):
+            raise ConfigError(f"config file {path}: [[{key.replace('_', '.')}]] is an array of tables; eae's tables "
+                              f"are prefixes: write [{key.replace('_', '.')}] (single brackets)", field="config")
         else:
-            flat[k] = v
+            flat[key] = v
     return flat
 
 

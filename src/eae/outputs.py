@@ -20,6 +20,7 @@ first. The rules, in one place:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -105,6 +106,18 @@ def _legacy_run(path: Path) -> bool:
     return bool(names & {"metrics.jsonl", "checkpoint.pt", "model.safetensors"}) and not foreign
 
 
+def _dangling(link: Path) -> str:
+    """What is wrong with a link that leads nowhere, and the fix, in the words of a message."""
+    try:
+        os.stat(link)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "that leads back to itself (a loop of links): remove it,"
+    target = os.readlink(link)
+    where = Path(target) if os.path.isabs(target) else link.parent / target  # relative to the link's folder
+    return f"to {target}, which does not exist: create {os.path.normpath(where)},"
+
+
 def _legacy_bench(path: Path) -> bool:
     d = _json(path / "bench.json")
     return isinstance(d, dict) and {"suite", "entries"} <= set(d)
@@ -130,10 +143,9 @@ def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "o
         raise OutputRefused(f"{api}={str(path)!r} goes up with '..': give the folder itself",
                             cli=f"{flag} {path} goes up with '..': give the folder itself")
     if path.is_symlink() and not path.exists():
-        target = os.readlink(path)
-        raise OutputRefused(f"{api}={str(path)!r} is a symbolic link to {target}, which does not exist: "
-                            "create that folder or choose another", cli=f"{flag} {path} is a symbolic link to "
-                            f"{target}, which does not exist: create that folder or choose another {flag}")
+        why = _dangling(path)
+        raise OutputRefused(f"{api}={str(path)!r} is a symbolic link {why} or choose another",
+                            cli=f"{flag} {path} is a symbolic link {why} or choose another {flag}")
     if not path.exists():
         return
     if not path.is_dir():

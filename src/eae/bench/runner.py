@@ -293,8 +293,13 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
                 before, dict) else ["everything"]
             said = ", ".join(f"{k} {before.get(k)!r} (now {ask.get(k)!r})" if k in ("seeds", "budget_k", "suite")
                              else k for k in changed)
-            raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): "
-                             "give the same --seeds and --budget-k as the first call, or choose another --out")
+            if isinstance(before, dict) and before.get("suite") != ask.get("suite"):
+                fix = f"resume it with `eae bench {before.get('suite')}`, or choose another --out for {ask.get('suite')}"
+            else:
+                fix = "give the same " + " and ".join(f"--{k.replace('_', '-')}" for k in ("seeds", "budget_k")
+                                                      if k in changed) + " as the first call, or choose another --out"
+                fix = fix if any(k in changed for k in ("seeds", "budget_k")) else "choose another --out"
+            raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): {fix}")
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
         folder.written.append(manifest.name)

@@ -103,6 +103,9 @@ class Cifar10Arrays:
 # --------------------------------------------------------------------------- locate
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    if Path(base).exists() and not Path(base).is_dir():
+        raise DatasetError(f"the user cache {base} ({'$XDG_CACHE_HOME' if os.environ.get('XDG_CACHE_HOME') else '~/.cache'}"
+                           ") is a file, not a folder: fix it, or give --data-dir (or $EAE_DATA_DIR)")
     return Path(base) / "eae"
 
 
@@ -115,12 +118,19 @@ def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Pat
                                f"hold) {FOLDER}")
         return [(path, "--data-dir")]
     if os.environ.get("EAE_DATA_DIR"):  # set explicitly too: the only place (never silently another copy)
-        return [(Path(os.environ["EAE_DATA_DIR"]).expanduser(), "$EAE_DATA_DIR")]
+        value = os.environ["EAE_DATA_DIR"]
+        if value != value.strip():  # `export EAE_DATA_DIR="$(cat file)\n"`: the newline is part of the name
+            raise DatasetError(f"$EAE_DATA_DIR begins or ends with white space ({value!r}): that is another "
+                               "folder's name; set it without")
+        return [(Path(value).expanduser(), "$EAE_DATA_DIR")]
     roots.append((default_cache_dir(), "user cache"))
     return roots
 
 
 def _batches_dir(root: Path) -> Path | None:
+    if (root / FOLDER).exists() and not (root / FOLDER).is_dir():
+        raise DatasetError(f"{root / FOLDER} is a file where the CIFAR-10 folder goes: move it away, or give "
+                           "another --data-dir")
     for d in (root / FOLDER, root):
         if (d / TRAIN_FILES[0]).is_file():
             return d

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,12 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
     found = class_names(root)
     if not found:
         raise DatasetError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    seen: dict[str, str] = {}
+    for c in found:  # two names that print alike would be two classes no one can tell apart
+        other = seen.setdefault(unicodedata.normalize("NFC", c), c)
+        if other != c:
+            raise DatasetError(f"{root}: class folders {other!r} and {c!r} are the same name in two Unicode forms "
+                               "(they print alike but are two classes): rename one")
     classes = tuple(found) if classes is None else tuple(classes)
     label = {c: i for i, c in enumerate(classes)}
     skipped: list[tuple[str, str]] = []

@@ -205,7 +205,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)
     correct["worst_case"] = robust
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
-    return Report(suite=s.name, label=s.label, n=n, eps=eps, norm=norm, seed=seed, precision=precision, eot=eot,
+    label = s.label if eot == s.eot else s.label.replace(" with EOT", f" with EOT {eot}" if eot > 1 else ", no EOT")
+    return Report(suite=s.name, label=label, n=n, eps=eps, norm=norm, seed=seed, precision=precision, eot=eot,
                   clean_accuracy=mean(clean), per_attack=per_attack, robust_accuracy=mean(robust),
                   seconds=time.perf_counter() - start, test_size=test_size, correct=correct, notes=notes)
 

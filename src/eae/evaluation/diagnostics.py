@@ -160,6 +160,9 @@ def _ce_vs_margin(report: Report, probe: _Probe, level: str, details: dict) -> l
                                   f"gap {100 * gap:.1f} points ({src})")]
 
 
+FEW_POINTS = 100  # below this the diagnostics' accuracies move by 1 point or more per image
+
+
 def _eps_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
     """3. CW-20 accuracy against ε (eps/8 .. 2 eps under L2): it must fall, and clearly."""
     eps_values = EPS_SWEEP if probe.norm != "l2" else tuple(probe.eps * e / (8 / 255) for e in EPS_SWEEP)
@@ -172,6 +175,8 @@ def _eps_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
     details["eps_kept_16_vs_1"] = kept
     if rises > EPS_RISE:
         return [("masked", f"CW-20 accuracy rises with ε ({text})")]
+    if max(accs) == 0:  # nothing to fall from: no evidence either way
+        return [("ok", f"CW-20 accuracy is 0% at every ε, the smallest included ({text}): this check says nothing")]
     if accs[-1] > EPS_FLOOR and kept > EPS_KEPT[0]:
         return [(_grade(kept, EPS_KEPT), f"CW-20 accuracy barely falls as ε grows 16-fold: {100 * kept:.0f}% of "
                                          f"it is kept ({text})")]
@@ -228,6 +233,9 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
             checks.append(found)
         if level == "full":
             checks += _eps_check(probe, details) + _steps_check(probe, details) + _unbounded_check(probe, details)
+    if m < FEW_POINTS:
+        checks.append(("ok", f"only {m} image{'s' * (m != 1)} for these checks: a verdict on so few says little "
+                             f"(diag_n {FEW_POINTS}+ gives them meaning)"))
     report.verdict = _worst([lvl for lvl, _ in checks])
     order = {"masked": 0, "suspicious": 1, "ok": 2}
     report.evidence = [f"[{lvl}] {msg}" for lvl, msg in sorted(checks, key=lambda c: order[c[0]])]

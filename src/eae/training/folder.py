@@ -284,8 +284,10 @@ class RunFolder:
             what()
             return True
         except OSError as e:
-            _note(f"warning: could not write {label} after epoch {epoch} ({e}); the previous {path.name} "
-                  "is kept and training goes on")  # on stderr even with --quiet: it changes what can be resumed
+            kept = (f"the previous {path.name} is kept" if path.exists()
+                    else f"there is no {path.name} yet, so nothing to resume from")
+            _note(f"warning: could not write {label} after epoch {epoch} ({e.strerror or e}); {kept}; training "
+                  "goes on")  # on stderr even with --quiet: it changes what can be resumed
             self.event(epoch, "save_failed", file=path.name, error=str(e))
             return False
 
