@@ -30,7 +30,7 @@ from eae.evaluation import evaluate
 from eae.evaluation.report import Report
 from eae.trainer import TrainingStopped
 
-train_mod = importlib.import_module("eae.train")  # the module (eae.train is also the function)
+train_mod = importlib.import_module("eae.trainer")  # the module of eae.train
 
 REPO = Path(__file__).resolve().parents[1]
 
