@@ -89,6 +89,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
 
 def test_a_second_run_on_the_same_directory_is_refused(tiny_cfg):
     Path(tiny_cfg.out).mkdir(parents=True)
+    (Path(tiny_cfg.out) / ".eae-run").write_text("run")  # a live run marks its folder before it locks it
     with RunLock(tiny_cfg.out):
         with pytest.raises(RuntimeError, match="another run"):
             train(tiny_cfg, quiet=True)
