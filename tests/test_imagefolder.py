@@ -227,3 +227,25 @@ def test_a_runs_relative_image_folder_missing_from_here_asks_for_data_dir(folder
     assert "a relative path" in err and "--data-dir" in err
     assert main(["eval", str(run), "--data-dir", str(folder), "--attacks", "clean", "--diagnostics", "off",
                  "--quiet"]) == 0
+
+
+def test_one_class_is_not_a_classification(tmp_path):
+    (tmp_path / "train" / "only").mkdir(parents=True)
+    _jpeg(tmp_path / "train" / "only" / "a.jpg", seed=1)
+    with pytest.raises(DatasetError, match="at least 2 classes"):
+        scan_folder(tmp_path / "train")
+
+
+def test_resuming_prior_guided_fgsm_on_changed_images_is_refused(folder, tmp_path, capsys):
+    from eae.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(folder), "--image-size", "16",
+            "--arch", "resnet_small", "--method", "fgsm_pgi", "--epochs", "2", "--batch-size", "9", "--val-size", "3",
+            "--workers", "0", "--val-attack-steps", "1", "--out", str(run), "--quiet"]
+    assert main([*args, "--stop-after", "1"]) == 0
+    _jpeg(folder / "train" / "a" / "new.jpg", seed=99)  # one more training image
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the data changed since the run started" in err and "Traceback" not in err

@@ -371,3 +371,29 @@ def test_eae_on_a_whole_method_is_that_method_plus_the_latent_term(base):
     assert under.loss.item() == pytest.approx(alone.loss.item(), rel=1e-6)  # the same input, loss and draws
     assert set(alone.stats) <= set(under.stats) and changed == total
     assert {"seed_frac", "eae_loss", "latent_dist"} <= set(under.stats)  # the latent term ran (weight 0)
+
+
+@pytest.mark.parametrize("given", [{"method": "gradalign"}, {"method": "fgsm_pgi"},
+                                   {"method": "eae", "eae_base": "gradalign"}])
+def test_compile_is_refused_for_methods_that_differentiate_a_backward_again(given):
+    with pytest.raises(ValueError, match="compile is not supported with"):
+        TrainConfig(compile=True, **given)
+
+
+def test_prior_guided_fgsm_takes_the_largest_seeds_and_keeps_its_priors_finite():
+    method = create_method(TrainConfig(method="fgsm_pgi", seed=2**63 - 1))
+    x, y = _batch()
+    method.setup_examples(len(y), tuple(x.shape[1:]), x.device)
+    method._restart(7)  # seed * 1_000_003 + epoch is beyond torch's range: reduced, not an overflow
+    assert method.delta.abs().max() > 0
+    before = method.delta.clone()
+    nan = torch.full_like(x, float("nan"))
+    method._remember(torch.arange(len(y)), 0, len(y), x, before, nan, nan)  # a non-finite step
+    assert torch.isfinite(method.delta).all() and torch.isfinite(method.momentum).all()
+
+
+def test_nonfinite_advice_names_the_lambda_of_a_whole_method_under_eae():
+    from eae.training.guards import nonfinite_advice
+
+    advice = nonfinite_advice(TrainConfig(method="eae", eae_base="fgsm_pgi", pgi_lambda=10000.0), bf16=False)
+    assert "--pgi-lambda (now 10000; default 10)" in advice

@@ -668,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a reader that went away (`| head`) ends the command as such a reader expects: 141
         return 141 if not status and isinstance(stdout.failed, BrokenPipeError) else status
     except UsageError as e:
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        _say(f"{parser.prog} {args.command}: error: {e}")
         raise
     except KeyboardInterrupt as e:
         what = _SIGNALS[signal.Signals(e.signum).name] if isinstance(e, Terminated) else "interrupted"
@@ -680,11 +680,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout piped into a command that ended early (`| head`): not an error of the run
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the exit's own flush does not fail again
-        print("note: the output pipe was closed before eae finished writing to it (e.g. `| head`)", file=sys.stderr)
+        _say("note: the output pipe was closed before eae finished writing to it (e.g. `| head`)")
         return 141
     except SystemExit as e:  # raised by a user's model code (ours never raises it here)
-        print(f"error: the model's code called sys.exit({e.code!r}) while eae was using it; nothing was "
-              "scored: fix the model", file=sys.stderr)
+        _say(f"error: the model's code called sys.exit({e.code!r}) while eae was using it; nothing was "
+             "scored: fix the model")
         return 2
     except Exception as e:
         if os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off"):
@@ -694,13 +694,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("eae: an internal error (a bug of ours, not your input): please report it with the "
                   "traceback below", file=sys.stderr)
             raise
-        print(f"error: {message}", file=sys.stderr)
+        _say(f"error: {message}")
         return status
     finally:
         for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was
             signal.signal(num, handler)
         if sys.stdout is stdout:
             sys.stdout = stdout.stream
+
+
+def _say(message: str) -> None:
+    """A line on stderr that cannot change the exit status: a full or closed stderr
+    (`2>/dev/full`) must not turn a user's mistake (2) into what looks like a bug (1)."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 class _Stdout:

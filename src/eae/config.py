@@ -255,14 +255,20 @@ class TrainConfig:
             errors.append(f"eae_base {self.eae_base} is a whole method (its adversary and its loss) under the EAE "
                           "term: eae_base_frac, eae_base_every and eae_base_downsample must be 1")
         if self.method.startswith("eae") and self.eae_base in whole_methods and self.norm != "linf":
-            errors.append(f"eae_base {self.eae_base} is defined for linf only (as in its paper and code); "
-                          "use --norm linf")
+            errors.append(f"eae_base {self.eae_base} is defined for linf only (as in its paper and code): "
+                          "choose norm linf")
         if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):
             errors.append("eae_base free takes its input gradient from the training step itself: "
                           "eae_base_frac, eae_base_every and eae_base_downsample must be 1")
         if self.method in LINF_ONLY and self.norm != "linf":
-            errors.append(f"method {self.method} is defined for linf only (as in its paper and code); "
-                          "use --norm linf, or another method for l2")
+            errors.append(f"method {self.method} is defined for linf only (as in its paper and code): "
+                          "choose norm linf, or another method for l2")
+        # double backpropagation (gradalign) and a second backward through the first forward (fgsm_pgi)
+        # fail inside torch.compile's compiled backward ("non-empty donated buffers")
+        uses = {self.method} | ({self.eae_base} if self.method.startswith("eae") else set())
+        if self.compile and uses & set(LINF_ONLY):
+            errors.append(f"compile is not supported with {' and '.join(sorted(uses & set(LINF_ONLY)))} (torch.compile "
+                          "cannot differentiate its backward twice): train without compile")
         if (self.method.startswith("eae") and isinstance(side, int) and isinstance(self.eae_base_downsample, int)
                 and self.eae_base_downsample > side):
             errors.append(f"eae_base_downsample {self.eae_base_downsample} is larger than the images ({side} pixels): "

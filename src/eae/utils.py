@@ -153,3 +153,9 @@ def loads_json(text: str | bytes, **kwargs: Any) -> Any:
         return json.loads(text, **kwargs)
     except RecursionError:
         raise ValueError("nested too deeply to read") from None
+
+
+def torch_seed(n: int) -> int:
+    """A seed derived from the run's (seed + k * rank, seed * k + epoch, ...) in the range
+    torch accepts, below 2^63, for every seed the config allows; unchanged when it fits."""
+    return n % (1 << 63)

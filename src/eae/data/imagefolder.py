@@ -31,6 +31,7 @@ import torch
 
 from .cifar10 import DatasetError
 from .loader import shard_bounds
+from ..utils import torch_seed
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics (the model normalises internally)
 STD = (0.229, 0.224, 0.225)
@@ -82,6 +83,9 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
     found = class_names(root)
     if not found:
         raise DatasetError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    if classes is None and len(found) < 2:  # the training set defines the classes: one is no classification
+        raise DatasetError(f"{root}: one class folder ({found[0]!r}): a classifier needs at least 2 classes, one "
+                           f"folder of images per class ({root}/<class>/<images>)")
     seen: dict[str, str] = {}
     for c in found:  # two names that print alike would be two classes no one can tell apart
         other = seen.setdefault(unicodedata.normalize("NFC", c), c)
@@ -241,7 +245,7 @@ class FolderLoader:
 
     def _batches(self) -> list[list[int]]:
         n = len(self.dataset)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(torch_seed(self.seed * 1_000_003 + self.epoch))
         order = torch.randperm(n, generator=g).tolist()
         out = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         return [b for b in out if len(b) >= self.world_size]

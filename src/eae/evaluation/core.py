@@ -21,7 +21,7 @@ from ..config import l2_diameter_errors
 from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
-from ..utils import progress_bar
+from ..utils import progress_bar, torch_seed
 from ..utils import resolve_device
 from . import checks
 from .report import Report
@@ -179,7 +179,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         # reproducible random starts; the caller's RNG is untouched
-        torch.manual_seed(seed + (7919 * dist.rank() if _SHARDED else 0))
+        torch.manual_seed(torch_seed(seed + (7919 * dist.rank() if _SHARDED else 0)))
         clean = predict_all(model, x, y, batch_size, device)
         robust = clean.clone()  # worst case over everything
         chain = clean.clone()  # what the cascaded attacks have left standing

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..attacks import CW, PGD, attack_mode
+from ..utils import torch_seed
 from . import checks as model_checks
 from .core import as_images, attack_points, predict_all
 from .report import Report, fmt_eps
@@ -217,7 +218,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Report,
         return report
     eps, norm = report.eps, report.norm
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed + 1)
+        torch.manual_seed(torch_seed(seed + 1))
         # 0. the model itself; the sign-step check moves every pixel: under L2 by eps / sqrt(d),
         # a move of L2 size eps
         step = eps if norm != "l2" else eps / xd[0].numel() ** 0.5

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from ..threat import clip_to_image
+from ..utils import torch_seed
 from .base import AdversaryThenLoss
 from .registry import register_method
 
@@ -69,7 +70,7 @@ class FGSMPGI(AdversaryThenLoss):
     def _restart(self, epoch: int) -> None:
         """The authors' start: α·sign(U(-ε, ε)) clipped to ε (not to images), momentum 0;
         drawn from (seed, epoch), the same on every rank and after a resume."""
-        g = torch.Generator(device="cpu").manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        g = torch.Generator(device="cpu").manual_seed(torch_seed(self.cfg.seed * 1_000_003 + epoch))
         u = torch.empty(self.delta.shape).uniform_(-self.cfg.eps, self.cfg.eps, generator=g)
         self.delta.copy_((self.alpha * u.sign()).clamp(-self.cfg.eps, self.cfg.eps))
         if self.momentum is not None:
@@ -86,6 +87,14 @@ class FGSMPGI(AdversaryThenLoss):
         return {"delta": self.delta, "momentum": self.momentum}
 
     def load_example_state(self, state: dict) -> None:
+        saved = tuple(state["delta"].shape)
+        if saved != tuple(self.delta.shape):  # the training images changed since the checkpoint
+            from ..errors import ConfigError
+
+            raise ConfigError(f"fgsm_pgi's checkpoint holds priors for {saved[0]:,} training images of "
+                              f"{'x'.join(map(str, saved[1:]))}, and the training set now has {self.delta.shape[0]:,} "
+                              f"of {'x'.join(map(str, self.delta.shape[1:]))}: the data changed since the run started; "
+                              "resume it on the same images, or start a new run", field="data_dir")
         self.delta.copy_(state["delta"])
         if self.momentum is not None:
             self.momentum.copy_(state["momentum"])
@@ -131,4 +140,6 @@ class FGSMPGI(AdversaryThenLoss):
                 full = torch.zeros((len(rows), *new.shape[1:]), device=new.device, dtype=store.dtype)
                 full[lo:hi] = new
                 new = dist.all_reduce(full)
-            store[rows if dist.world_size() > 1 else rows[lo:hi]] = new.to(store.dtype)
+            where = rows if dist.world_size() > 1 else rows[lo:hi]
+            # a non-finite step (skipped under --nonfinite skip) must not leave NaN in the priors
+            store[where] = torch.where(torch.isfinite(new), new.to(store.dtype), store[where])

@@ -38,7 +38,7 @@ from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DAT
                           WEIGHTS, CheckpointError, RunLock, RunLocked, load_checkpoint,
                           read_config, save_checkpoint, save_weights)
 from ..config import TrainConfig
-from ..errors import OutputRefused, RunExists
+from ..errors import ConfigError, OutputRefused, RunExists
 from ..outputs import OutputFolder, check_folder, open_nofollow
 from ..system import describe_cpu, training_precision
 from ..utils import atomic_write_bytes, atomic_write_json, device_name, loads_json
@@ -205,11 +205,15 @@ class RunFolder:
         diff = trained.differences(self.cfg)
         if diff:
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            if self._config_edited(trained):  # `--resume` reads config.json: name the file, not "the config"
-                raise ValueError(f"cannot resume {self.path}: {self.path / CONFIG} no longer matches the settings "
-                                 f"{CHECKPOINT} was trained with ({changes}); nothing was changed: put those values "
-                                 "back in it, or start a new run (another --out) for other settings")
-            raise ValueError(f"cannot resume {self.path}: config differs from the checkpoint's: {changes}")
+            if self._config_edited(trained):  # `--resume` reads config.json: name the files, not "the config"
+                raise ConfigError(f"cannot resume {self.path}: {CONFIG} and {CHECKPOINT} disagree ({changes}, from "
+                                  f"{CHECKPOINT} to {CONFIG}): one of them was changed (edited, or copied from another "
+                                  "run); nothing was changed here: restore the one that was, or start a new run "
+                                  "(another --out)", field="config")
+            raise ConfigError(f"cannot resume {self.path}: the config given differs from the checkpoint's: {changes}; "
+                              "resume with the run's own config (eae.checkpoint.read_config(out)), or start a new "
+                              "run in another out", field="config",
+                              cli=f"cannot resume {self.path}: config differs from the checkpoint's: {changes}")
         self._rows = read_metrics(self.path / METRICS, ckpt["epoch"])  # a note even with --quiet
         missing = sorted(set(range(1, ckpt["epoch"] + 1)) - {r["epoch"] for r in self._rows})
         if missing:  # emptied or cut by hand: resuming would print and keep a history with holes

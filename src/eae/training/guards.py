@@ -15,6 +15,7 @@ from .. import distributed as dist
 from ..checkpoint import BEST_CHECKPOINT, BEST_WEIGHTS
 from ..config import TrainConfig, method_defaults
 from ..evaluation.core import NonFiniteOutputs
+from ..utils import torch_seed
 
 
 class TrainingStopped(RuntimeError):
@@ -127,7 +128,8 @@ def nonfinite_advice(cfg: TrainConfig, bf16: bool) -> str:
 # Fields that scale a loss term or the logits, by the methods (or head) that use them:
 # raised far above their defaults they, not the learning rate, are the likely cause.
 _SCALES = {"head_scale": lambda c: c.head == "cosine", "trades_beta": lambda c: c.method == "trades",
-           "gradalign_lambda": lambda c: c.method == "gradalign", "pgi_lambda": lambda c: c.method == "fgsm_pgi",
+           "gradalign_lambda": lambda c: "gradalign" in (c.method, c.eae_base if c.method.startswith("eae") else None),
+           "pgi_lambda": lambda c: "fgsm_pgi" in (c.method, c.eae_base if c.method.startswith("eae") else None),
            "eae_eta": lambda c: c.method.startswith("eae"), "eae_lambda": lambda c: c.method.startswith("eae"),
            "eae_logit_penalty": lambda c: c.method.startswith("eae"),
            "nfgsm_noise": lambda c: c.method == "n_fgsm" or (c.method.startswith("eae") and c.eae_base == "n_fgsm")}
@@ -224,5 +226,5 @@ class OverfitGuard:
             else:
                 log(f"note: {self.cfg.method} has no attack step to lower; rolling back only")
         # fresh random streams: the retrained epochs must not replay the collapse
-        torch.manual_seed(self.cfg.seed + 7919 * self.rollbacks + 1_000_003 * run.rank)
+        torch.manual_seed(torch_seed(self.cfg.seed + 7919 * self.rollbacks + 1_000_003 * run.rank))
         return epoch

@@ -14,7 +14,7 @@ from ..data import training_data
 from ..methods import create_method
 from ..models import count_parameters, create_model
 from ..system import training_precision
-from ..utils import device_name
+from ..utils import device_name, torch_seed
 
 
 def lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -55,7 +55,7 @@ class Run:
         self.net = self._network()
         self.model = dist.wrap(self.net, device, cfg.sync_bn)
         if self.rank:
-            torch.manual_seed(cfg.seed + 1_000_003 * self.rank)  # each rank its own attack noise
+            torch.manual_seed(torch_seed(cfg.seed + 1_000_003 * self.rank))  # each rank its own attack noise
         self.method = create_method(cfg)
         if self.method.per_example:
             self.method.setup_examples(self.data.n_train, (3, self.data.image_size, self.data.image_size), device)
