@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -579,6 +580,11 @@ class FailsUnderAttack(Tiny):
 class NeedsDepth(Tiny):
     def __init__(self, depth):
         super().__init__()
+
+
+class NoParams(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))
 '''
 
 
@@ -600,11 +606,12 @@ def external(tmp_path, monkeypatch) -> dict[str, str]:
     ns: dict = {}
     exec(compile(USER_MODELS, "models.py", "exec"), ns)
     torch.save(ns["Tiny"]().state_dict(), tmp_path / "tiny.pt")
+    torch.save(ns["Tiny"](num_classes=10).state_dict(), tmp_path / "tiny10.pt")
     torch.save({"w": _Evil()}, tmp_path / "evil.pt")
     (tmp_path / "folder.pt").mkdir()
     return {"MODELS": str(tmp_path / "models.py"), "RAISES": str(tmp_path / "raises.py"),
             "SYNTAX": str(tmp_path / "syntax.py"), "TINY": str(tmp_path / "tiny.pt"),
-            "EVIL": str(tmp_path / "evil.pt"), "FOLDER": str(tmp_path / "folder.pt"),
+            "EVIL": str(tmp_path / "evil.pt"), "FOLDER": str(tmp_path / "folder.pt"), "TINY10": str(tmp_path / "tiny10.pt"),
             "DATA": str(make_folder(tmp_path / "data", per_class=1)), "ROOT": str(tmp_path)}
 
 
@@ -637,6 +644,10 @@ EXTERNAL_CASES = [
                                                 "({MODELS} line"),
     ("{MODELS}:Tiny", "{TINY}", ["--norm", "l2", "--eps", "100"], "beyond the largest L2 distance between two "
                                                                  "(3, 16, 16) images in [0, 1] (27.7)"),
+    # trial 6: a 10-class network scored on 3 classes; a std that makes every logit 1e45
+    ("{MODELS}:Tiny", "{TINY10}", ["--model-kwargs", '{{"num_classes": 10}}'],
+     "the model gives 10 outputs per image, the test set (imagefolder) has 3 classes"),
+    ("{MODELS}:Tiny", "{TINY}", ["--normalize", "0.5,0.5,0.5,1e-45,1,1"], "std from 1e-4 to 1e4"),
 ]
 
 
@@ -715,3 +726,95 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(monkeypatch, capsys):
     assert launch.main() == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- trial 6
+def test_a_network_without_parameters_evaluates_from_its_empty_state_dict(external, tmp_path, capsys):
+    torch.save({}, tmp_path / "empty.pt")
+    rc, text = _call(_external_argv(external, "{MODELS}:NoParams", str(tmp_path / "empty.pt"), []), capsys)
+    assert rc == 0 and "clean" in text
+
+
+def test_weights_that_are_not_a_regular_file_are_named_as_such(external, tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo.pt")
+    rc, text = _call(_external_argv(external, "{MODELS}:Tiny", str(tmp_path / "fifo.pt"), []), capsys)
+    assert rc == 2 and "is not a regular file" in text and "not found" not in text
+
+
+@pytest.mark.parametrize("call,field,fragment", [
+    (lambda eae, run: eae.load(run, weights="Final"), "weights", "'final' or 'best'"),
+    (lambda eae, run: eae.load(run, device=torch.device("cuda", 0)), "device", "CUDA is not available"),
+    (lambda eae, run: eae.load(run, device=0), "device", "CUDA is not available"),
+    (lambda eae, run: eae.load(run, device=1.5), "device", "a torch.device, got float"),
+    (lambda eae, run: eae.evaluate(eae.load(run), torch.rand(2, 3, 16, 16), torch.zeros(2, dtype=torch.long),
+                                   eps="8/255"), "eps", "eps must be a number"),
+    (lambda eae, run: eae.evaluate(eae.load(run), torch.rand(2, 3, 16, 16), torch.zeros(2, dtype=torch.long),
+                                   eps=torch.tensor(8 / 255)), "eps", "got Tensor"),
+    (lambda eae, run: eae.evaluate(eae.load(run), [[0.5]], [0]), "x", "x must be a torch tensor"),
+    (lambda eae, run: eae.evaluate(eae.load(run), torch.rand(2, 3, 16, 16), torch.zeros(2, dtype=torch.long),
+                                   device=torch.device("cuda")), "device", "CUDA is not available"),
+])
+def test_python_api_arguments_of_the_wrong_kind_are_named(run, call, field, fragment):
+    import eae
+
+    if torch.cuda.is_available() and "CUDA" in fragment:
+        pytest.skip("a GPU is there")
+    with pytest.raises(eae.ConfigError, match=re.escape(fragment)) as info:
+        call(eae, run)
+    assert info.value.field == field
+
+
+def test_an_ascii_terminal_does_not_stop_a_run_or_its_report(tmp_path):
+    out = tmp_path / "r\u00fcn"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    train = subprocess.run([sys.executable, "-m", "eae", "train", *SYN, "--epochs", "1", "--out", str(out)],
+                           capture_output=True, env=env, timeout=300)
+    assert train.returncode == 0 and (out / "model.safetensors").is_file(), train.stderr
+    ev = subprocess.run([sys.executable, "-m", "eae", "eval", str(out), "--attacks", "clean", "--diagnostics", "off"],
+                        capture_output=True, env=env, timeout=300)
+    assert ev.returncode == 0 and (out / "eval-clean-diagoff.json").is_file(), ev.stderr
+    assert b"r\\xfcn" in ev.stdout  # shown escaped, not fatal
+
+
+def test_resume_hints_for_demo_headline_bench_and_torchrun(tmp_path, monkeypatch):
+    import argparse
+
+    from eae import cli
+
+    demo = argparse.Namespace(func=cli.cmd_demo, out="my demo", data_dir="/d", device="cpu")
+    assert "`eae demo '--out=my demo' --data-dir /d`, continues it" in cli._resume_hint(demo)
+    head = argparse.Namespace(func=cli.cmd_bench, suite="headline", out="h")
+    assert "run it again with a new --out" in cli._resume_hint(head)
+    bench = argparse.Namespace(func=cli.cmd_bench, suite="smoke", out="b", compile=False, train_only=False,
+                               unverified_data=True, seeds=1, budget_k=None, only=None, device="cpu", data_dir="d",
+                               dataset="svhn")
+    assert "--out=b --resume --unverified-data --device cpu --data-dir d --dataset svhn" in cli._resume_hint(bench)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    train = argparse.Namespace(func=cli.cmd_train, out=str(tmp_path), resolved_out=None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert f"`torchrun --standalone --nproc_per_node 2 -m eae train --out={tmp_path} --resume`" in cli._resume_hint(train)
+
+
+def test_a_failed_replace_names_the_users_file_not_our_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from eae import utils
+
+    def refuse(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted", src, None, dst)
+
+    monkeypatch.setattr(utils.os, "replace", refuse)
+    with pytest.raises(PermissionError) as info:
+        utils.atomic_write_bytes(tmp_path / "metrics.jsonl", b"x")
+    assert info.value.filename == str(tmp_path / "metrics.jsonl") and list(tmp_path.iterdir()) == []
+
+
+def test_a_cifar10_folder_with_a_batch_missing_or_replaced_says_what_to_do(tmp_path):
+    from eae.data.cifar10 import DatasetError, read_batch
+
+    (tmp_path / "data_batch_3").mkdir()
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        read_batch(tmp_path / "data_batch_3")
+    with pytest.raises(DatasetError, match="restore the file, or move the folder away and run `eae data cifar10`"):
+        read_batch(tmp_path / "data_batch_4")

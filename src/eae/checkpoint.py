@@ -180,9 +180,9 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 def _device(device: str | torch.device) -> torch.device:
     """A device to load onto, or ConfigError naming ``device`` (not torch's assertion)."""
-    from .utils import resolve_device
+    from .utils import as_device
 
-    return resolve_device(device) if isinstance(device, str) else torch.device(device)
+    return as_device(device)
 
 
 class MissingWeights(EaeError, FileNotFoundError):
@@ -265,7 +265,10 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     cfg = read_config(run_dir)
     name = {"final": WEIGHTS, "best": BEST_WEIGHTS}.get(weights)
     if name is None:
-        raise ValueError(f"weights must be 'final' or 'best', got {weights!r}")
+        from .errors import ConfigError
+
+        raise ConfigError(f"weights must be 'final' or 'best', got {weights!r}",
+                          cli=f"--weights for a run folder is final or best, got {weights!r}", field="weights")
     path = run_dir / name
     if not path.is_file():
         raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",

@@ -217,7 +217,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if args.run_dir is None:
         raise UsageError("give a run folder (eae eval RUN_DIR), or --model SPEC --weights FILE for a model "
                          "trained elsewhere")
-    for flag in ("normalize", "model_kwargs", "dataset", "image_size"):
+    for flag in ("normalize", "model_kwargs", "dataset", "image_size", "unverified_data"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is for --model; a run folder knows its own")
     weights = args.weights if args.weights is not None else "final"
@@ -234,7 +234,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     model = load(run_dir, weights=weights, device=device)
     check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     # the test set scored: CIFAR-10 is the same wherever it lies (checksums); an image folder is its folder
-    test_data = str(Path(cfg.data_dir).resolve() / "val") if cfg.dataset == "imagefolder" else cfg.dataset
+    test_data = _test_data(cfg)
     meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "test_data": test_data,
             "architecture": cfg.arch,
             **({"weights_epoch": weights_epoch(run_dir)} if weights == "best" else {})}
@@ -302,11 +302,12 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if not isinstance(kwargs, dict):
         raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
     data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size or 224,
-                       workers=min(8, os.cpu_count() or 1))
+                       workers=min(8, os.cpu_count() or 1), unverified_data=bool(args.unverified_data))
     num_classes = _num_classes(data)
     model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
                           device=device)
-    test_data = str(Path(data.data_dir).resolve() / "val") if data.dataset == "imagefolder" else data.dataset
+    _check_outputs(model, load_test_set(data, 2)[0], num_classes, data.dataset, device)
+    test_data = _test_data(data)
     meta = {"model": args.model, "weights": str(args.weights), "normalize": args.normalize, "test_data": test_data,
             "dataset": data.dataset, "architecture": args.model}
     return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
@@ -314,16 +315,41 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
             "title": f"{args.model} ({args.weights})", "run_dir": None}
 
 
+def _check_outputs(model, x, num_classes: int, dataset: str, device) -> None:
+    """A network with another number of outputs than the test set has classes would be scored
+    (argmax over its outputs) as if it had them: refused, naming both."""
+    from .evaluation.checks import output_form
+
+    outputs = output_form(model, x.to(device).float() / 255)  # a model that cannot run at all: named there
+    if outputs != num_classes:
+        raise UsageError(f"the model gives {outputs} outputs per image, the test set ({dataset}) has "
+                         f"{num_classes} classes: build it for {num_classes} classes (your own class: --model-kwargs "
+                         f"'{{\"num_classes\": {num_classes}}}')")
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows; give a finite number")
 
 
 def _num_classes(data: TrainConfig) -> int:
-    if data.dataset == "imagefolder":
-        from .data import imagefolder as f
+    from .data import DataSource, class_names_of
 
-        return len(f.class_names(f.split_dirs(data.data_dir)[0]))
-    return 10
+    return len(class_names_of(DataSource.of(data)))
+
+
+def _test_data(cfg: TrainConfig) -> str:
+    """The test set scored, as reports record it: a published dataset is the same wherever it
+    lies (checksums); an image folder, or a copy that is not the published one, is its folder."""
+    from .data import OFFICIAL, DataSource, official_arrays
+
+    if cfg.dataset == "imagefolder":
+        return str(Path(cfg.data_dir).resolve() / "val")
+    name = cfg.dataset + ("-coarse" if cfg.dataset == "cifar100" and cfg.cifar100_labels == "coarse" else "")
+    if cfg.dataset in OFFICIAL and cfg.unverified_data:
+        copy = official_arrays(DataSource.of(cfg))[0]
+        if copy.unverified:
+            return f"{name} (unverified copy: {Path(copy.root).resolve()})"
+    return name
 
 
 def robustbench_entry(report, meta: dict[str, Any]) -> dict[str, Any]:
@@ -369,10 +395,21 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
 
 # --------------------------------------------------------------------------- data / list
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import prepare_cifar10
+    from .data import DataSource, official_arrays, prepare_cifar10
 
-    folder = prepare_cifar10(args.data_dir, download=not args.no_download)  # DatasetError: exit 2 (main)
-    print(f"CIFAR-10 verified: {folder} (50,000 train / 10,000 test, SHA-256 of pixels and labels match)")
+    if args.dataset == "cifar10":
+        folder = prepare_cifar10(args.data_dir, download=not args.no_download)  # DatasetError: exit 2 (main)
+        print(f"CIFAR-10 verified: {folder} (50,000 train / 10,000 test, SHA-256 of pixels and labels match)")
+        return 0
+    src = DataSource(dataset=args.dataset, data_dir=args.data_dir, svhn_extra=args.svhn_extra,
+                     unverified_data=args.unverified_data, workers=min(8, os.cpu_count() or 1))
+    a, _ = official_arrays(src, download=not args.no_download)
+    sizes = f"{len(a.train_y):,} train / {len(a.test_y):,} test, {len(a.classes)} classes"
+    if a.unverified:
+        print(f"{args.dataset} read, NOT verified: {a.root} ({sizes}; {a.unverified})")
+    else:
+        what = "the release's classes and counts" if args.dataset == "tiny-imagenet" else "published MD5s"
+        print(f"{args.dataset} verified: {a.root} ({sizes}; {what} match)")
     return 0
 
 
@@ -399,7 +436,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.suite == "headline":
         from .bench.headline import run_headline
 
-        if args.only or args.resume or args.seeds != 1 or args.compile or args.train_only:
+        if (args.only or args.resume or args.seeds != 1 or args.compile or args.train_only or args.dataset
+                or args.unverified_data):
             raise ValueError("headline takes --out, --budget, --tiny, --dry-run, --device, --data-dir and --quiet only")
         if args.dry_run:  # a plan for another machine: the device is checked by name, not looked for
             from .bench.headline import GPU, TINY, plan_table
@@ -428,8 +466,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if only == []:
         raise UsageError(f"--only {args.only!r} names no entry: give e.g. --only eae,fgsm_rs (or leave it out)")
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
-              data_dir=args.data_dir, budget_k=2.0 if args.budget_k is None else args.budget_k, quiet=args.quiet, only=only, compile=args.compile,
-              train_only=args.train_only)
+              data_dir=args.data_dir, budget_k=2.0 if args.budget_k is None else args.budget_k, quiet=args.quiet,
+              only=only, compile=args.compile, train_only=args.train_only, dataset=args.dataset,
+              unverified_data=args.unverified_data)
     return 0
 
 
@@ -546,8 +585,11 @@ def _eval_parser(sub) -> None:
     e.add_argument("--normalize", default=None,
                    help="with --model: the model expects normalised inputs: cifar10, imagenet, or "
                         "'m1,m2,m3,s1,s2,s3' (eae feeds it images in [0, 1] through this normalisation)")
-    e.add_argument("--dataset", choices=("cifar10", "imagefolder"), default=None,
+    e.add_argument("--dataset", choices=("cifar10", "cifar100", "svhn", "tiny-imagenet", "imagefolder"), default=None,
                    help="with --model: test data (default: cifar10; imagefolder: --data-dir D with D/val)")
+    e.add_argument("--unverified-data", action="store_true", default=None,
+                   help="with --model: accept a copy of cifar100, svhn or tiny-imagenet that is not the published "
+                        "files (the report says so)")
     e.add_argument("--image-size", type=_int_at_least(1), default=None,
                    help="with --model and --dataset imagefolder: side of the test crops (default 224)")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
@@ -569,9 +611,12 @@ def _eval_parser(sub) -> None:
 
 def _data_and_list_parsers(sub) -> None:
     d = sub.add_parser("data", help="find, download or convert, and verify a dataset")
-    d.add_argument("dataset", choices=("cifar10",))
+    d.add_argument("dataset", choices=("cifar10", "cifar100", "svhn", "tiny-imagenet"))
     d.add_argument("--data-dir", default=None)
     d.add_argument("--no-download", action="store_true", help="only look and verify")
+    d.add_argument("--svhn-extra", action="store_true", help="svhn: also extra_32x32.mat")
+    d.add_argument("--unverified-data", action="store_true",
+                   help="read a copy that is not the published files and say what differs")
     d.set_defaults(func=cmd_data)
 
     ls = sub.add_parser("list", help="list architectures, methods and attacks")
@@ -593,6 +638,10 @@ def _bench_parser(sub) -> None:
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
     b.add_argument("--device", default="auto")
     b.add_argument("--data-dir", default=None)
+    b.add_argument("--dataset", choices=("cifar10", "cifar100", "svhn", "tiny-imagenet"), default=None,
+                   help="run a CIFAR-10 training suite's recipe on another dataset (default: the suite's own)")
+    b.add_argument("--unverified-data", action="store_true",
+                   help="with --dataset: accept a copy that is not the published files (recorded in each run)")
     b.add_argument("--budget-k", type=_positive_float, default=None,
                    help="cifar10-budget: the budget is K x the time of 15 standard epochs (default: 2)")
     b.add_argument("--only", default=None,
@@ -659,6 +708,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM, 143; SIGHUP, 129. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
     import signal
 
+    for stream in (sys.stdout, sys.stderr):  # a path with "ü" on an ASCII terminal: printed as \xfc, never fatal
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream of ours (a test's capture)
+            pass
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _catch_signals()
@@ -673,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         what = _SIGNALS[signal.Signals(e.signum).name] if isinstance(e, Terminated) else "interrupted"
         try:
-            print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
+            if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: said once, by rank 0
+                print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
         except OSError:  # the closed terminal was stderr: the exit status still says it
             pass
         return 128 + e.signum if isinstance(e, Terminated) else 130
@@ -760,23 +815,40 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
     if getattr(args, "func", None) is cmd_train:
         out = getattr(args, "resolved_out", None) or getattr(args, "out", None) or "runs/default"
-        return (f": the run continues from its last finished epoch with `eae train --out={quote(out)} --resume`"
-                if (Path(out) / "checkpoint.pt").exists() else "")
+        return (f": the run continues from its last finished epoch with `{_launcher()} train --out={quote(out)} "
+                "--resume`" if (Path(out) / "checkpoint.pt").exists() else "")
+    if getattr(args, "func", None) is cmd_demo:
+        cmd = ["eae", "demo", f"--out={args.out}"] + (["--data-dir", args.data_dir] if args.data_dir else []) \
+            + (["--device", args.device] if args.device != "cpu" else [])
+        return f": the same command, `{' '.join(quote(c) for c in cmd)}`, continues it (finished parts are kept)"
     if getattr(args, "func", None) is cmd_bench:
-        if args.suite == "headline" or not args.out:
+        if args.suite == "headline":
+            return ": headline runs in one go under its time budget; run it again with a new --out" if args.out else ""
+        if not args.out:
             return ""
-        flags = [f"--{f.replace('_', '-')}" for f in ("compile", "train_only") if getattr(args, f, False)]
+        flags = [f"--{f.replace('_', '-')}" for f in ("compile", "train_only", "unverified_data")
+                 if getattr(args, f, False)]
         if args.seeds != 1:
             flags += ["--seeds", str(args.seeds)]
         if args.budget_k is not None:
             flags += ["--budget-k", repr(args.budget_k)]
-        for name in ("only", "device", "data_dir"):
+        for name in ("only", "device", "data_dir", "dataset"):
             value = getattr(args, name, None)
             if value and not (name == "device" and value == "auto"):
                 flags += [f"--{name.replace('_', '-')}", value]
         cmd = ["eae", "bench", args.suite, f"--out={args.out}", "--resume", *flags]
         return f": `{' '.join(quote(c) for c in cmd)}` continues it"
     return ""
+
+
+def _launcher() -> str:
+    """How this process was started: ``eae``, or torchrun with its process count."""
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world in ("", "1"):
+        return "eae"
+    if local == world:
+        return f"torchrun --standalone --nproc_per_node {world} -m eae"
+    return "torchrun (the same launch on every node) -m eae"
 
 
 def _user_error(e: Exception) -> tuple[int | None, str]:

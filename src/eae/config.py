@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import tomllib
 import types
 import typing
@@ -35,7 +36,9 @@ EAE_SEED_RULES = ("quantile", "confidence", "mahalanobis", "all")
 EAE_LATENTS = ("penultimate", "logits")
 EAE_BUDGETS = ("minimal", "relative")
 EAE_BASES = ("clean", "fgsm_rs", "n_fgsm", "free", "gradalign", "fgsm_pgi")
-DATASETS = ("cifar10", "synthetic", "imagefolder")
+DATASETS = ("cifar10", "cifar100", "svhn", "tiny-imagenet", "synthetic", "imagefolder")
+CIFAR100_LABELS = ("fine", "coarse")
+IMAGE_SIDES = {"cifar10": 32, "cifar100": 32, "svhn": 32, "tiny-imagenet": 64}  # of the array datasets
 BAD_IMAGES = ("error", "skip")
 NONFINITE = ("stop", "skip")
 OVERFIT_ACTIONS = ("warn", "stop", "rollback", "rollback_lower_step")
@@ -83,12 +86,20 @@ class TrainConfig:
     seed: int = _f(0, "random seed of the run (init, batch order, augmentation, attacks)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     # --- data --------------------------------------------------------------
-    dataset: str = _f("cifar10", "cifar10 | synthetic | imagefolder (D/train/<class>/*, D/val/<class>/*)",
-                      choices=DATASETS)
-    data_dir: str | None = _f(None, "cifar10: folder holding cifar-10-batches-py (else $EAE_DATA_DIR, else "
-                                    "~/.cache/eae); imagefolder: the folder D holding train/ and val/")
+    dataset: str = _f("cifar10", "cifar10 | cifar100 | svhn | tiny-imagenet | synthetic | imagefolder "
+                                 "(D/train/<class>/*, D/val/<class>/*)", choices=DATASETS)
+    data_dir: str | None = _f(None, "cifar10, cifar100, svhn, tiny-imagenet: the folder holding the dataset's "
+                                    "folder (cifar-10-batches-py, cifar-100-python, svhn, tiny-imagenet-200) or that "
+                                    "folder itself (else $EAE_DATA_DIR, else ~/.cache/eae); imagefolder: the folder "
+                                    "D holding train/ and val/")
+    cifar100_labels: str = _f("fine", "cifar100: fine (100 classes) or coarse (the 20 superclasses)",
+                              choices=CIFAR100_LABELS)
+    svhn_extra: bool = _f(False, "svhn: add the 531,131 images of extra_32x32.mat to the training set")
+    unverified_data: bool = _f(False, "cifar100, svhn, tiny-imagenet: use a copy that is not the published files "
+                                      "(re-encoded, a subset, other labels), which is refused otherwise; "
+                                      "dataset.json records what differs")
     image_size: int = _f(224, "imagefolder: side of the training crops (RandomResizedCrop) and test crops")
-    workers: int = _f(8, "imagefolder: decoding processes per training process")
+    workers: int = _f(8, "imagefolder: decoding processes per training process; tiny-imagenet: for its one decoding")
     bad_images: str = _f("error", "imagefolder: a non-image, unreadable or empty file or class folder stops "
                                   "the run (error) or is left out and counted (skip)", choices=BAD_IMAGES)
     val_size: int = _f(1000, "images held out of the training set for per-epoch validation")
@@ -97,7 +108,7 @@ class TrainConfig:
     synthetic_train_size: int = _f(2048, "synthetic dataset: training images")
     synthetic_test_size: int = _f(512, "synthetic dataset: test images")
     synthetic_image_size: int = _f(32, "synthetic dataset: image side in pixels")
-    augment: bool = _f(True, "random crop (pad 4) and horizontal flip, on the device")
+    augment: bool = _f(True, "random crop (pad 4) and horizontal flip (no flip on svhn: digits), on the device")
     # --- model -------------------------------------------------------------
     arch: str = _f("preact_resnet18", "architecture (see `eae list`)")
     head: str = _f("linear", "classifier head: linear, or cosine (normalised features and weights, fixed scale)",
@@ -119,6 +130,9 @@ class TrainConfig:
     norm: str = _f("linf", "threat model of the input-space adversaries: linf or l2 (eps is then the L2 radius)",
                    choices=NORMS)
     eps: float = _f(8 / 255, "radius of the threat model in pixel units (8/255 for linf; e.g. 0.5 for l2)")
+    eps_warmup_epochs: int = _f(0, "training attacks' eps, and their step sizes with it, rise linearly from 0 over the "
+                                   "first N epochs, step by step (the SVHN recipe of GradAlign and N-FGSM: 5); "
+                                   "validation and evaluation always use eps")
     fgsm_alpha: float | None = _f(None, "fgsm_rs: step size; default 1.25 * eps")
     fgsm_init: str = _f("uniform", "fgsm_rs: start of the step: uniform in the eps-ball (FGSM-RS), or zero "
                                    "(plain FGSM, prone to catastrophic overfitting)", choices=FGSM_INITS)
@@ -211,7 +225,8 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         bad_eps = eps_errors(self.eps, self.norm)
         errors = bad_eps + _arch_errors(self.arch)
-        side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(self.dataset, 32)
+        side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
+            self.dataset, IMAGE_SIDES.get(self.dataset, 32))
         if not errors and isinstance(side, int) and side > 0:
             errors += l2_diameter_errors(self.eps, self.norm, (3, side, side))
         if isinstance(self.momentum, (int, float)) and math.isfinite(self.momentum) and not self.momentum < 1:
@@ -245,7 +260,10 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule == "piecewise" and len(self.lr_milestones) == 0:
             errors.append("lr_milestones is empty: the piecewise schedule needs at least one (e.g. 0.5, 0.75)")
-        for name in ("val_size", "train_subset", "eae_warmup_epochs", "val_attack_steps",
+        if isinstance(self.eps_warmup_epochs, int) and self.eps_warmup_epochs > self.epochs:
+            errors.append(f"eps_warmup_epochs {self.eps_warmup_epochs} is longer than training (epochs {self.epochs}): "
+                          "eps would never reach its value; give at most epochs")
+        for name in ("val_size", "train_subset", "eae_warmup_epochs", "eps_warmup_epochs", "val_attack_steps",
                      "val_aa_n", "workers", "max_rollbacks"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -439,7 +457,9 @@ def _arch_errors(arch: str) -> list[str]:
 def eps_errors(eps: Any, norm: str) -> list[str]:
     """ε the same way everywhere (train, eval, evaluate()): a finite number in pixel units,
     in [0, 1] under L-inf (no pixel can move by more than its whole range), >= 0 under L2."""
-    number = not isinstance(eps, bool) and isinstance(eps, (int, float)) and math.isfinite(eps)
+    number = not isinstance(eps, bool) and isinstance(eps, numbers.Real) and math.isfinite(eps)
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):  # "8/255", a tensor: the type is the mistake
+        return [f"eps must be a number (a float such as 8/255 written in Python), got {type(eps).__name__} {eps!r}"]
     if norm != "l2" and not (number and 0 <= eps <= 1):
         return [f"eps must be in [0, 1] for linf (pixel units of images in [0, 1]; {EPS_HELP}), got {eps!r}"]
     if norm == "l2" and not (number and eps >= 0):

@@ -52,6 +52,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def as_device(device) -> torch.device:
+    """A device given in Python as a name, a ``torch.device`` or a CUDA index, checked as
+    ``--device`` is (ConfigError naming ``device``, never torch's assertion)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    elif isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"
+    if not isinstance(device, str):
+        raise _device_error(f"device must be a name such as 'cpu' or 'cuda:0', or a torch.device, got "
+                            f"{type(device).__name__} {device!r}")
+    return resolve_device(device)
+
+
 def _device_error(message: str):
     from .errors import ConfigError
 
@@ -127,6 +140,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno is not None and tmp in (e.filename, e.filename2):  # name the file the user knows, not our temporary
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

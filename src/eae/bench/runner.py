@@ -20,6 +20,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +195,17 @@ def budget_epochs(speed: list[dict[str, Any]], k: float, standard_epochs: int) -
 
 def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool = False, device: str = "auto",
               data_dir: str | None = None, budget_k: float = 2.0, quiet: bool = False,
-              only: list[str] | None = None, compile: bool = False, train_only: bool = False) -> dict[str, Any]:
+              only: list[str] | None = None, compile: bool = False, train_only: bool = False,
+              dataset: str | None = None, unverified_data: bool = False) -> dict[str, Any]:
     """Run (or continue) a suite and write its report. ``only``: run just these entries
     now; the report still shows every entry already finished in ``out``, so a suite can
     be spread over several calls (e.g. on a time-limited GPU). ``compile``: torch.compile
     every network for training (a placement choice: runs resume either way).
     ``train_only``: train the entries now, evaluate them in a later call (training and
-    evaluation then run where and when each fits)."""
-    suite = get_bench_suite(suite_name)
+    evaluation then run where and when each fits). ``dataset``: the suite's recipe on
+    cifar100, svhn or tiny-imagenet instead of CIFAR-10 (``unverified_data``: on a copy that
+    is not the published files)."""
+    suite = on_dataset(get_bench_suite(suite_name), dataset, unverified_data)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1, got {seeds!r}", cli=f"--seeds must be >= 1, got {seeds!r}",
                           field="seeds")
@@ -224,6 +228,25 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     except BaseException:
         folder.abandon()  # removes the folder again if nothing but the claim was written
         raise
+
+
+def on_dataset(suite, dataset: str | None, unverified_data: bool = False):
+    """``suite`` with its CIFAR-10 recipe on another array dataset (recorded in bench.json
+    through the base, so a resumed benchmark cannot mix datasets)."""
+    if unverified_data and dataset not in ("cifar100", "svhn", "tiny-imagenet"):
+        raise ConfigError("unverified_data applies to cifar100, svhn and tiny-imagenet (CIFAR-10 is verified to the "
+                          "pixel)", cli="--unverified-data goes with --dataset cifar100, svhn or tiny-imagenet",
+                          field="unverified_data")
+    if dataset is None or dataset == suite.base.get("dataset"):
+        return suite
+    if suite.kind not in ("accuracy", "budget") or suite.base.get("dataset") != "cifar10":
+        raise ConfigError(f"suite {suite.name} is not a CIFAR-10 training suite: it runs on its own data only",
+                          cli=f"--dataset: suite {suite.name} is not a CIFAR-10 training suite", field="dataset")
+    if dataset not in ("cifar100", "svhn", "tiny-imagenet"):
+        raise ConfigError(f"dataset for a bench suite is cifar10, cifar100, svhn or tiny-imagenet, got {dataset!r}",
+                          field="dataset")
+    base = {**suite.base, "dataset": dataset, **({"unverified_data": True} if unverified_data else {})}
+    return replace(suite, base=base, description=f"{suite.description} [here on {dataset} instead of CIFAR-10]")
 
 
 def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet, compile, train_only, log

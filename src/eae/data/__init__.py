@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ __all__ = [
     "DataSource", "Splits", "split_indices", "read_splits", "load_splits", "read_test_set", "load_test_set",
     "count_test_images", "num_test_images", "class_names_of", "dataset_identity", "cifar10_arrays",
     "DeviceLoader", "random_crop_flip", "TrainingData", "build_training_data", "training_data",
-    "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError",
+    "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError", "OFFICIAL", "official_arrays",
+    "unverified_reason",
 ]
 
 
@@ -36,6 +38,9 @@ class DataSource:
     synthetic_train_size: int = 2048
     synthetic_test_size: int = 512
     synthetic_image_size: int = 32
+    cifar100_labels: str = "fine"  # cifar100: "fine" (100 classes) or "coarse" (20)
+    svhn_extra: bool = False  # svhn: add extra_32x32.mat to the training set
+    unverified_data: bool = False  # accept a copy that is not the published files (recorded)
 
     @classmethod
     def of(cls, cfg) -> "DataSource":
@@ -78,8 +83,54 @@ def cifar10_arrays(data_dir=None, download: bool = True) -> Cifar10Arrays:
     return _verified(str(folder.resolve()), stamp)
 
 
+OFFICIAL = ("cifar100", "svhn", "tiny-imagenet")  # read from their official files (see official.py)
+
+
+def _stamp(folder: Path) -> tuple:
+    """What changes when the files of a dataset folder change (the top two levels)."""
+    paths = [folder, *folder.iterdir(), *(q for p in folder.iterdir() if p.is_dir() for q in p.iterdir())]
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+@functools.lru_cache(maxsize=2)
+def _official_cached(dataset: str, folder: str, stamp: tuple, labels: str, extra: bool, allow: bool,
+                     workers: int):
+    from . import cifar100, svhn, tiny_imagenet
+
+    if dataset == "cifar100":
+        a = cifar100.load_cifar100(folder, labels=labels, allow_unverified=allow)
+    elif dataset == "svhn":
+        a = svhn.load_svhn(folder, extra=extra, allow_unverified=allow)
+    else:
+        a = tiny_imagenet.load_tiny_imagenet(folder, allow_unverified=allow, workers=workers)
+    return a, a.stats()
+
+
+def official_arrays(src: DataSource, download: bool = True):
+    """(ArraySet, (mean, std)) of CIFAR-100, SVHN or Tiny-ImageNet, found (or fetched) and
+    checked once per process and folder state. The arrays are shared: do not modify them."""
+    from . import cifar100, svhn, tiny_imagenet
+
+    if src.dataset == "cifar100":
+        folder = cifar100.locate_cifar100(src.data_dir, download)
+    elif src.dataset == "svhn":
+        folder = svhn.locate_svhn(src.data_dir, extra=src.svhn_extra, download=download)
+    else:
+        folder = tiny_imagenet.locate_tiny_imagenet(src.data_dir, download)
+    return _official_cached(src.dataset, str(folder.resolve()), _stamp(folder), src.cifar100_labels,
+                            src.svhn_extra, src.unverified_data, src.workers)
+
+
+def unverified_reason(src: DataSource) -> str:
+    """Why the dataset's copy is not the published one ("" when it is, or is not checked)."""
+    return official_arrays(src)[0].unverified if src.dataset in OFFICIAL else ""
+
+
 def _arrays(src: DataSource):
     """(train_x, train_y, test_x, test_y, classes, mean, std) as numpy arrays."""
+    if src.dataset in OFFICIAL:
+        a, (mean, std) = official_arrays(src)
+        return a.train_x, a.train_y, a.test_x, a.test_y, a.classes, mean, std
     if src.dataset == "cifar10":
         a = cifar10_arrays(src.data_dir)
         return a.train_x, a.train_y, a.test_x, a.test_y, a.classes, MEAN, STD
@@ -89,7 +140,8 @@ def _arrays(src: DataSource):
         mean = tuple(float(m) for m in (tx.reshape(len(tx), 3, -1) / 255).mean(axis=(0, 2)))
         std = tuple(float(s) for s in (tx.reshape(len(tx), 3, -1) / 255).std(axis=(0, 2)))
         return tx, ty, vx, vy, tuple(f"class{i}" for i in range(10)), mean, std
-    raise ValueError(f"unknown dataset {src.dataset!r}; available: cifar10, synthetic, imagefolder")
+    raise ValueError(f"unknown dataset {src.dataset!r}; available: cifar10, cifar100, svhn, tiny-imagenet, "
+                     "synthetic, imagefolder")
 
 
 def split_indices(n: int, val_size: int, val_seed: int = 0, train_subset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +212,8 @@ def build_training_data(src: DataSource, *, val_size: int, val_seed: int, train_
         return TrainingData(loader, val_x, val_y, index.classes, f.MEAN, f.STD, len(train), len(index.skipped),
                             src.image_size)
     s = read_splits(src, val_size, val_seed, train_subset)
-    loader = DeviceLoader(s.train_x, s.train_y, batch_size, shuffle=True, **placement)
+    # digits are not mirror images of digits: crops only on SVHN (as the GradAlign and N-FGSM code)
+    loader = DeviceLoader(s.train_x, s.train_y, batch_size, shuffle=True, flip=src.dataset != "svhn", **placement)
     return TrainingData(loader, s.val_x, s.val_y, s.classes, s.mean, s.std, len(s.train_y), 0, s.image_size)
 
 
@@ -216,7 +269,13 @@ def dataset_identity(src: DataSource) -> dict:
     label order) and image size (``dataset.json`` of a run holds the same)."""
     classes = class_names_of(src)
     size = src.image_size if src.dataset == "imagefolder" else int(_arrays(src)[2].shape[-1])
-    return {"dataset": src.dataset, "num_classes": len(classes), "classes": list(classes), "image_size": size}
+    out = {"dataset": src.dataset, "num_classes": len(classes), "classes": list(classes), "image_size": size}
+    if src.dataset in OFFICIAL:  # the copy trained on: the published files, or what differs (--unverified-data)
+        reason = unverified_reason(src)
+        out["verified"] = not reason
+        if reason:
+            out["unverified_data"] = reason
+    return out
 
 
 def num_test_images(cfg) -> int:

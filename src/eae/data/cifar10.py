@@ -109,13 +109,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "eae"
 
 
-def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+def candidate_roots(data_dir: str | os.PathLike | None = None, folder: str = FOLDER) -> list[tuple[Path, str]]:
     roots: list[tuple[Path, str]] = []
     if data_dir:  # named explicitly: the only place looked at (never silently another copy)
         path = Path(data_dir).expanduser()
         if path.exists() and not path.is_dir():
             raise DatasetError(f"--data-dir {path} is a file, not a folder: give the folder that holds (or will "
-                               f"hold) {FOLDER}")
+                               f"hold) {folder}")
         return [(path, "--data-dir")]
     if os.environ.get("EAE_DATA_DIR"):  # set explicitly too: the only place (never silently another copy)
         value = os.environ["EAE_DATA_DIR"]
@@ -153,8 +153,12 @@ def _sha256(b: bytes) -> str:
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file -> (data (N, 3072) uint8, labels (N,) int64), shape-checked."""
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"{path} is not a regular file (a folder, a device, a pipe?): put the CIFAR-10 batch "
+                           "file there")
     if not path.is_file():
-        raise DatasetError(f"missing CIFAR-10 file: {path}")
+        raise DatasetError(f"missing CIFAR-10 file: {path}: the folder is incomplete; restore the file, or move the "
+                           "folder away and run `eae data cifar10` to download a verified copy")
     try:
         d = safe_load(path)
     except pickle.UnpicklingError as e:

@@ -2,8 +2,8 @@
 
 CIFAR-10 is 150 MB as uint8: it fits on any GPU, so there is no worker process,
 no pinned-memory copy and no per-image Python. Each epoch draws one permutation
-on the device; random crop (zero pad 4) and horizontal flip are done per batch,
-on the device, in uint8; conversion to float in [0, 1] happens last.
+on the device; random crop (zero pad 4) and horizontal flip (not for digits: SVHN)
+are done per batch, on the device, in uint8; conversion to float in [0, 1] happens last.
 """
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  device: torch.device | str = "cpu", shuffle: bool = False, augment: bool = False,
-                 drop_last: bool = False, seed: int = 0, pad: int = 4, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 drop_last: bool = False, seed: int = 0, pad: int = 4, flip: bool = True,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -77,7 +77,7 @@ class DeviceLoader:
         self.labels = labels.to(self.device, torch.long)
         self.batch_size = batch_size
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
-        self.pad = pad
+        self.pad, self.flip = pad, flip
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.global_batch = 0
@@ -104,6 +104,7 @@ class DeviceLoader:
             x = self.images[idx]
             if self.augment:  # drawn for the global batch: identical on every rank
                 dy, dx, flip = crop_flip_params(len(batch), self.pad, self.generator, self.device)
+                flip = flip & self.flip  # drawn either way: the crops do not depend on it
                 x = apply_crop_flip(x, self.pad, *(None if t is None else t[lo:hi] for t in (dy, dx, flip)))
             x = x.float().div_(255)
             if self.channels_last:

@@ -4,9 +4,9 @@
 could execute code on load. CIFAR batches only ever hold dicts, lists, ints,
 strings and uint8 numpy arrays, which pickle rebuilds with exactly three
 globals: ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
-``numpy.dtype``. Those three are admitted (each through a guard that allows
-only plain, non-object arrays); every other global is refused before anything
-runs.
+``numpy.dtype`` (and ``_codecs.encode`` for bytes in files written by Python 3 at
+protocol 2). Those are admitted, each through a guard (plain, non-object arrays;
+latin-1 text); every other global is refused before anything runs.
 """
 from __future__ import annotations
 
@@ -40,7 +40,15 @@ def _safe_dtype(*args: Any) -> np.dtype:
     return dt
 
 
+def _safe_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    # how Python 3 writes bytes at protocol 2 (a copy re-pickled by a user): latin-1 text only
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
 _ALLOWED = {
+    ("_codecs", "encode"): _safe_encode,
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy", "ndarray"): np.ndarray,

@@ -48,6 +48,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
                     norm=norm, eot=eot, seed=seed, attacks=attacks)
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise ConfigError(f"{name} must be a torch tensor (e.g. torch.as_tensor(...)), got {type(t).__name__}",
+                              field=name)
+    if device is not None:
+        from ..utils import as_device
+
+        device = as_device(device)
     n = len(x) if hasattr(x, "__len__") else None
     if n == 0:
         raise ConfigError("x holds no images: nothing can be scored", field="x")

@@ -44,6 +44,24 @@ class Method:
         self.cfg = cfg
         self.threat = make_threat(cfg.norm, cfg.eps)  # the L2 forms of every method follow from it
 
+    # eps warm-up (eps_warmup_epochs): the loop sets the fraction of eps this step's attack
+    # uses; step sizes scale with it (as in the GradAlign and N-FGSM code for SVHN)
+    eps_scale = 1.0
+
+    def set_eps_scale(self, scale: float) -> None:
+        self.eps_scale = scale
+        self.threat.eps = self.cfg.eps * scale
+
+    @property
+    def eps(self) -> float:
+        """The radius of this step's training attack."""
+        return self.cfg.eps * self.eps_scale
+
+    @property
+    def alpha_scale(self) -> float:
+        """What this step's attack step sizes are multiplied by (guard rollback x eps warm-up)."""
+        return self.step_scale * self.eps_scale
+
     def passes(self, epochs: int) -> int:
         """Passes over the training data for a run of ``epochs`` (standard-equivalent) epochs:
         a method that replays each minibatch m times passes over the data ceil(epochs / m) times."""

@@ -147,7 +147,7 @@ class EAE(Method):
         self.carried = None
         if cfg.eae_base == "free":  # Free-AT's replays and carried perturbation under the EAE term
             self.replays = cfg.free_replays
-            self.carried = CarriedPerturbation(self.threat, lambda: cfg.eps)
+            self.carried = CarriedPerturbation(self.threat, lambda: self.eps)
         # a whole method under the EAE term: its adversarial input and its loss, the latent term added
         self.base = METHODS.get(cfg.eae_base)(cfg) if cfg.eae_base in ("gradalign", "fgsm_pgi") else None
         self.per_example = bool(self.base and self.base.per_example)
@@ -170,6 +170,11 @@ class EAE(Method):
 
     def load_example_state(self, state: dict) -> None:
         self.base.load_example_state(state)
+
+    def set_eps_scale(self, scale: float) -> None:
+        super().set_eps_scale(scale)
+        if self.base:
+            self.base.set_eps_scale(scale)
 
     def seeds(self, logits, latent, latent_tilde, dist, y):
         """Boolean mask of the examples whose EAE enters the loss."""
@@ -208,9 +213,9 @@ class EAE(Method):
         if cfg.eae_base_downsample > 1:
             attacked = Downsampled(attacked, cfg.eae_base_downsample)
         if cfg.eae_base == "fgsm_rs":
-            adv = fgsm_rs_example(attacked, x[:k], y[:k], self.threat, 1.25 * cfg.eps)
+            adv = fgsm_rs_example(attacked, x[:k], y[:k], self.threat, 1.25 * self.eps)
         else:
-            adv = n_fgsm_example(attacked, x[:k], y[:k], self.threat, cfg.eps, cfg.nfgsm_noise)
+            adv = n_fgsm_example(attacked, x[:k], y[:k], self.threat, self.eps, cfg.nfgsm_noise)
         return adv if k == len(x) else torch.cat([adv, x[k:]])
 
     def shift(self, latent, delta):

@@ -109,7 +109,7 @@ class FGSMPGI(AdversaryThenLoss):
         logits0 = model(x + prior)  # trained through: the consistency term reaches it
         g = torch.autograd.grad(self._ce(logits0, y), prior, retain_graph=True)[0].detach()
         prior = prior.detach()
-        adv = clip_to_image(x, self.threat.project(prior + self.threat.step(g, self.alpha * self.step_scale)))
+        adv = clip_to_image(x, self.threat.project(prior + self.threat.step(g, self.alpha * self.alpha_scale)))
         self._remember(rows, lo, hi, x, prior, g, adv)
         return x + adv, logits0
 
@@ -132,7 +132,7 @@ class FGSMPGI(AdversaryThenLoss):
             g = g * ((hi - lo) / len(rows))  # the gradient of the global batch's mean loss, as in one process
             l1 = dist.all_reduce(g.abs().sum().float().reshape(1))  # and that batch's ‖g‖₁
             new_m = g / l1 + self.cfg.pgi_momentum * self.momentum[rows[lo:hi]]
-            new_delta = clip_to_image(x, self.threat.project(prior + self.threat.step(new_m, self.alpha * self.step_scale)))
+            new_delta = clip_to_image(x, self.threat.project(prior + self.threat.step(new_m, self.alpha * self.alpha_scale)))
         for store, new in ((self.delta, new_delta), (self.momentum, new_m)):
             if new is None:
                 continue

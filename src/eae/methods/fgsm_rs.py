@@ -26,7 +26,7 @@ class FGSMRS(Method):
         self.alpha = 1.25 * cfg.eps if cfg.fgsm_alpha is None else cfg.fgsm_alpha
 
     def step(self, model, x, y, epoch):
-        adv = fgsm_rs_example(model, x, y, self.threat, self.alpha * self.step_scale,
+        adv = fgsm_rs_example(model, x, y, self.threat, self.alpha * self.alpha_scale,
                               zero_start=self.cfg.fgsm_init == "zero")
         logits = model(adv)
         return StepOutput(F.cross_entropy(logits, y), logits)

@@ -59,7 +59,7 @@ class Free(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.replays = cfg.free_replays
-        self.carried = CarriedPerturbation(self.threat, lambda: self.cfg.eps * self.step_scale)
+        self.carried = CarriedPerturbation(self.threat, lambda: self.eps * self.step_scale)
 
     def step(self, model, x, y, epoch):
         logits = model(x + self.carried.leaf(x))

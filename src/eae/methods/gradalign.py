@@ -41,10 +41,10 @@ class GradAlign(AdversaryThenLoss):
     def adversarial(self, model, x, y, epoch):
         cfg = self.cfg
         net = unwrap(model)  # input gradients bypass DDP; the training forward does not
-        start = torch.zeros_like(x) if cfg.gradalign_init == "zero" else torch.empty_like(x).uniform_(-cfg.eps, cfg.eps)
+        start = torch.zeros_like(x) if cfg.gradalign_init == "zero" else torch.empty_like(x).uniform_(-self.eps, self.eps)
         delta = start.requires_grad_(True)
         g1 = torch.autograd.grad(F.cross_entropy(net(_authors_clamp(x + delta)), y), delta)[0].detach()
-        delta = clip_to_image(x, self.threat.project(start.detach() + self.threat.step(g1, self.alpha * self.step_scale)))
+        delta = clip_to_image(x, self.threat.project(start.detach() + self.threat.step(g1, self.alpha * self.alpha_scale)))
         return x + delta.detach(), (x, g1)
 
     def loss(self, model, logits, y, aux):
@@ -53,7 +53,7 @@ class GradAlign(AdversaryThenLoss):
         if cfg.gradalign_lambda == 0:
             return loss, {}
         x, g1 = aux
-        eta = torch.empty_like(x).uniform_(-cfg.eps, cfg.eps).requires_grad_(True)
+        eta = torch.empty_like(x).uniform_(-self.eps, self.eps).requires_grad_(True)
         g2 = torch.autograd.grad(F.cross_entropy(unwrap(model)(x + eta), y), eta, create_graph=True)[0]
         cos = gradient_cosine(g1, g2)
         return loss + cfg.gradalign_lambda * (1.0 - cos), {"gradalign_cos": cos.detach()}

@@ -22,7 +22,7 @@ class NFGSM(Method):
         self.alpha = cfg.eps if cfg.nfgsm_alpha is None else cfg.nfgsm_alpha
 
     def step(self, model, x, y, epoch):
-        logits = model(n_fgsm_example(model, x, y, self.threat, self.alpha * self.step_scale, self.cfg.nfgsm_noise))
+        logits = model(n_fgsm_example(model, x, y, self.threat, self.alpha * self.alpha_scale, self.cfg.nfgsm_noise))
         return StepOutput(F.cross_entropy(logits, y), logits)
 
 

@@ -20,6 +20,6 @@ class PGDAT(Method):
         delta = self.threat.random_perturb(x)
         for _ in range(self.cfg.pgd_steps):
             grad = input_grad(model, x, delta, y)
-            delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.cfg.pgd_alpha * self.step_scale)))
+            delta = clip_to_image(x, self.threat.project(delta + self.threat.step(grad, self.cfg.pgd_alpha * self.alpha_scale)))
         logits = model(x + delta.detach())
         return StepOutput(F.cross_entropy(logits, y), logits)

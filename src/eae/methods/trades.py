@@ -34,7 +34,8 @@ class TRADES(Method):
         for _ in range(cfg.trades_steps):
             delta = delta.detach().requires_grad_(True)
             g = grad_of(_kl(net(x + delta), probs_nat, "sum"), delta)
-            delta = clip_to_image(x, self.threat.project(delta.detach() + self.threat.step(g, cfg.trades_alpha)))
+            step = self.threat.step(g, cfg.trades_alpha * self.eps_scale)
+            delta = clip_to_image(x, self.threat.project(delta.detach() + step))
         net.train(was_training)
         logits = model(x)
         logits_adv = model(x + delta.detach())

@@ -66,9 +66,10 @@ def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         v = [float(t) for t in text.split(",")]
     except ValueError:
         v = []
-    if len(v) != 6 or not all(torch.isfinite(torch.tensor(v))) or min(v[3:]) <= 0:
+    # a std below 1e-4 turns pixel steps into logits of 1e4 and more (NaN in the attacks): a typo
+    if len(v) != 6 or not all(torch.isfinite(torch.tensor(v))) or min(v[3:]) < 1e-4 or max(map(abs, v)) > 1e4:
         raise ValueError(f"--normalize takes {' or '.join(NORMALIZATIONS)} or six numbers 'm1,m2,m3,s1,s2,s3' "
-                         f"(std > 0), got {text!r}")
+                         f"(means and stds of images in [0, 1]: std from 1e-4 to 1e4), got {text!r}")
     return tuple(v[:3]), tuple(v[3:])
 
 
@@ -193,6 +194,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise WeightsError(f"{path} is a folder, not a weights file: give the .safetensors or .pt file itself "
                            "(an eae run folder evaluates as `eae eval RUN_DIR`)")
+    if path.exists() and not path.is_file():  # a FIFO, a device such as /dev/null
+        raise WeightsError(f"{path} is not a regular file: give the .safetensors or .pt file itself")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
@@ -212,9 +215,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    # an empty state_dict is a model's without parameters; one that does not fit is named when loaded
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: no state_dict of tensors found in it")
-    if all(k.startswith("module.") for k in state):
+    if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
 

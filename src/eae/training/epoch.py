@@ -86,6 +86,8 @@ def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) 
             steps = i + 1
             if run.method.per_example:
                 run.method.examples = loader.examples
+            if run.cfg.eps_warmup_epochs:  # eps from 0 to its value over the first epochs, per step
+                run.method.set_eps_scale(min(1.0, (epoch * len(loader) + i) / (run.cfg.eps_warmup_epochs * len(loader))))
             # DDP averages the ranks' gradients; a rank's share of an uneven global
             # batch is reweighted so that the result is the global batch's mean
             share = len(y) * run.world / loader.global_batch if run.world > 1 else 1.0
@@ -102,6 +104,8 @@ def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) 
                            "seconds": dist.all_reduce(torch.tensor([timer.seconds()]), "max").item()}  # slowest rank
     if guard.skip:
         row["skipped_steps"] = guard.skipped
+    if run.cfg.eps_warmup_epochs:
+        row["train_eps"] = run.method.eps  # at the epoch's last step
     row.update(cpu_usage(time.process_time() - cpu0))  # this rank's
     row.update(means)  # logit_norm, then the method's statistics
     if run.cfg.dataset == "imagefolder":

@@ -89,9 +89,15 @@ class Run:
 
     def dataset(self) -> dict[str, Any]:
         """What this run trains on (``dataset.json``): checked by ``eae eval``."""
+        from ..data import OFFICIAL, DataSource, unverified_reason
+
         data = self.data
-        return {"dataset": self.cfg.dataset, "num_classes": data.num_classes, "classes": list(data.classes),
-                "image_size": data.image_size}
+        out = {"dataset": self.cfg.dataset, "num_classes": data.num_classes, "classes": list(data.classes),
+               "image_size": data.image_size}
+        if self.cfg.dataset in OFFICIAL:  # the published files, or what differs in this copy (--unverified-data)
+            reason = unverified_reason(DataSource.of(self.cfg))
+            out.update(verified=not reason, **({"unverified_data": reason} if reason else {}))
+        return out
 
     def snapshot(self, epoch: int, **extra: Any) -> dict[str, Any] | None:
         """The full training state after ``epoch``, with ``extra`` entries (a collective:

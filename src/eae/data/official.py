@@ -1,0 +1,137 @@
+"""What the datasets read from their official files share: CIFAR-100, SVHN and
+Tiny-ImageNet (CIFAR-10 has its own module, with checksums down to the pixels).
+
+Where: looked for as CIFAR-10 is: ``--data-dir``, else ``$EAE_DATA_DIR``, else the user
+cache (``~/.cache/eae``); each may hold the dataset's folder or be it.
+
+Fetching, when none has it: the official files are downloaded into a staging folder beside
+the target, checked against their published MD5 before anything reads them, and the folder
+is moved into place only when it is complete, so a half-fetched dataset is never used.
+
+Verification, on every load: the files' published checksums (and the counts and classes
+they imply). A copy that reads correctly but is not the published one (re-encoded, a
+subset, relabelled) is refused with the reason, unless the user asks for it with
+``--unverified-data``; the run's ``dataset.json`` then records why it is unverified.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cifar10 import DatasetError, candidate_roots
+
+UNVERIFIED_FLAG = "--unverified-data"
+
+
+@dataclass
+class ArraySet:
+    """A dataset as uint8 arrays (N, 3, H, W) with int64 labels."""
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...]
+    root: Path | None = None
+    unverified: str = ""  # why this copy is not the published one; "" when it is
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and (population) std of the training images in [0, 1]: the
+        normalisation the models apply, computed from the data rather than copied."""
+        s, s2, n = np.zeros(3), np.zeros(3), 0
+        for i in range(0, len(self.train_x), 4096):  # in chunks: a float copy of Tiny-ImageNet is 10 GB
+            c = self.train_x[i:i + 4096].reshape(-1, 3, self.train_x[0][0].size).astype(np.float64) / 255
+            s, s2, n = s + c.sum(axis=(0, 2)), s2 + (c * c).sum(axis=(0, 2)), n + c.shape[0] * c.shape[2]
+        mean = s / max(n, 1)
+        std = np.sqrt(np.maximum(s2 / max(n, 1) - mean ** 2, 0))
+        return tuple(float(m) for m in mean), tuple(float(v) for v in std)
+
+
+def find(data_dir, folder: str, marker: str) -> Path | None:
+    """The dataset's folder: ``ROOT/folder`` or ``ROOT`` itself, holding ``marker``."""
+    for root, _ in candidate_roots(data_dir, folder):
+        if (root / folder).exists() and not (root / folder).is_dir():
+            raise DatasetError(f"{root / folder} is a file where the dataset's folder goes: move it away, or give "
+                               "another --data-dir")
+        for d in (root / folder, root):
+            if (d / marker).is_file():
+                return d
+    return None
+
+
+def md5_of(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_md5(path: Path, published: str, allow_unverified: bool) -> str:
+    """"" when ``path`` has its published MD5; else the reason, when unverified copies are
+    allowed; else DatasetError naming the file and the way out."""
+    if not path.is_file():
+        raise DatasetError(f"missing file: {path}")
+    found = md5_of(path)
+    if found == published:
+        return ""
+    reason = f"{path.name}: MD5 {found} is not the published {published}"
+    if allow_unverified:
+        return reason
+    raise DatasetError(f"{path}: MD5 {found} is not the published {published}: this is not the official file "
+                       f"(re-encoded, cut, or changed). Use the official file, or pass {UNVERIFIED_FLAG} to use "
+                       "this copy anyway (runs and reports record it)")
+
+
+def unverified(reasons) -> str:
+    return "; ".join(r for r in reasons if r)
+
+
+def download(url: str, dest: Path, md5: str, log=print) -> None:
+    """``url`` streamed into ``dest``, its MD5 checked (DatasetError when it differs)."""
+    log(f"downloading {url}")
+    h = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=60) as r, dest.open("wb") as out:
+        while chunk := r.read(1 << 20):
+            h.update(chunk)
+            out.write(chunk)
+    if h.hexdigest() != md5:
+        raise DatasetError(f"{url}: MD5 {h.hexdigest()} is not the published {md5} (a broken download?)")
+
+
+def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=print) -> Path:
+    """Make ``ROOT/folder`` with ``fill(staging)`` (which downloads and checks the official
+    files) in the first place the dataset is looked for; nothing is left half-made."""
+    root, _ = candidate_roots(data_dir, folder)[0]
+    target = root / folder
+    if target.exists() and any(target.iterdir()):
+        raise DatasetError(f"{target} exists but does not hold {what}: remove or complete it")
+    searched = ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir, folder))
+    log(f"{what} not found (looked in: {searched}); fetching it from the official source")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".eae-{folder}-", dir=root) as tmp:
+        staging = Path(tmp) / folder
+        staging.mkdir()
+        try:
+            fill(staging)
+        except (OSError, urllib.error.URLError) as e:
+            raise DatasetError(f"could not download {what} ({e}); put {folder} in one of: {searched} "
+                               "(see docs/usage.md for offline machines)") from e
+        if target.exists():
+            target.rmdir()  # empty (checked above)
+        os.replace(staging, target)
+    log(f"{what} stored in {target}")
+    return target
+
+
+def copy_member(src, dest: Path) -> None:
+    with dest.open("wb") as out:
+        shutil.copyfileobj(src, out)

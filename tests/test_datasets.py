@@ -1,0 +1,373 @@
+"""CIFAR-100, SVHN and Tiny-ImageNet: the real loading code on small files written in each
+official format (pickles, MATLAB v5 .mat, the release's folder and annotation file),
+including corrupt, truncated, tampered and mislabelled ones; the published-checksum rule
+and its opt-out; fetching; the eps warm-up of the SVHN recipe."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eae.cli import main
+from eae.config import TrainConfig
+from eae.data import DataSource, DeviceLoader, dataset_identity, official_arrays, read_splits
+from eae.data import cifar100, official, svhn, tiny_imagenet
+from eae.data.cifar10 import DatasetError
+from eae.errors import ConfigError
+
+from official_formats import py2_pickle, svhn_arrays, write_cifar100, write_svhn, write_tiny_imagenet
+
+pytest.importorskip("scipy")  # writes the .mat files (a test dependency; eae reads them without it)
+
+
+def src(name: str, root: Path, **kw) -> DataSource:
+    return DataSource(dataset=name, data_dir=str(root), workers=0, **kw)
+
+
+def published(monkeypatch, module, folder: Path) -> None:
+    """Make the fixture's files the 'published' ones (what an official copy is)."""
+    sums = {n: official.md5_of(folder / n) for n in module.FILE_MD5 if (folder / n).is_file()}
+    monkeypatch.setattr(module, "FILE_MD5", {**module.FILE_MD5, **sums})
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+def test_cifar100_fine_and_coarse_labels_pixels_and_names(tmp_path):
+    folder = write_cifar100(tmp_path, n_train=200, n_test=100)
+    raw = pickle.loads((folder / "train").read_bytes(), encoding="bytes")
+    a, (mean, std) = official_arrays(src("cifar100", tmp_path, unverified_data=True))
+    assert a.train_x.shape == (200, 3, 32, 32) and a.test_x.shape == (100, 3, 32, 32)
+    assert np.array_equal(a.train_x.reshape(200, -1), raw[b"data"])  # R plane, G, B: row-major, unchanged
+    assert a.train_y.tolist() == raw[b"fine_labels"] and a.classes[:2] == ("fine0", "fine1") and len(a.classes) == 100
+    assert np.allclose(mean, raw[b"data"].reshape(200, 3, -1).mean(axis=(0, 2)) / 255)
+    coarse, _ = official_arrays(src("cifar100", tmp_path, unverified_data=True, cifar100_labels="coarse"))
+    assert coarse.train_y.tolist() == raw[b"coarse_labels"] and len(coarse.classes) == 20
+
+
+def test_cifar100_copy_that_is_not_the_published_files_is_refused_unless_asked(tmp_path, monkeypatch):
+    folder = write_cifar100(tmp_path)
+    with pytest.raises(DatasetError, match=r"cifar-100-python/train: MD5 .* not the published .*--unverified-data"):
+        read_splits(src("cifar100", tmp_path), 10)
+    ident = dataset_identity(src("cifar100", tmp_path, unverified_data=True))
+    assert ident["verified"] is False and "train: MD5" in ident["unverified_data"]
+    published(monkeypatch, cifar100, folder)
+    ident = dataset_identity(src("cifar100", tmp_path))
+    assert ident["verified"] is True and "unverified_data" not in ident and ident["num_classes"] == 100
+
+
+def test_cifar100_tampered_pickle_does_not_run(tmp_path):
+    folder = write_cifar100(tmp_path)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (folder / "train").write_bytes(pickle.dumps({"data": Evil(), "fine_labels": []}))
+    with pytest.raises(DatasetError, match="refusing to load global"):
+        official_arrays(src("cifar100", tmp_path, unverified_data=True))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "labels", "shape", "not a dict"])
+def test_cifar100_broken_files_are_named_even_when_unverified_copies_are_allowed(tmp_path, damage):
+    folder = write_cifar100(tmp_path)
+    path = folder / "test"
+    d = pickle.loads(path.read_bytes(), encoding="bytes")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    elif damage == "labels":
+        path.write_bytes(py2_pickle({**d, b"fine_labels": [100] * len(d[b"data"])}))
+    elif damage == "shape":
+        path.write_bytes(py2_pickle({**d, b"data": d[b"data"][:, :100]}))
+    else:
+        path.write_bytes(py2_pickle([1, 2, 3]))
+    with pytest.raises(DatasetError, match=r"cifar-100-python/test"):
+        official_arrays(src("cifar100", tmp_path, unverified_data=True))
+
+
+def test_cifar100_pickled_by_python3_reads_and_codecs_is_guarded(tmp_path):
+    folder = write_cifar100(tmp_path, n_train=20, n_test=10)
+    for name in ("train", "test", "meta"):  # re-pickled by a user: Python 3, protocol 2 (bytes via _codecs.encode)
+        obj = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    assert b"_codecs" in (folder / "meta").read_bytes()
+    a, _ = official_arrays(src("cifar100", tmp_path, unverified_data=True))
+    assert a.classes[0] == "fine0" and len(a.train_y) == 20
+    evil = b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00utf-7\x86R."  # another codec: refused
+    (folder / "meta").write_bytes(evil)
+    with pytest.raises(DatasetError, match="refusing _codecs.encode"):
+        official_arrays(src("cifar100", tmp_path, unverified_data=True))
+
+
+# --------------------------------------------------------------------------- SVHN
+@pytest.mark.parametrize("compress", [True, False])
+def test_svhn_layout_labels_and_extra(tmp_path, compress):
+    write_svhn(tmp_path, n_train=30, n_test=20, n_extra=10, compress=compress)
+    X, y = svhn_arrays(30, seed=0)
+    a, _ = official_arrays(src("svhn", tmp_path, unverified_data=True))
+    assert a.train_x.shape == (30, 3, 32, 32) and a.test_x.shape == (20, 3, 32, 32)
+    n, c, h, w = 7, 2, 5, 11
+    assert a.train_x[n, c, h, w] == X[h, w, c, n]  # (32, 32, 3, N) -> (N, 3, 32, 32), as torchvision reads it
+    assert a.train_y.tolist() == [int(v) % 10 for v in y[:, 0]] and 0 in a.train_y  # the files' 10 is the digit 0
+    assert a.classes == tuple("0123456789")
+    both, _ = official_arrays(src("svhn", tmp_path, unverified_data=True, svhn_extra=True))
+    assert len(both.train_y) == 40 and np.array_equal(both.train_x[:30], a.train_x)
+
+
+def test_svhn_refused_unless_asked_verified_when_published(tmp_path, monkeypatch):
+    folder = write_svhn(tmp_path)
+    with pytest.raises(DatasetError, match=r"svhn/train_32x32.mat: MD5 .*--unverified-data"):
+        official_arrays(src("svhn", tmp_path))
+    published(monkeypatch, svhn, folder)
+    assert dataset_identity(src("svhn", tmp_path))["verified"] is True
+
+
+@pytest.mark.parametrize("damage", ["truncated", "label 0", "label 11", "count", "shape", "text"])
+def test_svhn_broken_files_are_named(tmp_path, damage):
+    from scipy.io import savemat
+
+    folder = write_svhn(tmp_path, n_train=20, n_test=10)
+    path = folder / "test_32x32.mat"
+    X, y = svhn_arrays(10)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:3000])
+    elif damage.startswith("label"):
+        y[3] = int(damage.split()[1])
+        savemat(path, {"X": X, "y": y})
+    elif damage == "count":
+        savemat(path, {"X": X, "y": y[:9]})
+    elif damage == "shape":
+        savemat(path, {"X": X[:16], "y": y})
+    else:
+        path.write_text("not a MAT file at all, just text " * 10)
+    with pytest.raises(DatasetError, match="test_32x32.mat"):
+        official_arrays(src("svhn", tmp_path, unverified_data=True))
+
+
+def test_svhn_missing_extra_is_named_not_fetched_into_the_users_folder(tmp_path):
+    folder = write_svhn(tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(DatasetError, match=r"extra_32x32.mat: download http://ufldl.stanford.edu/housenumbers/extra"):
+        official_arrays(src("svhn", tmp_path, unverified_data=True, svhn_extra=True))
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_svhn_trains_on_crops_without_flips():
+    images = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).reshape(4, 3, 8, 8).to(torch.uint8)
+    loader = DeviceLoader(images, torch.arange(4), 4, shuffle=True, augment=True, pad=0, flip=False)
+    for _ in range(5):
+        x, y = next(iter(loader))
+        assert torch.equal((x * 255).round().to(torch.uint8), images[y])  # no pad, no flip: the images themselves
+    flipping = DeviceLoader(images, torch.arange(4), 4, shuffle=True, augment=True, pad=0, seed=3)
+    assert any(not torch.equal((x * 255).round().to(torch.uint8), images[y])
+               for x, y in (next(iter(flipping)) for _ in range(5)))
+
+
+# --------------------------------------------------------------------------- Tiny-ImageNet
+def test_tiny_imagenet_layout_labels_and_greyscale(tmp_path):
+    folder = write_tiny_imagenet(tmp_path, per_class=3, val_per_class=2)
+    a, _ = official_arrays(src("tiny-imagenet", tmp_path, unverified_data=True))
+    assert a.classes == ("n01443537", "n01629819", "n01641577")  # sorted ids, whatever wnids.txt's order
+    assert a.train_x.shape == (9, 3, 64, 64) and a.test_x.shape == (6, 3, 64, 64)
+    assert a.train_y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    lines = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+    assert a.test_y.tolist() == [a.classes.index(line.split("\t")[1]) for line in lines]
+    grey = a.train_x[0]  # <wnid>_0.JPEG is greyscale: three equal channels
+    assert torch.equal(torch.from_numpy(grey[0]), torch.from_numpy(grey[1]))
+
+
+def test_tiny_imagenet_not_the_release_is_refused_unless_asked(tmp_path, monkeypatch):
+    write_tiny_imagenet(tmp_path, per_class=2, val_per_class=1)
+    with pytest.raises(DatasetError, match=r"not the Tiny-ImageNet release \(wnids.txt: 3 class ids .*--unverified-data"):
+        official_arrays(src("tiny-imagenet", tmp_path))
+    import hashlib
+
+    monkeypatch.setattr(tiny_imagenet, "WNIDS_SHA256",
+                        hashlib.sha256("n01443537\nn01629819\nn01641577".encode()).hexdigest())
+    monkeypatch.setattr(tiny_imagenet, "TRAIN_PER_CLASS", 2)
+    monkeypatch.setattr(tiny_imagenet, "VAL_PER_CLASS", 1)
+    assert dataset_identity(src("tiny-imagenet", tmp_path))["verified"] is True
+
+
+def test_tiny_imagenet_official_class_ids_are_the_shared_subsets():
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200-val-subset" / "wnids.txt"
+    if not shared.is_file():
+        pytest.skip("../shared/data/tiny-imagenet-200-val-subset not beside the checkout")
+    import hashlib
+
+    wnids = sorted(shared.read_text().split())
+    assert len(wnids) == 200
+    assert hashlib.sha256("\n".join(wnids).encode()).hexdigest() == tiny_imagenet.WNIDS_SHA256
+
+
+@pytest.mark.parametrize("damage", ["small image", "corrupt", "unknown class", "missing file", "no annotations",
+                                    "empty class"])
+def test_tiny_imagenet_broken_folders_are_named(tmp_path, damage):
+    from PIL import Image
+
+    folder = write_tiny_imagenet(tmp_path, per_class=2, val_per_class=1)
+    val = folder / "val" / "images" / "val_0.JPEG"
+    ann = folder / "val" / "val_annotations.txt"
+    if damage == "small image":
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(val, "JPEG")
+        want = r"val_0.JPEG: 32x32 pixels, Tiny-ImageNet's are 64x64"
+    elif damage == "corrupt":
+        val.write_bytes(val.read_bytes()[:40])
+        want = r"val_0.JPEG: cannot decode"
+    elif damage == "unknown class":
+        ann.write_text(ann.read_text().replace("n01443537", "n99999999", 1))
+        want = r"val_annotations.txt, line 1: .*a class of wnids.txt"
+    elif damage == "missing file":
+        val.unlink()
+        want = r"line 1: .*val_0.JPEG is not there"
+    elif damage == "no annotations":
+        ann.unlink()
+        want = r"missing Tiny-ImageNet file: .*val_annotations.txt"
+    else:
+        for p in (folder / "train" / "n01629819" / "images").iterdir():
+            p.unlink()
+        want = r"no training images for class n01629819"
+    with pytest.raises(DatasetError, match=want):
+        official_arrays(src("tiny-imagenet", tmp_path, unverified_data=True))
+
+
+# --------------------------------------------------------------------------- where, and fetching
+def test_found_as_the_folder_itself_through_eae_data_dir(tmp_path, monkeypatch):
+    folder = write_cifar100(tmp_path / "d")
+    monkeypatch.setenv("EAE_DATA_DIR", str(folder))  # the dataset's folder itself
+    a, _ = official_arrays(DataSource(dataset="cifar100", unverified_data=True))
+    assert a.root == folder
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(DatasetError, match="CIFAR-100 not found"):
+        official_arrays(DataSource(dataset="cifar100"), download=False)
+
+
+def test_fetch_checks_the_archive_and_leaves_nothing_half_made(tmp_path, monkeypatch):
+    made = write_cifar100(tmp_path / "src", n_train=20, n_test=10)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("train", "test", "meta"):
+            tar.add(made / name, arcname=f"cifar-100-python/{name}")
+    archive = buf.getvalue()
+
+    def fake_download(url, dest, md5, log=print):  # the official site, offline
+        dest.write_bytes(archive)
+        if official.hashlib.md5(archive).hexdigest() != md5:
+            raise DatasetError(f"{url}: MD5 mismatch")
+
+    monkeypatch.setattr(official, "download", fake_download)
+    root = tmp_path / "cache"
+    with pytest.raises(DatasetError, match="MD5 mismatch"):  # not the published archive: nothing kept
+        cifar100.locate_cifar100(root)
+    assert not any(root.iterdir())
+    monkeypatch.setattr(cifar100, "ARCHIVE_MD5", official.hashlib.md5(archive).hexdigest())
+    folder = cifar100.locate_cifar100(root)
+    assert folder == root / "cifar-100-python" and sorted(p.name for p in folder.iterdir()) == ["meta", "test", "train"]
+    assert [p.name for p in root.iterdir()] == ["cifar-100-python"]  # no staging left
+
+
+def test_fetch_refuses_links_and_paths_out_of_the_tiny_imagenet_archive(tmp_path, monkeypatch):
+    import zipfile
+
+    def fake_download(url, dest, md5, log=print):
+        with zipfile.ZipFile(dest, "w") as z:
+            z.writestr("tiny-imagenet-200/wnids.txt", "n01443537\n")
+            z.writestr("tiny-imagenet-200/../../escaped.txt", "x")
+
+    monkeypatch.setattr(official, "download", fake_download)
+    with pytest.raises(DatasetError, match="unexpected member"):
+        tiny_imagenet.locate_tiny_imagenet(tmp_path / "cache")
+    assert not (tmp_path / "escaped.txt").exists() and not any((tmp_path / "cache").iterdir())
+
+
+# --------------------------------------------------------------------------- eps warm-up (the SVHN recipe)
+def test_eps_warmup_rises_per_step_and_scales_the_step():
+    from eae.methods import METHODS
+
+    cfg = TrainConfig(method="fgsm_rs", dataset="synthetic", eps=8 / 255, eps_warmup_epochs=2, epochs=3)
+    m = METHODS.get("fgsm_rs")(cfg)
+    m.set_eps_scale(0.0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    x, y = torch.rand(4, 3, 8, 8), torch.arange(4)
+    from eae.methods.fgsm_rs import fgsm_rs_example
+
+    assert torch.equal(fgsm_rs_example(model, x, y, m.threat, m.alpha * m.alpha_scale), x)  # eps 0: the clean batch
+    m.set_eps_scale(0.5)
+    adv = fgsm_rs_example(model, x, y, m.threat, m.alpha * m.alpha_scale)
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and m.eps == pytest.approx(4 / 255)
+    with pytest.raises(ConfigError, match="eps_warmup_epochs 4 is longer than training"):
+        TrainConfig(eps_warmup_epochs=4, epochs=3)
+
+
+def test_eps_warmup_in_a_run_is_recorded_per_epoch(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="synthetic", arch="resnet_small", device="cpu",
+                      synthetic_train_size=128, synthetic_test_size=32, synthetic_image_size=16, val_size=32,
+                      batch_size=32, epochs=3, method="n_fgsm", eps_warmup_epochs=2, val_attack_steps=1,
+                      precision="fp32")
+    from eae import train
+
+    train(cfg, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    eps = [r["train_eps"] for r in rows]  # at each epoch's last step: 3 of 3 steps -> (0 + 2) / 6, 5 / 6, 1
+    assert eps == pytest.approx([8 / 255 * 2 / 6, 8 / 255 * 5 / 6, 8 / 255])
+
+
+# --------------------------------------------------------------------------- the commands
+@pytest.mark.parametrize("dataset", ["cifar100", "svhn", "tiny-imagenet"])
+def test_train_eval_and_data_commands_on_each_dataset(tmp_path, dataset, capsys):
+    write = {"cifar100": write_cifar100, "svhn": write_svhn, "tiny-imagenet": write_tiny_imagenet}[dataset]
+    write(tmp_path / "data", **({"per_class": 8, "val_per_class": 4} if dataset == "tiny-imagenet" else {}))
+    run = tmp_path / "run"
+    common = ["--dataset", dataset, "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--workers", "0"]
+    args = ["train", *common, "--arch", "resnet_small", "--method", "n_fgsm", "--epochs", "1", "--batch-size", "16",
+            "--val-size", "8", "--val-attack-steps", "1", "--out", str(run), "--quiet"]
+    assert main(args) == 2 and not run.exists()  # not the published files: refused, nothing made
+    assert "--unverified-data" in capsys.readouterr().err
+    assert main(args + ["--unverified-data"]) == 0
+    record = json.loads((run / "dataset.json").read_text())
+    assert record["dataset"] == dataset and record["verified"] is False and record["unverified_data"]
+    assert main(["eval", str(run), "--attacks", "clean,pgd2", "--n", "8", "--diagnostics", "off", "--quiet"]) == 0
+    report = json.loads((run / "eval-clean+pgd2-n8-diagoff.json").read_text())
+    assert f"on {dataset} (unverified copy: {(tmp_path / 'data').resolve()}" in report["evaluation"]["of"]
+    assert main(["data", dataset, "--data-dir", str(tmp_path / "data"), "--no-download", "--unverified-data"]) == 0
+    assert "NOT verified" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["cifar100", "svhn", "tiny-imagenet"])
+def test_bench_smoke_and_the_python_api_on_each_dataset(tmp_path, dataset):
+    """`eae bench smoke --dataset D` (its standard entry: 1,000 training images, 2 epochs, quick
+    and aa-fast evaluations), then the Python API: train, load, evaluate on the test set."""
+    import eae
+    from eae.bench.runner import run_bench
+    from eae.data import load_test_set
+
+    data = tmp_path / "data"
+    if dataset == "cifar100":
+        write_cifar100(data, n_train=1250, n_test=120)
+    elif dataset == "svhn":
+        write_svhn(data, n_train=1250, n_test=120)
+    else:
+        write_tiny_imagenet(data, per_class=410, val_per_class=40)
+    res = run_bench("smoke", tmp_path / "bench", device="cpu", data_dir=str(data), dataset=dataset,
+                    unverified_data=True, only=["standard"], quiet=True)
+    (row,) = res["rows"]
+    assert row["method"] == "standard" and 0 <= row["clean"] <= 1
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["base"]["dataset"] == dataset and bench["base"]["unverified_data"] is True
+    assert f"here on {dataset}" in (tmp_path / "bench" / "REPORT.md").read_text()
+
+    cfg = eae.TrainConfig(out=str(tmp_path / "api"), dataset=dataset, data_dir=str(data), unverified_data=True,
+                          arch="resnet_small", device="cpu", epochs=1, batch_size=64, val_size=32, train_subset=128,
+                          val_attack_steps=1, workers=0)
+    eae.train(cfg, quiet=True)
+    model = eae.load(tmp_path / "api")
+    x, y = load_test_set(cfg, 16)
+    result = eae.evaluate(model, x.float() / 255, y, attacks=["clean", "pgd2"], eps=8 / 255)
+    assert result.n == 16 and 0 <= result.robust_accuracy <= result.clean_accuracy <= 1
