@@ -105,6 +105,7 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed as dist
     from .trainer import train
+    from .utils import plural
 
     cfg = config_from_args(args)
     try:
@@ -119,18 +120,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         from shlex import quote
 
         done = len(result.metrics)
-        print(f"stopped after {args.stop_after} {_plural(args.stop_after, 'epoch')} of this call as asked "
-              f"(--stop-after; {done} {_plural(done, 'epoch')} done in all); the run is unfinished: continue it "
+        print(f"stopped after {args.stop_after} {plural(args.stop_after, 'epoch')} of this call as asked "
+              f"(--stop-after; {done} {plural(done, 'epoch')} done in all); the run is unfinished: continue it "
               f"with `eae train --out={quote(cfg.out)} --resume`")
     elif not args.quiet:
         last = result.final
         print(json.dumps({"run_dir": str(result.run_dir), "train_seconds": round(result.train_seconds, 2),
                           **{k: last[k] for k in ("val_clean", "val_pgd", "val_cw", "val_robust") if k in last}}))
     return 0
-
-
-def _plural(n: int, word: str) -> str:
-    return word if n == 1 else word + "s"
 
 
 # --------------------------------------------------------------------------- eval

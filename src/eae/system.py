@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .utils import threads_text
+
 # CPU flags of the instructions that compute in bf16 natively (Intel AMX tiles, AVX512-BF16
 # dot products on Intel Cooper Lake+ and AMD Zen 4+)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -111,7 +113,7 @@ def machine_name(device: torch.device) -> str:
     """The device in words for a result's header: the GPU's name, or the CPU's with its threads."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({threads_text()})"
 
 
 def describe_cpu() -> dict[str, object]:

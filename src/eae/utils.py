@@ -72,10 +72,20 @@ def _device_error(message: str):
                        field="device")
 
 
+def plural(n: int, word: str) -> str:
+    """`word` for one, `word`s for any other count ("1 epoch", "2 epochs")."""
+    return word if n == 1 else word + "s"
+
+
+def threads_text() -> str:
+    n = torch.get_num_threads()
+    return f"{n} {plural(n, 'thread')}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu ({threads_text()})"
 
 
 class Timer:
