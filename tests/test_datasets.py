@@ -335,6 +335,7 @@ def test_train_eval_and_data_commands_on_each_dataset(tmp_path, dataset, capsys)
     assert main(["eval", str(run), "--attacks", "clean,pgd2", "--n", "8", "--diagnostics", "off", "--quiet"]) == 0
     report = json.loads((run / "eval-clean+pgd2-n8-diagoff.json").read_text())
     assert f"on {dataset} (unverified copy: {(tmp_path / 'data').resolve()}" in report["evaluation"]["of"]
+    assert report["robustbench"]["dataset"] == dataset  # the leaderboard-format entry names it
     assert main(["data", dataset, "--data-dir", str(tmp_path / "data"), "--no-download", "--unverified-data"]) == 0
     assert "NOT verified" in capsys.readouterr().out
 

@@ -89,9 +89,4 @@ def fetch_cifar100(staging: Path, log=print) -> None:
 
 
 def locate_cifar100(data_dir=None, download: bool = True) -> Path:
-    found = official.find(data_dir, FOLDER, "train")
-    if found is not None:
-        return found
-    if not download:
-        raise DatasetError(f"CIFAR-100 not found (no {FOLDER}/train under --data-dir, $EAE_DATA_DIR or the cache)")
-    return official.fetch(data_dir, FOLDER, "CIFAR-100", fetch_cifar100)
+    return official.locate(data_dir, FOLDER, "train", "CIFAR-100", fetch_cifar100, download)

@@ -132,6 +132,17 @@ def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=pr
     return target
 
 
+def locate(data_dir, folder: str, marker: str, what: str, fill: Callable[[Path], None],
+           download: bool = True) -> Path:
+    """The dataset's folder where it is looked for (:func:`find`), else fetched there."""
+    found = find(data_dir, folder, marker)
+    if found is not None:
+        return found
+    if not download:
+        raise DatasetError(f"{what} not found (no {folder}/{marker} under --data-dir, $EAE_DATA_DIR or the cache)")
+    return fetch(data_dir, folder, what, fill)
+
+
 def copy_member(src, dest: Path) -> None:
     with dest.open("wb") as out:
         shutil.copyfileobj(src, out)

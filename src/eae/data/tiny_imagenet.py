@@ -157,10 +157,4 @@ def fetch_tiny_imagenet(staging: Path, log=print) -> None:
 
 
 def locate_tiny_imagenet(data_dir=None, download: bool = True) -> Path:
-    found = official.find(data_dir, FOLDER, "wnids.txt")
-    if found is not None:
-        return found
-    if not download:
-        raise DatasetError(f"Tiny-ImageNet not found (no {FOLDER}/wnids.txt under --data-dir, $EAE_DATA_DIR or "
-                           "the cache)")
-    return official.fetch(data_dir, FOLDER, "Tiny-ImageNet", fetch_tiny_imagenet)
+    return official.locate(data_dir, FOLDER, "wnids.txt", "Tiny-ImageNet", fetch_tiny_imagenet, download)
