@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import eae
 from eae.cli import main
 from eae.config import TrainConfig
 from eae.data import DataSource, DeviceLoader, dataset_identity, official_arrays, read_splits
@@ -51,8 +52,9 @@ def test_cifar100_fine_and_coarse_labels_pixels_and_names(tmp_path):
 
 def test_cifar100_copy_that_is_not_the_published_files_is_refused_unless_asked(tmp_path, monkeypatch):
     folder = write_cifar100(tmp_path)
-    with pytest.raises(DatasetError, match=r"cifar-100-python/train: MD5 .* not the published .*--unverified-data"):
+    with pytest.raises(DatasetError, match=r"cifar-100-python/train: MD5 .* not the published .*unverified_data=True") as e:
         read_splits(src("cifar100", tmp_path), 10)
+    assert "--unverified-data" in e.value.cli and isinstance(e.value, eae.EaeError)  # each door its own words
     ident = dataset_identity(src("cifar100", tmp_path, unverified_data=True))
     assert ident["verified"] is False and "train: MD5" in ident["unverified_data"]
     published(monkeypatch, cifar100, folder)
@@ -122,7 +124,7 @@ def test_svhn_layout_labels_and_extra(tmp_path, compress):
 
 def test_svhn_refused_unless_asked_verified_when_published(tmp_path, monkeypatch):
     folder = write_svhn(tmp_path)
-    with pytest.raises(DatasetError, match=r"svhn/train_32x32.mat: MD5 .*--unverified-data"):
+    with pytest.raises(DatasetError, match=r"svhn/train_32x32.mat: MD5 .*unverified_data=True"):
         official_arrays(src("svhn", tmp_path))
     published(monkeypatch, svhn, folder)
     assert dataset_identity(src("svhn", tmp_path))["verified"] is True
@@ -184,7 +186,7 @@ def test_tiny_imagenet_layout_labels_and_greyscale(tmp_path):
 
 def test_tiny_imagenet_not_the_release_is_refused_unless_asked(tmp_path, monkeypatch):
     write_tiny_imagenet(tmp_path, per_class=2, val_per_class=1)
-    with pytest.raises(DatasetError, match=r"not the Tiny-ImageNet release \(wnids.txt: 3 class ids .*--unverified-data"):
+    with pytest.raises(DatasetError, match=r"not the Tiny-ImageNet release \(wnids.txt: 3 class ids .*unverified_data=True"):
         official_arrays(src("tiny-imagenet", tmp_path))
     import hashlib
 
@@ -265,7 +267,7 @@ def test_fetch_checks_the_archive_and_leaves_nothing_half_made(tmp_path, monkeyp
     root = tmp_path / "cache"
     with pytest.raises(DatasetError, match="MD5 mismatch"):  # not the published archive: nothing kept
         cifar100.locate_cifar100(root)
-    assert not any(root.iterdir())
+    assert not root.exists()  # not even the folder made for it
     monkeypatch.setattr(cifar100, "ARCHIVE_MD5", official.hashlib.md5(archive).hexdigest())
     folder = cifar100.locate_cifar100(root)
     assert folder == root / "cifar-100-python" and sorted(p.name for p in folder.iterdir()) == ["meta", "test", "train"]
@@ -283,7 +285,7 @@ def test_fetch_refuses_links_and_paths_out_of_the_tiny_imagenet_archive(tmp_path
     monkeypatch.setattr(official, "download", fake_download)
     with pytest.raises(DatasetError, match="unexpected member"):
         tiny_imagenet.locate_tiny_imagenet(tmp_path / "cache")
-    assert not (tmp_path / "escaped.txt").exists() and not any((tmp_path / "cache").iterdir())
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "cache").exists()
 
 
 # --------------------------------------------------------------------------- eps warm-up (the SVHN recipe)
@@ -335,7 +337,7 @@ def test_train_eval_and_data_commands_on_each_dataset(tmp_path, dataset, capsys)
     assert main(["eval", str(run), "--attacks", "clean,pgd2", "--n", "8", "--diagnostics", "off", "--quiet"]) == 0
     report = json.loads((run / "eval-clean+pgd2-n8-diagoff.json").read_text())
     assert f"on {dataset} (unverified copy: {(tmp_path / 'data').resolve()}" in report["evaluation"]["of"]
-    assert report["robustbench"]["dataset"] == dataset  # the leaderboard-format entry names it
+    assert report["robustbench"]["dataset"].startswith(f"{dataset} (unverified copy: ")  # names the copy
     assert main(["data", dataset, "--data-dir", str(tmp_path / "data"), "--no-download", "--unverified-data"]) == 0
     assert "NOT verified" in capsys.readouterr().out
 
@@ -372,3 +374,198 @@ def test_bench_smoke_and_the_python_api_on_each_dataset(tmp_path, dataset):
     x, y = load_test_set(cfg, 16)
     result = eae.evaluate(model, x.float() / 255, y, attacks=["clean", "pgd2"], eps=8 / 255)
     assert result.n == 16 and 0 <= result.robust_accuracy <= result.clean_accuracy <= 1
+
+
+def test_eps_warmup_counts_epoch_equivalents_under_free(tmp_path):
+    """Free-AT makes epochs / replays passes: its warm-up ends after the same epochs of data."""
+    from eae.training.epoch import _warmup
+
+    assert _warmup(4, 0, 0, 10, 4) == 0 and _warmup(4, 0, 5, 10, 4) == pytest.approx(0.5)
+    assert _warmup(4, 1, 0, 10, 4) == 1.0  # the second pass of 4 replays starts at epoch 4
+    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="synthetic", arch="resnet_small", device="cpu",
+                      synthetic_train_size=96, synthetic_test_size=32, synthetic_image_size=16, val_size=32,
+                      batch_size=32, epochs=4, method="free", free_replays=2, eps_warmup_epochs=2,
+                      val_attack_steps=1, precision="fp32")
+    eae.train(cfg, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 2 passes of 2 steps; a pass of 2 replays is 2 epochs: its last step starts at epoch 1 of the 2
+    assert [r["train_eps"] for r in rows] == pytest.approx([8 / 255 / 2, 8 / 255])
+
+
+# --------------------------------------------------------------------------- trial 7: hostile copies and doors
+def _pickled(folder: Path, name: str, **changes) -> None:
+    d = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+    d.update({k.encode(): v for k, v in changes.items()})
+    (folder / name).write_bytes(py2_pickle(d))
+
+
+def test_a_failed_fetch_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(official, "download", offline)
+    target = tmp_path / "new dir" / "deep" / "x"
+    for dataset in ("cifar100", "svhn", "tiny-imagenet"):
+        with pytest.raises(DatasetError, match="could not download"):
+            official_arrays(src(dataset, target))
+        assert not (tmp_path / "new dir").exists()  # the three folders it made are gone again
+
+
+@pytest.mark.parametrize("dataset,place", [("cifar100", "cifar-100-python/test"), ("svhn", "svhn/test_32x32.mat"),
+                                           ("tiny-imagenet", "tiny-imagenet-200/wnids.txt")])
+def test_a_folder_where_a_dataset_file_goes_is_named_as_such(tmp_path, dataset, place):
+    {"cifar100": write_cifar100, "svhn": write_svhn, "tiny-imagenet": write_tiny_imagenet}[dataset](tmp_path)
+    (tmp_path / place).unlink()
+    (tmp_path / place).mkdir()
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        official_arrays(src(dataset, tmp_path, unverified_data=True), download=False)
+
+
+def test_not_found_names_where_it_looked_and_what_fetches_it(tmp_path, monkeypatch):
+    with pytest.raises(DatasetError) as e:
+        official_arrays(src("svhn", tmp_path), download=False)
+    assert f"no svhn/train_32x32.mat in {tmp_path} (--data-dir); `eae data svhn` (with the same --data-dir)" in e.value.cli
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "a file"))
+    (tmp_path / "a file").write_text("x")
+    with pytest.raises(DatasetError, match=r"\$EAE_DATA_DIR .*a file is a file, not a folder"):
+        official_arrays(DataSource(dataset="cifar100", workers=0))
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(DatasetError, match="loop of links"):
+        official_arrays(src("cifar100", loop))
+    with pytest.raises(DatasetError, match="^data_dir is empty") as e:
+        official_arrays(src("cifar100", ""))
+    assert e.value.cli.startswith("--data-dir is empty")  # the API's words in str(), the flags' in .cli
+    with pytest.raises(ConfigError, match="data_dir is empty"):
+        TrainConfig(data_dir=" ")
+
+
+@pytest.mark.parametrize("labels", [[0.5] * 200, [True] * 200, [float("nan")] * 200])
+def test_cifar100_labels_that_are_not_whole_numbers_are_refused(tmp_path, labels, recwarn):
+    folder = write_cifar100(tmp_path)
+    _pickled(folder, "train", fine_labels=labels)
+    with pytest.raises(DatasetError, match="fine_labels' must be 200 whole numbers"):
+        official_arrays(src("cifar100", tmp_path, unverified_data=True))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_control_characters_in_class_names_are_refused(tmp_path):
+    folder = write_cifar100(tmp_path)
+    _pickled(folder, "meta", fine_label_names=[b"\x1b[2J\x1b[31mred"] + [f"f{i}".encode() for i in range(99)])
+    with pytest.raises(DatasetError, match="control characters"):
+        official_arrays(src("cifar100", tmp_path, unverified_data=True))
+    tiny = write_tiny_imagenet(tmp_path / "t")
+    (tiny / "wnids.txt").write_bytes(b"\x00\x01\xff\n")
+    with pytest.raises(DatasetError, match="is not a list of class ids"):
+        official_arrays(src("tiny-imagenet", tmp_path / "t", unverified_data=True))
+
+
+def test_one_class_or_an_empty_split_is_refused_at_load(tmp_path):
+    write_tiny_imagenet(tmp_path / "one", wnids=("n01443537",))
+    with pytest.raises(DatasetError, match="has 1 class; a classifier needs at least 2"):
+        official_arrays(src("tiny-imagenet", tmp_path / "one", unverified_data=True))
+    write_svhn(tmp_path / "empty", n_test=0)
+    (tmp_path / "empty" / "svhn" / "test_32x32.mat").write_bytes(
+        (tmp_path / "empty" / "svhn" / "train_32x32.mat").read_bytes())
+    from scipy.io import savemat
+
+    savemat(tmp_path / "empty" / "svhn" / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 0), np.uint8),
+                                                             "y": np.zeros((0, 1))})
+    with pytest.raises(DatasetError, match="the test set is empty"):
+        official_arrays(src("svhn", tmp_path / "empty", unverified_data=True))
+
+
+def test_a_huge_image_is_refused_by_its_size_before_it_is_decoded(tmp_path, recwarn):
+    from PIL import Image
+
+    folder = write_tiny_imagenet(tmp_path)
+    Image.new("L", (9000, 11000)).save(folder / "val" / "images" / "val_0.JPEG", "PNG")  # 99M pixels: Pillow warns
+    with pytest.raises(DatasetError, match="9000x11000 pixels, Tiny-ImageNet's are 64x64"):
+        official_arrays(src("tiny-imagenet", tmp_path, unverified_data=True))
+    assert not [w for w in recwarn if "DecompressionBomb" in w.category.__name__]
+
+
+def test_a_resume_on_another_copy_of_the_data_is_refused(tmp_path, capsys):
+    write_cifar100(tmp_path / "a")
+    write_cifar100(tmp_path / "b", seed=1)  # other pixels: another copy, with other checksums
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "cifar100", "--unverified-data", "--device", "cpu", "--workers", "0",
+            "--arch", "resnet_small", "--epochs", "2", "--batch-size", "50", "--val-size", "50",
+            "--val-attack-steps", "1", "--out", str(run), "--quiet"]
+    assert main(args + ["--data-dir", str(tmp_path / "a"), "--stop-after", "1"]) == 0
+    before = (run / "dataset.json").read_text()
+    assert main(["train", "--out", str(run), "--resume", "--data-dir", str(tmp_path / "b"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "resume it on the data it was trained on (--data-dir)" in err and "Traceback" not in err
+    assert (run / "dataset.json").read_text() == before
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(tmp_path / "a")  # recorded absolute
+
+
+def test_free_with_a_warm_up_and_unverified_reports_say_so(tmp_path, capsys, monkeypatch):
+    """An evaluation of a run trained on an unverified copy says so in its printed report,
+    its Markdown and its RobustBench entry; coarse CIFAR-100 models have their flag."""
+    write_cifar100(tmp_path / "data")
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "cifar100", "--unverified-data", "--data-dir", "data", "--device", "cpu",
+                 "--workers", "0", "--arch", "resnet_small", "--epochs", "1", "--batch-size", "50", "--val-size",
+                 "50", "--val-attack-steps", "1", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "data")  # elsewhere: the run's data folder is found all the same
+    assert main(["eval", str(run), "--attacks", "clean", "--n", "10", "--diagnostics", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "unverified copy" in out.splitlines()[0]
+    report = json.loads((run / "eval-clean-n10-diagoff.json").read_text())
+    assert report["robustbench"]["dataset"].startswith("cifar100 (unverified copy")
+    assert "unverified copy" in (run / "eval-clean-n10-diagoff.md").read_text().splitlines()[0]
+
+
+def test_a_bench_resumed_on_another_dataset_names_the_setting(tmp_path):
+    from eae.bench.runner import _claim
+
+    ask = {"suite": "smoke", "seeds": 1, "base": {"dataset": "svhn", "arch": "resnet_small"}}
+    _claim(tmp_path / "b", ask, resume=False)
+    with pytest.raises(ValueError, match=r"other settings \(dataset 'svhn' \(now 'cifar100'\);.*give the same --dataset"):
+        _claim(tmp_path / "b", {**ask, "base": {**ask["base"], "dataset": "cifar100"}}, resume=True)
+
+
+def test_a_coarse_cifar100_model_from_elsewhere_is_evaluated_with_its_flag(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    write_cifar100(tmp_path / "data")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\n\nclass Net(nn.Module):\n"
+                                     "    def __init__(self, num_classes=10):\n        super().__init__()\n"
+                                     "        self.f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))\n\n"
+                                     "    def forward(self, x):\n        return self.f(x)\n")
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 20))
+    save_file({f"f.{k}": v for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    argv = ["eval", "--model", f"{tmp_path / 'net.py'}:Net", "--weights", str(tmp_path / "w.safetensors"),
+            "--model-kwargs", '{"num_classes": 20}', "--dataset", "cifar100", "--data-dir", str(tmp_path / "data"),
+            "--unverified-data", "--attacks", "clean", "--n", "10", "--diagnostics", "off", "--device", "cpu",
+            "--output", str(tmp_path / "r.json"), "--quiet"]
+    with pytest.raises(SystemExit) as e:  # a usage error: status 2, one line
+        main(argv)
+    assert e.value.code == 2 and "--cifar100-labels coarse" in capsys.readouterr().err
+    assert main(argv + ["--cifar100-labels", "coarse"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["robustbench"]["dataset"].startswith("cifar100-coarse")
+
+
+def test_decoding_uses_no_more_workers_than_cores(tmp_path, monkeypatch):
+    from eae import system
+
+    seen = []
+    real = torch.utils.data.DataLoader
+
+    def counting(*a, **k):
+        seen.append(k.get("num_workers"))
+        return real(*a, **{**k, "num_workers": 0})
+
+    monkeypatch.setattr(system, "available_cores", lambda: 2)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", counting)
+    write_tiny_imagenet(tmp_path)
+    official_arrays(DataSource(dataset="tiny-imagenet", data_dir=str(tmp_path), workers=8, unverified_data=True))
+    assert seen and set(seen) == {2}  # torch warns beyond the cores, and they would only wait for each other
+    with pytest.raises(ConfigError, match="val_size=5000 leaves no training images") as e:
+        eae.train(TrainConfig(dataset="tiny-imagenet", data_dir=str(tmp_path), unverified_data=True, val_size=5000,
+                              workers=0, device="cpu", out=str(tmp_path / "run")), quiet=True)
+    assert "give a smaller --val-size" in e.value.cli and not (tmp_path / "run").exists()

@@ -22,7 +22,7 @@ _EXPORTS = {
     "MissingWeights": "checkpoint", "load": "checkpoint",
     "TrainConfig": "config",
     "ConfigError": "errors", "EaeError": "errors", "OutputRefused": "errors", "RunExists": "errors",
-    "NotARun": "errors",
+    "NotARun": "errors", "DatasetError": "errors",
     "EvalResult": "evaluation", "evaluate": "evaluation",
     "METHODS": "methods", "list_methods": "methods",
     "MODELS": "models", "create_model": "models", "list_models": "models",

@@ -226,30 +226,43 @@ def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _classes_text(classes: list[str]) -> str:
-    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    shown = ", ".join(c if c.isprintable() else repr(c) for c in classes[:4]) + (", ..." if len(classes) > 4 else "")
     return f"{len(classes)} classes ({shown})"
 
 
-def check_dataset(run_dir: str | Path, found: dict[str, Any]) -> None:
-    """Refuse (ValueError) a test set (``found``: classes, image_size) whose class names
-    or image size differ from what the run recorded at training time; runs without the
-    record are not checked."""
+def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = False) -> None:
+    """Refuse (ConfigError) data (``found``: classes, image_size) other than what the run
+    recorded at training time; to ``resume``, also another copy of an official dataset (the
+    published files against an unverified copy, or two copies that differ). Runs without
+    the record are not checked."""
+    from .errors import ConfigError
+
     rec = read_dataset(run_dir)
     if rec is None:
         return
     trained, here, image_size = list(rec["classes"]), list(found["classes"]), found["image_size"]
+    there = "the data here" if resume else "the test set here"
     if trained != here:
         first = next((i for i, (a, b) in enumerate(zip(trained, here)) if a != b), min(len(trained), len(here)))
         at = (f"; label {first} is {trained[first]!r} there, {here[first]!r} here"
               if first < min(len(trained), len(here)) else "")
-        what = f"{_classes_text(trained)}, the test set here has {_classes_text(here)}{at}"
+        what = f"{_classes_text(trained)}, {there} has {_classes_text(here)}{at}"
     elif rec["image_size"] != image_size:
-        what = (f"{rec['image_size']}x{rec['image_size']} images, the test set here has {image_size}x{image_size} "
-                "images")
+        what = f"{rec['image_size']}x{rec['image_size']} images, {there} has {image_size}x{image_size} images"
+    elif resume and (rec.get("verified"), rec.get("unverified_data")) != (found.get("verified"),
+                                                                        found.get("unverified_data")):
+        what = f"{_copy_text(rec)}; the copy here is {_copy_text(found)}"
     else:
         return
-    raise ValueError(f"{run_dir} was trained on {rec.get('dataset', '?')} with {what}: evaluate it on the "
-                     "data it was trained on (--data-dir)")
+    action = "resume it" if resume else "evaluate it"
+    message = f"{run_dir} was trained on {rec.get('dataset', '?')} with {what}: {action} on the data it was trained on"
+    raise ConfigError(message + " (data_dir)", cli=message + " (--data-dir)", field="data_dir")
+
+
+def _copy_text(rec: dict[str, Any]) -> str:
+    if rec.get("verified") is None:
+        return "a copy that was not checked"
+    return "the published files" if rec["verified"] else f"an unverified copy ({rec.get('unverified_data')})"
 
 
 def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.device = "cpu") -> nn.Module:

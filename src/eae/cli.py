@@ -155,6 +155,8 @@ def _eval(args: argparse.Namespace, device) -> int:
     src = _run_source(args, device) if args.model is None else _external_source(args, device)
     test_size = src["test_size"]
     n = test_size if args.n is None else args.n
+    if test_size == 0:
+        raise UsageError("the test set is empty: nothing to evaluate")
     if not 0 < n <= test_size:
         raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
     x, y = src["load"](n)
@@ -179,7 +181,8 @@ def _eval(args: argparse.Namespace, device) -> int:
            "robustbench": robustbench_entry(report, src["meta"])}
     if src["meta"].get("weights_epoch"):
         print(f"scoring the best weights so far: epoch {src['meta']['weights_epoch']} of the run")
-    md = report.to_markdown(title=src["title"])
+    scored = _scored(src["meta"])
+    md = report.to_markdown(title=src["title"] + (f" on {scored}" if scored != src["meta"].get("dataset") else ""))
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
             "loading and the gradient-masking diagnostics)")
     try:
@@ -214,7 +217,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if args.run_dir is None:
         raise UsageError("give a run folder (eae eval RUN_DIR), or --model SPEC --weights FILE for a model "
                          "trained elsewhere")
-    for flag in ("normalize", "model_kwargs", "dataset", "image_size", "unverified_data"):
+    for flag in ("normalize", "model_kwargs", "dataset", "image_size", "unverified_data", "cifar100_labels"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is for --model; a run folder knows its own")
     weights = args.weights if args.weights is not None else "final"
@@ -299,7 +302,10 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if not isinstance(kwargs, dict):
         raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
     data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size or 224,
-                       workers=min(8, os.cpu_count() or 1), unverified_data=bool(args.unverified_data))
+                       workers=min(8, os.cpu_count() or 1), unverified_data=bool(args.unverified_data),
+                       cifar100_labels=args.cifar100_labels or "fine")
+    if args.cifar100_labels and data.dataset != "cifar100":
+        raise UsageError(f"--cifar100-labels is for --dataset cifar100, not {data.dataset}")
     num_classes = _num_classes(data)
     model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
                           device=device)
@@ -321,7 +327,9 @@ def _check_outputs(model, x, num_classes: int, dataset: str, device) -> None:
     if outputs != num_classes:
         raise UsageError(f"the model gives {outputs} outputs per image, the test set ({dataset}) has "
                          f"{num_classes} classes: build it for {num_classes} classes (your own class: --model-kwargs "
-                         f"'{{\"num_classes\": {num_classes}}}')")
+                         f"'{{\"num_classes\": {num_classes}}}')"
+                         + ("; a model of CIFAR-100's 20 coarse classes: --cifar100-labels coarse"
+                            if dataset == "cifar100" and outputs == 20 else ""))
 
 
 def _no_constant(name: str):
@@ -349,13 +357,21 @@ def _test_data(cfg: TrainConfig) -> str:
     return name
 
 
+def _scored(meta: dict[str, Any]) -> str | None:
+    """The test set as reports name it: the dataset, or what differs from it (coarse labels, an
+    unverified copy and its folder); an image folder keeps the dataset's name here."""
+    if meta.get("test_data") is None or meta.get("dataset") == "imagefolder":
+        return meta.get("dataset")
+    return meta["test_data"]
+
+
 def robustbench_entry(report, meta: dict[str, Any]) -> dict[str, Any]:
     """The result in the fields of RobustBench's model cards (accuracies in percent, as
     strings with two decimals), so that it compares with the leaderboard directly.
     ``autoattack_acc`` only for AutoAttack's standard version (suite aa; ``full`` adds other
     attacks, so its robust accuracy is not AutoAttack's); ``n_examples`` says on how many."""
     aa = report.suite == "aa"
-    return {"dataset": meta.get("dataset"), "threat_model": {"linf": "Linf", "l2": "L2"}[report.norm],
+    return {"dataset": _scored(meta), "threat_model": {"linf": "Linf", "l2": "L2"}[report.norm],
             "eps": fmt_eps(report.eps) if report.norm == "linf" else f"{report.eps:g}",
             "clean_acc": f"{100 * report.clean_accuracy:.2f}",
             "autoattack_acc": f"{100 * report.robust_accuracy:.2f}" if aa else None,
@@ -587,6 +603,8 @@ def _eval_parser(sub) -> None:
     e.add_argument("--unverified-data", action="store_true", default=None,
                    help="with --model: accept a copy of cifar100, svhn or tiny-imagenet that is not the published "
                         "files (the report says so)")
+    e.add_argument("--cifar100-labels", choices=("fine", "coarse"), default=None,
+                   help="with --model and --dataset cifar100: the 100 fine classes (default) or the 20 coarse ones")
     e.add_argument("--image-size", type=_int_at_least(1), default=None,
                    help="with --model and --dataset imagefolder: side of the test crops (default 224)")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",

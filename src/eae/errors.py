@@ -31,5 +31,20 @@ class RunExists(OutputRefused):
     """The run folder holds a run already: resume it or choose another folder."""
 
 
+class DatasetError(EaeError, RuntimeError):
+    """The dataset is missing, incomplete, or fails verification; names the file. Written
+    in the flags' words; ``str(e)`` says the same in the Python API's (``data_dir``)."""
+
+    API_WORDS = {"--unverified-data": "unverified_data=True", "--svhn-extra": "svhn_extra=True",
+                 "--cifar100-labels": "cifar100_labels", "--data-dir": "data_dir", "--image-size": "image_size",
+                 "--val-size": "val_size", "--train-subset": "train_subset", "--bad-images": "bad_images"}
+
+    def __init__(self, message: str, *, cli: str | None = None, field: str | None = None):
+        api = message
+        for flag, arg in self.API_WORDS.items():
+            api = api.replace(flag, arg)
+        super().__init__(api, cli=message if cli is None else cli, field=field)
+
+
 class NotARun(EaeError, FileNotFoundError):
     """The folder given as a run holds no run of ``eae train`` (or is a file of one)."""

@@ -13,13 +13,15 @@ checkpoint holds every rank's RNG and method state, so ``--resume`` is exact.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import distributed as dist
-from .checkpoint import BEST_WEIGHTS, WEIGHTS, save_checkpoint
+from .checkpoint import BEST_WEIGHTS, WEIGHTS, check_dataset, save_checkpoint
 from .config import MAX_INT, TrainConfig
 from .errors import ConfigError
 from .evaluation import run_suite
@@ -83,6 +85,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     """
     _check_arguments(cfg, resume, quiet, stop_after)
     _check_names(cfg)
+    if cfg.data_dir:  # recorded absolute: a resume or an eval from another folder finds the same data
+        cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
     if cfg.tensorboard:  # a missing package, before the run folder is claimed
         try:
             import torch.utils.tensorboard  # noqa: F401
@@ -109,6 +113,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
 def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
     """Build, then per epoch: train, validate, guard, save."""
     run = Run(cfg, device, log)
+    if ckpt is not None:  # the run goes on only on the data it started on
+        check_dataset(folder.path, run.dataset(), resume=True)
     validator = Validator(cfg, run.data.val_x, run.data.val_y, device, run.passes, suite=run_suite)
     nonfinite = NonFiniteGuard(cfg.nonfinite, run.world, nonfinite_advice(cfg, uses_bf16(cfg.precision, device)),
                                folder.recovery)

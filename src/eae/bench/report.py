@@ -296,7 +296,7 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     info = [f"- suite: **{meta['suite']}**: {meta['description']}",
             f"- device: {meta['device']}; torch {meta['torch']}; eae {meta['eae']} (commit {meta['commit']}); "
             f"{meta['date']}",
-            f"- command: `{meta['command']}`",
+            f"- command (the last call; a suite spread over calls with --only or --resume has had others): `{meta['command']}`",
             f"- seeds: {meta['seeds']}" + (f"; budget: {meta['budget_k']} x 15 standard epochs"
                                            if meta.get("budget_k") else "")]
     info += [f"- {s}" for s in _scope(results)]

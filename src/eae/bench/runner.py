@@ -246,7 +246,9 @@ def on_dataset(suite, dataset: str | None, unverified_data: bool = False):
         raise ConfigError(f"dataset for a bench suite is cifar10, cifar100, svhn or tiny-imagenet, got {dataset!r}",
                           field="dataset")
     base = {**suite.base, "dataset": dataset, **({"unverified_data": True} if unverified_data else {})}
-    return replace(suite, base=base, description=f"{suite.description} [here on {dataset} instead of CIFAR-10]")
+    copy = ", a copy that is not the published files (each run's dataset.json says what differs)" if unverified_data else ""
+    return replace(suite, base=base, description=f"{suite.description} [here on {dataset} instead of CIFAR-10{copy}; "
+                                                 "image counts are at most those named: a smaller copy has fewer]")
 
 
 def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet, compile, train_only, log
@@ -314,14 +316,15 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
         if before != ask:
             changed = sorted(k for k in set(before) | set(ask) if before.get(k) != ask.get(k)) if isinstance(
                 before, dict) else ["everything"]
-            said = ", ".join(f"{k} {before.get(k)!r} (now {ask.get(k)!r})" if k in ("seeds", "budget_k", "suite")
-                             else k for k in changed)
+            said = ", ".join(_changed_text(k, before.get(k), ask.get(k)) for k in changed)
             if isinstance(before, dict) and before.get("suite") != ask.get("suite"):
                 fix = f"resume it with `eae bench {before.get('suite')}`, or choose another --out for {ask.get('suite')}"
             else:
                 fix = "give the same " + " and ".join(f"--{k.replace('_', '-')}" for k in ("seeds", "budget_k")
                                                       if k in changed) + " as the first call, or choose another --out"
                 fix = fix if any(k in changed for k in ("seeds", "budget_k")) else "choose another --out"
+            fix = ("give the same --dataset and --unverified-data as the first call, or choose another "
+                   "--out") if changed == ["base"] else fix
             raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): {fix}")
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
@@ -344,3 +347,15 @@ def provenance() -> dict[str, Any]:
     return {"torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
             "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join(shlex.quote(a) for a in sys.argv)}
+
+
+def _changed_text(key: str, before: Any, now: Any) -> str:
+    """A setting that differs from a benchmark's first call, as the resume refusal names it:
+    the base configuration by its fields (dataset 'svhn' (now 'cifar100'))."""
+    if key in ("seeds", "budget_k", "suite"):
+        return f"{key} {before!r} (now {now!r})"
+    if isinstance(before, dict) and isinstance(now, dict):
+        fields = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        return ", ".join(f"{k} {before.get(k)!r} (now {now.get(k)!r})" for k in fields[:4]) + (
+            ", ..." if len(fields) > 4 else "")
+    return key

@@ -103,7 +103,7 @@ def _official_cached(dataset: str, folder: str, stamp: tuple, labels: str, extra
         a = svhn.load_svhn(folder, extra=extra, allow_unverified=allow)
     else:
         a = tiny_imagenet.load_tiny_imagenet(folder, allow_unverified=allow, workers=workers)
-    return a, a.stats()
+    return a.check(dataset), a.stats()
 
 
 def official_arrays(src: DataSource, download: bool = True):
@@ -148,7 +148,11 @@ def split_indices(n: int, val_size: int, val_seed: int = 0, train_subset: int = 
     """(validation indices, training indices) of a training set of n items: ``val_size``
     held out by a fixed shuffle (``val_seed``); ``train_subset`` > 0 keeps that many of the rest."""
     if val_size >= n:
-        raise ValueError(f"val_size={val_size} leaves no training images (dataset has {n})")
+        from ..errors import ConfigError
+
+        raise ConfigError(f"val_size={val_size} leaves no training images (the training set has {n:,})",
+                          cli=f"--val-size {val_size} leaves no training images (the training set has {n:,}): "
+                              "give a smaller --val-size", field="val_size")
     perm = np.random.default_rng(val_seed).permutation(n)
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     return val_idx, (train_idx[:train_subset] if train_subset else train_idx)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetError  # defined with eae's other errors; imported from here too
 from .safe_pickle import safe_load
 
 FOLDER = "cifar-10-batches-py"
@@ -86,10 +87,6 @@ MEAN = (0.4913997, 0.4821584, 0.4465309)
 STD = (0.2470322, 0.2434851, 0.2615878)
 
 
-class DatasetError(RuntimeError):
-    """The dataset is missing, incomplete or fails verification."""
-
-
 @dataclass
 class Cifar10Arrays:
     train_x: np.ndarray  # (50000, 3, 32, 32) uint8
@@ -109,20 +106,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "eae"
 
 
+def _folder(path: Path, given_by: str, folder: str) -> Path:
+    """``path`` unless it is something other than a folder (or a place for one)."""
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{given_by} {path} is a file, not a folder: give the folder that holds (or will "
+                           f"hold) {folder}")
+    if path.is_symlink() and not path.exists():
+        raise DatasetError(f"{given_by} {path} is a link to nowhere (or a loop of links): point it at a folder, "
+                           "or give another")
+    return path
+
+
 def candidate_roots(data_dir: str | os.PathLike | None = None, folder: str = FOLDER) -> list[tuple[Path, str]]:
     roots: list[tuple[Path, str]] = []
-    if data_dir:  # named explicitly: the only place looked at (never silently another copy)
-        path = Path(data_dir).expanduser()
-        if path.exists() and not path.is_dir():
-            raise DatasetError(f"--data-dir {path} is a file, not a folder: give the folder that holds (or will "
-                               f"hold) {folder}")
-        return [(path, "--data-dir")]
+    if data_dir is not None:  # named explicitly: the only place looked at (never silently another copy)
+        if not str(data_dir).strip():
+            raise DatasetError("--data-dir is empty: give the folder, or leave the option out to use "
+                               "$EAE_DATA_DIR or the cache")
+        return [(_folder(Path(data_dir).expanduser(), "--data-dir", folder), "--data-dir")]
     if os.environ.get("EAE_DATA_DIR"):  # set explicitly too: the only place (never silently another copy)
         value = os.environ["EAE_DATA_DIR"]
         if value != value.strip():  # `export EAE_DATA_DIR="$(cat file)\n"`: the newline is part of the name
             raise DatasetError(f"$EAE_DATA_DIR begins or ends with white space ({value!r}): that is another "
                                "folder's name; set it without")
-        return [(Path(value).expanduser(), "$EAE_DATA_DIR")]
+        return [(_folder(Path(value).expanduser(), "$EAE_DATA_DIR", folder), "$EAE_DATA_DIR")]
     roots.append((default_cache_dir(), "user cache"))
     return roots
 

@@ -27,8 +27,7 @@ LABELS = ("fine", "coarse")
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(f"missing CIFAR-100 file: {path}")
+    official.regular_file(path)
     try:
         d = safe_load(path)
     except pickle.UnpicklingError as e:
@@ -38,18 +37,28 @@ def _read(path: Path) -> dict:
     return d
 
 
+def _whole_numbers(y) -> np.ndarray | None:
+    """Labels as int64, or None unless every one is an integer (a float, bool or NaN label
+    is not truncated into a class)."""
+    if isinstance(y, np.ndarray):
+        return y.astype(np.int64) if y.dtype.kind in "iu" and y.ndim == 1 else None
+    if isinstance(y, list) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y):
+        try:
+            return np.asarray(y, dtype=np.int64)
+        except OverflowError:
+            return None
+    return None
+
+
 def _split(path: Path, labels: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     d = _read(path)
     data, y = d.get("data"), d.get(f"{labels}_labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(f"{path}: 'data' must be a uint8 array of shape (N, 3072) (32x32x3 images), got "
                            f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
-    try:
-        y = np.asarray(y, dtype=np.int64) if isinstance(y, (list, np.ndarray)) else None
-    except (TypeError, ValueError, OverflowError):
-        y = None
+    y = _whole_numbers(y)
     if y is None or y.shape != (len(data),):
-        raise DatasetError(f"{path}: '{labels}_labels' must be {len(data):,} integers")
+        raise DatasetError(f"{path}: '{labels}_labels' must be {len(data):,} whole numbers (class indices)")
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise DatasetError(f"{path}: {labels} labels outside 0..{n_classes - 1}")
     return np.ascontiguousarray(data).reshape(-1, 3, 32, 32), y
@@ -60,7 +69,10 @@ def _classes(folder: Path, labels: str) -> tuple[str, ...]:
     want = 100 if labels == "fine" else 20
     if not isinstance(names, list) or len(names) != want:
         raise DatasetError(f"{folder / 'meta'}: expected {want} {labels} class names")
-    return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+    names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+    if not all(n.isprintable() for n in names):  # control characters would drive the terminal they are printed on
+        raise DatasetError(f"{folder / 'meta'}: class names with control characters (not CIFAR-100's)")
+    return names
 
 
 def load_cifar100(folder, *, labels: str = "fine", allow_unverified: bool = False) -> official.ArraySet:
@@ -89,4 +101,4 @@ def fetch_cifar100(staging: Path, log=print) -> None:
 
 
 def locate_cifar100(data_dir=None, download: bool = True) -> Path:
-    return official.locate(data_dir, FOLDER, "train", "CIFAR-100", fetch_cifar100, download)
+    return official.locate(data_dir, FOLDER, "train", "CIFAR-100", fetch_cifar100, download, "cifar100")

@@ -43,6 +43,17 @@ class ArraySet:
     root: Path | None = None
     unverified: str = ""  # why this copy is not the published one; "" when it is
 
+    def check(self, what: str) -> "ArraySet":
+        """Refuse a copy that cannot be trained or scored on: fewer than two classes, or an
+        empty split (a user's subset can be either)."""
+        where = f"{what} in {self.root}" if self.root else what
+        if len(self.classes) < 2:
+            raise DatasetError(f"{where} has {len(self.classes)} class; a classifier needs at least 2")
+        for split, x in (("training", self.train_x), ("test", self.test_x)):
+            if len(x) == 0:
+                raise DatasetError(f"{where}: the {split} set is empty")
+        return self
+
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and (population) std of the training images in [0, 1]: the
         normalisation the models apply, computed from the data rather than copied."""
@@ -64,7 +75,19 @@ def find(data_dir, folder: str, marker: str) -> Path | None:
         for d in (root / folder, root):
             if (d / marker).is_file():
                 return d
+            if (d / marker).exists() or (d / marker).is_symlink():
+                regular_file(d / marker)
     return None
+
+
+def regular_file(path: Path) -> None:
+    """DatasetError unless ``path`` is a regular file (or a link to one), naming what is wrong."""
+    if path.is_file():
+        return
+    if path.exists() or path.is_symlink():
+        raise DatasetError(f"{path} is not a regular file (a folder, a device or a link to nowhere): put the "
+                           "official file there")
+    raise DatasetError(f"missing file: {path}")
 
 
 def md5_of(path: Path) -> str:
@@ -78,8 +101,7 @@ def md5_of(path: Path) -> str:
 def check_md5(path: Path, published: str, allow_unverified: bool) -> str:
     """"" when ``path`` has its published MD5; else the reason, when unverified copies are
     allowed; else DatasetError naming the file and the way out."""
-    if not path.is_file():
-        raise DatasetError(f"missing file: {path}")
+    regular_file(path)
     found = md5_of(path)
     if found == published:
         return ""
@@ -109,37 +131,71 @@ def download(url: str, dest: Path, md5: str, log=print) -> None:
 
 def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=print) -> Path:
     """Make ``ROOT/folder`` with ``fill(staging)`` (which downloads and checks the official
-    files) in the first place the dataset is looked for; nothing is left half-made."""
+    files) in the first place the dataset is looked for; nothing is left half-made, and the
+    folders made for it are removed again when it fails."""
     root, _ = candidate_roots(data_dir, folder)[0]
     target = root / folder
+    if target.is_symlink() and not target.exists():
+        raise DatasetError(f"{target} is a link to nowhere (or a loop of links) where {what} goes: remove it or "
+                           "point it at the dataset's folder")
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but does not hold {what}: remove or complete it")
-    searched = ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir, folder))
+    searched = searched_text(data_dir, folder)
     log(f"{what} not found (looked in: {searched}); fetching it from the official source")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".eae-{folder}-", dir=root) as tmp:
-        staging = Path(tmp) / folder
-        staging.mkdir()
-        try:
-            fill(staging)
-        except (OSError, urllib.error.URLError) as e:
-            raise DatasetError(f"could not download {what} ({e}); put {folder} in one of: {searched} "
-                               "(see docs/usage.md for offline machines)") from e
-        if target.exists():
-            target.rmdir()  # empty (checked above)
-        os.replace(staging, target)
+    made = make_dirs(root)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".eae-{folder}-", dir=root) as tmp:
+            staging = Path(tmp) / folder
+            staging.mkdir()
+            try:
+                fill(staging)
+            except (OSError, urllib.error.URLError) as e:
+                raise DatasetError(f"could not download {what} ({e}); put {folder} in one of: {searched} "
+                                   "(see docs/usage.md for offline machines)") from e
+            if target.exists():
+                target.rmdir()  # empty (checked above)
+            os.replace(staging, target)
+    except BaseException:
+        for d in reversed(made):  # ours, made a moment ago: gone again, unless something else is in them
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     log(f"{what} stored in {target}")
     return target
 
 
+def searched_text(data_dir, folder: str) -> str:
+    return ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir, folder))
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """``path`` and its missing parents created; the folders made, outermost first."""
+    missing = []
+    while not path.exists():
+        if path.is_symlink():
+            raise DatasetError(f"{path} is a link to nowhere (or a loop of links): point it at a folder, or give "
+                               "another --data-dir")
+        missing.append(path)
+        path = path.parent
+    if not path.is_dir():
+        raise DatasetError(f"{path} is a file, not a folder: give another --data-dir")
+    for d in reversed(missing):
+        d.mkdir()
+    return missing[::-1]
+
+
 def locate(data_dir, folder: str, marker: str, what: str, fill: Callable[[Path], None],
-           download: bool = True) -> Path:
+           download: bool = True, name: str = "") -> Path:
     """The dataset's folder where it is looked for (:func:`find`), else fetched there."""
     found = find(data_dir, folder, marker)
     if found is not None:
         return found
     if not download:
-        raise DatasetError(f"{what} not found (no {folder}/{marker} under --data-dir, $EAE_DATA_DIR or the cache)")
+        raise DatasetError(f"{what} not found: no {folder}/{marker} in {searched_text(data_dir, folder)}; "
+                           f"`eae data {name}` (with the same --data-dir) fetches it; offline machines: "
+                           "docs/usage.md")
     return fetch(data_dir, folder, what, fill)
 
 

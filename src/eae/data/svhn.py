@@ -58,13 +58,17 @@ def locate_svhn(data_dir=None, *, extra: bool = False, download: bool = True) ->
     names = ["train_32x32.mat", "test_32x32.mat"] + (["extra_32x32.mat"] if extra else [])
     found = official.find(data_dir, FOLDER, names[0])
     if found is not None:
+        for n in names:
+            if (found / n).exists() or (found / n).is_symlink():
+                official.regular_file(found / n)
         missing = [n for n in names if not (found / n).is_file()]
         if missing:  # a folder that exists is not written into: it may be the user's
             raise DatasetError(f"{found} holds SVHN but not {', '.join(missing)}: download "
                                + ", ".join(f"{URL.format(n)} (MD5 {FILE_MD5[n]})" for n in missing) + " into it")
         return found
     if not download:
-        raise DatasetError(f"SVHN not found (no {FOLDER}/{names[0]} under --data-dir, $EAE_DATA_DIR or the cache)")
+        raise DatasetError(f"SVHN not found: no {FOLDER}/{names[0]} in {official.searched_text(data_dir, FOLDER)}; "
+                           "`eae data svhn` (with the same --data-dir) fetches it; offline machines: docs/usage.md")
 
     def fill(staging: Path) -> None:
         for n in names:

@@ -15,6 +15,7 @@ Every image must decode to 64x64 (greyscale images, as in the release, become RG
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -33,9 +34,13 @@ TRAIN_PER_CLASS, VAL_PER_CLASS, SIDE = 500, 50, 64
 
 def read_wnids(folder: Path) -> list[str]:
     path = folder / "wnids.txt"
-    if not path.is_file():
-        raise DatasetError(f"missing Tiny-ImageNet file: {path}")
-    wnids = path.read_text(encoding="utf-8", errors="replace").split()
+    official.regular_file(path)
+    try:
+        wnids: list[str] | None = path.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError:
+        wnids = None
+    if wnids is None or not all(w.isprintable() for w in wnids):  # binary, or names that would drive a terminal
+        raise DatasetError(f"{path} is not a list of class ids (text, one per line)")
     if not wnids or len(set(wnids)) != len(wnids):
         raise DatasetError(f"{path}: expected one class id per line, each once")
     return sorted(wnids)
@@ -101,7 +106,14 @@ class _Images(torch.utils.data.Dataset):
 
         path = self.samples[i][0]
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():  # a huge image warns as it opens: refused below by its size
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            with img:
+                if img.size != (SIDE, SIDE):  # before decoding: a huge image is refused, not decoded
+                    w, h = img.size
+                    return torch.zeros(3, SIDE, SIDE, dtype=torch.uint8), f"{path}: {w}x{h} pixels, " \
+                                                                           f"Tiny-ImageNet's are {SIDE}x{SIDE}"
                 a = np.asarray(img.convert("RGB"), dtype=np.uint8)
         except Exception as e:  # Pillow raises many types for broken files
             return torch.zeros(3, SIDE, SIDE, dtype=torch.uint8), f"{path}: cannot decode ({type(e).__name__}: {e})"
@@ -112,6 +124,9 @@ class _Images(torch.utils.data.Dataset):
 
 
 def decode(samples, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    from ..system import available_cores
+
+    workers = min(workers, available_cores())  # more than the cores only slows it (and torch warns)
     dl = torch.utils.data.DataLoader(_Images(samples), batch_size=512, num_workers=workers)
     xs = []
     for x, errors in dl:
@@ -157,4 +172,5 @@ def fetch_tiny_imagenet(staging: Path, log=print) -> None:
 
 
 def locate_tiny_imagenet(data_dir=None, download: bool = True) -> Path:
-    return official.locate(data_dir, FOLDER, "wnids.txt", "Tiny-ImageNet", fetch_tiny_imagenet, download)
+    return official.locate(data_dir, FOLDER, "wnids.txt", "Tiny-ImageNet", fetch_tiny_imagenet, download,
+                          "tiny-imagenet")

@@ -72,6 +72,13 @@ def _step(run, x: torch.Tensor, y: torch.Tensor, epoch: int, share: float, guard
     sums.add(out, y)
 
 
+def _warmup(epochs: int, pass_: int, step: int, steps: int, replays: int) -> float:
+    """The eps scale at a step, rising linearly to 1 over ``epochs`` epochs. Counted in
+    epoch-equivalents, as --epochs is: a pass of Free-AT (``replays`` replays of each
+    minibatch) is ``replays`` epochs, so its warm-up ends when the same epochs have passed."""
+    return min(1.0, (pass_ * steps + step) * replays / (epochs * steps))
+
+
 def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) -> dict[str, Any]:
     """Train ``run`` for one pass over its loader; the epoch's row of metrics (the same on
     every rank). Raises TrainingStopped through ``guard``."""
@@ -87,7 +94,7 @@ def train_epoch(run, epoch: int, guard: NonFiniteGuard, progress: bool = False) 
             if run.method.per_example:
                 run.method.examples = loader.examples
             if run.cfg.eps_warmup_epochs:  # eps from 0 to its value over the first epochs, per step
-                run.method.set_eps_scale(min(1.0, (epoch * len(loader) + i) / (run.cfg.eps_warmup_epochs * len(loader))))
+                run.method.set_eps_scale(_warmup(run.cfg.eps_warmup_epochs, epoch, i, len(loader), run.method.replays))
             # DDP averages the ranks' gradients; a rank's share of an uneven global
             # batch is reweighted so that the result is the global batch's mean
             share = len(y) * run.world / loader.global_batch if run.world > 1 else 1.0
