@@ -178,7 +178,7 @@ def test_eval_of_an_external_checkpoint_writes_robustbench_fields(user_model, tm
     assert main(argv) == 0
     report = json.loads(out.read_text())
     rb = report["robustbench"]
-    assert rb["threat_model"] == "Linf" and rb["eps"] == "8/255" and rb["n_examples"] == 12
+    assert rb["threat_model"] == "Linf" and rb["eps"] == "8/255" and rb["n_examples"] == 40
     assert float(rb["clean_acc"]) == pytest.approx(100 * report["clean_accuracy"], abs=0.01)
     assert report["written_by"] == "eae eval" and report["model"].endswith(":TinyNet")
     assert main(argv) == 0  # replacing its own report is fine
@@ -196,13 +196,14 @@ def test_robustbench_accuracy_only_for_autoattacks_standard_version(suite, given
 
 
 def _folder(tmp_path: Path) -> Path:
-    """An image folder with train/ and val/ (3 classes, 4 validation images each)."""
+    """An image folder with train/ and val/ (10 classes, as many as the user's network has
+    outputs; 4 validation images each)."""
     from PIL import Image
 
     root = tmp_path / "imgs"
     g = torch.Generator().manual_seed(0)
     for split, count in (("train", 2), ("val", 4)):
-        for c in ("a", "b", "c"):
+        for c in "abcdefghij":
             (root / split / c).mkdir(parents=True)
             for i in range(count):
                 arr = (torch.rand(20, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
