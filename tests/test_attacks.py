@@ -41,6 +41,7 @@ def test_l2_stays_in_eps_ball_and_image_range(name, trained_small):
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_restores_modes_and_requires_grad(name, trained_small):
     model, x, y = trained_small
+    model.zero_grad(set_to_none=True)  # the shared model as another test may have left it
     model.train()
     model.backbone[1].eval()  # a module in a different mode from its parent
     frozen = model.backbone[0].weight

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -357,7 +358,9 @@ def test_bench_smoke_and_the_python_api_on_each_dataset(tmp_path, dataset):
     elif dataset == "svhn":
         write_svhn(data, n_train=1250, n_test=120)
     else:
-        write_tiny_imagenet(data, per_class=410, val_per_class=40)
+        # 4 classes: aa-fast's targeted APGD needs at least 4
+        write_tiny_imagenet(data, wnids=("n01443537", "n01629819", "n01641577", "n01644900"), per_class=310,
+                            val_per_class=30)
     res = run_bench("smoke", tmp_path / "bench", device="cpu", data_dir=str(data), dataset=dataset,
                     unverified_data=True, only=["standard"], quiet=True)
     (row,) = res["rows"]
@@ -569,3 +572,131 @@ def test_decoding_uses_no_more_workers_than_cores(tmp_path, monkeypatch):
         eae.train(TrainConfig(dataset="tiny-imagenet", data_dir=str(tmp_path), unverified_data=True, val_size=5000,
                               workers=0, device="cpu", out=str(tmp_path / "run")), quiet=True)
     assert "give a smaller --val-size" in e.value.cli and not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- trial 8
+def test_eae_input_adversary_takes_the_base_methods_step_size():
+    from eae.methods import METHODS
+
+    from eae.models import create_model
+
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(8) % 4
+    model = create_model("resnet_small", num_classes=4)
+    steps = {}
+    for base, field in (("n_fgsm", "nfgsm_alpha"), ("fgsm_rs", "fgsm_alpha")):
+        for alpha in (1 / 255, 16 / 255):
+            cfg = TrainConfig(method="eae", eae_base=base, dataset="synthetic", **{field: alpha})
+            torch.manual_seed(0)
+            steps[base, alpha] = METHODS.get("eae")(cfg).base_input(model, x, y)
+        assert not torch.equal(steps[base, 1 / 255], steps[base, 16 / 255]), base  # the field is used
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    ({"method": "eae", "epochs": 2, "eae_warmup_epochs": 2}, "the EAE term would never start"),
+    ({"method": "standard", "eps_warmup_epochs": 1}, "standard training has no eps"),
+    ({"epochs": -1, "eps_warmup_epochs": 0}, "epochs must be >= 1, got -1"),
+    ({"dataset": "cifar10", "svhn_extra": True}, "svhn_extra is for dataset svhn, not cifar10"),
+    ({"dataset": "svhn", "cifar100_labels": "coarse"}, "cifar100_labels is for dataset cifar100, not svhn"),
+    ({"dataset": "cifar10", "unverified_data": True}, "unverified_data is for dataset cifar100 or svhn"),
+])
+def test_settings_that_would_do_nothing_are_refused(kw, fragment):
+    with pytest.raises(ConfigError, match=fragment) as e:
+        TrainConfig(**kw)
+    assert "longer than training" not in str(e.value) or "eps_warmup" in fragment
+
+
+def test_the_eae_warm_up_counts_epoch_equivalents_under_free():
+    from eae.methods import METHODS
+
+    cfg = TrainConfig(method="eae", eae_base="free", free_replays=4, epochs=8, eae_warmup_epochs=4,
+                      dataset="synthetic")
+    m = METHODS.get("eae")(cfg)
+    assert m.replays == 4 and 0 * m.replays < 4 <= 1 * m.replays  # pass 1 (epochs 4..7) has the term
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ('epochs = "3"\n', 'epochs = \'3\': give a whole number'),
+    ("val_size = 64.0\n", "val_size = 64.0: give a whole number"),
+    ('[svhn]\nextra = "yes"\n', "svhn_extra = 'yes': give true or false"),
+    ("eps_warmup_epochs = 1\n[eps.warmup]\nepochs = 2\n", "eps_warmup_epochs is set twice"),
+])
+def test_presets_say_what_they_mean(tmp_path, text, fragment):
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        TrainConfig.from_toml(tmp_path / "p.toml")
+    assert TrainConfig.from_toml(_preset(tmp_path, 'eps = "8/255"\n')).eps == pytest.approx(8 / 255)  # fractions stay
+    with pytest.raises(eae.MissingFile):
+        TrainConfig.from_toml(tmp_path / "nope.toml")
+
+
+def _preset(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "ok.toml").write_text(text)
+    return tmp_path / "ok.toml"
+
+
+def test_tiny_imagenet_files_that_are_not_regular_are_named_and_never_block(tmp_path):
+    import os
+
+    folder = write_tiny_imagenet(tmp_path)
+    os.mkfifo(folder / "train" / "n01443537" / "images" / "zz.JPEG")  # reading it would wait forever
+    with pytest.raises(DatasetError, match="zz.JPEG is not a regular file"):
+        official_arrays(src("tiny-imagenet", tmp_path, unverified_data=True))
+    (folder / "train" / "n01443537" / "images" / "zz.JPEG").unlink()
+    (folder / "val" / "val_annotations.txt").rename(tmp_path / "ann.txt")
+    (folder / "val" / "val_annotations.txt").mkdir()
+    with pytest.raises(DatasetError, match="val_annotations.txt is not a regular file"):
+        official_arrays(src("tiny-imagenet", tmp_path, unverified_data=True))
+    (folder / "val" / "val_annotations.txt").rmdir()
+    (tmp_path / "ann.txt").rename(folder / "val" / "val_annotations.txt")
+    (folder / "wnids.txt").write_bytes(b"\xef\xbb\xbf" + (folder / "wnids.txt").read_bytes())  # Notepad's BOM
+    assert len(official_arrays(src("tiny-imagenet", tmp_path, unverified_data=True))[0].classes) == 3
+
+
+def test_a_tiny_imagenet_resume_on_other_pixels_is_refused(tmp_path, capsys):
+    write_tiny_imagenet(tmp_path / "a", per_class=6)
+    write_tiny_imagenet(tmp_path / "b", per_class=6, seed=1)  # same classes and counts, other images
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "tiny-imagenet", "--unverified-data", "--data-dir", str(tmp_path / "a"),
+                 "--device", "cpu", "--workers", "0", "--arch", "resnet_small", "--epochs", "2", "--batch-size", "6",
+                 "--val-size", "6", "--val-attack-steps", "1", "--out", str(run), "--quiet", "--stop-after", "1"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--data-dir", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "pixels and labels SHA-256" in capsys.readouterr().err
+
+
+def test_a_run_found_through_a_relative_eae_data_dir_records_it_absolute(tmp_path, monkeypatch):
+    write_cifar100(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EAE_DATA_DIR", "d")
+    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="cifar100", unverified_data=True, arch="resnet_small",
+                      device="cpu", epochs=1, batch_size=50, val_size=50, val_attack_steps=1, workers=0)
+    eae.train(cfg, quiet=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(tmp_path / "d")
+
+
+def test_a_dataset_folder_that_is_a_link_is_not_fetched_through(tmp_path, monkeypatch):
+    monkeypatch.setattr(official, "download", lambda *a, **k: pytest.fail("downloaded"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "svhn").symlink_to(tmp_path / "mine")
+    with pytest.raises(DatasetError, match="is a link where SVHN goes; eae does not write through links"):
+        official_arrays(src("svhn", tmp_path / "root"))
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(DatasetError) as e:
+        official_arrays(DataSource(dataset="svhn", workers=0), download=False)
+    assert "(with the same $EAE_DATA_DIR)" in e.value.cli
+
+
+@pytest.mark.parametrize("call,error", [
+    (lambda: eae.build_attack("pgd0", 8 / 255), eae.ConfigError),
+    (lambda: eae.build_attack(None, 8 / 255), eae.ConfigError),
+    (lambda: eae.create_model("resnet18"), eae.UnknownName),
+    (lambda: eae.load(b"run"), eae.ConfigError),
+    (lambda: eae.evaluate(torch.nn.Flatten(), torch.rand(2, 3, 4, 4), torch.zeros(2, 1, dtype=torch.long),
+                          attacks=["clean"], eps=8 / 255), eae.ConfigError),
+    (lambda: eae.evaluate(lambda x: x, torch.rand(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), attacks=["clean"],
+                          eps=8 / 255), eae.EaeError),
+])
+def test_the_python_api_raises_eaes_own_errors(call, error):
+    with pytest.raises(error) as e:
+        call()
+    assert isinstance(e.value, eae.EaeError) and not str(e.value).startswith("'")

@@ -627,6 +627,7 @@ EXTERNAL_CASES = [
     ("{RAISES}:Net", "{TINY}", [], "failed (RuntimeError: raised on import, {RAISES} line 1)"),
     ("{SYNTAX}:Net", "{TINY}", [], "failed (SyntaxError: invalid syntax"),
     ("{MODELS}", "{TINY}", [], "name it: {MODELS}:ClassName"),
+    ("my dir:x/m.py", "{TINY}", [], "name the class in the file: my dir:x/m.py:ClassName"),
     (":Tiny", "{TINY}", [], "give FILE.py:ClassName or package.module:ClassName"),
     ("{MODELS}:Tiny", "{TINY}", ["--model-kwargs", '{{"nope": 1}}'],
      "could not be built with --model-kwargs {{\"nope\": 1}} (TypeError"),

@@ -110,6 +110,23 @@ class RunLocked(RuntimeError):
     """Another live process holds the run directory."""
 
 
+def live_holder(run_dir: str | Path) -> str | None:
+    """The pid of a live process training ``run_dir`` (it holds the run's lock), else None."""
+    try:
+        import fcntl
+
+        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (ImportError, OSError):
+        return None
+    with os.fdopen(fd) as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return fh.read().strip() or "?"
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return None
+
+
 class RunLock:
     """An exclusive lock on a run directory (``.lock``, flock): a second process that
     would write the same run stops with an error. The kernel drops the lock when its
@@ -196,6 +213,10 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
 
     has_ckpt, has_best = (run_dir / CHECKPOINT).is_file(), (run_dir / BEST_WEIGHTS).is_file()
     best = "--weights best" if cli else "weights='best'"
+    holder = live_holder(run_dir)
+    if weights == "final" and holder:
+        return (f": it is still being trained (pid {holder}): wait for it to finish"
+                + (f", or evaluate the best epoch so far with {best}" if has_best else ""))
     if weights == "final" and has_ckpt:
         go_on = (f"`eae train --out={quote(str(run_dir))} --resume`" if cli
                  else f"eae.train(config, resume=True) with out={str(run_dir)!r}")
@@ -249,8 +270,8 @@ def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = Fal
         what = f"{_classes_text(trained)}, {there} has {_classes_text(here)}{at}"
     elif rec["image_size"] != image_size:
         what = f"{rec['image_size']}x{rec['image_size']} images, {there} has {image_size}x{image_size} images"
-    elif resume and (rec.get("verified"), rec.get("unverified_data")) != (found.get("verified"),
-                                                                        found.get("unverified_data")):
+    elif resume and any(rec.get(k) != found.get(k) for k in ("verified", "unverified_data", "content_sha256")
+                        if k in rec or k != "content_sha256"):  # runs from before the digest: not compared
         what = f"{_copy_text(rec)}; the copy here is {_copy_text(found)}"
     else:
         return
@@ -262,7 +283,10 @@ def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = Fal
 def _copy_text(rec: dict[str, Any]) -> str:
     if rec.get("verified") is None:
         return "a copy that was not checked"
-    return "the published files" if rec["verified"] else f"an unverified copy ({rec.get('unverified_data')})"
+    digest = f", pixels and labels SHA-256 {rec['content_sha256'][:12]}..." if rec.get("content_sha256") else ""
+    if rec["verified"]:
+        return f"the published files{digest}"
+    return f"an unverified copy ({rec.get('unverified_data')}{digest})"
 
 
 def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.device = "cpu") -> nn.Module:
@@ -274,6 +298,11 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     """
     from .models import create_model
 
+    if not isinstance(run_dir, (str, os.PathLike)) or isinstance(os.fspath(run_dir), bytes):
+        from .errors import ConfigError
+
+        raise ConfigError(f"run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}",
+                          field="run_dir")
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     name = {"final": WEIGHTS, "best": BEST_WEIGHTS}.get(weights)

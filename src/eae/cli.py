@@ -231,6 +231,8 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         rel = "" if Path(cfg.data_dir).is_absolute() else " (a relative path: from the folder training ran in)"
         raise UsageError(f"the run's images, data_dir {cfg.data_dir!r}{rel}, are not found from here: "
                          "give --data-dir with the folder that holds train/ and val/")
+    if cfg.svhn_extra:  # the test set is test_32x32.mat alone: the training-only extra file is not needed
+        cfg = cfg.replace(svhn_extra=False)
     model = load(run_dir, weights=weights, device=device)
     check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     # the test set scored: CIFAR-10 is the same wherever it lies (checksums); an image folder is its folder
@@ -306,6 +308,8 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
                        cifar100_labels=args.cifar100_labels or "fine")
     if args.cifar100_labels and data.dataset != "cifar100":
         raise UsageError(f"--cifar100-labels is for --dataset cifar100, not {data.dataset}")
+    if args.image_size is not None and data.dataset != "imagefolder":
+        raise UsageError(f"--image-size is for --dataset imagefolder: {data.dataset} has its own image size")
     num_classes = _num_classes(data)
     model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
                           device=device)
@@ -410,6 +414,10 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import DataSource, official_arrays, prepare_cifar10
 
+    if args.svhn_extra and args.dataset != "svhn":
+        raise UsageError(f"--svhn-extra is for svhn, not {args.dataset}")
+    if args.unverified_data and args.dataset == "cifar10":
+        raise UsageError("--unverified-data is for cifar100, svhn and tiny-imagenet: CIFAR-10 is checked to the pixel")
     if args.dataset == "cifar10":
         folder = prepare_cifar10(args.data_dir, download=not args.no_download)  # DatasetError: exit 2 (main)
         print(f"CIFAR-10 verified: {folder} (50,000 train / 10,000 test, SHA-256 of pixels and labels match)")

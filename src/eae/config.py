@@ -260,9 +260,19 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule == "piecewise" and len(self.lr_milestones) == 0:
             errors.append("lr_milestones is empty: the piecewise schedule needs at least one (e.g. 0.5, 0.75)")
-        if isinstance(self.eps_warmup_epochs, int) and self.eps_warmup_epochs > self.epochs:
+        if self.epochs >= 1 and self.eps_warmup_epochs > self.epochs:
             errors.append(f"eps_warmup_epochs {self.eps_warmup_epochs} is longer than training (epochs {self.epochs}): "
                           "eps would never reach its value; give at most epochs")
+        if self.epochs >= 1 and self.eae_warmup_epochs >= self.epochs and self.method in ("eae", "eae_paper"):
+            errors.append(f"eae_warmup_epochs {self.eae_warmup_epochs} is not shorter than training (epochs "
+                          f"{self.epochs}): the EAE term would never start; give fewer")
+        for name, value, dataset in (("svhn_extra", self.svhn_extra, ("svhn",)),
+                                     ("cifar100_labels", self.cifar100_labels != "fine", ("cifar100",)),
+                                     ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet"))):
+            if value and self.dataset not in dataset:  # set for another dataset: it would be recorded, not used
+                errors.append(f"{name} is for dataset {' or '.join(dataset)}, not {self.dataset}")
+        if self.eps_warmup_epochs and self.method == "standard":
+            errors.append("eps_warmup_epochs applies to adversarial training: standard training has no eps")
         for name in ("val_size", "train_subset", "eae_warmup_epochs", "eps_warmup_epochs", "val_attack_steps",
                      "val_aa_n", "workers", "max_rollbacks"):
             if getattr(self, name) < 0:
@@ -489,7 +499,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if path.exists() and not path.is_file():
         raise ConfigError(f"config file {path} is not a regular file: give a TOML file", field="config")
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        from .errors import MissingFile
+
+        raise MissingFile(f"config file not found: {path}", field="config")
     if path.stat().st_size > 1 << 20:
         raise ConfigError(f"config file {path} is over 1 MiB: not a preset; give a TOML file", field="config")
     if path.suffix.lower() == ".json":  # read as TOML it fails anyway; say what presets are
@@ -504,7 +516,23 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({e})", field="config") from None
     except RecursionError:
         raise ConfigError(f"config file {path}: nested too deeply to read: not a preset", field="config") from None
-    return _flatten(raw, "", path)
+    return _exact_types(_flatten(raw, "", path), path)
+
+
+def _exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A preset says what it means: a whole number for a count, true or false for a switch
+    (a string or a float there is a mistake, not a value to convert); a fraction such as
+    "8/255" stays allowed for the real-valued fields."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in flat.items():
+        tp = hints.get(key)
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)  # X | None: X
+        if tp is int and isinstance(value, (str, float)):
+            raise ConfigError(f"config file {path}: {key} = {value!r}: give a whole number, without quotes",
+                              field=key)
+        if tp is bool and isinstance(value, str):
+            raise ConfigError(f"config file {path}: {key} = {value!r}: give true or false, without quotes", field=key)
+    return flat
 
 
 def _flatten(table: dict[str, Any], prefix: str, path: Path) -> dict[str, Any]:
@@ -514,7 +542,15 @@ def _flatten(table: dict[str, Any], prefix: str, path: Path) -> dict[str, Any]:
     for k, v in table.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{key}_", path))
+            inner = _flatten(v, f"{key}_", path)
+            twice = sorted(set(inner) & set(flat))
+            if twice:  # `eps_warmup_epochs = 1` and `[eps.warmup] epochs = 2`: which was meant?
+                raise ConfigError(f"config file {path}: {twice[0]} is set twice (two spellings of one field); "
+                                  "keep one", field="config")
+            flat.update(inner)
+        elif key in flat:
+            raise ConfigError(f"config file {path}: {key} is set twice (two spellings of one field); keep one",
+                              field="config")
         elif isinstance(v, list) and v and all(isinstance(t, dict) for t in v):
             raise ConfigError(f"config file {path}: [[{key.replace('_', '.')}]] is an array of tables; eae's tables "
                               f"are prefixes: write [{key.replace('_', '.')}] (single brackets)", field="config")

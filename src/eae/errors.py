@@ -22,6 +22,16 @@ class ConfigError(EaeError, ValueError):
     """A value that cannot be right (wrong type, out of range, not finite); names the field."""
 
 
+class UnknownName(ConfigError, KeyError):
+    """A name that no registry holds (a method, architecture, attack, suite); lists those that are."""
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
+
+
+class ModelError(EaeError, ValueError):
+    """The network given does not behave as a classifier (fails on a batch, returns other than
+    finite logits of the right shape)."""
+
+
 class OutputRefused(EaeError, FileExistsError):
     """eae will not write there: the folder or file is someone else's (or a link it did not
     make). Nothing was written; the message says why and what to do instead."""
@@ -44,6 +54,10 @@ class DatasetError(EaeError, RuntimeError):
         for flag, arg in self.API_WORDS.items():
             api = api.replace(flag, arg)
         super().__init__(api, cli=message if cli is None else cli, field=field)
+
+
+class MissingFile(EaeError, FileNotFoundError):
+    """A file the user named (a preset, say) is not there."""
 
 
 class NotARun(EaeError, FileNotFoundError):

@@ -29,9 +29,10 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
-            ) from None
+            from .errors import UnknownName
+
+            raise UnknownName(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}",
+                              field=self.kind) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -85,8 +85,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     """
     _check_arguments(cfg, resume, quiet, stop_after)
     _check_names(cfg)
-    if cfg.data_dir:  # recorded absolute: a resume or an eval from another folder finds the same data
-        cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
+    given = cfg.data_dir or (os.environ.get("EAE_DATA_DIR") if cfg.dataset != "synthetic" else None)
+    if given and given == given.strip():  # (white space around $EAE_DATA_DIR is refused where it is read)  # recorded absolute: a resume or an eval from another folder or shell finds the same data
+        cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(os.path.expanduser(given)))
     if cfg.tensorboard:  # a missing package, before the run folder is claimed
         try:
             import torch.utils.tensorboard  # noqa: F401

@@ -46,6 +46,8 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
     bad = eps_errors(eps, norm)
     if bad:  # an attack allowed past [0, 1] would score images that are not images
         raise ConfigError(bad[0], field="eps")
+    if not isinstance(spec, str):
+        raise ConfigError(f"an attack spec is a string such as 'pgd20', got {type(spec).__name__}", field="attacks")
     spec = spec.strip().lower()
     if spec == "clean":
         return None
@@ -56,21 +58,21 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
     else:
         kwargs = {}
     if not m or name not in ATTACKS:
-        raise ValueError(f"unknown attack spec {spec!r}; use clean, {', '.join(ALIASES)} or one of "
+        raise ConfigError(f"unknown attack spec {spec!r}; use clean, {', '.join(ALIASES)} or one of "
                          f"{', '.join(ATTACKS.names())}, with optional steps and restarts, e.g. pgd20, cw20, "
-                         "pgd50r10, apgd-ce100")
+                         "pgd50r10, apgd-ce100", field="attacks")
     for key, top in (("steps", MAX_STEPS), ("restarts", MAX_RESTARTS)):
         if m[key]:
             kwargs[key] = int(m[key])
             if not 1 <= kwargs[key] <= top:
-                raise ValueError(f"attack spec {spec!r}: {key} must be in 1..{top:,}, got {m[key]}")
+                raise ConfigError(f"attack spec {spec!r}: {key} must be in 1..{top:,}, got {m[key]}", field="attacks")
     try:
         return ATTACKS.get(name)(eps, norm=norm, **kwargs)
     except ValueError as e:
-        raise ValueError(f"attack spec {spec!r}: {e}") from None
+        raise ConfigError(f"attack spec {spec!r}: {e}", field="attacks") from None
     except TypeError:
-        raise ValueError(f"attack spec {spec!r}: {name} does not take "
-                         f"{' or '.join(k for k in ('steps', 'restarts') if k in kwargs)}") from None
+        raise ConfigError(f"attack spec {spec!r}: {name} does not take "
+                          f"{' or '.join(k for k in ('steps', 'restarts') if k in kwargs)}", field="attacks") from None
 
 
 def list_attacks() -> list[str]:

@@ -251,6 +251,19 @@ def on_dataset(suite, dataset: str | None, unverified_data: bool = False):
                                                  "image counts are at most those named: a smaller copy has fewer]")
 
 
+def _same_copy(suite, out: Path, device: str, data_dir: str | None) -> None:
+    """One benchmark, one copy of its data: a resumed benchmark of an official dataset refuses
+    a copy other than the one its runs so far were trained on (their dataset.json)."""
+    from ..checkpoint import DATASET, check_dataset
+    from ..data import OFFICIAL, DataSource, dataset_identity
+
+    earlier = sorted((out / "runs").glob(f"*/{DATASET}")) if (out / "runs").is_dir() else []
+    if not earlier or suite.base.get("dataset") not in OFFICIAL:
+        return
+    cfg = _config(suite, suite.entries[0], 0, out / "runs" / "_", device, data_dir)
+    check_dataset(earlier[0].parent, dataset_identity(DataSource.of(cfg)), resume=True)
+
+
 def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet, compile, train_only, log
          ) -> dict[str, Any]:
     dev = resolve_device(device)
@@ -263,6 +276,7 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
         speed = _speed_rows(suite, suite.entries, out, device, data_dir, quiet, log)
     epochs = budget_epochs(speed, budget_k, suite.base["epochs"]) if suite.kind == "budget" else {}
     if suite.kind in ("accuracy", "budget"):
+        _same_copy(suite, out, device, data_dir)
         for seed in range(seeds):
             for entry in suite.entries:
                 done = out / "runs" / f"{entry.name}-s{seed}" / "bench_eval.json"
@@ -356,6 +370,10 @@ def _changed_text(key: str, before: Any, now: Any) -> str:
         return f"{key} {before!r} (now {now!r})"
     if isinstance(before, dict) and isinstance(now, dict):
         fields = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        return ", ".join(f"{k} {before.get(k)!r} (now {now.get(k)!r})" for k in fields[:4]) + (
+        return ", ".join(f"{k} {_given(before, k)} (now {_given(now, k)})" for k in fields[:4]) + (
             ", ..." if len(fields) > 4 else "")
     return key
+
+
+def _given(settings: dict[str, Any], key: str) -> str:
+    return repr(settings[key]) if key in settings else "not given"

@@ -22,7 +22,7 @@ __all__ = [
     "count_test_images", "num_test_images", "class_names_of", "dataset_identity", "cifar10_arrays",
     "DeviceLoader", "random_crop_flip", "TrainingData", "build_training_data", "training_data",
     "make_synthetic", "prepare_cifar10", "load_cifar10", "locate", "DatasetError", "OFFICIAL", "official_arrays",
-    "unverified_reason",
+    "copy_record",
 ]
 
 
@@ -119,11 +119,6 @@ def official_arrays(src: DataSource, download: bool = True):
         folder = tiny_imagenet.locate_tiny_imagenet(src.data_dir, download)
     return _official_cached(src.dataset, str(folder.resolve()), _stamp(folder), src.cifar100_labels,
                             src.svhn_extra, src.unverified_data, src.workers)
-
-
-def unverified_reason(src: DataSource) -> str:
-    """Why the dataset's copy is not the published one ("" when it is, or is not checked)."""
-    return official_arrays(src)[0].unverified if src.dataset in OFFICIAL else ""
 
 
 def _arrays(src: DataSource):
@@ -274,12 +269,17 @@ def dataset_identity(src: DataSource) -> dict:
     classes = class_names_of(src)
     size = src.image_size if src.dataset == "imagefolder" else int(_arrays(src)[2].shape[-1])
     out = {"dataset": src.dataset, "num_classes": len(classes), "classes": list(classes), "image_size": size}
-    if src.dataset in OFFICIAL:  # the copy trained on: the published files, or what differs (--unverified-data)
-        reason = unverified_reason(src)
-        out["verified"] = not reason
-        if reason:
-            out["unverified_data"] = reason
-    return out
+    return {**out, **copy_record(src)}
+
+
+def copy_record(src: DataSource) -> dict:
+    """Which copy of an official dataset this is: published or not (and what differs, with
+    --unverified-data), and the digest of its pixels and labels; {} for the others."""
+    if src.dataset not in OFFICIAL:
+        return {}
+    a = official_arrays(src)[0]
+    return {"verified": not a.unverified, **({"unverified_data": a.unverified} if a.unverified else {}),
+            "content_sha256": a.content_sha256}
 
 
 def num_test_images(cfg) -> int:

@@ -27,7 +27,7 @@ LABELS = ("fine", "coarse")
 
 
 def _read(path: Path) -> dict:
-    official.regular_file(path)
+    official.regular_file(path, "CIFAR-100")
     try:
         d = safe_load(path)
     except pickle.UnpicklingError as e:

@@ -42,6 +42,15 @@ class ArraySet:
     classes: tuple[str, ...]
     root: Path | None = None
     unverified: str = ""  # why this copy is not the published one; "" when it is
+    content_sha256: str = ""  # of the pixels and labels as read: which copy a run was trained on
+
+    def digest(self) -> str:
+        """SHA-256 of the images and labels in order (a run resumes only on the same ones)."""
+        h = hashlib.sha256()
+        for a in (self.train_x, self.train_y, self.test_x, self.test_y):
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
 
     def check(self, what: str) -> "ArraySet":
         """Refuse a copy that cannot be trained or scored on: fewer than two classes, or an
@@ -52,6 +61,7 @@ class ArraySet:
         for split, x in (("training", self.train_x), ("test", self.test_x)):
             if len(x) == 0:
                 raise DatasetError(f"{where}: the {split} set is empty")
+        self.content_sha256 = self.digest()
         return self
 
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -80,14 +90,15 @@ def find(data_dir, folder: str, marker: str) -> Path | None:
     return None
 
 
-def regular_file(path: Path) -> None:
-    """DatasetError unless ``path`` is a regular file (or a link to one), naming what is wrong."""
+def regular_file(path: Path, what: str = "") -> None:
+    """DatasetError unless ``path`` is a regular file (or a link to one), naming what is wrong
+    (``what``: whose file, e.g. "Tiny-ImageNet")."""
     if path.is_file():
         return
     if path.exists() or path.is_symlink():
-        raise DatasetError(f"{path} is not a regular file (a folder, a device or a link to nowhere): put the "
-                           "official file there")
-    raise DatasetError(f"missing file: {path}")
+        raise DatasetError(f"{path} is not a regular file (a folder, a pipe, a device or a link to nowhere): put "
+                           "the official file there")
+    raise DatasetError(f"missing {what + ' ' if what else ''}file: {path}")
 
 
 def md5_of(path: Path) -> str:
@@ -135,9 +146,9 @@ def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=pr
     folders made for it are removed again when it fails."""
     root, _ = candidate_roots(data_dir, folder)[0]
     target = root / folder
-    if target.is_symlink() and not target.exists():
-        raise DatasetError(f"{target} is a link to nowhere (or a loop of links) where {what} goes: remove it or "
-                           "point it at the dataset's folder")
+    if target.is_symlink():  # fetched data is moved into place, never written through a link
+        raise DatasetError(f"{target} is a link where {what} goes; eae does not write through links: remove it, "
+                           "or put the official files into the folder it points to")
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but does not hold {what}: remove or complete it")
     searched = searched_text(data_dir, folder)
@@ -170,6 +181,13 @@ def searched_text(data_dir, folder: str) -> str:
     return ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir, folder))
 
 
+def fetch_advice(data_dir, folder: str, name: str) -> str:
+    """The command that fetches the dataset into the place it was looked for."""
+    given_by = candidate_roots(data_dir, folder)[0][1]
+    same = f" (with the same {given_by})" if given_by in ("--data-dir", "$EAE_DATA_DIR") else ""
+    return f"`eae data {name}`{same} fetches it; offline machines: docs/usage.md"
+
+
 def make_dirs(path: Path) -> list[Path]:
     """``path`` and its missing parents created; the folders made, outermost first."""
     missing = []
@@ -194,8 +212,7 @@ def locate(data_dir, folder: str, marker: str, what: str, fill: Callable[[Path],
         return found
     if not download:
         raise DatasetError(f"{what} not found: no {folder}/{marker} in {searched_text(data_dir, folder)}; "
-                           f"`eae data {name}` (with the same --data-dir) fetches it; offline machines: "
-                           "docs/usage.md")
+                           + fetch_advice(data_dir, folder, name))
     return fetch(data_dir, folder, what, fill)
 
 

@@ -68,7 +68,7 @@ def locate_svhn(data_dir=None, *, extra: bool = False, download: bool = True) ->
         return found
     if not download:
         raise DatasetError(f"SVHN not found: no {FOLDER}/{names[0]} in {official.searched_text(data_dir, FOLDER)}; "
-                           "`eae data svhn` (with the same --data-dir) fetches it; offline machines: docs/usage.md")
+                           + official.fetch_advice(data_dir, FOLDER, "svhn"))
 
     def fill(staging: Path) -> None:
         for n in names:

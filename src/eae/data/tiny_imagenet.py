@@ -34,9 +34,9 @@ TRAIN_PER_CLASS, VAL_PER_CLASS, SIDE = 500, 50, 64
 
 def read_wnids(folder: Path) -> list[str]:
     path = folder / "wnids.txt"
-    official.regular_file(path)
+    official.regular_file(path, "Tiny-ImageNet")
     try:
-        wnids: list[str] | None = path.read_text(encoding="utf-8").split()
+        wnids: list[str] | None = path.read_text(encoding="utf-8-sig").split()  # a BOM (Notepad) is not a class
     except UnicodeDecodeError:
         wnids = None
     if wnids is None or not all(w.isprintable() for w in wnids):  # binary, or names that would drive a terminal
@@ -51,6 +51,8 @@ def train_samples(folder: Path, wnids: list[str]) -> list[tuple[str, int]]:
     for label, w in enumerate(wnids):
         d = folder / "train" / w / "images"
         files = sorted(p for p in d.glob("*") if p.suffix.lower() in (".jpeg", ".jpg")) if d.is_dir() else []
+        for f in files:  # a pipe or a device would block the decoder forever
+            official.regular_file(f)
         if not files:
             raise DatasetError(f"{d}: no training images for class {w} (expected {folder}/train/<wnid>/images/*.JPEG)")
         samples += [(str(p), label) for p in files]
@@ -59,8 +61,7 @@ def train_samples(folder: Path, wnids: list[str]) -> list[tuple[str, int]]:
 
 def val_samples(folder: Path, wnids: list[str]) -> list[tuple[str, int]]:
     path = folder / "val" / "val_annotations.txt"
-    if not path.is_file():
-        raise DatasetError(f"missing Tiny-ImageNet file: {path} (the labels of the validation images)")
+    official.regular_file(path, "Tiny-ImageNet")  # the labels of the validation images
     index = {w: i for i, w in enumerate(wnids)}
     samples = []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
@@ -71,8 +72,9 @@ def val_samples(folder: Path, wnids: list[str]) -> list[tuple[str, int]]:
             raise DatasetError(f"{path}, line {n}: expected 'FILE<tab>WNID...' with a class of wnids.txt, got "
                                f"{line[:80]!r}")
         image = folder / "val" / "images" / parts[0]
-        if not image.is_file():
+        if not image.exists() and not image.is_symlink():
             raise DatasetError(f"{path}, line {n}: {image} is not there")
+        official.regular_file(image)
         samples.append((str(image), index[parts[1]]))
     if not samples:
         raise DatasetError(f"{path}: no annotated validation images")

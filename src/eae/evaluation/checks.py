@@ -32,6 +32,7 @@ from torch import nn
 
 from ..attacks import APGD, APGDT, FABT, Attack, attack_mode, ce_loss, dlr_loss, margin_loss
 from ..attacks.base import eot_gradient
+from ..errors import ModelError
 
 Check = tuple[str, str]
 
@@ -66,19 +67,19 @@ def output_form(model: nn.Module, x: torch.Tensor) -> int:
     except Exception as e:  # noqa: BLE001 - the first forward pass: a model that cannot take these images
         text = str(e).strip().splitlines()
         why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-        raise ValueError(f"the model failed on a batch of shape {tuple(x.shape)} (images in [0, 1]): {why}; "
+        raise ModelError(f"the model failed on a batch of shape {tuple(x.shape)} (images in [0, 1]): {why}; "
                          "check that it takes images of this size and channel count") from e
     if not isinstance(out, torch.Tensor):
         kind = type(out).__name__
-        raise ValueError(f"the model returned a {kind}, not a tensor of logits: evaluate a module whose forward "
+        raise ModelError(f"the model returned a {kind}, not a tensor of logits: evaluate a module whose forward "
                          f"returns the (N, classes) logits only (wrap it to pick them out of the {kind})")
     if out.ndim != 2 or out.shape[0] != len(x):
-        raise ValueError(f"the model returned shape {tuple(out.shape)} for {len(x)} images; logits must be "
+        raise ModelError(f"the model returned shape {tuple(out.shape)} for {len(x)} images; logits must be "
                          f"({len(x)}, classes)")
     if not out.is_floating_point():
-        raise ValueError(f"the model returned {out.dtype} outputs; logits must be floating point")
+        raise ModelError(f"the model returned {out.dtype} outputs; logits must be floating point")
     if out.shape[1] < 2:
-        raise ValueError(f"the model returned {out.shape[1]} score per image; a classifier needs at least 2 classes")
+        raise ModelError(f"the model returned {out.shape[1]} score per image; a classifier needs at least 2 classes")
     return int(out.shape[1])
 
 
@@ -88,9 +89,9 @@ def class_count(n_classes: int, attacks: list[Attack]) -> list[Check]:
     dlr = [a for a in attacks if isinstance(a, APGD) and a.loss == "dlr"]
     targeted = [a for a in attacks if isinstance(a, (APGDT, FABT))]
     if dlr and n_classes < 3:
-        raise ValueError(f"the DLR loss (apgd-dlr) needs at least 3 classes; the model has {n_classes}")
+        raise ModelError(f"the DLR loss (apgd-dlr) needs at least 3 classes; the model has {n_classes}")
     if any(isinstance(a, APGDT) for a in attacks) and n_classes < 4:
-        raise ValueError(f"the targeted DLR loss (apgd-t) needs at least 4 classes; the model has {n_classes}")
+        raise ModelError(f"the targeted DLR loss (apgd-t) needs at least 4 classes; the model has {n_classes}")
     notes = []
     for a in targeted:
         if a.targets > n_classes - 1:

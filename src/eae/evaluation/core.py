@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
+from ..errors import ConfigError, ModelError
 from ..config import l2_diameter_errors
 from ..data.loader import shard_bounds
 
@@ -28,7 +29,7 @@ from .report import Report
 from .suites import CASCADE, STANDALONE, Suite, custom_suite, get_suite
 
 
-class NonFiniteOutputs(ValueError):
+class NonFiniteOutputs(ModelError):
     """The model returned NaN or infinite logits: no accuracy can be scored from them."""
 
 
@@ -110,7 +111,7 @@ def attack_points(model, attack: Attack | None, x, y, idx: torch.Tensor, batch_s
 
 def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Attack, str]]]:
     if suite is not None and attacks is not None:
-        raise ValueError("give either attacks or suite, not both")
+        raise ConfigError("give either attacks or suite, not both", field="attacks")
     if isinstance(attacks, Mapping):
         named = {k: v for k, v in attacks.items() if k != "clean" and v is not None}
         s = custom_suite(list(named))
@@ -127,28 +128,28 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("x and y must be torch tensors")
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"x must be images (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
+        raise ConfigError(f"x must be images (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}", field="x")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"y must hold one label per image: got shape {tuple(y.shape)} for {len(x)} images")
+        raise ConfigError(f"y must hold one label per image: got shape {tuple(y.shape)} for {len(x)} images", field="y")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+        raise ConfigError(f"y must hold integer class labels, got dtype {y.dtype}", field="y")
     if len(y) and int(y.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+        raise ConfigError(f"labels must be >= 0, got {int(y.min())}", field="y")
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
-            raise ValueError(f"x must be uint8 (0-255) or float in [0, 1], got dtype {x.dtype}")
+            raise ConfigError(f"x must be uint8 (0-255) or float in [0, 1], got dtype {x.dtype}", field="x")
         if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
+            raise ConfigError("x contains NaN or infinite values", field="x")
         if len(x) and (x.min() < 0 or x.max() > 1):
-            raise ValueError(f"float images must lie in [0, 1] (the model normalises internally), got "
-                             f"[{x.min().item():.3g}, {x.max().item():.3g}]")
+            raise ConfigError(f"float images must lie in [0, 1] (the model normalises internally), got "
+                              f"[{x.min().item():.3g}, {x.max().item():.3g}]", field="x")
 
 
 def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:
     """Refuse an L2 radius beyond the diameter of the image box (see ``l2_diameter_errors``)."""
     errors = l2_diameter_errors(eps, norm, tuple(x.shape[1:])) if x.ndim == 4 else []
     if errors:
-        raise ValueError(errors[0])
+        raise ConfigError(errors[0], field="eps")
 
 
 def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, str]]:
@@ -156,7 +157,7 @@ def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, 
     classes cannot serve; notes for the verdict where the attacks do less than usual."""
     k = checks.output_form(model, as_images(x[:2].to(device)))
     if len(y) and int(y.max()) >= k:
-        raise ValueError(f"label {int(y.max())} is out of range for a model with {k} classes")
+        raise ConfigError(f"label {int(y.max())} is out of range for a model with {k} classes", field="y")
     return checks.class_count(k, attacks)
 
 

@@ -45,7 +45,9 @@ def get_suite(name: str) -> Suite:
     try:
         return SUITES[name]
     except KeyError:
-        raise ValueError(f"unknown suite {name!r}; available: {', '.join(SUITES)}") from None
+        from ..errors import UnknownName
+
+        raise UnknownName(f"unknown suite {name!r}; available: {', '.join(SUITES)}", field="suite") from None
 
 
 def custom_suite(specs: list[str], name: str = "custom") -> Suite:

@@ -212,10 +212,12 @@ class EAE(Method):
         attacked = unwrap(model)
         if cfg.eae_base_downsample > 1:
             attacked = Downsampled(attacked, cfg.eae_base_downsample)
-        if cfg.eae_base == "fgsm_rs":
-            adv = fgsm_rs_example(attacked, x[:k], y[:k], self.threat, 1.25 * self.eps)
+        if cfg.eae_base == "fgsm_rs":  # each base method's own step (its field, else its default)
+            alpha = 1.25 * self.eps if cfg.fgsm_alpha is None else cfg.fgsm_alpha * self.alpha_scale
+            adv = fgsm_rs_example(attacked, x[:k], y[:k], self.threat, alpha)
         else:
-            adv = n_fgsm_example(attacked, x[:k], y[:k], self.threat, self.eps, cfg.nfgsm_noise)
+            alpha = self.eps if cfg.nfgsm_alpha is None else cfg.nfgsm_alpha * self.alpha_scale
+            adv = n_fgsm_example(attacked, x[:k], y[:k], self.threat, alpha, cfg.nfgsm_noise)
         return adv if k == len(x) else torch.cat([adv, x[k:]])
 
     def shift(self, latent, delta):
@@ -240,7 +242,7 @@ class EAE(Method):
             loss_clean = F.cross_entropy(logits, y)
         if cfg.eae_logit_penalty:
             loss_clean = loss_clean + cfg.eae_logit_penalty * logits.float().pow(2).sum(1).mean()
-        if epoch < cfg.eae_warmup_epochs:
+        if epoch * self.replays < cfg.eae_warmup_epochs:  # epoch-equivalents, as --epochs counts (Free: replays)
             return StepOutput(loss_clean, logits, {"seed_frac": torch.zeros((), device=x.device), **base_stats})
         if cfg.eae_latent == "penultimate":
             latent, weight, _ = linear_form(unwrap(model).head, z)

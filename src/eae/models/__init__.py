@@ -26,7 +26,7 @@ def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,
     if head == "cosine":
         model.head = CosineHead(model.feature_dim, num_classes, head_scale)
     elif head != "linear":
-        raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
+        raise ConfigError(f"unknown head {head!r}; use one of {', '.join(HEADS)}", field="head")
     return model
 
 

@@ -142,6 +142,8 @@ def _user_class(spec: str) -> type:
     where, _, cls = spec.rpartition(":")
     if not where or not cls:
         raise ValueError(f"--model {spec}: give FILE.py:ClassName or package.module:ClassName")
+    if cls.endswith(".py") or "/" in cls:  # `my dir:x/m.py`: a file whose folder has a colon, its class left out
+        raise ValueError(f"--model {spec}: name the class in the file: {spec}:ClassName")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():

@@ -89,15 +89,11 @@ class Run:
 
     def dataset(self) -> dict[str, Any]:
         """What this run trains on (``dataset.json``): checked by ``eae eval``."""
-        from ..data import OFFICIAL, DataSource, unverified_reason
+        from ..data import DataSource, copy_record
 
         data = self.data
-        out = {"dataset": self.cfg.dataset, "num_classes": data.num_classes, "classes": list(data.classes),
-               "image_size": data.image_size}
-        if self.cfg.dataset in OFFICIAL:  # the published files, or what differs in this copy (--unverified-data)
-            reason = unverified_reason(DataSource.of(self.cfg))
-            out.update(verified=not reason, **({"unverified_data": reason} if reason else {}))
-        return out
+        return {"dataset": self.cfg.dataset, "num_classes": data.num_classes, "classes": list(data.classes),
+                "image_size": data.image_size, **copy_record(DataSource.of(self.cfg))}
 
     def snapshot(self, epoch: int, **extra: Any) -> dict[str, Any] | None:
         """The full training state after ``epoch``, with ``extra`` entries (a collective:
