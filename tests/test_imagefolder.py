@@ -96,7 +96,8 @@ def test_undecodable_image_stops_or_is_substituted(folder, tmp_path):
     for workers in (0, 1):  # from a worker process too: one line, no worker traceback
         with pytest.raises(DatasetError, match="truncated.jpg") as e:
             list(FolderLoader(idx.samples, 64, 16, workers=workers))
-        assert "\n" not in str(e.value) and "Traceback" not in str(e.value) and "--bad-images skip" in str(e.value)
+        assert "\n" not in str(e.value) and "Traceback" not in str(e.value) and "--bad-images skip" in e.value.cli
+        assert "bad_images skip" in str(e.value)  # the API's words
     lenient = FolderLoader(idx.samples, 64, 16, workers=0, bad_images="skip")
     (x, y), = list(lenient)
     assert x.shape == (19, 3, 16, 16) and lenient.skipped == 1
@@ -217,16 +218,18 @@ def test_a_runs_relative_image_folder_missing_from_here_asks_for_data_dir(folder
     assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", folder.name, "--image-size",
                  "16", "--arch", "resnet_small", "--epochs", "1", "--batch-size", "9", "--val-size", "3",
                  "--workers", "0", "--val-attack-steps", "1", "--out", str(run), "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(folder)  # recorded absolute
     (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")  # the relative path leads nowhere from here
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the relative path would lead nowhere from here
+    assert main(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--quiet"]) == 0
+    moved = folder.rename(tmp_path / "moved")  # the images moved away: the run says so, and how to go on
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:  # a usage error, as argparse's own
         main(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--quiet"])
     assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "a relative path" in err and "--data-dir" in err
-    assert main(["eval", str(run), "--data-dir", str(folder), "--attacks", "clean", "--diagnostics", "off",
-                 "--quiet"]) == 0
+    assert "are not found from here" in capsys.readouterr().err
+    assert main(["eval", str(run), "--data-dir", str(moved), "--attacks", "clean", "--diagnostics", "off",
+                 "--quiet", "--output", str(tmp_path / "moved.json")]) == 0  # another folder: its own report
 
 
 def test_one_class_is_not_a_classification(tmp_path):
