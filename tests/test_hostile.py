@@ -819,3 +819,29 @@ def test_a_cifar10_folder_with_a_batch_missing_or_replaced_says_what_to_do(tmp_p
         read_batch(tmp_path / "data_batch_3")
     with pytest.raises(DatasetError, match="restore the file, or move the folder away and run `eae data cifar10`"):
         read_batch(tmp_path / "data_batch_4")
+
+
+# --------------------------------------------------------------------------- trial 9
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(run, tmp_path, monkeypatch, capsys):
+    import eae
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(eae.ConfigError, match="out is empty"):
+        eae.TrainConfig(out="")
+    with pytest.raises(eae.ConfigError, match="run_dir is empty"):
+        eae.load(" ")
+    for argv, fragment in ((["eval", ""], "RUN_DIR is empty"), (["eval", str(run), "--output", ""], "--output is empty")):
+        rc, text = _call(argv, capsys)
+        assert rc == 2 and fragment in text
+    assert list(tmp_path.iterdir()) == []  # nothing written where it stands
+
+
+@pytest.mark.parametrize("suite,k,fragment", [("smoke", 2.0, "applies to budget suites"),
+                                              ("cifar10-budget", 1e9, "in (0, 1000]")])
+def test_budget_k_only_where_there_is_a_budget_and_bounded(tmp_path, suite, k, fragment):
+    import eae
+    from eae.bench.runner import run_bench
+
+    with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+        run_bench(suite, tmp_path / "b", budget_k=k, device="cpu")
+    assert not (tmp_path / "b").exists()

@@ -303,6 +303,10 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
 
         raise ConfigError(f"run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}",
                           field="run_dir")
+    if not str(run_dir).strip():
+        from .errors import ConfigError
+
+        raise ConfigError("run_dir is empty: give the run's folder", field="run_dir")
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     name = {"final": WEIGHTS, "best": BEST_WEIGHTS}.get(weights)

@@ -152,6 +152,9 @@ def _eval(args: argparse.Namespace, device) -> int:
     from .utils import device_name
 
     t0 = time.perf_counter()
+    for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
+        if value is not None and not value.strip():  # '' would be the current folder, or the default report
+            raise UsageError(f"{flag} is empty: give a path")
     src = _run_source(args, device) if args.model is None else _external_source(args, device)
     test_size = src["test_size"]
     n = test_size if args.n is None else args.n
@@ -487,7 +490,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if only == []:
         raise UsageError(f"--only {args.only!r} names no entry: give e.g. --only eae,fgsm_rs (or leave it out)")
     run_bench(args.suite, args.out, seeds=args.seeds, resume=args.resume, device=args.device,
-              data_dir=args.data_dir, budget_k=2.0 if args.budget_k is None else args.budget_k, quiet=args.quiet,
+              data_dir=args.data_dir, budget_k=args.budget_k, quiet=args.quiet,
               only=only, compile=args.compile, train_only=args.train_only, dataset=args.dataset,
               unverified_data=args.unverified_data)
     return 0

@@ -328,6 +328,8 @@ class TrainConfig:
                 errors.append(f"{f.name} holds a NUL character")
         if isinstance(self.data_dir, str) and not self.data_dir.strip():  # '' would fall back to another place
             errors.append("data_dir is empty: give the folder, or leave it out to use $EAE_DATA_DIR or the cache")
+        if isinstance(self.out, str) and not self.out.strip():  # '' would be the current folder
+            errors.append("out is empty: give the run's folder")
         for name, top in (("pgd_steps", 100_000), ("trades_steps", 100_000), ("val_attack_steps", 100_000),
                           ("free_replays", 1_000), ("synthetic_train_size", 1_000_000), ("synthetic_test_size", 1_000_000),
                           ("synthetic_image_size", 1024), ("image_size", 1024), ("workers", 256)):

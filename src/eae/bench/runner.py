@@ -194,7 +194,7 @@ def budget_epochs(speed: list[dict[str, Any]], k: float, standard_epochs: int) -
 
 
 def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool = False, device: str = "auto",
-              data_dir: str | None = None, budget_k: float = 2.0, quiet: bool = False,
+              data_dir: str | None = None, budget_k: float | None = None, quiet: bool = False,
               only: list[str] | None = None, compile: bool = False, train_only: bool = False,
               dataset: str | None = None, unverified_data: bool = False) -> dict[str, Any]:
     """Run (or continue) a suite and write its report. ``only``: run just these entries
@@ -209,17 +209,18 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1, got {seeds!r}", cli=f"--seeds must be >= 1, got {seeds!r}",
                           field="seeds")
-    if isinstance(budget_k, bool) or not isinstance(budget_k, (int, float)) or not (math.isfinite(budget_k)
-                                                                                    and budget_k > 0):
-        raise ConfigError(f"budget_k must be a finite number > 0, got {budget_k!r}",
-                          cli=f"--budget-k must be a finite number > 0, got {budget_k!r}", field="budget_k")
-    selected = _selected_entries(suite, only)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    out = Path(out)
-    if suite.kind != "budget" and budget_k != 2.0:
+    if budget_k is not None and suite.kind != "budget":  # given at all, whatever its value
         raise ConfigError(f"budget_k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",
                           cli=f"--budget-k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",
                           field="budget_k")
+    budget_k = 2.0 if budget_k is None else budget_k  # (recorded as such by every suite, as it always was)
+    if isinstance(budget_k, bool) or not isinstance(budget_k, (int, float)) or not (math.isfinite(budget_k)
+                                                                                    and 0 < budget_k <= 1000):
+        raise ConfigError(f"budget_k must be a number in (0, 1000], got {budget_k!r}",
+                          cli=f"--budget-k must be a number in (0, 1000], got {budget_k!r}", field="budget_k")
+    selected = _selected_entries(suite, only)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    out = Path(out)
     folder = _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
                           "entries": {e.name: e.overrides for e in suite.entries}}, resume)
     try:
