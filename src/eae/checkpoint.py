@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .errors import EaeError
+from .errors import ConfigError, EaeError, NotARun, OutputRefused
 from .utils import atomic_write_bytes, loads_json
 
 MAGIC = b"EAECKPT1"
@@ -146,8 +146,6 @@ class RunLock:
         fh = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT), "r+")
         if os.fstat(fh.fileno()).st_nlink > 1:  # a hard link to someone's file: never written into
             fh.close()
-            from .errors import OutputRefused
-
             raise OutputRefused(f"{self.path} is a hard link to another file; eae does not write into it: remove it")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,8 +175,6 @@ class RunLock:
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:
-    from .errors import NotARun
-
     path = Path(run_dir) / CONFIG
     if Path(run_dir).is_file():
         raise NotARun(f"{run_dir} is a file, not a run folder: give the folder that holds it ({Path(run_dir).parent})"
@@ -256,8 +252,6 @@ def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = Fal
     recorded at training time; to ``resume``, also another copy of an official dataset (the
     published files against an unverified copy, or two copies that differ). Runs without
     the record are not checked."""
-    from .errors import ConfigError
-
     rec = read_dataset(run_dir)
     if rec is None:
         return
@@ -299,20 +293,14 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     from .models import create_model
 
     if not isinstance(run_dir, (str, os.PathLike)) or isinstance(os.fspath(run_dir), bytes):
-        from .errors import ConfigError
-
         raise ConfigError(f"run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}",
                           field="run_dir")
     if not str(run_dir).strip():
-        from .errors import ConfigError
-
         raise ConfigError("run_dir is empty: give the run's folder", field="run_dir")
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     name = {"final": WEIGHTS, "best": BEST_WEIGHTS}.get(weights)
     if name is None:
-        from .errors import ConfigError
-
         raise ConfigError(f"weights must be 'final' or 'best', got {weights!r}",
                           cli=f"--weights for a run folder is final or best, got {weights!r}", field="weights")
     path = run_dir / name
