@@ -185,3 +185,11 @@ def test_sync_bn_on_cpu_is_a_clear_error(tmp_path):
     res = torchrun("-m", "eae", "train", *TINY, "--arch", "resnet_small", "--epochs", "1", "--sync-bn",
                    "--out", str(tmp_path / "r"), check=False)
     assert res.returncode != 0 and "sync_bn needs CUDA" in res.stderr
+
+
+def test_fewer_training_images_than_processes_is_one_line_not_a_crash(tmp_path):
+    res = torchrun("-m", "eae", "train", *TINY, "--arch", "resnet_small", "--train-subset", "1", "--val-size", "8",
+                   "--out", str(tmp_path / "r"), check=False)
+    assert res.returncode != 0 and "1 training image(s) for 2 processes" in res.stderr
+    assert "ZeroDivisionError" not in res.stderr and "internal error" not in res.stderr
+    assert not (tmp_path / "r").exists()

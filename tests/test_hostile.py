@@ -845,3 +845,139 @@ def test_budget_k_only_where_there_is_a_budget_and_bounded(tmp_path, suite, k, f
     with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
         run_bench(suite, tmp_path / "b", budget_k=k, device="cpu")
     assert not (tmp_path / "b").exists()
+
+
+def _image_folder(root: Path, val: bool = True) -> Path:
+    """Two classes of four 12x10 PNGs (val/ with one per class unless ``val`` is False)."""
+    from PIL import Image
+
+    for split, n in (("train", 4), ("val", 1))[: 2 if val else 1]:
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12, 10), (40 * i, 100 if c == "a" else 200, 7)).save(root / split / c / f"{i}.png")
+    return root
+
+
+FOLDER = ["--device", "cpu", "--dataset", "imagefolder", "--arch", "resnet_small", "--epochs", "1",
+          "--batch-size", "4", "--val-size", "2", "--workers", "0", "--val-attack-steps", "1", "--quiet"]
+
+
+def test_an_image_size_below_8_is_refused_before_anything_is_written(tmp_path, capsys):
+    import eae
+    from eae.data.imagefolder import decode
+
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data")
+    with pytest.raises(eae.ConfigError, match="image_size must be >= 8"):
+        eae.TrainConfig(dataset="imagefolder", image_size=1)
+    rc, text = _call(["train", *FOLDER, "--data-dir", str(data), "--image-size", "1", "--out", str(tmp_path / "r")],
+                     capsys)
+    assert rc == 2 and "image_size must be >= 8" in text and not (tmp_path / "r").exists()
+    # the decoder itself copes with a one-pixel crop, flipped or not (a flipped 1-pixel row kept a negative stride)
+    import numpy as np
+
+    for seed in range(8):
+        out = decode(str(data / "train" / "a" / "0.png"), 1, train=True, rng=np.random.default_rng(seed))
+        assert out.shape == (3, 1, 1) and torch.from_numpy(out).shape == (3, 1, 1)
+
+
+def test_fewer_training_images_than_processes_is_a_clear_error(monkeypatch):
+    import eae
+    from eae.training import run as run_module
+
+    monkeypatch.setattr(run_module.dist, "world_size", lambda: 4)  # as under torchrun --nproc_per_node 4
+    cfg = eae.TrainConfig(dataset="synthetic", synthetic_train_size=64, synthetic_test_size=16, synthetic_image_size=8,
+                          train_subset=3, val_size=0, arch="resnet_small", batch_size=8, device="cpu")
+    with pytest.raises(eae.ConfigError, match=r"3 training image\(s\) for 4 processes") as e:
+        run_module.Run(cfg, torch.device("cpu"), lambda *a: None)
+    assert e.value.field == "train_subset" and "--nproc_per_node" in e.value.cli
+
+
+def _interrupted(monkeypatch):
+    import eae.trainer
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eae.trainer, "train_epoch", interrupt)
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_nothing_and_says_the_same_command_starts_again(tmp_path, monkeypatch,
+                                                                                          capsys):
+    out = tmp_path / "runs" / "r"
+    argv = ["train", *SYN, "--epochs", "1", "--out", str(out)]
+    with monkeypatch.context() as m:
+        _interrupted(m)
+        rc, text = _call(argv, capsys)
+    assert rc == 130 and "nothing was kept; the same command starts it again" in text
+    assert not (tmp_path / "runs").exists()  # the folders it made went with it
+    assert _call(argv, capsys)[0] == 0  # and the same command is accepted
+
+
+def test_ctrl_c_before_the_first_checkpoint_of_a_kept_folder_says_resume(run, tmp_path, monkeypatch, capsys):
+    r = tmp_path / "r"
+    import shutil
+
+    shutil.copytree(run, r)
+    for f in r.iterdir():  # a run killed before its first checkpoint, kept (other tests may have evaluated it)
+        if f.name not in ("config.json", "metrics.jsonl", "dataset.json", "environment.json", ".eae-run", ".lock"):
+            f.unlink()
+    with monkeypatch.context() as m:
+        _interrupted(m)
+        rc, text = _call(["train", *SYN, "--method", "fgsm_rs", "--epochs", "1", "--out", str(r), "--resume"], capsys)
+    assert rc == 130 and f"no checkpoint: `eae train --out={r} --resume` starts it again from epoch 1" in text, text
+    assert (r / "config.json").is_file()  # a folder this call did not make stays
+
+
+def test_images_in_subfolders_count_and_odd_entries_are_named(tmp_path):
+    from eae.data import DatasetError
+    from eae.data.imagefolder import scan_folder
+
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data")
+    nested = data / "train" / "a" / "more"
+    nested.mkdir()
+    (data / "train" / "a" / "0.png").rename(nested / "0.png")  # as torchvision's ImageFolder: still class a
+    idx = scan_folder(data / "train")
+    assert len(idx.samples) == 8 and (str(nested / "0.png"), 0) in idx.samples
+    (data / "train" / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DatasetError, match="gone.png: a link to nothing"):
+        scan_folder(data / "train")
+    idx = scan_folder(data / "train", bad_images="skip")
+    assert len(idx.samples) == 8 and [Path(p).name for p, _ in idx.skipped] == ["gone.png"]
+    (data / "train" / "b" / "gone.png").unlink()
+    os.mkfifo(data / "train" / "b" / "pipe.png")
+    with pytest.raises(DatasetError, match="pipe.png: not a regular file"):
+        scan_folder(data / "train")
+    (data / "train" / "b" / "pipe.png").unlink()
+    (nested / "loop").symlink_to(data / "train" / "a")  # a link cycle ends, and is named
+    with pytest.raises(DatasetError, match="linked twice"):
+        scan_folder(data / "train")
+
+
+def test_an_image_folder_without_val_trains_and_eval_says_what_it_needs(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data", val=False)
+    r = tmp_path / "r"
+    assert main(["train", *FOLDER, "--data-dir", str(data), "--image-size", "8", "--out", str(r)]) == 0
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 2 and f"{data / 'val'}: not a folder: an evaluation scores the test images of" in text
+
+
+def test_bench_resume_on_a_new_folder_says_it_starts_one(tmp_path, monkeypatch, capsys):
+    from eae.bench import runner
+
+    monkeypatch.setattr(runner, "_run", lambda *a, **k: [])
+    runner.run_bench("smoke", tmp_path / "typo", resume=True, device="cpu", quiet=True)
+    assert "holds no benchmark yet: starting one" in capsys.readouterr().err
+    runner.run_bench("smoke", tmp_path / "typo", resume=True, device="cpu", quiet=True)
+    assert "holds no benchmark" not in capsys.readouterr().err
+
+
+def test_eps_minus_zero_is_zero():
+    import math
+
+    from eae.cli import _eps
+
+    assert math.copysign(1, _eps("-0")) == 1 and math.copysign(1, _eps("-0/255")) == 1

@@ -149,12 +149,15 @@ def test_output_naming_another_evaluations_report_is_refused(run, tmp_path, caps
     before = report.read_bytes()
     rc, text = _call(["eval", str(r), "--attacks", "clean,pgd1", "--diagnostics", "off", "--quiet",
                       "--output", str(report)], capsys)
-    assert rc == 2 and "holds the report of another evaluation (clean-diagoff of" in text
+    # what differs is named, and the advice is given once
+    assert rc == 2 and "another evaluation (its settings are 'clean-diagoff', this one 'clean+pgd1-diagoff')" in text
+    assert text.count("--output") == 1 and "it scored" not in text
     assert report.read_bytes() == before
     other = _copy(run, tmp_path / "other")  # the same settings on another run: another evaluation too
     rc, text = _call(["eval", str(other), "--attacks", "clean", "--diagnostics", "off", "--quiet",
                       "--output", str(report)], capsys)
-    assert rc == 2 and "another evaluation" in text and report.read_bytes() == before
+    assert rc == 2 and f"it scored {str(r.resolve())!r}, this one {str(other.resolve())!r}" in text
+    assert "its settings" not in text and report.read_bytes() == before
 
 
 def test_eval_keeps_a_report_the_user_edited_in_the_run_folder(run, tmp_path, capsys):

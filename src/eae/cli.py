@@ -405,9 +405,11 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
         atomic_write_json(json_path, out)
         atomic_write_bytes(json_path.with_suffix(".md"), md.encode())
     except (OSError, OutputRefused) as e:
-        why = str(e) if isinstance(e, OutputRefused) else (e.strerror or str(e))
-        print(f"error: could not save the report to {json_path} ({why}); the numbers above are complete: "
-              "pass --output PATH.json to save them elsewhere", file=sys.stderr)
+        if isinstance(e, OutputRefused):  # its message says what to do
+            print(f"error: the report was not saved: {e} (the numbers above are complete)", file=sys.stderr)
+        else:
+            print(f"error: could not save the report to {json_path} ({e.strerror or e}); the numbers above are "
+                  "complete: pass --output PATH.json to save them elsewhere", file=sys.stderr)
         return 2
     print(f"written: {json_path}, {json_path.with_suffix('.md')}" + (f" ({replaced})" if replaced else ""))
     return 0
@@ -543,7 +545,7 @@ def _positive_float(text: str) -> float:
 def _eps(text: str) -> float:
     """ε as train reads it: a float or a fraction (its range is checked with the norm)."""
     try:
-        return parse_float(text)
+        return parse_float(text) + 0.0  # -0 is 0 (printed as such)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -841,8 +843,14 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
     if getattr(args, "func", None) is cmd_train:
         out = getattr(args, "resolved_out", None) or getattr(args, "out", None) or "runs/default"
-        return (f": the run continues from its last finished epoch with `{_launcher()} train --out={quote(out)} "
-                "--resume`" if (Path(out) / "checkpoint.pt").exists() else "")
+        if (Path(out) / "checkpoint.pt").exists():
+            return f": the run continues from its last finished epoch with `{_launcher()} train --out={quote(out)} --resume`"
+        if (Path(out) / "metrics.jsonl").exists():  # kept (other files were there): --resume starts it over
+            return (f" before its first epoch ended, so there is no checkpoint: `{_launcher()} train "
+                    f"--out={quote(out)} --resume` starts it again from epoch 1")
+        if getattr(args, "resolved_out", None):
+            return " before its first epoch ended: nothing was kept; the same command starts it again"
+        return ""
     if getattr(args, "func", None) is cmd_demo:
         cmd = ["eae", "demo", f"--out={args.out}"] + (["--data-dir", args.data_dir] if args.data_dir else []) \
             + (["--device", args.device] if args.device != "cpu" else [])

@@ -342,6 +342,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
                 errors.append(f"{name} must be at most {top:g}, got {v:g}")
+        if self.dataset == "imagefolder" and isinstance(self.image_size, int) and self.image_size < 8:
+            errors.append(f"image_size must be >= 8 (pixels; the networks downsample by 8), got {self.image_size}")
         if self.dataset == "synthetic" and self.synthetic_image_size < 8:
             errors.append(f"synthetic_image_size must be >= 8 (pixels; the networks downsample by 8), "
                           f"got {self.synthetic_image_size}")

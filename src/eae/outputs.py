@@ -228,6 +228,15 @@ def sealed(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "report_sha256": _digest(report)}
 
 
+def _differs(was: Any, now: Any) -> str:
+    """What makes an earlier evaluation another one, in words: its settings or its subject."""
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return "written by an earlier eae, which did not record what it evaluated"
+    parts = [f"{label} {was.get(key)!r}, this one {now.get(key)!r}" for key, label in
+             (("settings", "its settings are"), ("of", "it scored")) if was.get(key) != now.get(key)]
+    return "; ".join(parts) or f"{was}"
+
+
 def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation: Any = None) -> str | None:
     """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
     Returns a line saying what would be replaced (None: nothing), or raises
@@ -261,9 +270,6 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
             raise OutputRefused(f"{md_path} was changed since {owner} wrote it; it is left as it is: move it away, "
                                 f"or pass {flag} to write the report elsewhere")
     if json_path.exists() and evaluation is not None and d.get("evaluation") != evaluation:
-        was = d.get("evaluation")
-        what = (f"{was.get('settings')} of {was.get('of')}" if isinstance(was, dict)
-                else "written by an earlier eae, which did not record what it evaluated")
-        raise OutputRefused(f"{json_path} holds the report of another evaluation ({what}); it is left as it is: "
-                            f"pass {flag} to write this report elsewhere, or move that one away")
+        raise OutputRefused(f"{json_path} holds the report of another evaluation ({_differs(d.get('evaluation'), evaluation)}); "
+                            f"it is left as it is: pass {flag} to write this report elsewhere, or move that one away")
     return f"replaces {json_path} (an earlier report of the same evaluation)" if json_path.exists() else None

@@ -221,6 +221,8 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     selected = _selected_entries(suite, only)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
+    if resume and not (out / "bench.json").exists():  # said: a typo in --out would otherwise start a new one quietly
+        print(f"note: {out} holds no benchmark yet: starting one (nothing to resume)", file=sys.stderr, flush=True)
     folder = _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
                           "entries": {e.name: e.overrides for e in suite.entries}}, resume)
     try:

@@ -228,6 +228,10 @@ def _test_samples(src: DataSource) -> list:
     from . import imagefolder as f
 
     train_dir, val_dir = f.split_dirs(src.data_dir)
+    if not val_dir.is_dir():  # training needs only train/; scoring needs the test images
+        raise DatasetError(f"{val_dir}: not a folder: an evaluation scores the test images of {val_dir}/<class>/"
+                           f"<images>, with the class folders of {train_dir}; put them there (training holds out its "
+                           "validation images from train/, never from val/)")
     return f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=src.bad_images).samples
 
 

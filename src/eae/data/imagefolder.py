@@ -10,9 +10,11 @@ on the GPU.
 The held-out validation split (``val_size`` images) comes from ``train/``, as for
 CIFAR-10; ``val/`` plays the role of the test set and is read only by ``eae eval``.
 
+Images may lie in subfolders of a class folder (as for torchvision's ImageFolder).
 Bad input is found where it is cheap to find: at scan time every file must have an
-image extension, be non-empty and start with an image signature, and every class
-folder must hold an image; at decode time a file that Pillow cannot read is caught.
+image extension, be non-empty and start with an image signature, every entry must
+be a file (not a dangling link or a pipe), and every class folder must hold an image;
+at decode time a file that Pillow cannot read is caught.
 ``bad_images="error"`` (default) stops with the file's path; ``"skip"`` leaves such
 files out (and, at decode time, substitutes the next readable image) and counts them.
 """
@@ -66,6 +68,33 @@ def _check_file(path: str) -> str | None:
     return None
 
 
+def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files of one class folder, subfolders included (as torchvision's ImageFolder,
+    which users' folders are laid out for), sorted; and the entries that are not files
+    (a dangling link, a pipe, a device), with why. Hidden entries are left out; a linked
+    folder is followed once (a link cycle would never end)."""
+    files, odd, seen = [], [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            odd.append((top, "a folder linked twice into the class (a link cycle?): remove the link"))
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = os.path.join(top, name)
+            if os.path.isfile(path):
+                files.append(path)
+            elif os.path.islink(path) and not os.path.exists(path):
+                odd.append((path, "a link to nothing (its target is missing)"))
+            else:
+                odd.append((path, "not a regular file (a pipe, a socket or a device)"))
+    return sorted(files), odd
+
+
 def class_names(root: str | Path) -> list[str]:
     """The class folders of ``root``, sorted (the label of a class is its position)."""
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -107,7 +136,9 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
         if c not in label:
             bad(str(root / c), f"class folder {c!r} is not a class of the training set")
             continue
-        files = sorted(e.path for e in os.scandir(root / c) if e.is_file() and not e.name.startswith("."))
+        files, odd = _class_files(root / c)
+        for path, why in odd:
+            bad(path, why)
         candidates += [(p, label[c]) for p in files]
     with ThreadPoolExecutor(max(1, threads)) as pool:  # I/O bound: 12 bytes per file
         reasons = list(pool.map(_check_file, [p for p, _ in candidates]))
@@ -156,7 +187,7 @@ def decode(path: str, size: int, *, train: bool, rng: np.random.Generator | None
     arr = np.asarray(out, dtype=np.uint8)
     if train and rng.random() < 0.5:
         arr = arr[:, ::-1]
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return arr.transpose(2, 0, 1).copy()  # a copy: ascontiguousarray keeps a flipped 1-pixel row's negative stride
 
 
 def _rrc_box(w: int, h: int, rng: np.random.Generator) -> tuple[float, float, float, float]:

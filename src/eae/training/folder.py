@@ -241,6 +241,8 @@ class RunFolder:
         if not self.main:
             return []
         metrics, self._rows = self._rows, []
+        if self.output.marked:  # a new folder: a failure before the first checkpoint takes these away with it
+            self.output.written = [METRICS, CONFIG, DATASET, ENVIRONMENT]
         self.rewrite_metrics(metrics)
         atomic_write_json(self.path / CONFIG, self.cfg.to_dict())
         atomic_write_json(self.path / DATASET, dataset)
@@ -250,8 +252,9 @@ class RunFolder:
         return metrics
 
     def close(self, failed: bool = False) -> None:
-        """Release the folder; after a failure before anything was written (the data could
-        not be read, say), remove what opening it created."""
+        """Release the folder; after a failure before the first checkpoint of a new run
+        (unreadable data, Ctrl-C in epoch 1), remove what the run created: nothing there
+        could be continued, and the same command should start afresh."""
         if self.tb is not None:
             self.tb.close()
             self.tb = None

@@ -10,6 +10,7 @@ import torch
 
 from .. import distributed as dist
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..data import training_data
 from ..methods import create_method
 from ..models import count_parameters, create_model
@@ -52,6 +53,13 @@ class Run:
         _set_deterministic(cfg.deterministic)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.data = training_data(cfg, device, self.rank, self.world)
+        if len(self.data.loader) == 0:  # every rank needs an image of each step (a global batch >= the processes)
+            raise ConfigError(f"train_subset: {self.data.n_train} training image(s) for {self.world} processes: each "
+                              "process needs at least one image per step; use more training images or fewer processes",
+                              field="train_subset",
+                              cli=f"--train-subset: {self.data.n_train} training image(s) for {self.world} processes "
+                                  "(--nproc_per_node): each needs at least one image per step; use more training "
+                                  "images or fewer processes")
         self.net = self._network()
         self.model = dist.wrap(self.net, device, cfg.sync_bn)
         if self.rank:
