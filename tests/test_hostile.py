@@ -684,7 +684,7 @@ def test_eval_output_keeps_a_report_the_user_edited(external, tmp_path, capsys):
     before = _tree_hash(out.parent)
     rc, text = _call(argv, capsys)
     assert rc == 2 and f"{md} was changed since eae eval wrote it" in text, text
-    assert _tree_hash(out.parent) == before and "| clean |" in text
+    assert _tree_hash(out.parent) == before and "| clean |" not in text  # refused before the attacks ran
 
 
 def test_train_with_a_missing_library_names_the_extra_and_claims_no_folder(tmp_path, monkeypatch, capsys):
@@ -952,7 +952,7 @@ def test_images_in_subfolders_count_and_odd_entries_are_named(tmp_path):
         scan_folder(data / "train")
     (data / "train" / "b" / "pipe.png").unlink()
     (nested / "loop").symlink_to(data / "train" / "a")  # a link cycle ends, and is named
-    with pytest.raises(DatasetError, match="linked twice"):
+    with pytest.raises(DatasetError, match="loop: a link to a folder already read"):
         scan_folder(data / "train")
 
 
@@ -981,3 +981,221 @@ def test_eps_minus_zero_is_zero():
     from eae.cli import _eps
 
     assert math.copysign(1, _eps("-0")) == 1 and math.copysign(1, _eps("-0/255")) == 1
+
+
+# --------------------------------------------------------------------------- trial 10
+def test_an_unreadable_folder_among_the_images_is_named_not_skipped(tmp_path, monkeypatch):
+    from eae.data import DatasetError
+    from eae.data.imagefolder import scan_folder
+
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data")
+    sub = data / "train" / "a" / "sub"
+    sub.mkdir()
+    (data / "train" / "a" / "1.png").rename(sub / "1.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as chmod 000 does for a user other than root (tests may run as root)
+        if Path(path) == sub:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DatasetError, match=r"sub: unreadable folder \(Permission denied\)"):
+        scan_folder(data / "train")
+    idx = scan_folder(data / "train", bad_images="skip")
+    assert [Path(p).name for p, _ in idx.skipped] == ["sub"] and len(idx.samples) == 7
+
+
+def test_a_link_cycle_names_the_link_and_labels_nothing_twice(tmp_path):
+    from eae.data import DatasetError
+    from eae.data.imagefolder import scan_folder
+
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data")
+    loop = data / "train" / "a" / "loop"
+    loop.symlink_to("..")
+    with pytest.raises(DatasetError, match=f"{re.escape(str(loop))}: a link to a folder"):
+        scan_folder(data / "train")
+    idx = scan_folder(data / "train", bad_images="skip")
+    assert [p for p, _ in idx.skipped] == [str(loop)] and len(idx.samples) == 8  # b's images only under b
+
+
+def test_the_test_folder_advice_speaks_of_evaluation_not_training(tmp_path):
+    from eae.data import DatasetError
+    from eae.data.imagefolder import scan_folder
+
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data")
+    (data / "val" / "zzz").mkdir()
+    with pytest.raises(DatasetError) as e:
+        scan_folder(data / "val", classes=("a", "b"))
+    assert "an evaluation scores every image" in e.value.cli and "--bad-images" not in e.value.cli
+
+
+def test_a_kill_between_the_best_weights_and_the_first_checkpoint_resumes(run, tmp_path, capsys):
+    import shutil
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    keep = ("config.json", "metrics.jsonl", "dataset.json", "environment.json", ".eae-run", ".lock",
+            "model_best.safetensors")
+    for f in r.iterdir():
+        if f.name not in keep:
+            f.unlink()
+    assert (r / "model_best.safetensors").exists()
+    rc, text = _call(["train", *SYN, "--method", "fgsm_rs", "--epochs", "1", "--out", str(r), "--resume"], capsys)
+    assert rc == 0 and "restarts from epoch 1" in text and (r / "checkpoint.pt").exists()
+
+
+def test_a_closed_stdout_is_not_an_internal_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    res = subprocess.run(["bash", "-c", f"{sys.executable} -m eae list >&-"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0 and "internal error" not in res.stderr, res.stderr
+
+
+def test_an_image_folder_run_resumes_only_on_the_files_it_started_on(tmp_path, capsys):
+    import shutil
+
+    pytest.importorskip("PIL")
+    data = _image_folder(tmp_path / "data")
+    r = tmp_path / "r"
+    args = [*FOLDER, "--epochs", "2", "--image-size", "8", "--out", str(r)]
+    assert main(["train", *args, "--data-dir", str(data), "--stop-after", "1"]) == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    shutil.copy(moved / "train" / "a" / "0.png", moved / "train" / "a" / "extra.png")
+    rc, text = _call(["train", "--out", str(r), "--resume", "--data-dir", str(moved)], capsys)
+    assert rc == 2 and "files added, removed, renamed or rewritten" in text and "--data-dir" in text
+    (moved / "train" / "a" / "extra.png").unlink()  # the same files in another place: the same data
+    # and a resume may switch to --bad-images skip, as the advice for a file that fails to decode says
+    rc, text = _call(["train", "--out", str(r), "--resume", "--data-dir", str(moved), "--bad-images", "skip"], capsys)
+    assert rc == 0, text
+    assert json.loads((r / "config.json").read_text())["bad_images"] == "skip"
+
+
+def test_a_report_whose_seals_were_removed_is_not_replaced(run, tmp_path, capsys):
+    import shutil
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    report = tmp_path / "rep.json"
+    argv = ["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]
+    assert main(argv) == 0
+    d = json.loads(report.read_text())
+    del d["report_sha256"], d["markdown_sha256"]
+    d["my note"] = "keep this"
+    report.write_text(json.dumps(d))
+    rc, text = _call(argv, capsys)
+    assert rc == 2 and "was changed since eae eval wrote it" in text
+    assert json.loads(report.read_text())["my note"] == "keep this"
+
+
+def test_validation_options_without_validation_images_are_refused():
+    import eae
+
+    for kw, field in ((dict(overfit_action="rollback"), "overfit_action"), (dict(val_aa_n=10), "val_aa_n")):
+        with pytest.raises(eae.ConfigError, match="val_size is 0") as e:
+            eae.TrainConfig(val_size=0, **kw)
+        assert e.value.field == field
+    eae.TrainConfig(val_size=0)  # warn, and no aa: fine
+
+
+def test_an_attack_called_directly_checks_its_inputs():
+    import eae
+    from eae.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convnet_nobn", 10).eval()
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    attack = eae.build_attack("pgd2", eps=8 / 255)
+    for args, fragment in (((x, y.float()), "integer class labels"), ((x[0], y[:1]), "x must be images"),
+                           ((x * 3, y), "must lie in [0, 1]"), ((x.to("meta"), y), "meta device")):
+        with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+            attack(model, *args)
+    xu = (x * 255).round().to(torch.uint8)  # uint8 images are read as 0-255, like evaluate's
+    adv = attack(model, xu, y)
+    assert adv.dtype == torch.float32 and (adv - xu.float() / 255).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_evaluate_on_meta_tensors_is_a_config_error():
+    import eae
+    from eae.models import create_model
+
+    model = create_model("convnet_nobn", 10)
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    for xx, yy, name in ((x.to("meta"), y, "x"), (x, y.to("meta"), "y")):
+        with pytest.raises(eae.ConfigError, match="meta device") as e:
+            eae.evaluate(model, xx, yy, ["clean"], device="cpu", diagnostics="off")
+        assert e.value.field == name
+
+
+def test_a_toml_date_is_refused_naming_the_file_and_the_key(tmp_path, capsys):
+    preset = tmp_path / "p.toml"
+    preset.write_text("epochs = 1979-05-27\n")
+    for extra in ([], ["--epochs", "1"]):  # a flag over it does not hide it
+        rc, text = _call(["train", *SYN, "--config", str(preset), *extra, "--out", str(tmp_path / "r")], capsys)
+        assert rc == 2 and f"{preset}: epochs = 1979-05-27: a date or time" in text
+    assert not (tmp_path / "r").exists()
+
+
+def test_create_model_bounds_classes_and_a_missing_library_is_an_eae_error():
+    import eae
+    from eae.models.library import import_library
+
+    with pytest.raises(eae.ConfigError, match="num_classes must be an integer in"):
+        eae.create_model("resnet_small", num_classes=10**9)
+    with pytest.raises(eae.ConfigError, match="unknown head"):
+        eae.create_model("resnet_small", head="x")
+    with pytest.raises(eae.MissingDependency, match="architecture nolib_xyz:net needs nolib_xyz") as e:
+        import_library("nolib_xyz", "nolib_xyz:net")
+    assert isinstance(e.value, eae.EaeError) and isinstance(e.value, ImportError)
+
+
+def test_eae_debug_shows_the_traceback_and_keeps_the_status(monkeypatch, capsys):
+    monkeypatch.setenv("EAE_DEBUG", "1")
+    rc = main(["train", *SYN, "--eps", "3", "--out", "unused"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" in err and "error: " in err and "internal error" not in err
+
+
+def test_a_folder_in_place_of_the_lock_is_refused(tmp_path, capsys):
+    r = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(r)]) == 0
+    (r / ".lock").unlink()
+    (r / ".lock").mkdir()
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(r), "--resume"], capsys)
+    assert rc == 2 and ".lock is a folder where eae keeps its lock file" in text and (r / ".lock").is_dir()
+
+
+def test_cifar10_not_found_without_download_says_how_to_fetch(tmp_path, capsys):
+    rc, text = _call(["data", "cifar10", "--no-download", "--data-dir", str(tmp_path)], capsys)
+    assert rc == 2 and "`eae data cifar10` (with the same --data-dir), without --no-download, fetches it" in text
+
+
+def test_under_torchrun_a_bad_setting_is_said_by_rank_0_only(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    rc = main(["train", *SYN, "--eps", "3", "--out", "unused"])
+    assert rc == 2 and capsys.readouterr().err == ""
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_attacks(run, tmp_path, capsys):
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--output",
+                      str(tmp_path / "r.txt")], capsys)
+    assert rc == 2 and "must be a file name ending in .json" in text and "clean" not in text.split("error")[0]
+
+
+def test_a_large_photo_is_decoded_without_pillows_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from eae.data.imagefolder import decode
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,600 pixels: over the warning, under the error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode(str(path), 8, train=False).shape == (3, 8, 8)

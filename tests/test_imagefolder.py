@@ -251,4 +251,4 @@ def test_resuming_prior_guided_fgsm_on_changed_images_is_refused(folder, tmp_pat
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "the data changed since the run started" in err and "Traceback" not in err
+    assert "files added, removed, renamed or rewritten" in err and "Traceback" not in err  # before the method sees it

@@ -697,7 +697,7 @@ def test_the_api_refuses_impossible_attack_model_and_test_set_sizes():
         with pytest.raises(eae.ConfigError, match="eps must be"):
             eae.build_attack("pgd5", eps=eps)
     for n in (0, -1, 2.5, True):
-        with pytest.raises(eae.ConfigError, match="num_classes must be an integer >= 1"):
+        with pytest.raises(eae.ConfigError, match="num_classes must be an integer in"):
             eae.create_model("resnet_small", num_classes=n)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
     with pytest.raises(eae.ConfigError, match="test_size must be"):

@@ -23,7 +23,7 @@ _EXPORTS = {
     "TrainConfig": "config",
     "ConfigError": "errors", "EaeError": "errors", "OutputRefused": "errors", "RunExists": "errors",
     "NotARun": "errors", "DatasetError": "errors",
-    "MissingFile": "errors", "UnknownName": "errors", "ModelError": "errors",
+    "MissingFile": "errors", "UnknownName": "errors", "ModelError": "errors", "MissingDependency": "models.library",
     "EvalResult": "evaluation", "evaluate": "evaluation",
     "METHODS": "methods", "list_methods": "methods",
     "MODELS": "models", "create_model": "models", "list_models": "models",

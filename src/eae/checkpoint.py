@@ -143,6 +143,9 @@ class RunLock:
             return self
         from .outputs import open_nofollow  # a .lock planted as a link is refused, never written through
 
+        if self.path.is_dir() and not self.path.is_symlink():
+            raise OutputRefused(f"{self.path} is a folder where eae keeps its lock file; eae does not remove it: "
+                                "move it away, or choose another --out")
         fh = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT), "r+")
         if os.fstat(fh.fileno()).st_nlink > 1:  # a hard link to someone's file: never written into
             fh.close()
@@ -264,6 +267,9 @@ def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = Fal
         what = f"{_classes_text(trained)}, {there} has {_classes_text(here)}{at}"
     elif rec["image_size"] != image_size:
         what = f"{rec['image_size']}x{rec['image_size']} images, {there} has {image_size}x{image_size} images"
+    elif resume and rec.get("files_sha256") and rec["files_sha256"] != found.get("files_sha256"):
+        what = (f"training files whose names, labels and sizes hash to {rec['files_sha256'][:12]}...; the folder here "
+                f"hashes to {str(found.get('files_sha256'))[:12]}... (files added, removed, renamed or rewritten)")
     elif resume and any(rec.get(k) != found.get(k) for k in ("verified", "unverified_data", "content_sha256")
                         if k in rec or k != "content_sha256"):  # runs from before the digest: not compared
         what = f"{_copy_text(rec)}; the copy here is {_copy_text(found)}"

@@ -155,6 +155,10 @@ def _eval(args: argparse.Namespace, device) -> int:
     for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
         if value is not None and not value.strip():  # '' would be the current folder, or the default report
             raise UsageError(f"{flag} is empty: give a path")
+    if args.output:  # a name that can never be written, or a file that is not ours: said before the attacks run
+        from .outputs import check_report
+
+        check_report(Path(args.output), "eae eval")
     src = _run_source(args, device) if args.model is None else _external_source(args, device)
     test_size = src["test_size"]
     n = test_size if args.n is None else args.n
@@ -736,6 +740,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM, 143; SIGHUP, 129. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
     import signal
 
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the work goes on, unprinted
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
     for stream in (sys.stdout, sys.stderr):  # a path with "ü" on an ASCII terminal: printed as \xfc, never fatal
         try:
             stream.reconfigure(errors="backslashreplace")
@@ -770,14 +778,22 @@ def main(argv: Sequence[str] | None = None) -> int:
              "scored: fix the model")
         return 2
     except Exception as e:
-        if os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off"):
-            raise
+        debug = os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
         status, message = _user_error(e)
         if status is None:
-            print("eae: an internal error (a bug of ours, not your input): please report it with the "
-                  "traceback below", file=sys.stderr)
+            if not debug:
+                print("eae: an internal error (a bug of ours, not your input): please report it with the "
+                      "traceback below", file=sys.stderr)
             raise
-        _say(f"error: {message}")
+        if debug:  # the traceback as well, and the same exit status
+            import traceback
+
+            traceback.print_exc()
+        from .errors import ConfigError
+
+        # a bad setting fails alike on every rank of torchrun: said once, by rank 0
+        if not isinstance(e, ConfigError) or int(os.environ.get("RANK", "0") or 0) == 0:
+            _say(f"error: {message}")
         return status
     finally:
         for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was

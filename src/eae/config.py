@@ -12,6 +12,7 @@ accepted.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import numbers
@@ -75,8 +76,9 @@ def method_defaults(method: str) -> dict[str, Any]:
 
 
 # Fields that say where and how a run executes, not what it computes: they may
-# differ when a run is resumed (e.g. on another machine).
-PLACEMENT_FIELDS = ("out", "device", "data_dir", "compile", "tensorboard", "workers")
+# differ when a run is resumed (e.g. on another machine). bad_images too: an image that
+# fails to decode mid-run stops it, and the advice is to resume with `skip`.
+PLACEMENT_FIELDS = ("out", "device", "data_dir", "compile", "tensorboard", "workers", "bad_images")
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,13 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
                 errors.append(f"{name} must be at most {top:g}, got {v:g}")
+        if self.val_size == 0:  # without validation images these would never act: said, not ignored
+            if self.overfit_action != "warn":
+                errors.append(f"overfit_action {self.overfit_action!r} needs validation (the guard watches validation "
+                              "PGD accuracy), but val_size is 0: give val_size > 0, or leave overfit_action at 'warn'")
+            if isinstance(self.val_aa_n, int) and self.val_aa_n > 0:
+                errors.append(f"val_aa_n {self.val_aa_n} needs validation images, but val_size is 0: give val_size > "
+                              "0, or val_aa_n 0")
         if self.dataset == "imagefolder" and isinstance(self.image_size, int) and self.image_size < 8:
             errors.append(f"image_size must be >= 8 (pixels; the networks downsample by 8), got {self.image_size}")
         if self.dataset == "synthetic" and self.synthetic_image_size < 8:
@@ -529,6 +538,9 @@ def _exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
     "8/255" stays allowed for the real-valued fields."""
     hints = typing.get_type_hints(TrainConfig)
     for key, value in flat.items():
+        if isinstance(value, (datetime.date, datetime.time)):  # TOML dates and times: no field takes one
+            raise ConfigError(f"config file {path}: {key} = {value}: a date or time, which no setting takes "
+                              f"(did a value lose its quotes?)", field=key)
         tp = hints.get(key)
         tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)  # X | None: X
         if tp is int and isinstance(value, (str, float)):

@@ -253,23 +253,25 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
     for p in (json_path, md_path):
         if p.is_symlink():
             raise OutputRefused(f"{p} is a symbolic link; eae does not write through links it did not make: "
-                                f"remove it or pass {flag} elsewhere")
+                                f"remove it or give {flag} another path")
         if p.exists() and d.get("written_by") != owner:
-            raise OutputRefused(f"{p} exists and was not written by {owner}; it is left as it is: pass {flag} "
-                                "to write the report elsewhere")
+            raise OutputRefused(f"{p} exists and was not written by {owner}; it is left as it is: give {flag} "
+                                "another path")
     if json_path.exists():
         recorded = d.get("report_sha256")
-        # reports of this version carry both digests: one without its seal was edited
-        if (recorded is None and "markdown_sha256" in d) or (recorded is not None and recorded != _digest(d)):
+        # reports of this version carry both digests (and the evaluation they hold): one without its seal was edited
+        sealed_kind = "markdown_sha256" in d or "evaluation" in d
+        if (recorded is None and sealed_kind) or (recorded is not None and recorded != _digest(d)):
             raise OutputRefused(f"{json_path} was changed since {owner} wrote it; it is left as it is: move it away, "
-                                f"or pass {flag} to write the report elsewhere")
+                                f"or give {flag} another path")
     if md_path.exists():
         recorded = d.get("markdown_sha256")
         text = md_path.read_bytes() if _regular(md_path) else b""
-        if recorded is not None and hashlib.sha256(text).hexdigest() != recorded:
+        if (recorded is None and "evaluation" in d) or (recorded is not None
+                                                        and hashlib.sha256(text).hexdigest() != recorded):
             raise OutputRefused(f"{md_path} was changed since {owner} wrote it; it is left as it is: move it away, "
-                                f"or pass {flag} to write the report elsewhere")
+                                f"or give {flag} another path")
     if json_path.exists() and evaluation is not None and d.get("evaluation") != evaluation:
         raise OutputRefused(f"{json_path} holds the report of another evaluation ({_differs(d.get('evaluation'), evaluation)}); "
-                            f"it is left as it is: pass {flag} to write this report elsewhere, or move that one away")
+                            f"it is left as it is: give {flag} another path, or move that one away")
     return f"replaces {json_path} (an earlier report of the same evaluation)" if json_path.exists() else None

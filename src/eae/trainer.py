@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
                               cli="--tensorboard needs the tensorboard package: pip install tensorboard",
                               field="tensorboard") from None
     if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
-        import_library(cfg.arch.partition(":")[0])
+        import_library(cfg.arch.partition(":")[0], cfg.arch)
     device = dist.init(cfg.device)  # joins torchrun's process group, if any
     if device.type == "cpu":
         configure_threads()  # the cores this process may use (taskset, cgroups), unless OMP_NUM_THREADS says

@@ -20,8 +20,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse data that would give meaningless numbers, with a message naming the problem."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("x and y must be torch tensors")
+    for name, t in (("x", x), ("y", y)):
+        if t.device.type == "meta":
+            raise ConfigError(f"{name} is on the meta device (a shape without data): give real tensors", field=name)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ConfigError(f"x must be images (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}", field="x")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ConfigError(f"y must hold one label per image: got shape {tuple(y.shape)} for {len(x)} images", field="y")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ConfigError(f"y must hold integer class labels, got dtype {y.dtype}", field="y")
+    if len(y) and int(y.min()) < 0:
+        raise ConfigError(f"labels must be >= 0, got {int(y.min())}", field="y")
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise ConfigError(f"x must be uint8 (0-255) or float in [0, 1], got dtype {x.dtype}", field="x")
+        if not torch.isfinite(x).all():
+            raise ConfigError("x contains NaN or infinite values", field="x")
+        if len(x) and (x.min() < 0 or x.max() > 1):
+            raise ConfigError(f"float images must lie in [0, 1] (the model normalises internally), got "
+                              f"[{x.min().item():.3g}, {x.max().item():.3g}]", field="x")
+
 
 
 @contextlib.contextmanager
@@ -189,9 +217,11 @@ class Attack:
     uses_gradients = True  # False: every forward pass is a decision, so all run in strict fp32
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_inputs(x, y)  # images outside [0, 1] would come back outside the eps-ball (clamped to the box)
         precision = self.precision if self.uses_gradients else "fp32"
+        x = x.detach().float().div(255) if x.dtype == torch.uint8 else x.detach().float()
         with attack_mode(model, eval_mode=self.eval_mode, precision=precision):
-            x_adv = self.perturb(model, x.detach().float(), y.detach())
+            x_adv = self.perturb(model, x, y.detach())
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

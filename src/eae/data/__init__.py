@@ -184,6 +184,7 @@ class TrainingData:
     n_train: int
     skipped: int = 0  # files left out at scan time (bad_images="skip")
     image_size: int = 0  # side of the training images in pixels
+    files_sha256: str | None = None  # imagefolder: which files (FolderIndex.files_sha256); resumes compare it
 
     @property
     def num_classes(self) -> int:
@@ -209,7 +210,7 @@ def build_training_data(src: DataSource, *, val_size: int, val_seed: int, train_
         loader = f.FolderLoader(train, batch_size, src.image_size, workers=src.workers, bad_images=src.bad_images,
                                 **placement)
         return TrainingData(loader, val_x, val_y, index.classes, f.MEAN, f.STD, len(train), len(index.skipped),
-                            src.image_size)
+                            src.image_size, index.files_sha256())
     s = read_splits(src, val_size, val_seed, train_subset)
     # digits are not mirror images of digits: crops only on SVHN (as the GradAlign and N-FGSM code)
     loader = DeviceLoader(s.train_x, s.train_y, batch_size, shuffle=True, flip=src.dataset != "svhn", **placement)
@@ -232,7 +233,8 @@ def _test_samples(src: DataSource) -> list:
         raise DatasetError(f"{val_dir}: not a folder: an evaluation scores the test images of {val_dir}/<class>/"
                            f"<images>, with the class folders of {train_dir}; put them there (training holds out its "
                            "validation images from train/, never from val/)")
-    return f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images=src.bad_images).samples
+    # always "error": a test set with images left out (or substituted) would be scored as if whole
+    return f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images="error").samples
 
 
 def count_test_images(src: DataSource) -> int:
@@ -250,7 +252,7 @@ def read_test_set(src: DataSource, n: int | None = None) -> tuple[torch.Tensor, 
         samples = _test_samples(src)
         # a fixed shuffle of the class-sorted files, so that the first n cover every class
         samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))][:n]
-        return f.decode_all(samples, src.image_size, workers=src.workers, bad_images=src.bad_images,
+        return f.decode_all(samples, src.image_size, workers=src.workers, bad_images="error",
                             advice=f.TEST_ADVICE)
     _, _, sx, sy, *_ = _arrays(src)
     if n is not None:

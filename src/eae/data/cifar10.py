@@ -257,7 +257,10 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool
         return found
     searched = ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir))
     if not download:
-        raise DatasetError(f"CIFAR-10 not found; looked in: {searched}")
+        given_by = candidate_roots(data_dir)[0][1]
+        same = f" (with the same {given_by})" if given_by in ("--data-dir", "$EAE_DATA_DIR") else ""
+        raise DatasetError(f"CIFAR-10 not found; looked in: {searched}; `eae data cifar10`{same}, without "
+                           "--no-download, fetches it; offline machines: docs/usage.md")
     root = candidate_roots(data_dir)[0][0]
     target = root / FOLDER
     if target.exists() and any(target.iterdir()):

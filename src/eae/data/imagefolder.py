@@ -20,9 +20,11 @@ files out (and, at decode time, substitutes the next readable image) and counts 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import unicodedata
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .cifar10 import DatasetError
 from .loader import shard_bounds
 from ..utils import torch_seed
@@ -51,6 +54,15 @@ class FolderIndex:
     samples: list[tuple[str, int]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
+    def files_sha256(self) -> str:
+        """SHA-256 of the images' paths (relative to the root), labels and sizes: a resume
+        on a folder with files added, removed, renamed or rewritten is seen (an edit that
+        keeps a file's size is not: the pixels are not read twice)."""
+        h = hashlib.sha256()
+        for path, y in self.samples:
+            h.update(f"{os.path.relpath(path, self.root)}\t{y}\t{os.stat(path).st_size}\n".encode())
+        return h.hexdigest()
+
 
 def _check_file(path: str) -> str | None:
     """None if ``path`` looks like an image, else why not (reads 12 bytes)."""
@@ -70,18 +82,28 @@ def _check_file(path: str) -> str | None:
 
 def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The files of one class folder, subfolders included (as torchvision's ImageFolder,
-    which users' folders are laid out for), sorted; and the entries that are not files
-    (a dangling link, a pipe, a device), with why. Hidden entries are left out; a linked
-    folder is followed once (a link cycle would never end)."""
-    files, odd, seen = [], [], set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            odd.append((top, "a folder linked twice into the class (a link cycle?): remove the link"))
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    which users' folders are laid out for), sorted; and the entries that cannot be images
+    (an unreadable folder, a dangling link, a pipe, a linked folder seen before or holding
+    the class itself: a cycle), with why. Hidden entries are left out."""
+    files, odd = [], []
+    seen = {os.path.realpath(folder)}
+    home = os.path.realpath(folder)
+
+    def unreadable(e: OSError) -> None:
+        odd.append((e.filename or str(folder), f"unreadable folder ({e.strerror or e})"))
+
+    for top, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = os.path.join(top, d)
+            real = os.path.realpath(path)
+            if real in seen or home.startswith(real + os.sep):  # the link is named, never the folder behind it
+                odd.append((path, "a link to a folder already read, or one that holds this class folder "
+                                  "(a cycle): remove that link"))
+            else:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
         for name in names:
             if name.startswith("."):
                 continue
@@ -121,14 +143,16 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
         if other != c:
             raise DatasetError(f"{root}: class folders {other!r} and {c!r} are the same name in two Unicode forms "
                                "(they print alike but are two classes): rename one")
+    testing = classes is not None  # val/, scored by eae eval: every image counts, nothing is skipped
     classes = tuple(found) if classes is None else tuple(classes)
     label = {c: i for i, c in enumerate(classes)}
     skipped: list[tuple[str, str]] = []
 
     def bad(path: str, reason: str) -> None:
         if bad_images == "error":
-            raise DatasetError(f"{path}: {reason} (remove or replace the file; for training, "
-                               "`eae train --bad-images skip` leaves such files out and counts them)")
+            raise DatasetError(f"{path}: {reason} (" + ("an evaluation scores every image of the test folder: "
+                               "remove or replace it)" if testing else "remove or replace it, or train with "
+                               "--bad-images skip to leave such entries out and count them)"))
         skipped.append((path, reason))
 
     candidates: list[tuple[str, int]] = []
@@ -149,8 +173,9 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
         else:
             bad(p, why)
     present = {y for _, y in samples}
+    flagged = {p for p, _ in skipped}
     for c in found:
-        if c in label and label[c] not in present:
+        if c in label and label[c] not in present and str(root / c) not in flagged:
             bad(str(root / c), "empty class folder (no readable image)")
     if not samples:
         raise DatasetError(f"{root}: no readable images")
@@ -170,7 +195,10 @@ def decode(path: str, size: int, *, train: bool, rng: np.random.Generator | None
     """(3, size, size) uint8: RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip when
     ``train``, else resize the shorter side to size/0.875 and centre crop."""
     Image = _pil()
-    with Image.open(path) as img:
+    with warnings.catch_warnings():  # a large photo is decoded (an image over Pillow's hard limit is named as bad)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
         w, h = img.size
         if train:
             left, top, cw, ch = _rrc_box(w, h, rng)
@@ -265,8 +293,8 @@ class FolderLoader:
                  device: torch.device | str = "cpu", augment: bool = True, seed: int = 0, workers: int = 4,
                  bad_images: str = "error", channels_last: bool = False, rank: int = 0, world_size: int = 1):
         if batch_size < world_size:
-            raise ValueError(f"batch_size {batch_size} is the global batch: it must be >= the number of "
-                             f"processes ({world_size})")
+            raise ConfigError(f"batch_size {batch_size} is the global batch: it must be >= the number of "
+                              f"processes ({world_size})", field="batch_size")
         self.dataset = FolderDataset(samples, size, train=augment, seed=seed, bad_images=bad_images)
         self.batch_size, self.device = batch_size, torch.device(device)
         self.seed, self.workers, self.channels_last = seed, workers, channels_last

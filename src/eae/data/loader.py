@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 
 def crop_flip_params(n: int, pad: int, generator: torch.Generator | None, device) -> tuple:
     """Per-image offsets (dy, dx) in [0, 2 pad] and flips for ``n`` images."""
@@ -70,8 +72,8 @@ class DeviceLoader:
         if labels.shape != (images.shape[0],):
             raise ValueError("need one label per image")
         if batch_size < world_size:
-            raise ValueError(f"batch_size {batch_size} is the global batch: it must be >= the number of "
-                             f"processes ({world_size})")
+            raise ConfigError(f"batch_size {batch_size} is the global batch: it must be >= the number of "
+                              f"processes ({world_size})", field="batch_size")
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.long)

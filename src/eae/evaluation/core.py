@@ -22,6 +22,7 @@ from ..config import l2_diameter_errors
 from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack
+from ..attacks.base import check_inputs
 from ..utils import progress_bar, torch_seed
 from ..utils import resolve_device
 from . import checks
@@ -121,28 +122,6 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
     else:
         s = get_suite(suite or "quick")
     return s, [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
-
-
-def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Refuse data that would give meaningless numbers, with a message naming the problem."""
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x and y must be torch tensors")
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ConfigError(f"x must be images (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}", field="x")
-    if y.ndim != 1 or len(y) != len(x):
-        raise ConfigError(f"y must hold one label per image: got shape {tuple(y.shape)} for {len(x)} images", field="y")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ConfigError(f"y must hold integer class labels, got dtype {y.dtype}", field="y")
-    if len(y) and int(y.min()) < 0:
-        raise ConfigError(f"labels must be >= 0, got {int(y.min())}", field="y")
-    if x.dtype != torch.uint8:
-        if not x.is_floating_point():
-            raise ConfigError(f"x must be uint8 (0-255) or float in [0, 1], got dtype {x.dtype}", field="x")
-        if not torch.isfinite(x).all():
-            raise ConfigError("x contains NaN or infinite values", field="x")
-        if len(x) and (x.min() < 0 or x.max() > 1):
-            raise ConfigError(f"float images must lie in [0, 1] (the model normalises internally), got "
-                              f"[{x.min().item():.3g}, {x.max().item():.3g}]", field="x")
 
 
 def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:

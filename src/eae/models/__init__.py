@@ -5,20 +5,21 @@ from typing import Sequence
 
 from torch import nn
 
+from ..errors import ConfigError
 from . import resnet, wide_resnet  # noqa: F401  (registration)
 from .base import Classifier, CosineHead, Normalize, linear_form
 from .library import is_library_arch, library_classifier
 from .registry import MODELS, register_model
 
 HEADS = ("linear", "cosine")
+MAX_CLASSES = 1_000_000  # beyond any dataset (ImageNet-21k: 21,841); more is a typo that would exhaust memory
 
 
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,) * 3,
                  std: Sequence[float] = (0.5,) * 3, head: str = "linear", head_scale: float = 16.0) -> Classifier:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}", field="num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES:,}], got {num_classes!r}",
+                          field="num_classes")
     if is_library_arch(name):  # timm:NAME, torchvision:NAME: the library's own normalisation
         model = library_classifier(name, num_classes)
     else:

@@ -15,13 +15,14 @@ from typing import Sequence
 
 from torch import nn
 
+from ..errors import EaeError
 from .base import Classifier
 
 LIBRARIES = ("timm", "torchvision")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class MissingDependency(ImportError):
+class MissingDependency(EaeError, ImportError):
     """An optional library (timm, torchvision), or a user's module, that cannot be imported."""
 
 
@@ -30,19 +31,20 @@ def is_library_arch(name: str) -> bool:
     return bool(sep) and prefix in LIBRARIES and bool(rest)
 
 
-def import_library(lib: str):
+def import_library(lib: str, arch: str | None = None):
+    """The module ``lib``; ``arch``: the architecture asked for (named in the error)."""
     try:
         return importlib.import_module(lib)
     except ImportError:
-        raise MissingDependency(f"architecture {lib}:... needs {lib}: pip install 'eae-at[{lib}]' "
-                                  f"(or pip install {lib})") from None
+        raise MissingDependency(f"architecture {arch or lib + ':...'} needs {lib}: pip install 'eae-at[{lib}]' "
+                                f"(or pip install {lib})") from None
 
 
 def library_classifier(name: str, num_classes: int) -> Classifier:
     lib, _, model_name = name.partition(":")
     if lib == "timm":
-        return _timm(import_library("timm"), model_name, num_classes)
-    import_library("torchvision")
+        return _timm(import_library("timm", name), model_name, num_classes)
+    import_library("torchvision", name)
     return _torchvision(model_name, num_classes)
 
 

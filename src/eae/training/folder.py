@@ -191,7 +191,7 @@ class RunFolder:
                             "run they belong to; nothing was changed: choose another out",
                             cli=f"cannot resume {self.path}: it holds {', '.join(results)} but no {CONFIG} saying "
                                 "what run they belong to; nothing was changed: choose another --out")
-        if resume and {WEIGHTS, BEST_WEIGHTS} & set(results):
+        if resume and WEIGHTS in results:  # (best weights alone: killed between validating epoch 1 and its checkpoint)
             held = f"cannot resume {self.path}: it holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from"
             raise RunExists(f"{held}; choose another out for a new run",
                             cli=f"{held}; choose another --out for a new run")

@@ -101,7 +101,8 @@ class Run:
 
         data = self.data
         return {"dataset": self.cfg.dataset, "num_classes": data.num_classes, "classes": list(data.classes),
-                "image_size": data.image_size, **copy_record(DataSource.of(self.cfg))}
+                "image_size": data.image_size, **copy_record(DataSource.of(self.cfg)),
+                **({"files_sha256": data.files_sha256} if data.files_sha256 else {})}
 
     def snapshot(self, epoch: int, **extra: Any) -> dict[str, Any] | None:
         """The full training state after ``epoch``, with ``extra`` entries (a collective:
