@@ -1199,3 +1199,90 @@ def test_a_large_photo_is_decoded_without_pillows_warning(tmp_path, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert decode(str(path), 8, train=False).shape == (3, 8, 8)
+
+
+# --------------------------------------------------------------------------- trial 11
+@pytest.mark.parametrize("kw,field", [(dict(lr_schedule="piecewise", lr_gamma=1e300), "lr_gamma"),
+                                      (dict(weight_decay=1e300), "weight_decay")])
+def test_an_lr_gamma_or_weight_decay_that_would_overflow_is_refused(kw, field):
+    import eae
+
+    with pytest.raises(eae.ConfigError, match=f"{field} must be at most") as e:
+        eae.TrainConfig(**kw)
+    assert e.value.field == field
+
+
+def test_training_piped_into_head_with_stderr_goes_on_to_the_end(tmp_path):
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = " ".join([sys.executable, "-m", "eae", "train", *[a for a in SYN if a != "--quiet"], "--epochs", "3",
+                    "--out", str(out)])
+    res = subprocess.run(["bash", "-c", f"{cmd} 2>&1 | head -1; exit ${{PIPESTATUS[0]}}"], env=env, timeout=300)
+    assert res.returncode == 141 and (out / "model.safetensors").is_file()  # the work went on, unprinted
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_an_l2_evaluation_at_eps_0_has_no_sweep_but_no_error(run, tmp_path, capsys):
+    rc, text = _call(["eval", str(run), "--norm", "l2", "--eps", "0", "--n", "16", "--attacks", "clean,pgd2",
+                      "--diag-n", "16", "--output", str(tmp_path / "r.json")], capsys)
+    evidence = json.dumps(json.loads((tmp_path / "r.json").read_text())["evidence"], ensure_ascii=False)
+    assert rc == 0 and "no ε sweep" in evidence, text
+
+
+def test_tiny_different_eps_get_their_own_reports(run, tmp_path, capsys):
+    import shutil
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    for eps in ("0", "1e-12"):
+        assert main(["eval", str(r), "--eps", eps, "--n", "4", "--attacks", "clean", "--diagnostics", "off",
+                     "--quiet"]) == 0
+    names = sorted(p.name for p in r.glob("eval-*linf-eps*.json"))
+    assert names == ["eval-clean-n4-linf-eps0-255-diagoff.json", "eval-clean-n4-linf-eps1e-12-diagoff.json"], names
+
+
+def test_a_resumed_bench_does_not_reuse_a_run_trained_with_other_settings(tmp_path, monkeypatch):
+    import eae
+    from eae.bench import runner
+
+    suite = runner.get_bench_suite("smoke")
+    entry = suite.entries[0]
+    run_dir = tmp_path / "runs" / f"{entry.name}-s0"
+    run_dir.mkdir(parents=True)
+    cfg = runner._config(suite, entry, 0, run_dir, "cpu", None)
+    from eae.utils import atomic_write_json
+
+    atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "eps": 0.1})  # edited, or another suite's
+    atomic_write_json(run_dir / "bench_eval.json", {"entry": entry.name})
+    with pytest.raises(eae.ConfigError, match=r"trained with other settings than this entry's \(eps 0.1"):
+        runner._accuracy_run(suite, entry, 0, tmp_path, "cpu", None, True, lambda *a: None)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())  # the entry's own: reused
+    assert runner._accuracy_run(suite, entry, 0, tmp_path, "cpu", None, True, lambda *a: None) == {"entry": entry.name}
+
+
+def test_run_files_errors_are_eae_errors_and_a_bom_is_read(run, tmp_path):
+    import shutil
+
+    import eae
+    from eae.checkpoint import read_config
+    from eae.training.folder import read_metrics
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    (r / "config.json").write_bytes(b"\xef\xbb\xbf" + (r / "config.json").read_bytes())
+    (r / "metrics.jsonl").write_bytes(b"\xef\xbb\xbf" + (r / "metrics.jsonl").read_bytes())
+    assert read_config(r).method == "fgsm_rs" and len(read_metrics(r / "metrics.jsonl", 1)) == 1
+    (r / "config.json").write_text("[1, 2]")
+    with pytest.raises(eae.CheckpointError) as e:
+        eae.load(r)
+    assert isinstance(e.value, eae.EaeError)
+
+
+def test_a_metrics_row_with_a_word_for_a_number_is_named(run, tmp_path):
+    from eae.training.folder import read_metrics
+
+    m = tmp_path / "metrics.jsonl"
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    m.write_text(json.dumps({**row, "val_clean": "high"}) + "\n" + json.dumps({**row, "epoch": 2}) + "\n")
+    with pytest.raises(ValueError, match="line 1: not a metrics row \\(val_clean is 'high', not a finite number"):
+        read_metrics(m, 2)

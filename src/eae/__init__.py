@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # importing torch: a Ctrl-C in the first second then ends like any other (see eae.launch).
 _EXPORTS = {
     "ATTACKS": "attacks", "build_attack": "attacks", "list_attacks": "attacks",
-    "MissingWeights": "checkpoint", "load": "checkpoint",
+    "MissingWeights": "checkpoint", "CheckpointError": "checkpoint", "RunLocked": "checkpoint", "load": "checkpoint",
     "TrainConfig": "config",
     "ConfigError": "errors", "EaeError": "errors", "OutputRefused": "errors", "RunExists": "errors",
     "NotARun": "errors", "DatasetError": "errors",

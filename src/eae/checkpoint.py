@@ -30,8 +30,9 @@ from .utils import atomic_write_bytes, loads_json
 MAGIC = b"EAECKPT1"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or weights file that is corrupt, truncated or unsafe to load."""
+class CheckpointError(EaeError, ValueError):
+    """A checkpoint, weights or run file that is corrupt, truncated or unsafe to load."""
+
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -106,7 +107,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-class RunLocked(RuntimeError):
+class RunLocked(EaeError, RuntimeError):
     """Another live process holds the run directory."""
 
 
@@ -186,7 +187,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     if not path.is_file():
         raise NotARun(f"{path} not found: is {run_dir} a run directory of `eae train`?")
     try:
-        d = loads_json(path.read_text())
+        d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         return TrainConfig.from_dict(d, strict=False)
@@ -237,7 +238,7 @@ def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        d = loads_json(path.read_text())
+        d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
         if not (isinstance(d, dict) and isinstance(d.get("classes"), list) and isinstance(d.get("image_size"), int)):
             raise ValueError("expected an object with classes and image_size")
     except ValueError as e:

@@ -280,7 +280,8 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
         parts.append(f"n{n}")
     if norm != src["norm"] or eps != src["eps"]:
         k = eps * 255
-        parts.append(f"{norm}-eps" + (f"{round(k)}-255" if abs(k - round(k)) < 1e-9 else repr(float(eps))))
+        whole = k == 0 or (round(k) >= 1 and abs(k - round(k)) < 1e-9)  # 1e-12 is not 0/255: its own report
+        parts.append(f"{norm}-eps" + (f"{round(k)}-255" if whole else repr(float(eps))))
     if src["meta"].get("weights") == "best":
         parts.append("best")
     for flag, label, default in (("seed", "seed", 0), ("precision", "precision", "fp32"), ("eot", "eot", None),
@@ -753,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = _catch_signals()
     stdout = sys.stdout = _Stdout(sys.stdout)
+    stderr = sys.stderr = _Stdout(sys.stderr, note=False)  # `2>&1 | head`: the notes' pipe closes too
     try:
         status = args.func(args)
         # a reader that went away (`| head`) ends the command as such a reader expects: 141
@@ -800,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(num, handler)
         if sys.stdout is stdout:
             sys.stdout = stdout.stream
+        if sys.stderr is stderr:
+            sys.stderr = stderr.stream
 
 
 def _say(message: str) -> None:
@@ -815,8 +819,8 @@ class _Stdout:
     """Standard output that outlives its reader: a closed pipe (`| head`) or a full disk
     (`> /dev/full`) stops the printing, never the training or the files; one note says so."""
 
-    def __init__(self, stream):
-        self.stream, self.failed = stream, None
+    def __init__(self, stream, note: bool = True):
+        self.stream, self.failed, self.note = stream, None, note  # note: say so on stderr when it fails
 
     def write(self, text: str) -> int:
         if self.failed is None:
@@ -841,7 +845,8 @@ class _Stdout:
             pass
         why = ("the output pipe was closed before eae finished writing to it (e.g. `| head`)"
                if isinstance(e, BrokenPipeError) else f"standard output could not be written ({e.strerror or e})")
-        print(f"note: {why}; eae goes on without printing, and writes its files as usual", file=sys.stderr)
+        if self.note:
+            _say(f"note: {why}; eae goes on without printing, and writes its files as usual")
 
     def __getattr__(self, name):  # fileno, isatty, encoding, ...: the stream's own
         return getattr(self.stream, name)

@@ -338,7 +338,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, int) and v > top:  # beyond these a value is a typo that would run for days or OOM
                 errors.append(f"{name} must be at most {top:,}, got {short(v)}")
-        for name, top in (("lr_max", 1e6), ("head_scale", 1e4), ("eae_eta", 100.0), ("trades_beta", 1e4),
+        # lr_gamma is a decay (above 1 the LR would grow to overflow); weight decay above 10 is a typo
+        for name, top in (("lr_max", 1e6), ("weight_decay", 10.0), ("lr_gamma", 1.0), ("head_scale", 1e4),
+                          ("eae_eta", 100.0), ("trades_beta", 1e4),
                           ("gradalign_lambda", 1e4), ("pgi_lambda", 1e4),
                           ("eae_lambda", 1e4), ("eae_logit_penalty", 1e4), ("nfgsm_noise", 100.0)):
             v = getattr(self, name)

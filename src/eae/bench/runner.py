@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import load
+from ..checkpoint import load, read_config
 from ..config import TrainConfig
 from ..data import load_test_set
 from ..evaluation import evaluate
@@ -63,10 +63,11 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
                   quiet: bool, log, train_only: bool = False, **extra: Any) -> dict[str, Any] | None:
     run_dir = out / "runs" / f"{entry.name}-s{seed}"
     done = run_dir / "bench_eval.json"
+    cfg = _config(suite, entry, seed, run_dir, device, data_dir, **extra)
     if done.is_file():
+        _check_finished(run_dir, cfg)
         log(f"[{entry.name} seed {seed}] done, skipped")
         return loads_json(done.read_text())
-    cfg = _config(suite, entry, seed, run_dir, device, data_dir, **extra)
     log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
     result = train(cfg, resume=True, quiet=quiet)
     if train_only:
@@ -96,6 +97,22 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
                    aa_full_stages=_stages(full), aa_fast_on_full_n=_mean(a["correct"][:n_full]))
     atomic_write_json(done, row)
     return row
+
+
+def _check_finished(run_dir: Path, cfg: TrainConfig) -> None:
+    """A finished run is reused only if it is the one this entry trains: a folder whose
+    config.json says otherwise (edited, or left by another suite) would put its numbers
+    under this suite's name."""
+    try:
+        trained = read_config(run_dir)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{run_dir} holds a result (bench_eval.json) but its config.json cannot be read ({e}); "
+                          "remove that run folder to train it again, or choose another --out", field="out") from None
+    diff = trained.differences(cfg)
+    if diff:
+        said = ", ".join(f"{k} {a!r} (the suite: {b!r})" for k, (a, b) in sorted(diff.items()))
+        raise ConfigError(f"{run_dir} holds a result trained with other settings than this entry's ({said}); it is not "
+                          "reused: remove that run folder to train it again, or choose another --out", field="out")
 
 
 def _evaluate_run(suite: BenchSuite, cfg: TrainConfig, seed: int, run_dir: Path, dev, quiet: bool, log

@@ -166,6 +166,8 @@ FEW_POINTS = 100  # below this the diagnostics' accuracies move by 1 point or mo
 
 def _eps_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
     """3. CW-20 accuracy against ε (eps/8 .. 2 eps under L2): it must fall, and clearly."""
+    if probe.norm == "l2" and not probe.eps > 0:  # the L2 sweep scales ε: at 0 every point is 0
+        return [("ok", "ε is 0: no ε sweep, this check says nothing")]
     eps_values = EPS_SWEEP if probe.norm != "l2" else tuple(probe.eps * e / (8 / 255) for e in EPS_SWEEP)
     sweep = {fmt_eps(e, probe.norm): probe.cw(e) for e in eps_values}
     details["eps_sweep_cw20"] = sweep

@@ -87,7 +87,7 @@ def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note
     crash while it was appended) is dropped with a note; a bad line before it is an error."""
     if not path.is_file():
         return []
-    lines = [(i, line) for i, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1)
+    lines = [(i, line) for i, line in enumerate(path.read_bytes().decode("utf-8-sig", "replace").splitlines(), 1)
              if line.strip()]
     rows = []
     for i, line in lines:
@@ -95,6 +95,9 @@ def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note
             row = loads_json(line)
             if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
                 raise ValueError("not an object with an integer epoch")
+            bad = next((k for k, v in row.items() if _measured(k) and v is not None and not _finite_number(v)), None)
+            if bad is not None:  # a number a report would print: never a string or a NaN
+                raise ValueError(f"{bad} is {row[bad]!r}, not a finite number")
         except ValueError as e:
             if i == lines[-1][0]:
                 log(f"note: {path}, line {i}: an incomplete last line (cut by a crash) is dropped; "
@@ -104,6 +107,14 @@ def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note
                              "repair or delete that line, then resume") from None
         rows.append(row)
     return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _measured(key: str) -> bool:
+    return key in ("lr", "train_loss", "train_acc", "seconds") or key.startswith("val_")
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _append(path: Path):
