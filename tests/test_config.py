@@ -65,7 +65,8 @@ def test_every_field_has_a_flag_that_sets_it():
             argv, expected = [flag, "somewhere"], "somewhere"
         # fields that mean something only in a context (a dataset, an adversarial method) get it
         context = {"cifar100_labels": {"dataset": "cifar100"}, "svhn_extra": {"dataset": "svhn"},
-                   "unverified_data": {"dataset": "svhn"}, "eps_warmup_epochs": {"method": "fgsm_rs"}}.get(f.name, {})
+                   "unverified_data": {"dataset": "svhn"}, "eps_warmup_epochs": {"method": "fgsm_rs"},
+                   "image_size": {"dataset": "imagefolder"}, "bad_images": {"dataset": "imagefolder"}}.get(f.name, {})
         given = [a for k, v in context.items() for a in ("--" + k, v)]
         cfg = config_from_args(build_parser().parse_args(["train", *given, *argv]))
         assert getattr(cfg, f.name) == pytest.approx(expected) if isinstance(expected, float) \

@@ -1286,3 +1286,80 @@ def test_a_metrics_row_with_a_word_for_a_number_is_named(run, tmp_path):
     m.write_text(json.dumps({**row, "val_clean": "high"}) + "\n" + json.dumps({**row, "epoch": 2}) + "\n")
     with pytest.raises(ValueError, match="line 1: not a metrics row \\(val_clean is 'high', not a finite number"):
         read_metrics(m, 2)
+
+
+def test_registries_check_what_is_registered():
+    import eae
+    from eae.registry import Registry
+
+    reg = Registry("model")
+    reg.register("a")(lambda **k: None)
+    for name, obj, fragment in (("a", lambda: None, "already registered"), (None, lambda: None, "non-empty string"),
+                                (" b", lambda: None, "non-empty string"), ("c", 42, "register a class or a function")):
+        with pytest.raises(eae.ConfigError, match=fragment):
+            reg.register(name)(obj)
+    assert reg.names() == ["a"] and reg["a"] is reg.get("a")
+    with pytest.raises(eae.UnknownName):
+        reg["zz"]
+
+
+def test_evaluate_refuses_a_non_attack_or_one_built_for_another_radius():
+    import eae
+    from eae.models import create_model
+
+    model = create_model("convnet_nobn", 10)
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(eae.ConfigError, match=r"attacks\['mine'\] must be an attack"):
+        eae.evaluate(model, x, y, {"mine": 42}, eps=1 / 255, diagnostics="off")
+    with pytest.raises(eae.ConfigError, match=r"attacks\['big'\] is built for eps 0.5 \(linf\)"):
+        eae.evaluate(model, x, y, {"big": eae.build_attack("pgd2", eps=0.5)}, eps=1 / 255, diagnostics="off")
+    with pytest.raises(eae.ModelError, match="must be a torch.nn.Module"):
+        eae.evaluate(lambda t: model(t), x, y, ["clean"], diagnostics="off")
+    r = eae.evaluate(model, x, y, {"same": eae.build_attack("pgd2", eps=1 / 255)}, eps=1 / 255, diagnostics="off")
+    assert "same" in r.accuracy
+
+
+def test_every_step_skipped_is_no_loss_not_a_zero(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["train", *[a for a in SYN if a != "--quiet"], "--method", "eae", "--eae-temperature", "1e-300",
+               "--nonfinite", "skip", "--epochs", "1", "--out", str(out)])
+    text = capsys.readouterr()
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert rc == 0 and "every step skipped" in text.out and row["train_loss"] is None and row["skipped_steps"] == 2
+    assert "lr_scheduler.step()" not in text.err
+
+
+def test_the_nonfinite_advice_names_a_tiny_temperature_and_the_weight_decay():
+    from eae.config import TrainConfig
+    from eae.training.guards import nonfinite_advice
+
+    text = nonfinite_advice(TrainConfig(method="eae", eae_temperature=1e-3, weight_decay=0.5), False)
+    assert "a larger --eae-temperature (now 0.001; default 1)" in text and "--weight-decay (now 0.5" in text
+    text = nonfinite_advice(TrainConfig(method="eae", eae_budget="relative", eae_rel=50.0), False)
+    assert "--eae-rel (now 50" in text
+
+
+def test_more_option_mistakes_are_refused_before_anything_runs(run, tmp_path, capsys):
+    import eae
+    from eae.bench.runner import run_bench
+
+    with pytest.raises(eae.ConfigError, match=r"seeds must be an integer in \[1, 1000\]"):
+        run_bench("smoke", tmp_path / "b", seeds=1001, device="cpu")
+    (tmp_path / "net.py").write_text("import torch\nclass Net(torch.nn.Sequential):\n    def __init__(self):\n"
+                                     "        super().__init__(torch.nn.Flatten(), torch.nn.LazyLinear(10))\n")
+    for kw, fragment in ((dict(dataset="synthetic", image_size=64), "image_size is for dataset imagefolder"),
+                         (dict(dataset="synthetic", bad_images="skip"), "bad_images is for dataset imagefolder"),
+                         (dict(val_size=32, val_aa_n=1000), "val_aa_n 1000 is more than the 32 validation images")):
+        with pytest.raises(eae.ConfigError, match=fragment):
+            eae.TrainConfig(**kw)
+    for argv, fragment in ((["eval", str(run), "--data-dir", str(tmp_path)], "trained on synthetic data"),
+                           (["eval", str(run), "--strict", "--diagnostics", "off"], "--strict exits by"),
+                           (["eval", str(run), "--output", "/dev/null"], "got '/dev/null'"),
+                           (["eval", "--model", f"{tmp_path / 'net.py'}:Net", "--weights", str(run / "checkpoint.pt")],
+                            "the training checkpoint of an eae run")):
+        rc, text = _call(argv, capsys)
+        assert rc == 2 and fragment in text, text
+    preset = tmp_path / "p.toml"
+    preset.write_text("resume = true\n")
+    rc, text = _call(["train", *SYN, "--config", str(preset), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and f"config file {preset}: unknown field(s) resume (resume: a command-line option" in text

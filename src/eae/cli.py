@@ -152,6 +152,9 @@ def _eval(args: argparse.Namespace, device) -> int:
     from .utils import device_name
 
     t0 = time.perf_counter()
+    if args.strict and args.diagnostics == "off":  # its verdict would be 'not run': it could never pass
+        raise UsageError("--strict exits by the gradient-masking verdict, which --diagnostics off does not reach: "
+                         "use --diagnostics cheap or full with --strict")
     for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
         if value is not None and not value.strip():  # '' would be the current folder, or the default report
             raise UsageError(f"{flag} is empty: give a path")
@@ -232,6 +235,8 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         raise UsageError(f"--weights for a run folder is final or best, got {weights!r} (a weights file needs --model)")
     run_dir = Path(args.run_dir)
     cfg = read_config(run_dir)
+    if args.data_dir and cfg.dataset == "synthetic":  # it would be ignored: the images are generated
+        raise UsageError(f"--data-dir: {args.run_dir} was trained on synthetic data, which is generated, not read")
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
     elif cfg.dataset == "imagefolder" and cfg.data_dir and not Path(cfg.data_dir).is_dir():

@@ -270,7 +270,9 @@ class TrainConfig:
                           f"{self.epochs}): the EAE term would never start; give fewer")
         for name, value, dataset in (("svhn_extra", self.svhn_extra, ("svhn",)),
                                      ("cifar100_labels", self.cifar100_labels != "fine", ("cifar100",)),
-                                     ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet"))):
+                                     ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet")),
+                                     ("image_size", self.image_size != 224, ("imagefolder",)),
+                                     ("bad_images", self.bad_images != "error", ("imagefolder",))):
             if value and self.dataset not in dataset:  # set for another dataset: it would be recorded, not used
                 errors.append(f"{name} is for dataset {' or '.join(dataset)}, not {self.dataset}")
         if self.eps_warmup_epochs and self.method == "standard":
@@ -346,6 +348,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
                 errors.append(f"{name} must be at most {top:g}, got {v:g}")
+        if isinstance(self.val_aa_n, int) and isinstance(self.val_size, int) and self.val_aa_n > self.val_size > 0:
+            errors.append(f"val_aa_n {self.val_aa_n} is more than the {self.val_size} validation images (val_size): "
+                          "give at most val_size")
         if self.val_size == 0:  # without validation images these would never act: said, not ignored
             if self.overfit_action != "warn":
                 errors.append(f"overfit_action {self.overfit_action!r} needs validation (the guard watches validation "
@@ -539,6 +544,12 @@ def _exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
     (a string or a float there is a mistake, not a value to convert); a fraction such as
     "8/255" stays allowed for the real-valued fields."""
     hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(k for k in flat if k not in hints)
+    if unknown:  # named with the file here (from_dict does not know it)
+        flags = [k for k in unknown if k in ("resume", "quiet", "stop_after", "config", "dry_run")]
+        raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}"
+                          + (f" ({', '.join(flags)}: a command-line option, not a setting of the run)" if flags else "")
+                          + "; `eae train --help` lists the settings", field=unknown[0])
     for key, value in flat.items():
         if isinstance(value, (datetime.date, datetime.time)):  # TOML dates and times: no field takes one
             raise ConfigError(f"config file {path}: {key} = {value}: a date or time, which no setting takes "

@@ -246,7 +246,7 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
         raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
     if json_path.suffix != ".json" or json_path.stem.startswith(".") or json_path.name == ".json":
         raise OutputRefused(f"{flag} must be a file name ending in .json (a .md is written beside it), "
-                            f"got {json_path.name!r}")
+                            f"got {str(json_path)!r}")
     md_path = json_path.with_suffix(".md")
     d = _json(json_path)
     d = d if isinstance(d, dict) else {}

@@ -17,13 +17,28 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        from .errors import ConfigError
+
+        # checked here, where the user's line is: a bad entry would break every later lookup and listing
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ConfigError(f"a {self.kind} name must be a non-empty string without surrounding spaces, "
+                              f"got {name!r}", field=self.kind)
+        if name in self._entries:
+            raise ConfigError(f"{self.kind} {name!r} is already registered: choose another name", field=self.kind)
+
         def deco(obj: T) -> T:
+            if not callable(obj):
+                raise ConfigError(f"{self.kind} {name!r}: register a class or a function that builds one, "
+                                  f"got {obj!r}", field=self.kind)
             if name in self._entries:
-                raise KeyError(f"{self.kind} {name!r} is already registered")
+                raise ConfigError(f"{self.kind} {name!r} is already registered: choose another name", field=self.kind)
             self._entries[name] = obj
             return obj
 
         return deco
+
+    def __getitem__(self, name: str) -> T:  # METHODS["eae"], as for a dict
+        return self.get(name)
 
     def get(self, name: str) -> T:
         try:

@@ -191,8 +191,11 @@ def _state(run: Run, epoch: int, folder: RunFolder, nonfinite: NonFiniteGuard, o
 def _epoch_line(row: dict[str, Any], epochs: int, adversarial: bool = False) -> str:
     # on adversarial inputs, accuracy near or below chance is expected, not a bug: the label says so
     acc = "train acc (adversarial inputs)" if adversarial else "train acc"
-    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['train_loss']:.4f}",
-             f"{acc} {100 * row['train_acc']:5.1f}%"]
+    if row["train_loss"] is None:  # every step was skipped: nothing was trained, nothing to average
+        parts = [f"epoch {row['epoch']:>3}/{epochs}", "every step skipped (non-finite): no loss, no accuracy"]
+    else:
+        parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['train_loss']:.4f}",
+                 f"{acc} {100 * row['train_acc']:5.1f}%"]
     for key, label in (("val_clean", "val clean"), ("val_pgd", "pgd"), ("val_cw", "cw")):
         if key in row:
             parts.append(f"{label} {100 * row[key]:5.1f}%")

@@ -223,9 +223,9 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     cifar100, svhn or tiny-imagenet instead of CIFAR-10 (``unverified_data``: on a copy that
     is not the published files)."""
     suite = on_dataset(get_bench_suite(suite_name), dataset, unverified_data)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds must be an integer >= 1, got {seeds!r}", cli=f"--seeds must be >= 1, got {seeds!r}",
-                          field="seeds")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
+        raise ConfigError(f"seeds must be an integer in [1, 1000], got {seeds!r}",
+                          cli=f"--seeds must be in 1..1000, got {seeds!r}", field="seeds")
     if budget_k is not None and suite.kind != "budget":  # given at all, whatever its value
         raise ConfigError(f"budget_k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",
                           cli=f"--budget-k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",

@@ -9,6 +9,7 @@ Every rank must then make the same calls.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from typing import Mapping, Sequence
@@ -115,6 +116,16 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         raise ConfigError("give either attacks or suite, not both", field="attacks")
     if isinstance(attacks, Mapping):
         named = {k: v for k, v in attacks.items() if k != "clean" and v is not None}
+        for k, a in named.items():  # the report labels every number with eps and norm: they must be the attack's
+            if not callable(a):
+                raise ConfigError(f"attacks[{k!r}] must be an attack (eae.build_attack(...) or a callable "
+                                  f"attack(model, x, y)), got {a!r}", field="attacks")
+            where = getattr(a, "threat", a)  # the PGD family keeps its ball in .threat
+            a_eps, a_norm = getattr(where, "eps", eps), getattr(where, "norm", norm)
+            if a_norm != norm or not math.isclose(float(a_eps), float(eps), rel_tol=1e-9, abs_tol=1e-12):
+                raise ConfigError(f"attacks[{k!r}] is built for eps {a_eps:g} ({a_norm}), but this evaluation is "
+                                  f"at eps {eps:g} ({norm}), the radius its report states: build it with the same "
+                                  "eps and norm, or pass them to evaluate", field="attacks")
         s = custom_suite(list(named))
         return s, [(k, a, STANDALONE) for k, a in named.items()]
     if attacks is not None:
@@ -149,6 +160,9 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
     device = resolve_device(device) if isinstance(device, str) else torch.device(device) if device is not None \
         else x.device  # a device name is checked (ConfigError naming device), not handed to torch
+    if not isinstance(model, nn.Module):  # attacks need its modules (eval mode, frozen parameters)
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}: wrap a function in a "
+                         "Module whose forward calls it")
     check_inputs(x, y)
     check_radius(eps, norm, x)
     s, plan = resolve_plan(attacks, suite, eps, norm)

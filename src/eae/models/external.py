@@ -200,6 +200,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} is not a regular file: give the .safetensors or .pt file itself")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if (path.parent / "config.json").is_file() and path.name in ("checkpoint.pt", "checkpoint_best.pt"):
+        raise WeightsError(f"{path} is the training checkpoint of an eae run: evaluate the run itself, "
+                           f"`eae eval {path.parent}` (add --weights best for its best epoch)")
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning is noise before our one line
             warnings.simplefilter("ignore")

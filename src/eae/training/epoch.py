@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -52,7 +53,9 @@ class _EpochSums:
         sums = dist.all_reduce(torch.stack([self.loss, self.correct.float(), self.logit_norm,
                                             torch.tensor(float(self.seen), device=self.device)]
                                            + [torch.as_tensor(self.stats[k], device=self.device) for k in keys]))
-        seen = sums[3].clamp_min(1)
+        if sums[3].item() == 0:  # every step skipped (--nonfinite skip): no mean, never a 0.0 that looks measured
+            return {"train_loss": None, "train_acc": None, "logit_norm": None, **{k: None for k in keys}}
+        seen = sums[3]
         return {"train_loss": (sums[0] / seen).item(), "train_acc": (sums[1] / seen).item(),
                 "logit_norm": (sums[2] / seen).item(), **{k: (sums[4 + i] / seen).item() for i, k in enumerate(keys)}}
 
@@ -65,7 +68,9 @@ def _step(run, x: torch.Tensor, y: torch.Tensor, epoch: int, share: float, guard
     run.optimizer.zero_grad(set_to_none=True)
     (out.loss * share if share != 1.0 else out.loss).backward()
     if not guard.step_ok(out.loss, run.params, run.net, buffers):
-        run.scheduler.step()  # a skipped step still advances the schedule
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, which torch warns of
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            run.scheduler.step()
         return
     run.optimizer.step()
     run.scheduler.step()

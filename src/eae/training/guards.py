@@ -114,6 +114,8 @@ def nonfinite_advice(cfg: TrainConfig, bf16: bool) -> str:
     fixes = [f"a lower --lr-max (now {cfg.lr_max:g})"]
     fixes += [f"a smaller --{name.replace('_', '-')} (now {now:g}; default {default:g})"
               for name, now, default in raised_scales(cfg)]
+    if cfg.method.startswith("eae") and cfg.eae_temperature < 1.0:  # the EAE logits are divided by it
+        fixes.append(f"a larger --eae-temperature (now {cfg.eae_temperature:g}; default 1)")
     if bf16:
         fixes.append("--precision fp32 (this run computes in bf16)")
     if bf16 and cfg.channels_last and cfg.device != "cuda" and not cfg.device.startswith("cuda:"):
@@ -132,7 +134,9 @@ _SCALES = {"head_scale": lambda c: c.head == "cosine", "trades_beta": lambda c: 
            "pgi_lambda": lambda c: "fgsm_pgi" in (c.method, c.eae_base if c.method.startswith("eae") else None),
            "eae_eta": lambda c: c.method.startswith("eae"), "eae_lambda": lambda c: c.method.startswith("eae"),
            "eae_logit_penalty": lambda c: c.method.startswith("eae"),
-           "nfgsm_noise": lambda c: c.method == "n_fgsm" or (c.method.startswith("eae") and c.eae_base == "n_fgsm")}
+           "nfgsm_noise": lambda c: c.method == "n_fgsm" or (c.method.startswith("eae") and c.eae_base == "n_fgsm"),
+           "eae_rel": lambda c: c.method.startswith("eae") and c.eae_budget == "relative",
+           "weight_decay": lambda c: True}
 
 
 def raised_scales(cfg: TrainConfig) -> list[tuple[str, float, float]]:
