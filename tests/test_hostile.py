@@ -1363,3 +1363,22 @@ def test_more_option_mistakes_are_refused_before_anything_runs(run, tmp_path, ca
     preset.write_text("resume = true\n")
     rc, text = _call(["train", *SYN, "--config", str(preset), "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and f"config file {preset}: unknown field(s) resume (resume: a command-line option" in text
+
+
+def test_events_after_a_torn_line_and_a_resume_stay_readable(tmp_path):
+    from eae.config import TrainConfig
+    from eae.training.folder import RunFolder
+
+    cfg = TrainConfig(dataset="synthetic", out=str(tmp_path / "r"))
+    (tmp_path / "r").mkdir()
+    events = tmp_path / "r" / "events.jsonl"
+    events.write_text('{"epoch": 3, "event": "ca')  # cut by a crash mid-line
+    RunFolder(cfg, lambda *a: None).event(8, "overfit", action="warn")
+    lines = events.read_text().splitlines()
+    assert lines[0] == '{"epoch": 3, "event": "ca' and json.loads(lines[1]) == {"epoch": 8, "event": "overfit",
+                                                                                 "action": "warn"}
+
+
+def test_a_train_subset_beyond_the_data_is_said(tmp_path, capsys):
+    assert main(["train", *SYN, "--epochs", "1", "--train-subset", "100000", "--out", str(tmp_path / "r")]) == 0
+    assert "train_subset 100,000 is more than the 128 training images" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed as dist
-from .checkpoint import BEST_WEIGHTS, WEIGHTS, check_dataset, save_checkpoint
+from .checkpoint import BEST_WEIGHTS, EVENTS, WEIGHTS, check_dataset, save_checkpoint
 from .config import MAX_INT, TrainConfig
 from .errors import ConfigError
 from .evaluation import run_suite
@@ -168,6 +168,8 @@ def _resume(ckpt, run: Run, folder: RunFolder, nonfinite: NonFiniteGuard, overfi
     overfit.load_state_dict(guard)
     nonfinite.skipped_total = int(guard.get("skipped_steps", 0))
     run.log(f"resuming {folder.path} after epoch {epoch}/{run.passes}")
+    if (folder.path / EVENTS).is_file():  # events after this line redo epochs past the checkpoint's
+        folder.event(epoch, "resumed", note=f"from the checkpoint of epoch {epoch}; later epochs are redone")
     return epoch
 
 

@@ -292,8 +292,10 @@ class RunFolder:
 
     def event(self, epoch: int, kind: str, **info: Any) -> None:
         if self.main:  # append-only history of what the guards did (never rewritten)
-            with _append(self.path / EVENTS) as fh:
-                fh.write(json.dumps({"epoch": epoch, "event": kind, **info}) + "\n")
+            path = self.path / EVENTS
+            torn = path.is_file() and path.stat().st_size and path.read_bytes()[-1:] != b"\n"
+            with _append(path) as fh:  # a line cut by a crash stays alone: the new event is never glued to it
+                fh.write(("\n" if torn else "") + json.dumps({"epoch": epoch, "event": kind, **info}) + "\n")
 
     # --- checkpoints and weights -------------------------------------------------
     def _save(self, path: Path, what: Callable[[], None], epoch: int, label: str) -> bool:

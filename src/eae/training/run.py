@@ -4,6 +4,7 @@ checkpoint (every rank's RNG and method state included, so a resume is exact).""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable
 
 import torch
@@ -60,6 +61,10 @@ class Run:
                               cli=f"--train-subset: {self.data.n_train} training image(s) for {self.world} processes "
                                   "(--nproc_per_node): each needs at least one image per step; use more training "
                                   "images or fewer processes")
+        if cfg.train_subset > self.data.n_train and self.main:  # said: the run would look bigger than it is
+            print(f"note: train_subset {cfg.train_subset:,} is more than the {self.data.n_train:,} training images "
+                  f"(after the {cfg.val_size:,} held out for validation): all {self.data.n_train:,} are used",
+                  file=sys.stderr, flush=True)
         self.net = self._network()
         self.model = dist.wrap(self.net, device, cfg.sync_bn)
         if self.rank:
