@@ -1382,3 +1382,35 @@ def test_events_after_a_torn_line_and_a_resume_stay_readable(tmp_path):
 def test_a_train_subset_beyond_the_data_is_said(tmp_path, capsys):
     assert main(["train", *SYN, "--epochs", "1", "--train-subset", "100000", "--out", str(tmp_path / "r")]) == 0
     assert "train_subset 100,000 is more than the 128 training images" in capsys.readouterr().err
+
+
+def test_an_edited_result_row_of_a_bench_is_not_reported(tmp_path):
+    import eae
+    from eae.bench import runner
+    from eae.outputs import sealed
+    from eae.utils import atomic_write_json
+
+    path = tmp_path / "bench_eval.json"
+    atomic_write_json(path, sealed({"entry": "standard", "clean": 0.8, "aa": 0.1}))
+    assert runner._read_row(path) == {"entry": "standard", "clean": 0.8, "aa": 0.1}
+    d = json.loads(path.read_text())
+    d["aa"] = 0.5
+    path.write_text(json.dumps(d))
+    with pytest.raises(eae.ConfigError, match="was changed since the benchmark wrote it"):
+        runner._read_row(path)
+
+
+def test_a_run_config_with_a_count_written_as_text_is_refused(run, tmp_path):
+    import shutil
+
+    import eae
+    from eae.checkpoint import read_config
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    d = json.loads((r / "config.json").read_text())
+    (r / "config.json").write_text(json.dumps({**d, "epochs": "2"}))
+    with pytest.raises(eae.CheckpointError, match="epochs = '2': give a whole number"):
+        read_config(r)
+    (r / "config.json").write_text(json.dumps({**d, "a_future_field": 1}))  # unknown fields: still read
+    assert read_config(r).epochs == d["epochs"]

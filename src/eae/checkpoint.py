@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, exact_types
 from .errors import ConfigError, EaeError, NotARun, OutputRefused
 from .utils import atomic_write_bytes, loads_json
 
@@ -190,6 +190,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
+        exact_types(d, path)  # "epochs": "2" was typed by hand: said, not converted
         return TrainConfig.from_dict(d, strict=False)
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None

@@ -536,7 +536,20 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({e})", field="config") from None
     except RecursionError:
         raise ConfigError(f"config file {path}: nested too deeply to read: not a preset", field="config") from None
-    return _exact_types(_flatten(raw, "", path), path)
+    flat = _flatten(raw, "", path)
+    unknown = sorted(k for k in flat if k not in {f.name for f in fields(TrainConfig)})
+    if unknown:  # named with the file here (from_dict does not know it)
+        flags = [k for k in unknown if k in ("resume", "quiet", "stop_after", "config", "dry_run")]
+        raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}"
+                          + (f" ({', '.join(flags)}: a command-line option, not a setting of the run)" if flags else "")
+                          + "; `eae train --help` lists the settings", field=unknown[0])
+    return _exact_types(flat, path)
+
+
+def exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``flat`` if every value has its field's exact type (a preset, or a run's config.json:
+    a count written "2" was edited, not meant), else ConfigError naming the file and key."""
+    return _exact_types(flat, path)
 
 
 def _exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -544,12 +557,6 @@ def _exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
     (a string or a float there is a mistake, not a value to convert); a fraction such as
     "8/255" stays allowed for the real-valued fields."""
     hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(k for k in flat if k not in hints)
-    if unknown:  # named with the file here (from_dict does not know it)
-        flags = [k for k in unknown if k in ("resume", "quiet", "stop_after", "config", "dry_run")]
-        raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}"
-                          + (f" ({', '.join(flags)}: a command-line option, not a setting of the run)" if flags else "")
-                          + "; `eae train --help` lists the settings", field=unknown[0])
     for key, value in flat.items():
         if isinstance(value, (datetime.date, datetime.time)):  # TOML dates and times: no field takes one
             raise ConfigError(f"config file {path}: {key} = {value}: a date or time, which no setting takes "

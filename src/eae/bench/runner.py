@@ -33,7 +33,7 @@ from ..data import load_test_set
 from ..evaluation import evaluate
 from ..errors import ConfigError, OutputRefused
 from ..evaluation.diagnostics import LEVELS
-from ..outputs import OutputFolder, check_folder
+from ..outputs import OutputFolder, check_folder, sealed
 from ..system import training_precision
 from ..trainer import train
 from ..utils import atomic_write_json, device_name, git_commit, loads_json, resolve_device
@@ -67,7 +67,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     if done.is_file():
         _check_finished(run_dir, cfg)
         log(f"[{entry.name} seed {seed}] done, skipped")
-        return loads_json(done.read_text())
+        return _read_row(done)
     log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
     result = train(cfg, resume=True, quiet=quiet)
     if train_only:
@@ -95,8 +95,22 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     if full:
         row.update(aa_full=full["robust_accuracy"], aa_full_n=n_full, aa_full_label=full["label"],
                    aa_full_stages=_stages(full), aa_fast_on_full_n=_mean(a["correct"][:n_full]))
-    atomic_write_json(done, row)
+    atomic_write_json(done, sealed(row))
     return row
+
+
+def _read_row(path: Path) -> dict[str, Any]:
+    """A result row written earlier; one changed since (its seal no longer matches) is refused:
+    the report would print the edited numbers as measured. Rows of earlier versions carry no seal."""
+    d = loads_json(path.read_text(encoding="utf-8-sig"))
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: not a result row (a JSON object); delete it to measure that run again",
+                          field="out")
+    recorded = d.pop("report_sha256", None)
+    if recorded is not None and recorded != sealed(d)["report_sha256"]:
+        raise ConfigError(f"{path} was changed since the benchmark wrote it; its numbers are not reported: delete "
+                          "it to evaluate that run again (the trained run is kept)", field="out")
+    return d
 
 
 def _check_finished(run_dir: Path, cfg: TrainConfig) -> None:
@@ -179,7 +193,7 @@ def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: st
     for entry in suite.entries:
         done = out / "speed" / entry.name / "speed.json"
         if done.is_file():
-            rows.append(loads_json(done.read_text()))
+            rows.append(_read_row(done))
             continue
         if entry not in entries:
             continue
@@ -193,7 +207,7 @@ def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: st
         per_pass = statistics.median(secs[1:] or secs)  # the first pass carries the warm-up
         row = {"entry": entry.name, "method": cfg.method, "replays": m, "seconds_per_pass": per_pass,
                "seconds_per_epoch": per_pass / m, "passes_timed": len(secs[1:] or secs), "all_pass_seconds": secs}
-        atomic_write_json(done, row)
+        atomic_write_json(done, sealed(row))
         rows.append(row)
     base = next((r["seconds_per_epoch"] for r in rows if r["entry"] == "standard"), None)
     for r in rows:
@@ -307,7 +321,7 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
                     if row is not None:
                         rows.append(row)
                 elif done.is_file():  # finished by an earlier call
-                    rows.append(loads_json(done.read_text()))
+                    rows.append(_read_row(done))
     if train_only:
         log("trained; evaluate with the same command without --train-only (and with --resume)")
         return {"rows": rows, "speed": speed}
