@@ -1414,3 +1414,20 @@ def test_a_run_config_with_a_count_written_as_text_is_refused(run, tmp_path):
         read_config(r)
     (r / "config.json").write_text(json.dumps({**d, "a_future_field": 1}))  # unknown fields: still read
     assert read_config(r).epochs == d["epochs"]
+
+
+def test_weights_copied_from_another_run_are_not_evaluated_as_this_ones(run, tmp_path, capsys):
+    import shutil
+
+    import eae
+
+    other = tmp_path / "other"
+    assert main(["train", *SYN, "--method", "fgsm_rs", "--epochs", "1", "--seed", "7", "--out", str(other)]) == 0
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    eae.load(r)  # its own weights: loaded
+    shutil.copy(other / "model.safetensors", r / "model.safetensors")
+    with pytest.raises(eae.CheckpointError, match="was saved by a run with other settings"):
+        eae.load(r)
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "weights copied from another run" in text

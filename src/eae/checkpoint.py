@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig, exact_types
+from .config import TrainConfig, config_identity, exact_types
 from .errors import ConfigError, EaeError, NotARun, OutputRefused
 from .utils import atomic_write_bytes, loads_json
 
@@ -66,8 +66,9 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     atomic_write_bytes(path, save(state, metadata={**(metadata or {}), "sha256": tensors_digest(state)}))
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, after checking their SHA-256 (when recorded)."""
+def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, after checking their SHA-256 (when recorded) and,
+    given the run's ``config`` (config.json as read), that a run of that config saved them."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -80,6 +81,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if "sha256" in meta and tensors_digest(state) != meta["sha256"]:
         raise CheckpointError(f"{path}: SHA-256 of the weights does not match the one recorded at save time "
                               "(the file was modified or corrupted)")
+    if config is not None and meta.get("config_sha256") not in (None, config_identity(config)):
+        raise CheckpointError(f"{path} was saved by a run with other settings than {Path(path).parent / CONFIG} "
+                              "describes (weights copied from another run, or config.json edited since): "
+                              "evaluate the run they came from")
     return state
 
 
@@ -315,7 +320,7 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     if not path.is_file():
         raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
                              cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
-    state = load_weights(path)
+    state = load_weights(path, loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)
     try:

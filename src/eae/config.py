@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import numbers
@@ -427,9 +428,21 @@ class TrainConfig:
                     changes[name] = None
         return dataclasses.replace(self, **changes)
 
+    def identity(self) -> str:
+        """:func:`config_identity` of this config as config.json holds it."""
+        return config_identity(self.to_dict())
+
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = PLACEMENT_FIELDS) -> dict[str, tuple[Any, Any]]:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def config_identity(d: dict[str, Any]) -> str:
+    """SHA-256 of a run's config.json as written (placement fields aside): recorded in its
+    weights, so that weights copied from another run, or a config.json edited since, are seen.
+    Taken over the file's own keys, so that a later version's new fields do not change it."""
+    body = {k: v for k, v in d.items() if k not in PLACEMENT_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
