@@ -1431,3 +1431,23 @@ def test_weights_copied_from_another_run_are_not_evaluated_as_this_ones(run, tmp
         eae.load(r)
     rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off"], capsys)
     assert rc == 2 and "weights copied from another run" in text
+
+
+def test_unreadable_weights_are_said_to_be_unreadable(run, tmp_path, monkeypatch):
+    import builtins
+    import shutil
+
+    import eae
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    real_open = builtins.open
+
+    def no_read(file, *a, **k):  # as chmod 000 does for a user other than root (tests may run as root)
+        if str(file) == str(r / "model.safetensors"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_read)
+    with pytest.raises(eae.CheckpointError, match=r"model.safetensors: cannot be read \(Permission denied\)"):
+        eae.load(r)

@@ -73,6 +73,11 @@ def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict
     from safetensors.torch import load_file
 
     try:
+        with open(path, "rb"):  # the real reason (permissions) first: safetensors reports it as "not found"
+            pass
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         state = load_file(str(path), device="cpu")
