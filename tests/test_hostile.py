@@ -172,7 +172,8 @@ def _edit_json(path: Path, **changes) -> None:
 DAMAGED_RUNS = [
     ("config.json", b"{ not json", None, "config.json: not a valid run config"),
     ("config.json", b"[1, 2, 3]", None, "config.json: not a valid run config"),
-    ("config.json", None, lambda p: _edit_json(p, arch="preact_resnet18"), "do not fit a 'preact_resnet18' network"),
+    ("config.json", None, lambda p: _edit_json(p, arch="preact_resnet18"),
+     "arch: 'preact_resnet18' in config.json, 'resnet_small' for the weights"),
     ("config.json", None, lambda p: _edit_json(p, eps="a lot"), "config field eps"),
     ("model.safetensors", b"truncated", None, "model.safetensors"),
 ]
@@ -513,7 +514,7 @@ def _other_classes(tmp_path, run):
 
 def _other_image_size(tmp_path, run):
     mine = _copy(run, tmp_path)
-    _edit_json(mine / "config.json", synthetic_image_size=24)
+    _edit_json(mine / "dataset.json", image_size=24)  # as if trained on 24-pixel images
     return mine, []
 
 
@@ -521,7 +522,7 @@ def _other_image_size(tmp_path, run):
 EVAL_DATA_CASES = [
     (_other_classes, "was trained on imagefolder with 3 classes (a, b, c), the test set here has 3 classes "
                      "(a, b, x); label 2 is 'c' there, 'x' here"),
-    (_other_image_size, "was trained on synthetic with 16x16 images, the test set here has 24x24 images"),
+    (_other_image_size, "was trained on synthetic with 24x24 images, the test set here has 16x16 images"),
 ]
 
 

@@ -86,11 +86,18 @@ def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict
     if "sha256" in meta and tensors_digest(state) != meta["sha256"]:
         raise CheckpointError(f"{path}: SHA-256 of the weights does not match the one recorded at save time "
                               "(the file was modified or corrupted)")
-    if config is not None and meta.get("config_sha256") not in (None, config_identity(config)):
+    if config is not None and meta.get("config") not in (None, config_identity(config)):
         raise CheckpointError(f"{path} was saved by a run with other settings than {Path(path).parent / CONFIG} "
-                              "describes (weights copied from another run, or config.json edited since): "
-                              "evaluate the run they came from")
+                              f"describes ({_settings_differ(loads_json(meta['config']), config)}): weights copied "
+                              "from another run, or config.json edited since; evaluate the run they came from")
     return state
+
+
+def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(saved) | set(now) if k in saved and saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {now.get(k)!r} in config.json, {saved[k]!r} for the weights" for k in keys[:4]) \
+        + (f" and {len(keys) - 4} more" if len(keys) > 4 else "") or "its settings"
+
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import numbers
@@ -438,11 +437,11 @@ class TrainConfig:
 
 
 def config_identity(d: dict[str, Any]) -> str:
-    """SHA-256 of a run's config.json as written (placement fields aside): recorded in its
-    weights, so that weights copied from another run, or a config.json edited since, are seen.
-    Taken over the file's own keys, so that a later version's new fields do not change it."""
-    body = {k: v for k, v in d.items() if k not in PLACEMENT_FIELDS}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    """A run's config.json as written, placement fields aside, as sorted JSON: recorded in its
+    weights, so that weights copied from another run, or a config.json edited since, are seen
+    (and what differs is named). Over the file's own keys: a later version's new fields do not
+    change it."""
+    return json.dumps({k: v for k, v in d.items() if k not in PLACEMENT_FIELDS}, sort_keys=True)
 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer

@@ -341,7 +341,7 @@ class RunFolder:
             self.best = {"epoch": epoch, "val_robust": val_robust}
             if self.main:
                 path = self.path / BEST_WEIGHTS
-                self._save(path, lambda: save_weights(net, path, {"epoch": str(epoch), "config_sha256": self.cfg.identity()}),
+                self._save(path, lambda: save_weights(net, path, {"epoch": str(epoch), "config": self.cfg.identity()}),
                            epoch, "the best weights")
 
     def has_best_checkpoint(self) -> bool:
@@ -360,7 +360,7 @@ class RunFolder:
             path = self.path / WEIGHTS
             try:
                 save_weights(net, path, {"arch": self.cfg.arch, "epochs": str(self.cfg.epochs),
-                                         "config_sha256": self.cfg.identity()})
+                                         "config": self.cfg.identity()})
                 if also_best:
                     _link_or_copy(path, self.path / BEST_WEIGHTS)
             except OSError as e:
