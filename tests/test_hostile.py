@@ -1452,3 +1452,44 @@ def test_unreadable_weights_are_said_to_be_unreadable(run, tmp_path, monkeypatch
     monkeypatch.setattr(builtins, "open", no_read)
     with pytest.raises(eae.CheckpointError, match=r"model.safetensors: cannot be read \(Permission denied\)"):
         eae.load(r)
+
+
+# --------------------------------------------------------------------------- trial 12
+def test_a_users_attack_is_checked_before_its_points_are_scored():
+    import eae
+    from eae.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convnet_nobn", 10).eval()
+    x = torch.rand(8, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point correct: every point is attacked
+    for attack, fragment in ((lambda m, xx, yy: torch.rand_like(xx), "beyond eps"),
+                             (lambda m, xx, yy: xx * 3, "outside [0, 1]"),
+                             (lambda m, xx, yy: xx[:1], "not float images of shape"),
+                             (lambda m, xx, yy: None, "returned NoneType")):
+        with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+            eae.evaluate(model, x, y, {"mine": attack}, eps=8 / 255, diagnostics="off")
+    r = eae.evaluate(model, x, y, {"ok": lambda m, xx, yy: (xx + 4 / 255).clamp(0, 1)}, eps=8 / 255, diagnostics="off")
+    assert "ok" in r.accuracy
+
+
+def test_eval_of_a_run_named_through_dotdot_saves_its_report(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    rc, text = _call(["eval", "../r", "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 0 and (r / "eval-clean-diagoff.json").is_file(), text
+
+
+def test_a_guard_stop_is_an_eae_error_and_still_exits_4(tmp_path, capsys):
+    import eae
+    from eae.training.guards import TrainingStopped
+
+    assert issubclass(TrainingStopped, eae.EaeError)
+    rc = main(["train", *SYN, "--method", "eae", "--eae-temperature", "1e-300", "--epochs", "1",
+               "--out", str(tmp_path / "r")])
+    assert rc == 4 and "non-finite" in capsys.readouterr().err

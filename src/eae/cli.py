@@ -206,7 +206,8 @@ def _eval(args: argparse.Namespace, device) -> int:
     if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
         subject += f" on {src['meta']['test_data']}"
     out["evaluation"] = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": subject}
-    default = src["run_dir"] / name if src["run_dir"] else None
+    # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
+    default = src["run_dir"].resolve() / name if src["run_dir"] else None
     status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
     if status:
         return status
@@ -922,10 +923,10 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
 
     from .errors import EaeError
 
+    if isinstance(e, TrainingStopped):  # (an EaeError too: its status is its own)
+        return 4, e.cli
     if isinstance(e, EaeError):
         return 2, e.cli
-    if isinstance(e, TrainingStopped):
-        return 4, str(e)
     if isinstance(e, RunSaveError):
         return 2, str(e)
     if isinstance(e, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):

@@ -111,6 +111,36 @@ def attack_points(model, attack: Attack | None, x, y, idx: torch.Tensor, batch_s
     return _merged(ok)
 
 
+class _Checked:
+    """A user's attack whose points are checked before they are scored: a robust accuracy at
+    eps is only one if every point is an image in [0, 1] within eps of its clean image."""
+
+    def __init__(self, attack, name: str, eps: float, norm: str):
+        self.attack, self.key, self.eps, self.norm = attack, name, float(eps), norm
+
+    def __getattr__(self, attr):  # name, precision, eot, ...: the attack's own
+        return getattr(self.attack, attr)
+
+    def __call__(self, model, x, y):
+        adv = self.attack(model, x, y)
+        bad = None
+        if not isinstance(adv, torch.Tensor) or adv.shape != x.shape or not adv.is_floating_point():
+            bad = (f"returned {type(adv).__name__} {tuple(adv.shape) if isinstance(adv, torch.Tensor) else ''}"
+                   f"{' ' + str(adv.dtype) if isinstance(adv, torch.Tensor) else ''}, not float images of shape "
+                   f"{tuple(x.shape)}")
+        elif not torch.isfinite(adv).all() or adv.min() < -1e-6 or adv.max() > 1 + 1e-6:
+            bad = "returned values outside [0, 1] (or not finite)"
+        else:
+            d = (adv.detach().float() - x.float()).flatten(1)
+            dist_ = d.abs().amax(1) if self.norm == "linf" else d.norm(dim=1)
+            if dist_.max() > self.eps * (1 + 1e-4) + 1e-6:
+                bad = f"returned points {dist_.max().item():.4g} away from their images ({self.norm}), beyond eps {self.eps:g}"
+        if bad:
+            raise ConfigError(f"attacks[{self.key!r}] {bad}: its accuracy would not be a robust accuracy at this eps",
+                              field="attacks")
+        return adv.to(x.dtype)
+
+
 def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Attack, str]]]:
     if suite is not None and attacks is not None:
         raise ConfigError("give either attacks or suite, not both", field="attacks")
@@ -127,7 +157,7 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
                                   f"at eps {eps:g} ({norm}), the radius its report states: build it with the same "
                                   "eps and norm, or pass them to evaluate", field="attacks")
         s = custom_suite(list(named))
-        return s, [(k, a, STANDALONE) for k, a in named.items()]
+        return s, [(k, _Checked(a, k, eps, norm), STANDALONE) for k, a in named.items()]
     if attacks is not None:
         s = custom_suite(list(attacks))
     else:

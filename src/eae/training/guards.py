@@ -14,11 +14,12 @@ import torch
 from .. import distributed as dist
 from ..checkpoint import BEST_CHECKPOINT, BEST_WEIGHTS
 from ..config import TrainConfig, method_defaults
+from ..errors import EaeError
 from ..evaluation.core import NonFiniteOutputs
 from ..utils import torch_seed
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(EaeError, RuntimeError):
     """A guard stopped the run (non-finite numbers, catastrophic overfitting)."""
 
 
