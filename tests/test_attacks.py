@@ -105,20 +105,20 @@ class Fixed:
 
     def __call__(self, model, x, y):
         out = x.clone()
-        out[self.fooled[: len(x)]] = -1.0
+        out[self.fooled[: len(x)]] += EPS  # a legal point (in the eps-ball and the box) the Oracle calls wrong
         return out
 
 
 class Oracle(nn.Module):
-    def forward(self, x):
-        wrong = x.flatten(1)[:, 0] < 0
+    def forward(self, x):  # right on the grey images of the tests (0.5), wrong once a pixel moved up
+        wrong = x.flatten(1)[:, 0] > 0.5 + EPS / 2
         logits = torch.zeros(len(x), 2)
         logits[:, 0] = torch.where(wrong, -1.0, 1.0)
         return logits
 
 
 def test_worst_case_is_per_example():
-    x = torch.rand(4, 1, 2, 2)
+    x = torch.full((4, 1, 2, 2), 0.5)
     y = torch.zeros(4, dtype=torch.long)
     a = Fixed(torch.tensor([True, True, False, False]))
     b = Fixed(torch.tensor([False, False, True, False]))
