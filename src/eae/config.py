@@ -555,19 +555,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}"
                           + (f" ({', '.join(flags)}: a command-line option, not a setting of the run)" if flags else "")
                           + "; `eae train --help` lists the settings", field=unknown[0])
-    return _exact_types(flat, path)
+    return exact_types(flat, path)
 
 
 def exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``flat`` if every value has its field's exact type (a preset, or a run's config.json:
-    a count written "2" was edited, not meant), else ConfigError naming the file and key."""
-    return _exact_types(flat, path)
-
-
-def _exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A preset says what it means: a whole number for a count, true or false for a switch
-    (a string or a float there is a mistake, not a value to convert); a fraction such as
-    "8/255" stays allowed for the real-valued fields."""
+    """A preset (or a run's config.json) says what it means: a whole number for a count, true
+    or false for a switch (a string or a float there is a mistake, not a value to convert); a
+    fraction such as "8/255" stays allowed for the real-valued fields."""
     hints = typing.get_type_hints(TrainConfig)
     for key, value in flat.items():
         if isinstance(value, (datetime.date, datetime.time)):  # TOML dates and times: no field takes one

@@ -53,6 +53,7 @@ class FolderIndex:
     classes: tuple[str, ...]
     samples: list[tuple[str, int]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes per image, taken when the scan opened it
 
     def files_sha256(self) -> str:
         """SHA-256 of the images' paths (relative to the root), labels and sizes: a resume
@@ -60,24 +61,25 @@ class FolderIndex:
         keeps a file's size is not: the pixels are not read twice)."""
         h = hashlib.sha256()
         for path, y in self.samples:
-            h.update(f"{os.path.relpath(path, self.root)}\t{y}\t{os.stat(path).st_size}\n".encode())
+            size = self.sizes[path] if path in self.sizes else os.stat(path).st_size
+            h.update(f"{os.path.relpath(path, self.root)}\t{y}\t{size}\n".encode())
         return h.hexdigest()
 
 
-def _check_file(path: str) -> str | None:
-    """None if ``path`` looks like an image, else why not (reads 12 bytes)."""
+def _check_file(path: str) -> tuple[str | None, int]:
+    """(None if ``path`` looks like an image, else why not; its size in bytes). Reads 12 bytes."""
     if not path.lower().endswith(IMAGE_EXTENSIONS):
-        return "not an image file (extension)"
+        return "not an image file (extension)", 0
     try:
         with open(path, "rb") as fh:
-            head = fh.read(12)
+            head, size = fh.read(12), os.fstat(fh.fileno()).st_size
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
+        return f"unreadable ({e.strerror or e})", 0
     if not head:
-        return "empty file"
+        return "empty file", 0
     if not head.startswith(_SIGNATURES) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
-        return "not an image (no JPEG/PNG/BMP/WebP/PPM/TIFF signature)"
-    return None
+        return "not an image (no JPEG/PNG/BMP/WebP/PPM/TIFF signature)", size
+    return None, size
 
 
 def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
@@ -165,11 +167,12 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
             bad(path, why)
         candidates += [(p, label[c]) for p in files]
     with ThreadPoolExecutor(max(1, threads)) as pool:  # I/O bound: 12 bytes per file
-        reasons = list(pool.map(_check_file, [p for p, _ in candidates]))
-    samples = []
-    for (p, y), why in zip(candidates, reasons):
+        checked = list(pool.map(_check_file, [p for p, _ in candidates]))
+    samples, sizes = [], {}
+    for (p, y), (why, size) in zip(candidates, checked):
         if why is None:
             samples.append((p, y))
+            sizes[p] = size
         else:
             bad(p, why)
     present = {y for _, y in samples}
@@ -179,7 +182,7 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
             bad(str(root / c), "empty class folder (no readable image)")
     if not samples:
         raise DatasetError(f"{root}: no readable images")
-    return FolderIndex(root, classes, samples, skipped)
+    return FolderIndex(root, classes, samples, skipped, sizes)
 
 
 # --------------------------------------------------------------------------- decoding
