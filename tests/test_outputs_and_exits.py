@@ -147,17 +147,51 @@ def test_output_naming_another_evaluations_report_is_refused(run, tmp_path, caps
     report = tmp_path / "report.json"
     assert main(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]) == 0
     before = report.read_bytes()
+    capsys.readouterr()
     rc, text = _call(["eval", str(r), "--attacks", "clean,pgd1", "--diagnostics", "off", "--quiet",
                       "--output", str(report)], capsys)
-    # what differs is named, and the advice is given once
+    # what differs is named, and the advice is given once; said before the attacks ran (no numbers printed)
     assert rc == 2 and "another evaluation (its settings are 'clean-diagoff', this one 'clean+pgd1-diagoff')" in text
-    assert text.count("--output") == 1 and "it scored" not in text
+    assert text.count("--output") == 1 and "it scored" not in text and "| clean" not in text
     assert report.read_bytes() == before
-    other = _copy(run, tmp_path / "other")  # the same settings on another run: another evaluation too
+    other = tmp_path / "other"  # the same evaluation of a run with other settings: another evaluation
+    assert main(["train", *SYN, "--method", "standard", "--epochs", "1", "--seed", "7", "--out", str(other)]) == 0
+    capsys.readouterr()
     rc, text = _call(["eval", str(other), "--attacks", "clean", "--diagnostics", "off", "--quiet",
                       "--output", str(report)], capsys)
-    assert rc == 2 and f"it scored {str(r.resolve())!r}, this one {str(other.resolve())!r}" in text
+    assert rc == 2 and f"it scored (in {r}) 'the run with settings sha256:" in text and "| clean" not in text
     assert "its settings" not in text and report.read_bytes() == before
+
+
+def test_a_run_moved_or_copied_is_the_same_run_to_its_reports(run, tmp_path, capsys):
+    r = _copy(run, tmp_path / "r")
+    argv = ["--attacks", "clean", "--diagnostics", "off", "--quiet"]
+    assert main(["eval", str(r), *argv]) == 0
+    moved = tmp_path / "moved"
+    r.rename(moved)  # its own report, in the folder moved: the same evaluation, replaced
+    rc, text = _call(["eval", str(moved), *argv], capsys)
+    assert rc == 0 and "an earlier report of the same evaluation" in text
+    copy = _copy(moved, tmp_path / "copy")  # a copy, and a report shared by --output: the same run
+    report = tmp_path / "shared.json"
+    assert main(["eval", str(moved), *argv, "--output", str(report)]) == 0
+    rc, text = _call(["eval", str(copy), *argv, "--output", str(report)], capsys)
+    assert rc == 0 and "an earlier report of the same evaluation" in text
+
+
+def test_a_report_naming_its_run_by_path_is_still_this_runs(run, tmp_path, capsys):
+    from eae.outputs import sealed
+
+    r = _copy(run, tmp_path / "r")
+    argv = ["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"]
+    assert main(argv) == 0
+    path = r / "eval-clean-diagoff.json"
+    d = json.loads(path.read_text())  # as versions that named a run by its folder wrote it
+    d["evaluation"]["of"] = str(r.resolve())
+    d.pop("report_sha256")
+    path.write_text(json.dumps(sealed(d)))
+    rc, text = _call(argv, capsys)
+    assert rc == 0 and "an earlier report of the same evaluation" in text
+    assert json.loads(path.read_text())["evaluation"]["of"].startswith("the run with settings sha256:")
 
 
 def test_eval_keeps_a_report_the_user_edited_in_the_run_folder(run, tmp_path, capsys):

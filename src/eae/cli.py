@@ -158,10 +158,6 @@ def _eval(args: argparse.Namespace, device) -> int:
     for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
         if value is not None and not value.strip():  # '' would be the current folder, or the default report
             raise UsageError(f"{flag} is empty: give a path")
-    if args.output:  # a name that can never be written, or a file that is not ours: said before the attacks run
-        from .outputs import check_report
-
-        check_report(Path(args.output), "eae eval")
     src = _run_source(args, device) if args.model is None else _external_source(args, device)
     test_size = src["test_size"]
     n = test_size if args.n is None else args.n
@@ -178,6 +174,14 @@ def _eval(args: argparse.Namespace, device) -> int:
     suite = None if attacks else (args.suite or "quick")
     norm = args.norm or src["norm"]
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
+    name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
+    evaluation = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": _subject(src)}
+    # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
+    target = Path(args.output) if args.output else src["run_dir"].resolve() / name if src["run_dir"] else None
+    if target is not None:  # a name never writable, a file not ours, another evaluation: said before the attacks
+        from .outputs import check_report
+
+        check_report(target, "eae eval", evaluation=_same_evaluation(evaluation, src))
     with shard_across_ranks():  # under torchrun each rank attacks its share of the points
         report = evaluate(src["model"], x, y, attacks, eps, suite=suite, norm=norm, batch_size=args.batch_size,
                           device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
@@ -200,15 +204,8 @@ def _eval(args: argparse.Namespace, device) -> int:
         print(f"\n{tail}", flush=True)
     except BrokenPipeError:  # `| head`: the report is saved all the same
         sys.stdout = open(os.devnull, "w")
-    name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
-    # what makes two evaluations the same one: the report name's settings, and what was scored
-    subject = str(src["run_dir"].resolve()) if src["run_dir"] else f"{src['meta']['model']} {src['meta']['weights']}"
-    if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
-        subject += f" on {src['meta']['test_data']}"
-    out["evaluation"] = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": subject}
-    # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
-    default = src["run_dir"].resolve() / name if src["run_dir"] else None
-    status = _save_report(Path(args.output) if args.output else default, out, f"{md}\n\n{tail}\n")
+    out["evaluation"] = evaluation
+    status = _save_report(target, out, f"{md}\n\n{tail}\n", same=_same_evaluation(evaluation, src))
     if status:
         return status
     if args.strict and report.verdict != "ok":
@@ -217,12 +214,39 @@ def _eval(args: argparse.Namespace, device) -> int:
     return 0
 
 
+def _subject(src: dict[str, Any]) -> str:
+    """What an evaluation scored, in the words that make two evaluations the same one: a run
+    by its settings (config.json less where it ran), so that a run moved or copied is the same
+    run; a model trained elsewhere by its spec and weights file; and the test images scored."""
+    if src["run_dir"] is not None:
+        subject = f"the run with settings sha256:{hashlib.sha256(src['identity'].encode()).hexdigest()[:16]}"
+    else:
+        subject = f"{src['meta']['model']} {src['meta']['weights']}"
+    if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
+        subject += f" on {src['meta']['test_data']}"
+    return subject
+
+
+def _same_evaluation(evaluation: dict[str, str], src: dict[str, Any]) -> list[dict[str, str]]:
+    """The forms an earlier report of this evaluation may hold: this version's, and that of
+    versions that named a run by its folder's absolute path."""
+    forms = [evaluation]
+    if src["run_dir"] is not None:
+        legacy = str(src["run_dir"].resolve())
+        if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
+            legacy += f" on {src['meta']['test_data']}"
+        forms.append({**evaluation, "of": legacy})
+    return forms
+
+
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 
 def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     """A run folder of ours: its network, its dataset, its threat model."""
-    from .checkpoint import check_dataset, load, read_config
+    from .checkpoint import CONFIG, check_dataset, load, read_config
+    from .config import config_identity
+    from .utils import loads_json
     from .data import DataSource, dataset_identity, load_test_set, num_test_images
 
     if args.run_dir is None:
@@ -236,6 +260,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         raise UsageError(f"--weights for a run folder is final or best, got {weights!r} (a weights file needs --model)")
     run_dir = Path(args.run_dir)
     cfg = read_config(run_dir)
+    identity = config_identity(loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))  # as written
     if args.data_dir and cfg.dataset == "synthetic":  # it would be ignored: the images are generated
         raise UsageError(f"--data-dir: {args.run_dir} was trained on synthetic data, which is generated, not read")
     if args.data_dir:
@@ -255,7 +280,7 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
             **({"weights_epoch": weights_epoch(run_dir)} if weights == "best" else {})}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
-            "run_dir": run_dir}
+            "run_dir": run_dir, "identity": identity}
 
 
 def weights_epoch(run_dir: Path) -> str | None:
@@ -396,7 +421,7 @@ def robustbench_entry(report, meta: dict[str, Any]) -> dict[str, Any]:
             "n_examples": report.n, "architecture": meta.get("architecture")}
 
 
-def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
+def _save_report(json_path: Path | None, out: dict[str, Any], md: str, same: Any = None) -> int:
     """Write the JSON and Markdown reports through the output owner (:mod:`eae.outputs`): a
     new file, or one that an earlier ``eae eval`` wrote and nobody changed. 0, or 2 when
     they could not be saved (the numbers are printed already)."""
@@ -411,7 +436,7 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str) -> int:
 
     out = sealed({**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()})
     try:
-        replaced = check_report(json_path, "eae eval", evaluation=out["evaluation"])
+        replaced = check_report(json_path, "eae eval", evaluation=same or out["evaluation"])
         json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
         atomic_write_json(json_path, out)
         atomic_write_bytes(json_path.with_suffix(".md"), md.encode())

@@ -228,12 +228,15 @@ def sealed(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "report_sha256": _digest(report)}
 
 
-def _differs(was: Any, now: Any) -> str:
-    """What makes an earlier evaluation another one, in words: its settings or its subject."""
+def _differs(was: Any, now: Any, where: Any = None) -> str:
+    """What makes an earlier evaluation another one, in words: its settings or its subject
+    (with the run folder it was made in, ``where``, when it recorded one)."""
     if not isinstance(was, dict) or not isinstance(now, dict):
         return "written by an earlier eae, which did not record what it evaluated"
     parts = [f"{label} {was.get(key)!r}, this one {now.get(key)!r}" for key, label in
              (("settings", "its settings are"), ("of", "it scored")) if was.get(key) != now.get(key)]
+    if was.get("of") != now.get("of") and isinstance(where, str):
+        parts[-1] = parts[-1].replace("it scored", f"it scored (in {where})", 1)
     return "; ".join(parts) or f"{was}"
 
 
@@ -241,7 +244,8 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
     """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
     Returns a line saying what would be replaced (None: nothing), or raises
     :class:`OutputRefused` for a file that is not ours, was changed since we wrote it, or
-    (with ``evaluation``, the new report's ``evaluation`` field) holds another evaluation."""
+    (with ``evaluation``, the new report's ``evaluation`` field, or a list of the forms an
+    earlier report of it may hold, this version's first) holds another evaluation."""
     if ".." in json_path.parts:
         raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
     if json_path.suffix != ".json" or json_path.stem.startswith(".") or json_path.name == ".json":
@@ -271,7 +275,9 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
                                                         and hashlib.sha256(text).hexdigest() != recorded):
             raise OutputRefused(f"{md_path} was changed since {owner} wrote it; it is left as it is: move it away, "
                                 f"or give {flag} another path")
-    if json_path.exists() and evaluation is not None and d.get("evaluation") != evaluation:
-        raise OutputRefused(f"{json_path} holds the report of another evaluation ({_differs(d.get('evaluation'), evaluation)}); "
+    forms = evaluation if isinstance(evaluation, list) else [evaluation]  # this version's first, then older ones'
+    if json_path.exists() and evaluation is not None and d.get("evaluation") not in forms:
+        raise OutputRefused(f"{json_path} holds the report of another evaluation "
+                            f"({_differs(d.get('evaluation'), forms[0], d.get('run_dir'))}); "
                             f"it is left as it is: give {flag} another path, or move that one away")
     return f"replaces {json_path} (an earlier report of the same evaluation)" if json_path.exists() else None
