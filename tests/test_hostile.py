@@ -1493,3 +1493,58 @@ def test_a_guard_stop_is_an_eae_error_and_still_exits_4(tmp_path, capsys):
     rc = main(["train", *SYN, "--method", "eae", "--eae-temperature", "1e-300", "--epochs", "1",
                "--out", str(tmp_path / "r")])
     assert rc == 4 and "non-finite" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- trial 12's open list
+def test_a_registered_attack_is_checked_like_a_dict_one():
+    import eae
+    from eae.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convnet_nobn", 10).eval()
+    x = torch.rand(8, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+
+    class Noise:  # ignores its radius: its points are random images
+        def __init__(self, eps, norm="linf"):
+            self.eps, self.norm = eps, norm
+
+        def __call__(self, m, xx, yy):
+            return torch.rand_like(xx)
+
+    eae.ATTACKS.register("hostile_noise")(Noise)
+    try:
+        with pytest.raises(eae.ConfigError, match=re.escape("attacks['hostile_noise'] returned points")):
+            eae.evaluate(model, x, y, ["hostile_noise"], eps=8 / 255, diagnostics="off")
+    finally:
+        eae.ATTACKS._entries.pop("hostile_noise")
+    r = eae.evaluate(model, x, y, ["pgd2"], eps=8 / 255, diagnostics="off", precision="fp32")
+    assert r.accuracy["pgd2"] <= r.clean_accuracy  # the built-in ones pass the same check
+
+
+@pytest.mark.parametrize("attacks,fragment", [
+    ({"clean": lambda m, x, y: x}, "attacks['clean'] is the clean accuracy"),
+    ({"mine": None}, "attacks['mine'] must be an attack"),
+    ({3: lambda m, x, y: x}, "got 3"),
+    ({"": lambda m, x, y: x}, "got ''"),
+    ({"a\nb": lambda m, x, y: x}, "got 'a\\nb'"),
+])
+def test_attack_dict_names_are_row_labels(attacks, fragment):
+    import eae
+    from eae.models import create_model
+
+    model = create_model("convnet_nobn", 10).eval()
+    with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+        eae.evaluate(model, torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), attacks, eps=8 / 255,
+                     diagnostics="off")
+
+
+@pytest.mark.parametrize("registry,name", [("MODELS", "timm:fake"), ("METHODS", "x\ny"), ("ATTACKS", "att2"),
+                                           ("ATTACKS", "Mine"), ("MODELS", "a b")])
+def test_registries_refuse_names_no_flag_could_select(registry, name):
+    import eae
+
+    with pytest.raises(eae.ConfigError, match="name is made of"):
+        getattr(eae, registry).register(name)
+    assert name not in getattr(eae, registry).names()

@@ -6,14 +6,18 @@ tests iterate over them, so a new entry is picked up everywhere by registering i
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a flag's word: no spaces, no 'timm:'-like prefix
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, pattern: re.Pattern = NAME, spelled: str = "letters, digits, '_', '.' and '-'"):
+        self.kind, self.pattern, self.spelled = kind, pattern, spelled  # spelled: the pattern in words
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -23,6 +27,8 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name.strip() or name != name.strip():
             raise ConfigError(f"a {self.kind} name must be a non-empty string without surrounding spaces, "
                               f"got {name!r}", field=self.kind)
+        if not self.pattern.fullmatch(name):  # a name no flag or spec could select
+            raise ConfigError(f"a {self.kind} name is made of {self.spelled}, got {name!r}", field=self.kind)
         if name in self._entries:
             raise ConfigError(f"{self.kind} {name!r} is already registered: choose another name", field=self.kind)
 

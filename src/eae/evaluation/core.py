@@ -115,11 +115,20 @@ class _Checked:
     """A user's attack whose points are checked before they are scored: a robust accuracy at
     eps is only one if every point is an image in [0, 1] within eps of its clean image."""
 
+    _OWN = ("attack", "key", "eps", "norm")
+
     def __init__(self, attack, name: str, eps: float, norm: str):
-        self.attack, self.key, self.eps, self.norm = attack, name, float(eps), norm
+        for k, v in zip(self._OWN, (attack, name, float(eps), norm)):
+            object.__setattr__(self, k, v)
 
     def __getattr__(self, attr):  # name, precision, eot, ...: the attack's own
         return getattr(self.attack, attr)
+
+    def __setattr__(self, attr, value):  # the plan sets precision and eot: on the attack itself
+        try:
+            setattr(self.attack, attr, value)
+        except (AttributeError, TypeError):  # a user's attack without them (slots, a builtin): it runs its own way
+            pass
 
     def __call__(self, model, x, y):
         adv = self.attack(model, x, y)
@@ -145,7 +154,8 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
     if suite is not None and attacks is not None:
         raise ConfigError("give either attacks or suite, not both", field="attacks")
     if isinstance(attacks, Mapping):
-        named = {k: v for k, v in attacks.items() if k != "clean" and v is not None}
+        _check_keys(attacks)
+        named = {k: v for k, v in attacks.items() if k != "clean"}
         for k, a in named.items():  # the report labels every number with eps and norm: they must be the attack's
             if not callable(a):
                 raise ConfigError(f"attacks[{k!r}] must be an attack (eae.build_attack(...) or a callable "
@@ -162,7 +172,20 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         s = custom_suite(list(attacks))
     else:
         s = get_suite(suite or "quick")
-    return s, [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
+    # registered attacks are users' code too: every point is checked before it counts
+    return s, [(spec, _Checked(build_attack(spec, eps, norm), spec, eps, norm), mode) for spec, mode in s.entries]
+
+
+def _check_keys(attacks: Mapping) -> None:
+    """An attack dict's names label the report's rows: text, not empty, and 'clean' only for
+    the clean accuracy (None), which every report has anyway."""
+    for k, a in attacks.items():
+        if not isinstance(k, str) or not k.strip() or k != k.strip() or not k.isprintable():
+            raise ConfigError(f"attacks: the names are the report's row labels, text without surrounding "
+                              f"spaces, got {k!r}", field="attacks")
+        if k == "clean" and a is not None:
+            raise ConfigError("attacks['clean'] is the clean accuracy (every report has it): give None there, "
+                              "or name the attack otherwise", field="attacks")
 
 
 def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:
@@ -198,7 +221,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     s, plan = resolve_plan(attacks, suite, eps, norm)
     eot = s.eot if eot is None else eot
     y = y.long()
-    notes = _check_model(model, x, y, device, [a for _, a, _ in plan]) if len(y) else []
+    notes = _check_model(model, x, y, device, [a.attack for _, a, _ in plan]) if len(y) else []
     n = int(len(y))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
