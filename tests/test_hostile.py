@@ -1548,3 +1548,151 @@ def test_registries_refuse_names_no_flag_could_select(registry, name):
     with pytest.raises(eae.ConfigError, match="name is made of"):
         getattr(eae, registry).register(name)
     assert name not in getattr(eae, registry).names()
+
+
+def _two_epochs(tmp_path) -> Path:
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "3", "--stop-after", "2", "--out", str(out)]) == 0
+    return out
+
+
+def _edit_row(out: Path, line: int, **change) -> None:
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    rows[line] = json.dumps({**json.loads(rows[line]), **change})
+    (out / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda out: _edit_row(out, 0, train_acc=1.7), "line 1: not a metrics row of eae (train_acc is 1.7, outside [0, 1])"),
+    (lambda out: _edit_row(out, 1, seconds=-5.0), "line 2: not a metrics row of eae (seconds is -5.0, outside the"),
+    (lambda out: _edit_row(out, 1, epoch=1), "line 2: not a metrics row of eae (epoch 1 after epoch 1"),
+    (lambda out: _edit_row(out, 1, epoch=2.0), "line 2: not a metrics row of eae (not an object with an integer"),
+    (lambda out: _edit_row(out, 0, train_loss=2.5), "metrics.jsonl is not the history checkpoint.pt recorded"),
+    (lambda out: ((out / "metrics.jsonl").unlink(), (out / "metrics.jsonl").mkdir()), "metrics.jsonl is not a file (a folder)"),
+    (lambda out: (out / "events.jsonl").mkdir(), "events.jsonl is not a file (a folder)"),
+])
+def test_resume_refuses_a_metrics_history_it_did_not_write(tmp_path, edit, fragment, capsys):
+    out = _two_epochs(tmp_path)
+    edit(out)
+    before = _tree_hash(out)
+    capsys.readouterr()
+    rc, text = _call(["train", *SYN, "--epochs", "3", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and fragment in text and len(text.strip().splitlines()) == 1, text
+    assert _tree_hash(out) == before
+
+
+def test_resume_refuses_metrics_copied_from_another_run(tmp_path, capsys):
+    out = _two_epochs(tmp_path)
+    other = tmp_path / "other"
+    assert main(["train", *SYN, "--epochs", "3", "--stop-after", "2", "--seed", "5", "--out", str(other)]) == 0
+    (out / "metrics.jsonl").write_bytes((other / "metrics.jsonl").read_bytes())
+    capsys.readouterr()
+    rc, text = _call(["train", *SYN, "--epochs", "3", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "not the history checkpoint.pt recorded for epochs 1-2" in text, text
+
+
+def test_a_rollback_refuses_the_best_checkpoint_of_another_run(tmp_path):
+    from eae.config import TrainConfig
+    from eae.training.folder import RunFolder
+
+    out = _two_epochs(tmp_path)
+    other = tmp_path / "other"
+    assert main(["train", *SYN, "--epochs", "1", "--seed", "5", "--val-size", "32", "--out", str(other)]) == 0
+    (out / "checkpoint_best.pt").unlink(missing_ok=True)
+    import shutil
+
+    shutil.copy(other / "checkpoint_best.pt", out / "checkpoint_best.pt")
+    from eae.checkpoint import read_config
+
+    folder = RunFolder(read_config(out), print)
+    import eae
+
+    with pytest.raises(eae.EaeError, match="is the checkpoint of another run \\(.*seed: 5, this run 0"):
+        folder.load_best_checkpoint()
+    assert isinstance(folder.cfg, TrainConfig)
+
+
+def test_a_key_added_to_config_json_is_named_when_the_weights_refuse_it(run, tmp_path, capsys):
+    r = _copy(run, tmp_path)
+    cfg = json.loads((r / "config.json").read_text())
+    (r / "config.json").write_text(json.dumps({**cfg, "my_note": "try 2"}))
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 2 and "my_note: 'try 2' in config.json, not a setting of the weights' run" in text, text
+
+
+def test_a_run_of_a_registered_model_opened_where_it_is_not_registered_says_so(tmp_path, capsys):
+    import eae
+    from eae.models import Classifier
+    from torch import nn
+
+    @eae.MODELS.register("hostile_linear")
+    def hostile_linear(num_classes=10, mean=None, std=None):
+        return Classifier(nn.Flatten(), 3 * 16 * 16, num_classes, mean, std)
+
+    try:
+        assert main(["train", *SYN, "--arch", "hostile_linear", "--epochs", "1", "--out", str(tmp_path / "r")]) == 0
+    finally:
+        eae.MODELS._entries.pop("hostile_linear")  # a new process: the registration is gone
+    capsys.readouterr()
+    rc, text = _call(["eval", str(tmp_path / "r"), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "the architecture 'hostile_linear', which is not registered in this process" in text, text
+    assert "config.json" not in text and "--model FILE.py:Class" in text
+
+
+def _linear(size=16):
+    from eae.models import Classifier
+    from torch import nn
+
+    return lambda num_classes=10, mean=None, std=None: Classifier(nn.Flatten(), 3 * size * size, num_classes, mean, std)
+
+
+@pytest.mark.parametrize("factory,fragment", [
+    (lambda num_classes: None, "its factory, called as hostile_arch(num_classes=10, mean=..., std=...), failed: TypeError"),
+    (lambda num_classes=10, mean=None, std=None: torch.nn.Linear(3, 3), "built a Linear, not an eae.models.Classifier"),
+    (lambda num_classes=10, mean=None, std=None: _linear()(3, mean, std), "built a classifier of 3 classes, asked for 10"),
+    (lambda num_classes=10, mean=None, std=None: _linear(8)(num_classes, mean, std), "the model failed on a batch of shape (2, 3, 16, 16)"),
+])
+def test_a_registered_model_is_checked_before_training(tmp_path, factory, fragment, capsys):
+    import eae
+
+    eae.MODELS.register("hostile_arch")(factory)
+    try:
+        rc, text = _call(["train", *SYN, "--arch", "hostile_arch", "--epochs", "1", "--out", str(tmp_path / "r")],
+                         capsys)
+    finally:
+        eae.MODELS._entries.pop("hostile_arch")
+    assert rc == 2 and fragment in text and "internal error" not in text, text
+    assert not (tmp_path / "r").exists()  # a new run that could not start leaves nothing
+
+
+def _method(step):
+    from eae.methods import Method
+
+    return type("HostileMethod", (Method,), {"adversarial": False, "step": step})
+
+
+@pytest.mark.parametrize("factory,fragment", [
+    (lambda: None, "its factory, called with the run's TrainConfig, failed: TypeError"),
+    (lambda cfg: object(), "built a object, not an eae.methods.Method"),
+    (_method(lambda self, m, x, y, e: m(x).sum()), "its step returned a Tensor, not an eae.methods.StepOutput"),
+    (_method(lambda self, m, x, y, e: eae_step(m(x).detach(), m(x))), "a loss with no gradient"),
+    (_method(lambda self, m, x, y, e: eae_step(torch.nn.functional.cross_entropy(m(x), y), m(x)[:1])),
+     "logits that are not (64, classes)"),
+])
+def test_a_registered_method_is_checked_before_its_step_is_used(tmp_path, factory, fragment, capsys):
+    import eae
+
+    eae.METHODS.register("hostile_method")(factory)
+    try:
+        rc, text = _call(["train", *SYN, "--method", "hostile_method", "--epochs", "1", "--out", str(tmp_path / "r")],
+                         capsys)
+    finally:
+        eae.METHODS._entries.pop("hostile_method")
+    assert rc == 2 and fragment in text and "internal error" not in text, text
+
+
+def eae_step(loss_or_logits, logits):
+    from eae.methods import StepOutput
+
+    loss = loss_or_logits if loss_or_logits.ndim == 0 else loss_or_logits.sum()
+    return StepOutput(loss, logits)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig, config_identity, exact_types
+from .config import PLACEMENT_FIELDS, TrainConfig, config_identity, exact_types
 from .errors import ConfigError, EaeError, NotARun, OutputRefused
 from .utils import atomic_write_bytes, loads_json
 
@@ -94,9 +94,19 @@ def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict
 
 
 def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(saved) | set(now) if k in saved and saved.get(k) != now.get(k))
-    return ", ".join(f"{k}: {now.get(k)!r} in config.json, {saved[k]!r} for the weights" for k in keys[:4]) \
-        + (f" and {len(keys) - 4} more" if len(keys) > 4 else "") or "its settings"
+    """The first settings that differ, in words; a key only one side has is named as such."""
+    keys = sorted(k for k in (set(saved) | set(now)) - set(PLACEMENT_FIELDS)
+                  if k not in saved or k not in now or saved[k] != now[k])
+
+    def one(k: str) -> str:
+        if k not in saved:
+            return f"{k}: {now[k]!r} in config.json, not a setting of the weights' run"
+        if k not in now:
+            return f"{k}: missing from config.json, {saved[k]!r} for the weights"
+        return f"{k}: {now[k]!r} in config.json, {saved[k]!r} for the weights"
+
+    return ", ".join(one(k) for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "") \
+        or "its settings"
 
 
 
@@ -208,9 +218,32 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         exact_types(d, path)  # "epochs": "2" was typed by hand: said, not converted
+        _check_registered(d, Path(run_dir))
         return TrainConfig.from_dict(d, strict=False)
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None
+
+
+def _check_registered(d: dict[str, Any], run_dir: Path) -> None:
+    """A run of a model or method registered in the process that trained it: the name is
+    unknown here until that code runs again. Said as such, not as a bad config.json."""
+    from .methods import METHODS
+    from .models import MODELS
+    from .models.library import is_library_arch
+
+    for key, registry, name in (("arch", MODELS, "MODELS"), ("method", METHODS, "METHODS")):
+        v = d.get(key)
+        if not isinstance(v, str) or v in registry.names() or (key == "arch" and is_library_arch(v)):
+            continue
+        alt = (f"; or evaluate its weights with eae eval --model FILE.py:Class --weights "
+               f"{run_dir / WEIGHTS} --dataset {d.get('dataset')}" if key == "arch" else "")
+        raise NotRegistered(f"{run_dir} was trained with the {registry.kind} {v!r}, which is not registered in this "
+                            f"process (registered with eae.{name}.register where it was trained?): import the code "
+                            f"that registers it, then load the run{alt}")
+
+
+class NotRegistered(EaeError, LookupError):
+    """A run's architecture or method is not registered in this process."""
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -30,7 +30,7 @@ from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingSto
                        train_epoch)
 from .system import configure_threads
 from .training.epoch import uses_bf16
-from .training.folder import RunSaveError, environment
+from .training.folder import RunSaveError, environment, metrics_digest
 from .training.guards import nonfinite_advice
 
 __all__ = ["train", "RunResult", "TrainingStopped", "RunSaveError", "lr_factor"]
@@ -136,10 +136,10 @@ def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
         if back is not None:  # rolled back: the epochs after the best one are redone
             epoch, metrics = back, [r for r in metrics if r["epoch"] <= back]
             folder.rewrite_metrics(metrics)
-            folder.save_checkpoint(_state(run, epoch, folder, nonfinite, overfit), epoch)  # survives a crash
+            folder.save_checkpoint(_state(run, epoch, folder, nonfinite, overfit, metrics), epoch)  # survives a crash
             continue
         epoch, epochs_now = epoch + 1, epochs_now + 1
-        folder.save_epoch(_state(run, epoch, folder, nonfinite, overfit), epoch)
+        folder.save_epoch(_state(run, epoch, folder, nonfinite, overfit, metrics), epoch)
         if stop_after is not None and epochs_now >= stop_after and epoch < run.passes:
             return RunResult(folder.path, cfg, metrics, finished=False)
     folder.save_final(run.net, also_best=not validator.enabled)
@@ -184,10 +184,12 @@ def _validate(row, run: Run, epoch: int, validator: Validator, guards, folder: R
     return collapsed
 
 
-def _state(run: Run, epoch: int, folder: RunFolder, nonfinite: NonFiniteGuard, overfit: OverfitGuard):
-    """The checkpoint after ``epoch`` (a collective; None on ranks other than 0)."""
+def _state(run: Run, epoch: int, folder: RunFolder, nonfinite: NonFiniteGuard, overfit: OverfitGuard,
+           metrics: list[dict[str, Any]]):
+    """The checkpoint after ``epoch`` (a collective; None on ranks other than 0), with a
+    digest of the metrics rows it has done, so that a resume sees that file edited or swapped."""
     guard = {**overfit.state_dict(), "skipped_steps": nonfinite.skipped_total}
-    return run.snapshot(epoch, best=folder.best, guard=guard)
+    return run.snapshot(epoch, best=folder.best, guard=guard, metrics_sha256=metrics_digest(metrics))
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, adversarial: bool = False) -> str:

@@ -65,6 +65,7 @@ def _step(run, x: torch.Tensor, y: torch.Tensor, epoch: int, share: float, guard
     buffers = guard.saved_buffers(run.net)
     with _autocast(run.cfg.precision, run.device):
         out = run.method.step(run.model, x, y, epoch)
+    _check_step(out, y, run.cfg.method)
     run.optimizer.zero_grad(set_to_none=True)
     (out.loss * share if share != 1.0 else out.loss).backward()
     if not guard.step_ok(out.loss, run.params, run.net, buffers):
@@ -75,6 +76,27 @@ def _step(run, x: torch.Tensor, y: torch.Tensor, epoch: int, share: float, guard
     run.optimizer.step()
     run.scheduler.step()
     sums.add(out, y)
+
+
+def _check_step(out: Any, y: torch.Tensor, method: str) -> None:
+    """What a method's step returned, as the loop needs it (a registered method is a user's
+    code): checked on shapes and types only, never on values (no device sync)."""
+    from ..errors import ModelError
+    from ..methods import StepOutput
+
+    bad = None
+    if not isinstance(out, StepOutput):
+        bad = f"returned a {type(out).__name__}, not an eae.methods.StepOutput(loss, logits, stats)"
+    elif not isinstance(out.loss, torch.Tensor) or out.loss.ndim != 0 or not out.loss.is_floating_point():
+        bad = "returned a loss that is not a floating-point scalar tensor"
+    elif not out.loss.requires_grad:
+        bad = "returned a loss with no gradient (computed under no_grad, or detached): nothing would be trained"
+    elif not isinstance(out.logits, torch.Tensor) or out.logits.ndim != 2 or out.logits.shape[0] != len(y):
+        bad = f"returned logits that are not ({len(y)}, classes) for a batch of {len(y)}"
+    elif not isinstance(out.stats, dict) or not all(isinstance(k, str) for k in out.stats):
+        bad = "returned stats that are not a dict of named scalars"
+    if bad:
+        raise ModelError(f"training method {method!r}: its step {bad}")
 
 
 def _warmup(epochs: int, pass_: int, step: int, steps: int, replays: int) -> float:

@@ -84,20 +84,19 @@ def _note(message: str) -> None:
 
 def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl up to an epoch. A last line that does not parse (a
-    crash while it was appended) is dropped with a note; a bad line before it is an error."""
+    crash while it was appended) is dropped with a note; a bad line before it, or any row
+    that parses but cannot be one of ours (an accuracy of 1.7, negative seconds, epochs
+    out of order), is an error naming the line."""
+    if os.path.lexists(path) and (not path.is_file() or path.is_symlink()):
+        raise ValueError(f"{path} is not a file ({_kind(path)}): move it away, then resume")
     if not path.is_file():
         return []
     lines = [(i, line) for i, line in enumerate(path.read_bytes().decode("utf-8-sig", "replace").splitlines(), 1)
              if line.strip()]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, line in lines:
         try:
             row = loads_json(line)
-            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-                raise ValueError("not an object with an integer epoch")
-            bad = next((k for k, v in row.items() if _measured(k) and v is not None and not _finite_number(v)), None)
-            if bad is not None:  # a number a report would print: never a string or a NaN
-                raise ValueError(f"{bad} is {row[bad]!r}, not a finite number")
         except ValueError as e:
             if i == lines[-1][0]:
                 log(f"note: {path}, line {i}: an incomplete last line (cut by a crash) is dropped; "
@@ -105,8 +104,36 @@ def read_metrics(path: Path, upto_epoch: int, log: Callable[[str], None] = _note
                 break
             raise ValueError(f"{path}, line {i}: not a metrics row ({str(e).splitlines()[0]}); "
                              "repair or delete that line, then resume") from None
+        bad = _implausible(row, rows[-1]["epoch"] if rows else 0)
+        if bad:  # it parsed: no crash cut it, someone wrote it
+            raise ValueError(f"{path}, line {i}: not a metrics row of eae ({bad}); repair or delete that line, "
+                             "then resume")
         rows.append(row)
     return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _implausible(row: Any, previous: int) -> str | None:
+    """Why ``row`` cannot be a row eae wrote after epoch ``previous`` (None: it can)."""
+    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+        return "not an object with an integer epoch"
+    if row["epoch"] <= previous:
+        return f"epoch {row['epoch']} after epoch {previous}: epochs are written once each, in order"
+    for k, v in row.items():
+        if not _measured(k) or v is None:
+            continue
+        if not _finite_number(v):  # a number a report would print: never a string or a NaN
+            return f"{k} is {v!r}, not a finite number"
+        if v < 0 or (_accuracy(k) and v > 1):
+            return f"{k} is {v!r}, outside {'[0, 1]' if _accuracy(k) else 'the numbers >= 0'}"
+    return None
+
+
+def _accuracy(key: str) -> bool:
+    return key == "train_acc" or (key.startswith("val_") and key != "val_seconds")
+
+
+def _kind(path: Path) -> str:
+    return "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
 
 
 def _measured(key: str) -> bool:
@@ -120,6 +147,13 @@ def _finite_number(v: Any) -> bool:
 def _append(path: Path):
     """A file opened for appending, never through a link planted in its place."""
     return os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
+
+
+def metrics_digest(rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of metrics rows as metrics.jsonl holds them: recorded in each checkpoint."""
+    import hashlib
+
+    return hashlib.sha256("".join(_json_row(r) + "\n" for r in rows).encode()).hexdigest()
 
 
 def _json_row(row: dict[str, Any]) -> str:
@@ -184,6 +218,10 @@ class RunFolder:
         for tmp in self.path.iterdir():  # half-written files of a killed run (we hold the lock)
             if _TEMPORARY.fullmatch(tmp.name):
                 tmp.unlink(missing_ok=True)
+        for name in (METRICS, EVENTS):  # appended to as training goes: a folder there would fail an epoch later
+            if os.path.lexists(self.path / name) and (not (self.path / name).is_file() or (self.path / name).is_symlink()):
+                raise RunExists(f"{self.path / name} is not a file ({_kind(self.path / name)}); nothing was changed: "
+                                "move it away, then run again")
         ckpt_path = self.path / CHECKPOINT
         if resume and ckpt_path.is_file():
             return self._resumable(load_checkpoint(ckpt_path))
@@ -237,6 +275,11 @@ class RunFolder:
                                 f"{'s' * (len(missing) > 1)} {which}, which {CHECKPOINT} has done (was it emptied "
                                 f"or edited?); nothing was changed: restore {METRICS}, or start a new run "
                                 "(another --out)")
+        if ckpt.get("metrics_sha256") not in (None, metrics_digest(self._rows)):  # (older checkpoints lack it)
+            held = (f"cannot resume {self.path}: {METRICS} is not the history {CHECKPOINT} recorded for epochs "
+                    f"1-{ckpt['epoch']} (edited, or copied from another run?); nothing was changed: restore {METRICS}, "
+                    "or start a new run")
+            raise RunExists(f"{held} (another out)", cli=f"{held} (another --out)")
         return ckpt
 
     def _config_edited(self, trained: TrainConfig) -> bool:
@@ -349,8 +392,20 @@ class RunFolder:
         return bool(dist.broadcast_object((self.path / BEST_CHECKPOINT).is_file() if self.main else None))
 
     def load_best_checkpoint(self) -> dict[str, Any]:
-        """checkpoint_best.pt, read by rank 0 and sent to every rank (a collective)."""
-        return dist.broadcast_object(load_checkpoint(self.path / BEST_CHECKPOINT) if self.main else None)
+        """checkpoint_best.pt, read by rank 0 and sent to every rank (a collective); one of
+        another run (copied in by hand) is refused, never rolled back to."""
+        state, error = None, None
+        if self.main:
+            state = load_checkpoint(self.path / BEST_CHECKPOINT)
+            diff = TrainConfig.from_dict(state["config"], strict=False).differences(self.cfg)
+            if diff:
+                error = (f"{self.path / BEST_CHECKPOINT} is the checkpoint of another run (" +
+                         ", ".join(f"{k}: {a!r}, this run {b!r}" for k, (a, b) in diff.items()) +
+                         f"); no rollback to it: remove it, then resume ({self.recovery()})")
+        error = dist.broadcast_object(error)
+        if error:
+            raise RunExists(error)
+        return dist.broadcast_object(state)
 
     def save_final(self, net: torch.nn.Module, also_best: bool = False) -> None:
         """model.safetensors (``also_best``: model_best.safetensors too); every rank

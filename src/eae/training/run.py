@@ -84,6 +84,7 @@ class Run:
         cfg, data = self.cfg, self.data
         net = create_model(cfg.arch, data.num_classes, data.mean, data.std, head=cfg.head,
                            head_scale=cfg.head_scale).to(self.device)
+        _check_network(net, data.image_size, data.num_classes, self.device)
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -148,3 +149,18 @@ class Run:
         self.log(f"warning: the checkpoint was written by {len(ranks)} process(es), this run has {self.world}: "
                  "random streams restart, so the run is not bit-identical to an uninterrupted one")
         return {"rng": None, "method": ranks[self.rank % len(ranks)]["method"]}
+
+
+def _check_network(net: torch.nn.Module, image_size: int, num_classes: int, device: torch.device) -> None:
+    """Before the run folder is written to: the network takes these images and gives one
+    logit per class (a registered architecture is a user's code). Grey images, so that no
+    random number is drawn and training stays the same."""
+    from ..evaluation.checks import output_form
+    from ..errors import ModelError
+
+    was = net.training
+    k = output_form(net, torch.full((2, 3, image_size, image_size), 0.5, device=device))
+    net.train(was)
+    if k != num_classes:
+        raise ModelError(f"the network gives {k} logits per image, but the dataset has {num_classes} classes")
+
