@@ -271,3 +271,29 @@ def test_headline_refuses_the_suite_only_flags(flag, tmp_path, capsys):
 
     assert cli.main(["bench", "headline", flag, "--out", str(tmp_path / "h")]) == 2
     assert "headline takes" in capsys.readouterr().err and not (tmp_path / "h").exists()
+
+
+def test_two_benches_on_one_folder_at_once_are_refused(tmp_path, monkeypatch):
+    import eae
+    import eae.bench.runner as runner
+    from eae.checkpoint import RunLock
+
+    def fake_run(suite, entry, seed, out, *a, **k):
+        d = out / "runs" / f"{entry.name}-s{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        row = _row(entry.name, seed, 0.8, 0.4, 10.0)
+        (d / "bench_eval.json").write_text(json.dumps(row))
+        return row
+
+    monkeypatch.setattr(runner, "_accuracy_run", fake_run)
+    runner.run_bench("smoke", tmp_path, only=["standard"], quiet=True, device="cpu")
+    other = RunLock(tmp_path).acquire()  # as another `eae bench` on the same --out holds it
+    try:
+        before = (tmp_path / "results.json").read_bytes()
+        with pytest.raises(eae.EaeError, match="is being written by another eae bench .*choose another --out"):
+            runner.run_bench("smoke", tmp_path, only=["eae"], resume=True, quiet=True, device="cpu")
+        assert (tmp_path / "results.json").read_bytes() == before
+    finally:
+        other.release()
+    res = runner.run_bench("smoke", tmp_path, only=["eae"], resume=True, quiet=True, device="cpu")
+    assert [r["entry"] for r in res["rows"]] == ["standard", "eae"]

@@ -1285,7 +1285,7 @@ def test_a_metrics_row_with_a_word_for_a_number_is_named(run, tmp_path):
     m = tmp_path / "metrics.jsonl"
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     m.write_text(json.dumps({**row, "val_clean": "high"}) + "\n" + json.dumps({**row, "epoch": 2}) + "\n")
-    with pytest.raises(ValueError, match="line 1: not a metrics row \\(val_clean is 'high', not a finite number"):
+    with pytest.raises(ValueError, match="line 1: not a metrics row of eae \\(val_clean is 'high', not a finite number"):
         read_metrics(m, 2)
 
 
@@ -1696,3 +1696,89 @@ def eae_step(loss_or_logits, logits):
 
     loss = loss_or_logits if loss_or_logits.ndim == 0 else loss_or_logits.sum()
     return StepOutput(loss, logits)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"image_size": 32}, "dataset.json says 32x32 images, the synthetic data of its config has 16x16"),
+    ({"classes": ["a", "b"], "num_classes": 2}, "dataset.json says 2 classes (a, b), the synthetic data"),
+    ({"num_classes": "10"}, "not a valid dataset record (num_classes is '10', but classes lists 10)"),
+    ({"num_classes": -3}, "num_classes is -3"),
+    ({"image_size": 0}, "image_size is 0, not a size in pixels"),
+])
+def test_an_edited_dataset_record_of_a_synthetic_run_is_named_as_edited(run, tmp_path, change, fragment, capsys):
+    r = _copy(run, tmp_path)
+    rec = json.loads((r / "dataset.json").read_text())
+    (r / "dataset.json").write_text(json.dumps({**rec, **change}))
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 2 and fragment in text and "--data-dir" not in text, text
+
+
+def test_a_demo_over_a_demo_of_other_sizes_says_what_to_do(tmp_path):
+    import eae
+    from eae.demo import demo_config, run_demo
+    from eae.outputs import OutputFolder
+
+    out = tmp_path / "demo"
+    OutputFolder(out, "demo").claim()
+    (out / "standard").mkdir()
+    earlier = demo_config("standard", str(out), None, "cpu", 600, 1).to_dict()
+    (out / "standard" / "config.json").write_text(json.dumps(earlier))
+    before = _tree_hash(out)
+    with pytest.raises(eae.EaeError, match="holds a demo of other settings \\(standard: train_subset 600, epochs 1, val_every 1"
+                                           "\\); nothing was changed: give another --out, or move"):
+        run_demo(out=str(out), device="cpu", quiet=True, train_subset=64, epochs=2, n_test=16)
+    assert _tree_hash(out) == before
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_tiny_eps_is_not_taken_for_masking(norm):
+    from eae.models import Classifier
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = Classifier(nn.Flatten(), 3 * 8 * 8, 10, (0.5,) * 3, (0.5,) * 3).eval()  # linear: nothing to mask
+    x = torch.rand(100, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    r = evaluate(model, x, y, ["pgd2"], eps=1e-8, norm=norm, diagnostics="full", diag_n=100)
+    assert r.verdict == "ok", r.evidence
+    assert any("below one grey level" in e for e in r.evidence)
+
+
+class _Drift(torch.nn.Module):  # updates a buffer in every forward pass, and its outputs with it
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3 * 8 * 8, 10)
+        self.register_buffer("seen", torch.zeros(()))
+
+    def forward(self, x):
+        self.seen += 1
+        return self.lin(x.flatten(1)) * (1 + 0.5 * torch.sin(self.seen))
+
+
+class _Flips(torch.nn.Module):  # a Python counter: its answers turn after a few calls
+    def __init__(self):
+        super().__init__()
+        self.lin, self.calls = torch.nn.Linear(3 * 8 * 8, 10), 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.lin(x.flatten(1))
+        return out if self.calls < 5 else -out
+
+
+def test_a_model_that_changes_while_it_is_evaluated_is_seen():
+    import eae
+
+    torch.manual_seed(0)
+    x = torch.rand(50, 3, 8, 8)
+    drift = _Drift().eval()
+    with torch.no_grad():
+        y = drift.lin(x.flatten(1)).argmax(1)
+    with pytest.raises(eae.ModelError, match="changed its own parameters or buffers while it was evaluated \\(seen\\)"):
+        evaluate(drift, x, y, ["pgd2"], eps=8 / 255, diagnostics="off")
+    flips = _Flips().eval()
+    flips.lin.load_state_dict(drift.lin.state_dict())
+    r = evaluate(flips, x, y, ["pgd2"], eps=8 / 255, diagnostics="cheap")
+    assert r.verdict != "ok" and any("clean predictions changed during the evaluation at 50 of 50" in e
+                                     for e in r.evidence)

@@ -292,9 +292,27 @@ def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:
         d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
         if not (isinstance(d, dict) and isinstance(d.get("classes"), list) and isinstance(d.get("image_size"), int)):
             raise ValueError("expected an object with classes and image_size")
+        bad = _dataset_record_errors(d)
+        if bad:  # written by hand: a count or size no run records
+            raise ValueError(bad)
     except ValueError as e:
         raise CheckpointError(f"{path}: not a valid dataset record ({e})") from None
     return d
+
+
+def _dataset_record_errors(d: dict[str, Any]) -> str | None:
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not all(isinstance(c, str) for c in d["classes"]) or len(d["classes"]) < 2:
+        return "classes must be a list of at least 2 class names"
+    if "num_classes" in d and not (integer(d["num_classes"]) and d["num_classes"] == len(d["classes"])):
+        return f"num_classes is {d['num_classes']!r}, but classes lists {len(d['classes'])}"
+    if isinstance(d["image_size"], bool) or d["image_size"] < 1:
+        return f"image_size is {d['image_size']!r}, not a size in pixels"
+    if "dataset" in d and not isinstance(d["dataset"], str):
+        return f"dataset is {d['dataset']!r}, not a dataset name"
+    return None
 
 
 def _classes_text(classes: list[str]) -> str:
@@ -327,6 +345,9 @@ def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = Fal
         what = f"{_copy_text(rec)}; the copy here is {_copy_text(found)}"
     else:
         return
+    if found.get("dataset") == "synthetic":  # generated from config.json, read from nowhere: the record was edited
+        raise CheckpointError(f"{Path(run_dir) / DATASET} says {what.replace(there, 'the synthetic data of its config')}"
+                              f": it was edited (or copied from another run); restore it")
     action = "resume it" if resume else "evaluate it"
     message = f"{run_dir} was trained on {rec.get('dataset', '?')} with {what}: {action} on the data it was trained on"
     raise ConfigError(message + " (data_dir)", cli=message + " (--data-dir)", field="data_dir")

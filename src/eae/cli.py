@@ -174,7 +174,11 @@ def _eval(args: argparse.Namespace, device) -> int:
     suite = None if attacks else (args.suite or "quick")
     norm = args.norm or src["norm"]
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
-    name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)
+    from .evaluation import check_arguments
+
+    check_arguments(eps=eps, batch_size=args.batch_size, diag_n=args.diag_n, precision=args.precision,
+                    diagnostics=args.diagnostics, norm=norm, eot=args.eot, seed=args.seed, attacks=attacks)
+    name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)  # (ε checked: a name needs it finite)
     evaluation = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": _subject(src)}
     # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
     target = Path(args.output) if args.output else src["run_dir"].resolve() / name if src["run_dir"] else None

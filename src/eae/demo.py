@@ -48,7 +48,24 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, device: str = 
     return rows
 
 
+def _check_earlier(out, data_dir, device, train_subset, epochs) -> None:
+    """A demo folder holding runs of other settings (sizes, device): said before anything
+    trains, with the way out; resuming them as this demo's would mix two demos."""
+    from .checkpoint import CONFIG, read_config
+    from .errors import OutputRefused
+
+    for method in METHODS:
+        cfg = demo_config(method, out, data_dir, device, train_subset, epochs)
+        if (Path(cfg.out) / CONFIG).is_file():
+            diff = read_config(cfg.out).differences(cfg)
+            if diff:
+                what = ", ".join(f"{k} {a!r}" for k, (a, _) in diff.items())
+                raise OutputRefused(f"{out} holds a demo of other settings ({method}: {what}); nothing was changed: "
+                                    f"give another --out, or move {out} away to start over")
+
+
 def _train_and_evaluate(out, data_dir, device, dev, quiet, train_subset, epochs, n_test, log):
+    _check_earlier(out, data_dir, device, train_subset, epochs)
     rows = []
     for method in METHODS:
         cfg = demo_config(method, out, data_dir, device, train_subset, epochs)

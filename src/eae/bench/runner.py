@@ -257,11 +257,28 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     folder = _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
                           "entries": {e.name: e.overrides for e in suite.entries}}, resume)
     try:
-        return _run(suite, selected, out, seeds=seeds, device=device, data_dir=data_dir, budget_k=budget_k,
-                    quiet=quiet, compile=compile, train_only=train_only, log=log)
+        lock = _lock(out)
+        try:
+            return _run(suite, selected, out, seeds=seeds, device=device, data_dir=data_dir, budget_k=budget_k,
+                        quiet=quiet, compile=compile, train_only=train_only, log=log)
+        finally:
+            lock.release()
     except BaseException:
         folder.abandon()  # removes the folder again if nothing but the claim was written
         raise
+
+
+def _lock(out: Path):
+    """One ``eae bench`` per folder at a time: two would train the same rows twice and each
+    rewrite results.json without the other's rows."""
+    from ..checkpoint import RunLock, RunLocked
+
+    try:
+        return RunLock(out).acquire()
+    except RunLocked as e:
+        holder = str(e).partition("(pid ")[2].partition(")")[0] or "?"
+        raise RunLocked(f"{out} is being written by another eae bench (pid {holder}); wait for it to finish, or "
+                        "choose another --out") from None
 
 
 def on_dataset(suite, dataset: str | None, unverified_data: bool = False):

@@ -215,23 +215,35 @@ def zero_gradient_check(fracs: dict[str, float]) -> Check:
     return level, text
 
 
+GREY_LEVEL = 1 / 255  # the smallest step an image can take: a move below it leaves 8-bit pixels as they are
+
+
+def informative_step(eps: float) -> float:
+    """The size of the one-step moves: ε, but never below one grey level (a smaller move
+    is lost in fp32 rounding near 1, and would call any model's gradient useless)."""
+    return max(float(eps), GREY_LEVEL)
+
+
 def informative_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, eot: int = 1) -> float:
-    """The fraction of points where one step of ε along the sign of the margin loss's
-    gradient raises that loss more than a step of ε along a random sign."""
+    """The fraction of points where one step (:func:`informative_step`) along the sign of
+    the margin loss's gradient raises that loss more than the same step along a random sign."""
     g = _gradient(model, x, y, margin_loss, eot)
     rand = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
+    step = informative_step(eps)
     with attack_mode(model), torch.no_grad():
-        up = margin_loss(model((x + eps * g.sign()).clamp(0, 1)), y)
-        other = margin_loss(model((x + eps * rand).clamp(0, 1)), y)
+        up = margin_loss(model((x + step * g.sign()).clamp(0, 1)), y)
+        other = margin_loss(model((x + step * rand).clamp(0, 1)), y)
     return (up > other).float().mean().item()
 
 
-def informative_check(frac: float) -> Check:
+def informative_check(frac: float, eps: float | None = None) -> Check:
     """Useful gradients beat a random direction nearly everywhere; a gradient that is
     non-zero but carries no information (noise, a wrong surrogate) wins about half the
     time, and passes the zero-gradient check."""
+    size = "ε" if eps is None or informative_step(eps) == eps else "1/255: ε is below one grey level"
     return (_grade_low(frac, INFORMATIVE), f"a one-step move along the gradient's sign raises the margin loss more "
-                                           f"than a random-sign move of the same size (ε) at {_pct(frac)} of points")
+                                           f"than a random-sign move of the same size ({size}) at {_pct(frac)} of "
+                                           "points")
 
 
 def square_extra(per_attack: dict) -> tuple[float, Check] | None:

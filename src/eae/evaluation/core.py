@@ -150,6 +150,28 @@ class _Checked:
         return adv.to(x.dtype)
 
 
+def _unchanged(model, state: dict[str, torch.Tensor], x, y, clean: torch.Tensor, batch_size, device,
+               eot: int) -> list[tuple[str, str]]:
+    """The model scored at the end is the one scored at the start: its parameters and
+    buffers are as they were (else an error: the numbers would be of no one model), and its
+    clean predictions too (else evidence: outputs that depend on earlier calls or on chance;
+    a randomised model evaluated with EOT is expected to move)."""
+    changed = [k for k, v in model.state_dict().items() if k not in state or not torch.equal(v.detach(), state[k])]
+    if changed:
+        raise ModelError(f"the model changed its own parameters or buffers while it was evaluated ({', '.join(changed[:3])}"
+                         f"{', ...' if len(changed) > 3 else ''}): no number would be of one model; evaluate a model "
+                         "whose forward pass leaves its state as it is")
+    moved = int((predict_all(model, x, y, batch_size, device) != clean).sum())
+    if not moved:
+        return []
+    if eot > 1:
+        return [("ok", f"the clean predictions changed during the evaluation at {moved:,} of {len(y):,} points, as "
+                       "a randomised model's do (evaluated with EOT)")]
+    return [("suspicious", f"the clean predictions changed during the evaluation at {moved:,} of {len(y):,} points: "
+                           "the model's outputs depend on earlier calls or on chance, so its numbers are not those "
+                           "of one fixed model (a randomised model: rerun with --suite aa-rand or --eot)")]
+
+
 def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Attack, str]]]:
     if suite is not None and attacks is not None:
         raise ConfigError("give either attacks or suite, not both", field="attacks")
@@ -223,6 +245,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     y = y.long()
     notes = _check_model(model, x, y, device, [a.attack for _, a, _ in plan]) if len(y) else []
     n = int(len(y))
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()} if plan else {}
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         # reproducible random starts; the caller's RNG is untouched
@@ -250,6 +273,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             if progress and dist.is_main() and not sys.stderr.isatty():  # a log file gets a line per attack
                 print(f"  {spec}: {100 * acc:.1f}% on {n:,} images ({int(len(idx)):,} attacked, "
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        if plan and n:
+            notes += _unchanged(model, state, x, y, clean, batch_size, device, eot)
     correct["worst_case"] = robust
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
     label = s.label if eot == s.eot else s.label.replace(" with EOT", f" with EOT {eot}" if eot > 1 else ", no EOT")

@@ -95,7 +95,7 @@ def _model_checks(model, x, y, eps, batch_size, device, eot) -> tuple[list[tuple
     n = max(len(y), 1)
     zero_frac = {k: z / max(of, 1) for k, (z, of) in zero.items()}
     found.append(model_checks.zero_gradient_check(zero_frac))
-    found.append(model_checks.informative_check(sum(informative) / n))
+    found.append(model_checks.informative_check(sum(informative) / n, eps))
     details = {"randomised": random, "n_classes": n_classes, "zero_grad_frac": zero_frac,
                "informative_grad_frac": sum(informative) / n}
     return found, details
@@ -166,8 +166,9 @@ FEW_POINTS = 100  # below this the diagnostics' accuracies move by 1 point or mo
 
 def _eps_check(probe: _Probe, details: dict) -> list[tuple[str, str]]:
     """3. CW-20 accuracy against ε (eps/8 .. 2 eps under L2): it must fall, and clearly."""
-    if probe.norm == "l2" and not probe.eps > 0:  # the L2 sweep scales ε: at 0 every point is 0
-        return [("ok", "ε is 0: no ε sweep, this check says nothing")]
+    if probe.norm == "l2" and not 2 * probe.eps >= model_checks.GREY_LEVEL:  # the L2 sweep scales ε, up to 2ε
+        return [("ok", f"ε is {fmt_eps(probe.eps, probe.norm)}: even doubled it is below one grey level (1/255), where "
+                       "no model's accuracy moves; no ε sweep, this check says nothing")]
     eps_values = EPS_SWEEP if probe.norm != "l2" else tuple(probe.eps * e / (8 / 255) for e in EPS_SWEEP)
     sweep = {fmt_eps(e, probe.norm): probe.cw(e) for e in eps_values}
     details["eps_sweep_cw20"] = sweep

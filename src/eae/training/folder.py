@@ -397,7 +397,7 @@ class RunFolder:
         state, error = None, None
         if self.main:
             state = load_checkpoint(self.path / BEST_CHECKPOINT)
-            diff = TrainConfig.from_dict(state["config"], strict=False).differences(self.cfg)
+            diff = TrainConfig.from_dict(state["config"], strict=False).differences(self.cfg) if "config" in state else {}
             if diff:
                 error = (f"{self.path / BEST_CHECKPOINT} is the checkpoint of another run (" +
                          ", ".join(f"{k}: {a!r}, this run {b!r}" for k, (a, b) in diff.items()) +
