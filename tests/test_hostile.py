@@ -1646,21 +1646,25 @@ def _linear(size=16):
     return lambda num_classes=10, mean=None, std=None: Classifier(nn.Flatten(), 3 * size * size, num_classes, mean, std)
 
 
+def _train_registered(registry: str, flag: str, factory, tmp_path, capsys):
+    """`eae train` of ``factory``, registered for the call as 'hostile_x' in eae.<registry>."""
+    import eae
+
+    getattr(eae, registry).register("hostile_x")(factory)
+    try:
+        return _call(["train", *SYN, flag, "hostile_x", "--epochs", "1", "--out", str(tmp_path / "r")], capsys)
+    finally:
+        getattr(eae, registry)._entries.pop("hostile_x")
+
+
 @pytest.mark.parametrize("factory,fragment", [
-    (lambda num_classes: None, "its factory, called as hostile_arch(num_classes=10, mean=..., std=...), failed: TypeError"),
+    (lambda num_classes: None, "its factory, called as hostile_x(num_classes=10, mean=..., std=...), failed: TypeError"),
     (lambda num_classes=10, mean=None, std=None: torch.nn.Linear(3, 3), "built a Linear, not an eae.models.Classifier"),
     (lambda num_classes=10, mean=None, std=None: _linear()(3, mean, std), "built a classifier of 3 classes, asked for 10"),
     (lambda num_classes=10, mean=None, std=None: _linear(8)(num_classes, mean, std), "the model failed on a batch of shape (2, 3, 16, 16)"),
 ])
 def test_a_registered_model_is_checked_before_training(tmp_path, factory, fragment, capsys):
-    import eae
-
-    eae.MODELS.register("hostile_arch")(factory)
-    try:
-        rc, text = _call(["train", *SYN, "--arch", "hostile_arch", "--epochs", "1", "--out", str(tmp_path / "r")],
-                         capsys)
-    finally:
-        eae.MODELS._entries.pop("hostile_arch")
+    rc, text = _train_registered("MODELS", "--arch", factory, tmp_path, capsys)
     assert rc == 2 and fragment in text and "internal error" not in text, text
     assert not (tmp_path / "r").exists()  # a new run that could not start leaves nothing
 
@@ -1680,14 +1684,7 @@ def _method(step):
      "logits that are not (64, classes)"),
 ])
 def test_a_registered_method_is_checked_before_its_step_is_used(tmp_path, factory, fragment, capsys):
-    import eae
-
-    eae.METHODS.register("hostile_method")(factory)
-    try:
-        rc, text = _call(["train", *SYN, "--method", "hostile_method", "--epochs", "1", "--out", str(tmp_path / "r")],
-                         capsys)
-    finally:
-        eae.METHODS._entries.pop("hostile_method")
+    rc, text = _train_registered("METHODS", "--method", factory, tmp_path, capsys)
     assert rc == 2 and fragment in text and "internal error" not in text, text
 
 

@@ -55,6 +55,22 @@ class Registry(Generic[T]):
             raise UnknownName(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}",
                               field=self.kind) from None
 
+    def build(self, name: str, called_as: str, *args, **kwargs):
+        """``self.get(name)(*args, **kwargs)``: a registered factory is a user's code, so its
+        failure is named (ModelError, with ``called_as`` saying how it was called), not a
+        traceback from deep inside training; eae's own errors pass as they are."""
+        from .errors import EaeError, ModelError
+
+        factory = self.get(name)
+        try:
+            return factory(*args, **kwargs)
+        except EaeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a user's factory: its failure, named
+            text = str(e).strip().splitlines()
+            raise ModelError(f"{self.kind} {name!r}: its factory, called {called_as}, failed: "
+                             f"{type(e).__name__}{': ' + text[0] if text else ''}") from e
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

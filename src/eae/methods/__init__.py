@@ -9,16 +9,9 @@ from .registry import METHODS, register_method
 def create_method(cfg) -> Method:
     """The method of ``cfg``; a registered factory that fails or builds something else is
     named (a ModelError), not a traceback."""
-    from ..errors import EaeError, ModelError
+    from ..errors import ModelError
 
-    try:
-        method = METHODS.get(cfg.method)(cfg)
-    except EaeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a user's factory: its failure, named
-        text = str(e).strip().splitlines()
-        raise ModelError(f"training method {cfg.method!r}: its factory, called with the run's TrainConfig, failed: "
-                         f"{type(e).__name__}{': ' + text[0] if text else ''}") from e
+    method = METHODS.build(cfg.method, "with the run's TrainConfig", cfg)
     if not isinstance(method, Method):
         raise ModelError(f"training method {cfg.method!r} built a {type(method).__name__}, not an eae.methods.Method "
                          "subclass")

@@ -34,17 +34,10 @@ def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,
 def _build(name: str, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> Classifier:
     """A registered architecture, built; a user's factory that fails or builds something else
     is named (a ModelError), not a traceback from deep inside training."""
-    from ..errors import EaeError, ModelError
+    from ..errors import ModelError
 
-    factory = MODELS.get(name)
-    try:
-        model = factory(num_classes=num_classes, mean=mean, std=std)
-    except EaeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a user's factory: its failure, named
-        text = str(e).strip().splitlines()
-        raise ModelError(f"architecture {name!r}: its factory, called as {name}(num_classes={num_classes}, mean=..., "
-                         f"std=...), failed: {type(e).__name__}{': ' + text[0] if text else ''}") from e
+    model = MODELS.build(name, f"as {name}(num_classes={num_classes}, mean=..., std=...)", num_classes=num_classes,
+                         mean=mean, std=std)
     if not isinstance(model, Classifier):  # the methods read its features and head (EAE's latent term)
         raise ModelError(f"architecture {name!r} built a {type(model).__name__}, not an eae.models.Classifier: build "
                          "it as Classifier(backbone, feature_dim, num_classes, mean, std), whose features and head "
