@@ -297,3 +297,23 @@ def test_two_benches_on_one_folder_at_once_are_refused(tmp_path, monkeypatch):
         other.release()
     res = runner.run_bench("smoke", tmp_path, only=["eae"], resume=True, quiet=True, device="cpu")
     assert [r["entry"] for r in res["rows"]] == ["standard", "eae"]
+
+
+def test_a_result_row_copied_from_another_entry_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    import eae.bench.runner as runner
+
+    def fake_run(suite, entry, seed, out, *a, **k):  # as _accuracy_run writes them: sealed rows
+        d = out / "runs" / f"{entry.name}-s{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        row = _row(entry.name, seed, 0.8, 0.4, 10.0)
+        (d / "bench_eval.json").write_text(json.dumps(runner.sealed(row)))
+        return row
+
+    monkeypatch.setattr(runner, "_accuracy_run", fake_run)
+    runner.run_bench("smoke", tmp_path, only=["standard", "eae"], quiet=True, device="cpu")
+    shutil.copy(tmp_path / "runs" / "eae-s0" / "bench_eval.json", tmp_path / "runs" / "standard-s0" / "bench_eval.json")
+    with pytest.raises(ValueError, match="holds the result of another run \\(entry 'eae'; this folder is entry "
+                                         "'standard'\\)"):
+        runner.run_bench("smoke", tmp_path, only=["fgsm_rs"], resume=True, quiet=True, device="cpu")

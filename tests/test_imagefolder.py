@@ -200,6 +200,22 @@ def test_a_report_of_another_test_folder_is_another_evaluation(folder, tmp_path,
     assert "another evaluation" in capsys.readouterr().err
 
 
+def test_runs_of_the_same_settings_on_other_images_are_other_evaluations(folder, tmp_path, capsys):
+    from eae.cli import main
+
+    other = make_folder(tmp_path / "data2", per_class=7)  # the same classes, other training images
+    report = tmp_path / "r.json"
+    common = ["--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]
+    for data, out in ((folder, "r1"), (other, "r2")):
+        assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(data), "--image-size",
+                     "16", "--arch", "resnet_small", "--epochs", "1", "--batch-size", "9", "--val-size", "3",
+                     "--workers", "0", "--val-attack-steps", "1", "--out", str(tmp_path / out), "--quiet"]) == 0
+    assert main(["eval", str(tmp_path / "r1"), *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r2"), "--data-dir", str(folder), *common]) == 2
+    assert "another evaluation" in capsys.readouterr().err
+
+
 def test_class_names_that_differ_only_in_unicode_form_are_refused(tmp_path):
     import unicodedata
 

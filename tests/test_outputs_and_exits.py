@@ -154,12 +154,12 @@ def test_output_naming_another_evaluations_report_is_refused(run, tmp_path, caps
     assert rc == 2 and "another evaluation (its settings are 'clean-diagoff', this one 'clean+pgd1-diagoff')" in text
     assert text.count("--output") == 1 and "it scored" not in text and "| clean" not in text
     assert report.read_bytes() == before
-    other = tmp_path / "other"  # the same evaluation of a run with other settings: another evaluation
+    other = tmp_path / "other"  # the same evaluation of another run (other weights): another evaluation
     assert main(["train", *SYN, "--method", "standard", "--epochs", "1", "--seed", "7", "--out", str(other)]) == 0
     capsys.readouterr()
     rc, text = _call(["eval", str(other), "--attacks", "clean", "--diagnostics", "off", "--quiet",
                       "--output", str(report)], capsys)
-    assert rc == 2 and f"it scored (in {r}) 'the run with settings sha256:" in text and "| clean" not in text
+    assert rc == 2 and f"it scored (in {r}) \"the run's weights sha256:" in text and "| clean" not in text
     assert "its settings" not in text and report.read_bytes() == before
 
 
@@ -178,6 +178,24 @@ def test_a_run_moved_or_copied_is_the_same_run_to_its_reports(run, tmp_path, cap
     assert rc == 0 and "an earlier report of the same evaluation" in text
 
 
+def test_a_model_trained_elsewhere_is_named_by_its_weights_not_their_path(run, cifar_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    other = tmp_path / "other"
+    assert main(["train", *SYN, "--method", "standard", "--epochs", "1", "--seed", "7", "--out", str(other)]) == 0
+    report = tmp_path / "ext.json"
+    argv = ["eval", "--model", "resnet_small", "--data-dir", str(cifar_dir.parent), "--n", "8", "--attacks", "clean",
+            "--diagnostics", "off", "--quiet", "--output", str(report), "--weights"]
+    monkeypatch.chdir(run)
+    assert main([*argv, "model.safetensors"]) == 0
+    monkeypatch.chdir(tmp_path)  # the same file by another path: the same evaluation
+    rc, text = _call([*argv, str(run / "model.safetensors")], capsys)
+    assert rc == 0 and "an earlier report of the same evaluation" in text, text
+    monkeypatch.chdir(other)  # the same name, other weights: another evaluation
+    before = report.read_bytes()
+    rc, text = _call([*argv, "model.safetensors"], capsys)
+    assert rc == 2 and "another evaluation" in text and report.read_bytes() == before, text
+
+
 def test_a_report_naming_its_run_by_path_is_still_this_runs(run, tmp_path, capsys):
     from eae.outputs import sealed
 
@@ -191,7 +209,7 @@ def test_a_report_naming_its_run_by_path_is_still_this_runs(run, tmp_path, capsy
     path.write_text(json.dumps(sealed(d)))
     rc, text = _call(argv, capsys)
     assert rc == 0 and "an earlier report of the same evaluation" in text
-    assert json.loads(path.read_text())["evaluation"]["of"].startswith("the run with settings sha256:")
+    assert json.loads(path.read_text())["evaluation"]["of"].startswith("the run's weights sha256:")
 
 
 def test_eval_keeps_a_report_the_user_edited_in_the_run_folder(run, tmp_path, capsys):

@@ -14,6 +14,7 @@ run code is refused by ``weights_only=True``.
 """
 from __future__ import annotations
 
+import json
 import hashlib
 import io
 import os
@@ -66,22 +67,46 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     atomic_write_bytes(path, save(state, metadata={**(metadata or {}), "sha256": tensors_digest(state)}))
 
 
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file (its header alone is read): ``sha256`` of the
+    tensors, and for a run's weights its ``config`` and ``epoch`` or ``epochs``. Raises
+    CheckpointError for a file that cannot be read or is not safetensors."""
+    try:
+        with open(path, "rb") as fh:  # by our own open: any path the OS takes (safetensors wants UTF-8 ones)
+            head = fh.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = fh.read(size) if 0 < size <= 100_000_000 else b""
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return _header_metadata(path, header, size)
+
+
+def _header_metadata(path, header: bytes, size: int) -> dict[str, str]:
+    try:
+        if len(header) != size:
+            raise ValueError("no safetensors header")
+        meta = json.loads(header).get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("its metadata is not a table")
+    except (ValueError, AttributeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return meta
+
+
 def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, after checking their SHA-256 (when recorded) and,
     given the run's ``config`` (config.json as read), that a run of that config saved them."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        with open(path, "rb"):  # the real reason (permissions) first: safetensors reports it as "not found"
-            pass
+        data = Path(path).read_bytes()  # read here: safetensors' own reader refuses paths that are not UTF-8
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    meta = _header_metadata(path, data[8:8 + size] if 0 < size <= len(data) - 8 else b"", size)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        state = load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for malformed headers
+        state = load(data)
+    except Exception as e:  # safetensors raises its own error types for malformed files
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if "sha256" in meta and tensors_digest(state) != meta["sha256"]:
         raise CheckpointError(f"{path}: SHA-256 of the weights does not match the one recorded at save time "
@@ -236,7 +261,8 @@ def _check_registered(d: dict[str, Any], run_dir: Path) -> None:
         if not isinstance(v, str) or v in registry.names() or (key == "arch" and is_library_arch(v)):
             continue
         alt = (f"; or evaluate its weights with eae eval --model FILE.py:Class --weights "
-               f"{run_dir / WEIGHTS} --dataset {d.get('dataset')}" if key == "arch" else "")
+               f"{run_dir / WEIGHTS} --dataset {d.get('dataset')}" if key == "arch" and d.get("dataset") != "synthetic"
+               else "")
         raise NotRegistered(f"{run_dir} was trained with the {registry.kind} {v!r}, which is not registered in this "
                             f"process (registered with eae.{name}.register where it was trained?): import the code "
                             f"that registers it, then load the run{alt}")

@@ -219,28 +219,38 @@ def _eval(args: argparse.Namespace, device) -> int:
 
 
 def _subject(src: dict[str, Any]) -> str:
-    """What an evaluation scored, in the words that make two evaluations the same one: a run
-    by its settings (config.json less where it ran), so that a run moved or copied is the same
-    run; a model trained elsewhere by its spec and weights file; and the test images scored."""
+    """What an evaluation scored, in the words that make two evaluations the same one: the
+    weights by their content (so that a run moved or copied, or a weights file named by another
+    path, is the same; a run with the same settings trained on other data is not), a model
+    trained elsewhere with its spec, and the test images scored."""
+    digest = f"weights sha256:{_file_sha256(src['weights_path'])[:16]}"
     if src["run_dir"] is not None:
-        subject = f"the run with settings sha256:{hashlib.sha256(src['identity'].encode()).hexdigest()[:16]}"
+        subject = f"the run's {digest}"
     else:
-        subject = f"{src['meta']['model']} {src['meta']['weights']}"
+        m = src["meta"]
+        subject = f"{m['model']}{' ' + json.dumps(m['model_kwargs'], sort_keys=True) if m.get('model_kwargs') else ''}" \
+                  f"{' normalize ' + m['normalize'] if m.get('normalize') else ''} {digest}"
     if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
         subject += f" on {src['meta']['test_data']}"
     return subject
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:  # read already to load the model: it is there and readable
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _same_evaluation(evaluation: dict[str, str], src: dict[str, Any]) -> list[dict[str, str]]:
     """The forms an earlier report of this evaluation may hold: this version's, and that of
-    versions that named a run by its folder's absolute path."""
-    forms = [evaluation]
-    if src["run_dir"] is not None:
-        legacy = str(src["run_dir"].resolve())
-        if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
-            legacy += f" on {src['meta']['test_data']}"
-        forms.append({**evaluation, "of": legacy})
-    return forms
+    versions that named a run by its folder's absolute path (a model by its --weights as given)."""
+    m = src["meta"]
+    legacy = str(src["run_dir"].resolve()) if src["run_dir"] is not None else f"{m['model']} {m['weights']}"
+    if m.get("test_data") not in (None, m.get("dataset")):
+        legacy += f" on {m['test_data']}"
+    return [evaluation, {**evaluation, "of": legacy}]
 
 
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
@@ -248,9 +258,7 @@ DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     """A run folder of ours: its network, its dataset, its threat model."""
-    from .checkpoint import CONFIG, check_dataset, load, read_config
-    from .config import config_identity
-    from .utils import loads_json
+    from .checkpoint import BEST_WEIGHTS, WEIGHTS, check_dataset, load, read_config
     from .data import DataSource, dataset_identity, load_test_set, num_test_images
 
     if args.run_dir is None:
@@ -264,7 +272,6 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         raise UsageError(f"--weights for a run folder is final or best, got {weights!r} (a weights file needs --model)")
     run_dir = Path(args.run_dir)
     cfg = read_config(run_dir)
-    identity = config_identity(loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))  # as written
     if args.data_dir and cfg.dataset == "synthetic":  # it would be ignored: the images are generated
         raise UsageError(f"--data-dir: {args.run_dir} was trained on synthetic data, which is generated, not read")
     if args.data_dir:
@@ -284,19 +291,16 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
             **({"weights_epoch": weights_epoch(run_dir)} if weights == "best" else {})}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
-            "run_dir": run_dir, "identity": identity}
+            "run_dir": run_dir, "weights_path": run_dir / (BEST_WEIGHTS if weights == "best" else WEIGHTS)}
 
 
 def weights_epoch(run_dir: Path) -> str | None:
     """The epoch the best weights come from (recorded in their metadata)."""
-    from safetensors import safe_open
-
-    from .checkpoint import BEST_WEIGHTS
+    from .checkpoint import BEST_WEIGHTS, CheckpointError, weights_metadata
 
     try:
-        with safe_open(str(run_dir / BEST_WEIGHTS), framework="pt") as fh:
-            return (fh.metadata() or {}).get("epoch")
-    except Exception:
+        return weights_metadata(run_dir / BEST_WEIGHTS).get("epoch")
+    except CheckpointError:
         return None
 
 
@@ -359,10 +363,10 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     _check_outputs(model, load_test_set(data, 2)[0], num_classes, data.dataset, device)
     test_data = _test_data(data)
     meta = {"model": args.model, "weights": str(args.weights), "normalize": args.normalize, "test_data": test_data,
-            "dataset": data.dataset, "architecture": args.model}
+            "dataset": data.dataset, "architecture": args.model, **({"model_kwargs": kwargs} if kwargs else {})}
     return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
             "norm": "linf", "eps": DEFAULT_EPS["linf"], "meta": meta,
-            "title": f"{args.model} ({args.weights})", "run_dir": None}
+            "title": f"{args.model} ({args.weights})", "run_dir": None, "weights_path": Path(args.weights)}
 
 
 def _check_outputs(model, x, num_classes: int, dataset: str, device) -> None:
@@ -438,12 +442,13 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str, same: Any
         return 0
     from .outputs import sealed
 
-    out = sealed({**out, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()})
+    text = md.encode(errors="surrogateescape")  # a path of bytes that are not UTF-8 is written as it is
+    out = sealed({**out, "markdown_sha256": hashlib.sha256(text).hexdigest()})
     try:
         replaced = check_report(json_path, "eae eval", evaluation=same or out["evaluation"])
         json_path.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the report: ours
         atomic_write_json(json_path, out)
-        atomic_write_bytes(json_path.with_suffix(".md"), md.encode())
+        atomic_write_bytes(json_path.with_suffix(".md"), text)
     except (OSError, OutputRefused) as e:
         if isinstance(e, OutputRefused):  # its message says what to do
             print(f"error: the report was not saved: {e} (the numbers above are complete)", file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import load, read_config
+from ..checkpoint import WEIGHTS, load, read_config, weights_metadata
 from ..config import TrainConfig
 from ..data import load_test_set
 from ..evaluation import evaluate
@@ -67,7 +67,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     if done.is_file():
         _check_finished(run_dir, cfg)
         log(f"[{entry.name} seed {seed}] done, skipped")
-        return _read_row(done)
+        return _read_row(done, entry=entry.name, seed=seed)
     log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
     result = train(cfg, resume=True, quiet=quiet)
     if train_only:
@@ -99,9 +99,11 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     return row
 
 
-def _read_row(path: Path) -> dict[str, Any]:
+def _read_row(path: Path, **expect: Any) -> dict[str, Any]:
     """A result row written earlier; one changed since (its seal no longer matches) is refused:
-    the report would print the edited numbers as measured. Rows of earlier versions carry no seal."""
+    the report would print the edited numbers as measured. Rows of earlier versions carry no seal.
+    ``expect``: what the row must say of itself (its entry, its seed): a row copied from another
+    entry's folder would put that entry's numbers under this one's name."""
     d = loads_json(path.read_text(encoding="utf-8-sig"))
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: not a result row (a JSON object); delete it to measure that run again",
@@ -110,6 +112,12 @@ def _read_row(path: Path) -> dict[str, Any]:
     if recorded is not None and recorded != sealed(d)["report_sha256"]:
         raise ConfigError(f"{path} was changed since the benchmark wrote it; its numbers are not reported: delete "
                           "it to evaluate that run again (the trained run is kept)", field="out")
+    other = {k: d[k] for k, v in expect.items() if k in d and d[k] != v}  # (older rows lack some: not compared)
+    if other:
+        said = ", ".join(f"{k} {v!r}" for k, v in other.items())
+        here = ", ".join(f"{k} {expect[k]!r}" for k in other)
+        raise ConfigError(f"{path} holds the result of another run ({said}; this folder is {here}), copied there; its "
+                          "numbers are not reported: delete it to evaluate this run again", field="out")
     return d
 
 
@@ -145,17 +153,18 @@ def _evaluate_run(suite: BenchSuite, cfg: TrainConfig, seed: int, run_dir: Path,
     if n_full:
         plan.append(("aa_full", n_full, dict(suite="aa", diagnostics="cheap")))
     parts = {}
+    weights = weights_metadata(run_dir / WEIGHTS).get("sha256")  # which network each part scored
     for part, n, how in plan:
         path = run_dir / f"bench_eval_{part}.json"
         if path.is_file():
-            parts[part] = loads_json(path.read_text())
+            parts[part] = _read_row(path, **({"weights_sha256": weights} if weights else {}))
             continue
         log(f"[{run_dir.name}] evaluating {part}: {how.get('suite') or ','.join(how['attacks'])} on {n:,} "
             "test images")
         rep = evaluate(model, x[:n], y[:n], eps=cfg.eps, device=dev, seed=seed, diag_n=suite.diag_n,
                        test_size=test_size, progress=not quiet, **how)
-        parts[part] = {**rep.to_dict(), "correct": rep.correct["worst_case"].tolist()}
-        atomic_write_json(path, parts[part])
+        parts[part] = {**rep.to_dict(), "correct": rep.correct["worst_case"].tolist(), "weights_sha256": weights}
+        atomic_write_json(path, sealed(parts[part]))
     return parts
 
 
@@ -193,7 +202,7 @@ def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: st
     for entry in suite.entries:
         done = out / "speed" / entry.name / "speed.json"
         if done.is_file():
-            rows.append(_read_row(done))
+            rows.append(_read_row(done, entry=entry.name))
             continue
         if entry not in entries:
             continue
@@ -338,7 +347,7 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
                     if row is not None:
                         rows.append(row)
                 elif done.is_file():  # finished by an earlier call
-                    rows.append(_read_row(done))
+                    rows.append(_read_row(done, entry=entry.name, seed=seed))
     if train_only:
         log("trained; evaluate with the same command without --train-only (and with --resume)")
         return {"rows": rows, "speed": speed}

@@ -131,7 +131,7 @@ class _Checked:
             pass
 
     def __call__(self, model, x, y):
-        adv = self.attack(model, x, y)
+        adv = self.attack(model, x.clone(), y.clone())  # its own copies: the check and the score read the originals
         bad = None
         if not isinstance(adv, torch.Tensor) or adv.shape != x.shape or not adv.is_floating_point():
             bad = (f"returned {type(adv).__name__} {tuple(adv.shape) if isinstance(adv, torch.Tensor) else ''}"
