@@ -866,6 +866,8 @@ FOLDER = ["--device", "cpu", "--dataset", "imagefolder", "--arch", "resnet_small
 
 def test_an_image_size_below_8_is_refused_before_anything_is_written(tmp_path, capsys):
     import eae
+    import numpy as np
+
     from eae.data.imagefolder import decode
 
     pytest.importorskip("PIL")
@@ -1191,6 +1193,8 @@ def test_a_large_photo_is_decoded_without_pillows_warning(tmp_path, monkeypatch)
     import warnings
 
     from PIL import Image
+
+    import numpy as np
 
     from eae.data.imagefolder import decode
 
@@ -1772,7 +1776,7 @@ def test_a_model_that_changes_while_it_is_evaluated_is_seen():
     drift = _Drift().eval()
     with torch.no_grad():
         y = drift.lin(x.flatten(1)).argmax(1)
-    with pytest.raises(eae.ModelError, match="changed its own parameters or buffers while it was evaluated \\(seen\\)"):
+    with pytest.raises(eae.ModelError, match="parameters or buffers changed during pgd2 \\(seen\\)"):
         evaluate(drift, x, y, ["pgd2"], eps=8 / 255, diagnostics="off")
     flips = _Flips().eval()
     flips.lin.load_state_dict(drift.lin.state_dict())
@@ -1803,3 +1807,169 @@ def test_an_attack_that_writes_into_its_inputs_is_checked_against_the_originals(
     with pytest.raises(eae.ConfigError, match="beyond eps"):
         evaluate(model, x, y, {"overwrite": overwrite}, eps=8 / 255, diagnostics="off")
     assert evaluate(model, x, y, {"relabel": relabel}, eps=8 / 255, diagnostics="off").accuracy["relabel"] == 1.0
+
+
+def _tiny_model_and_points(n=16):
+    from eae.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convnet_nobn", 10).eval()
+    x = torch.rand(n, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_eps_as_a_fraction_is_a_float_and_an_empty_suite_is_refused():
+    from fractions import Fraction
+
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    r = evaluate(model, x, y, ["pgd2"], eps=Fraction(8, 255), diagnostics="off")
+    assert r.eps == 8 / 255 and isinstance(r.eps, float)
+    assert eae.build_attack("pgd2", Fraction(8, 255)).threat.eps == 8 / 255
+    with pytest.raises(eae.ConfigError, match="suite must be a suite name"):
+        evaluate(model, x, y, suite="", diagnostics="off")
+
+
+def test_evaluation_under_inference_mode_says_so():
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    with torch.inference_mode(), pytest.raises(eae.ConfigError, match="torch.inference_mode"):
+        evaluate(model, x, y, ["pgd2"], diagnostics="off")
+    with torch.inference_mode(), pytest.raises(eae.ConfigError, match="torch.inference_mode"):
+        eae.build_attack("pgd2", 8 / 255)(model, x, y)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"std": (0, 0, 0)}, "std must be > 0"), ({"std": (float("nan"),) * 3}, "std must be 1 or 3 finite numbers"),
+    ({"mean": (0.5, 0.5)}, "mean must be 1 or 3 finite numbers"), ({"mean": "abc"}, "mean must be a sequence"),
+])
+def test_normalisation_constants_are_checked_when_the_model_is_built(kwargs, fragment):
+    import eae
+
+    with pytest.raises(eae.ConfigError, match=fragment):
+        eae.create_model("resnet_small", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "fab-t", "clean"])
+def test_attack_names_a_spec_reads_otherwise_cannot_be_registered(name):
+    import eae
+
+    with pytest.raises(eae.ConfigError, match="already registered \\((an alias|the clean)"):
+        eae.ATTACKS.register(name)
+
+
+def test_an_attack_dict_name_with_a_column_mark_is_refused():
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    with pytest.raises(eae.ConfigError, match="'\\|'"):
+        evaluate(model, x, y, {"a|b": eae.build_attack("pgd2", 8 / 255)}, diagnostics="off")
+
+
+def test_report_outputs_are_checked_before_the_attacks(run, tmp_path, capsys):
+    rc, text = _call(["eval", str(run), "--attacks", "clean,pgd1", "--diagnostics", "off", "--quiet",
+                      "--output", str(run / "config.json" / "x.json")], capsys)
+    assert rc == 2 and "config.json is a file, not a folder" in text and "| clean" not in text, text
+    hidden = tmp_path / ".hidden.json"  # a hidden name is a name
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--quiet",
+                      "--output", str(hidden)], capsys)
+    assert rc == 0 and hidden.is_file() and hidden.with_suffix(".md").is_file(), text
+
+
+def test_a_run_in_a_folder_whose_name_is_not_utf8_is_evaluated(tmp_path, capsys):
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/bad\xff"))
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off", "--quiet"], capsys)
+    assert rc == 0 and (out / "eval-clean-diagoff.json").is_file(), text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--eps", "1e-400"], "too small for a float"),
+    (["--eps", "1e-300/1e300"], "too small for a float"),
+    (["--data-dir", "/nonexistent"], "--data-dir: synthetic data is generated, not read"),
+])
+def test_train_refuses_values_that_would_be_read_as_something_else(tmp_path, argv, fragment, capsys):
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "r").exists(), text
+
+
+@pytest.mark.parametrize("toml,fragment", [
+    ('out = "../escape"', "out = '../escape' in"),
+    ("lr_max = nan", "invalid config: lr_max must be a finite number >= 0, got nan\n"),
+    ("lr_milestones = [[1]]", "error: config field lr_milestones: not a number: [1]\n"),
+])
+def test_preset_mistakes_are_named_once_and_as_the_presets(tmp_path, toml, fragment, capsys):
+    preset = tmp_path / "p.toml"
+    preset.write_text(toml + "\n")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--config", str(preset)], capsys)
+    assert rc == 2 and fragment in text and "--out" not in text, text
+
+
+def test_a_device_edited_into_config_json_is_named_with_the_file(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "2", "--stop-after", "1", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "device": "tpu"}))
+    capsys.readouterr()
+    rc, text = _call(["train", "--out", str(out), "--resume", "--quiet"], capsys)
+    assert rc == 2 and "config.json: unknown device 'tpu'" in text and "give --device" in text, text
+
+
+def test_stopping_after_the_last_rollback_does_not_advise_rollbacks(tmp_path, capsys):
+    rc, text = _call(["train", *SYN, "--val-attack-steps", "10", "--method", "fgsm_rs", "--epochs", "6", "--seed", "3",
+                      "--overfit-action", "rollback_lower_step", "--overfit-drop", "0.01", "--out", str(tmp_path / "r")],
+                     capsys)
+    assert rc == 4 and "rollbacks with a lower step did not prevent it" in text, text
+    assert "try --overfit-action rollback_lower_step" not in text
+
+
+def test_resume_reads_metrics_rows_whatever_their_key_order(tmp_path, capsys):
+    out = _two_epochs(tmp_path)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True, indent=None) + "\n" for r in rows))
+    capsys.readouterr()
+    rc, text = _call(["train", *SYN, "--epochs", "3", "--out", str(out), "--resume"], capsys)
+    assert rc == 0, text
+
+
+def test_final_weights_copied_over_the_best_are_not_scored_as_best(run, tmp_path, capsys):
+    import shutil
+
+    r = _copy(run, tmp_path)
+    shutil.copy(r / "model.safetensors", r / "model_best.safetensors")
+    rc, text = _call(["eval", str(r), "--weights", "best", "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "holds final weights (no best epoch recorded)" in text, text
+
+
+def test_sixteen_bit_and_float_images_are_refused_not_read_white(tmp_path):
+    from PIL import Image
+
+    import numpy as np
+
+    from eae.data.imagefolder import decode
+
+    for mode, arr in (("I;16", np.full((20, 20), 30000, dtype=np.uint16)),
+                      ("F", np.full((20, 20), 0.5, dtype=np.float32))):
+        path = tmp_path / f"x{mode[0]}.{'png' if mode != 'F' else 'tiff'}"
+        Image.fromarray(arr).save(path)  # uint16 -> I;16, float32 -> F
+        with pytest.raises(ValueError, match="16-bit or floating-point pixels"):
+            decode(str(path), 16, train=False)
+
+
+def test_an_attack_that_changes_the_model_is_named():
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+
+    def vandal(m, xb, yb):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.zero_()
+        return xb.clone()
+
+    with pytest.raises(eae.ModelError, match="changed during vandal .*or that attack wrote into them"):
+        evaluate(model, x, y, {"vandal": vandal}, diagnostics="off")

@@ -413,6 +413,11 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
         raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
                              cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
     state = load_weights(path, loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))
+    meta = weights_metadata(path)
+    if weights == "best" and cfg.val_size > 0 and "epochs" in meta and "epoch" not in meta:
+        raise CheckpointError(f"{path} holds final weights (no best epoch recorded), but the run validated and kept "
+                              f"its best epoch there: the final weights copied over it?; evaluate the final weights, "
+                              f"or restore {BEST_WEIGHTS}")
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)
     try:

@@ -63,8 +63,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:  # an empty --config (an unset variable) is an error, not "no preset"
         values.update(load_toml(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if "out" in values and "out" not in vars(args) and ".." in Path(str(values["out"])).parts:
+        raise UsageError(f"out = {values['out']!r} in {args.config} goes up with '..': give the path itself")
     values.update({k: v for k, v in vars(args).items() if k in names})
     cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
+    if "data_dir" in vars(args) and cfg.dataset == "synthetic":  # it would be recorded, and ignored
+        raise UsageError("--data-dir: synthetic data is generated, not read: leave --data-dir out, or give the "
+                         "--dataset it holds")
     args.resolved_out = cfg.out  # what a resume hint must name (a preset may set it)
     return cfg
 
@@ -92,6 +97,14 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"cannot resume {out}: it holds results ({WEIGHTS} or an eval report) but no {CHECKPOINT} to "
                          "continue from; choose another --out for a new run")
     saved = read_config(out)
+    if "device" not in given:  # the run's own device: one edited into config.json is named there
+        from .errors import EaeError
+        from .utils import parse_device
+
+        try:
+            parse_device(saved.device)
+        except EaeError as e:
+            raise ValueError(f"{out / CONFIG}: {e}: give --device, or restore its device") from None
     cfg = TrainConfig.from_dict({**saved.to_dict(), **given})
     diff = saved.differences(cfg)
     if diff:

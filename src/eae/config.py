@@ -16,6 +16,7 @@ import datetime
 import json
 import math
 import numbers
+import re
 import tomllib
 import types
 import typing
@@ -364,7 +365,10 @@ class TrainConfig:
             errors.append(f"synthetic_image_size must be >= 8 (pixels; the networks downsample by 8), "
                           f"got {self.synthetic_image_size}")
         if errors:
-            raise ConfigError("invalid config: " + "; ".join(errors), field=errors[0].split()[0])
+            first = {}  # one clause a field: "lr_max ... >= 0" says what "lr_max ... finite" would again
+            for e in errors:
+                first.setdefault(e.split()[0], e)
+            raise ConfigError("invalid config: " + "; ".join(first.values()), field=errors[0].split()[0])
 
     def _check_numbers(self) -> list[str]:
         """Every float finite; step sizes, scales and weights in their ranges (a NaN or a
@@ -612,8 +616,15 @@ def parse_float(text: str | float | int) -> float:
             raise ValueError(f"division by zero in {s!r}")
         if not (math.isfinite(float(num)) and math.isfinite(float(den))):  # 1/3e400 would read as 0
             raise ValueError(f"not a finite fraction: {s!r}")
-        return float(num) / float(den)
-    return float(s)
+        return _not_underflowed(float(num) / float(den), num, s)
+    return _not_underflowed(float(s), s, s)
+
+
+def _not_underflowed(value: float, mantissa_of: str, s: str) -> float:
+    """1e-400 is not 0, but float() says so: a value too small for a float is refused."""
+    if value == 0 and re.search(r"[1-9]", mantissa_of.lower().partition("e")[0]):
+        raise ValueError(f"{s!r} is too small for a float (it would be read as 0)")
+    return value
 
 
 def parse_bool(text: str | bool) -> bool:
@@ -651,7 +662,7 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
             try:
                 return parse_float(value)
             except ValueError as e:
-                raise ValueError(str(e) if "division" in str(e) else f"not a number: {value!r}") from None
+                raise ValueError(str(e) if "division" in str(e) or "too small" in str(e) else f"not a number: {value!r}") from None
         if tp is int:
             if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
                 raise ValueError(f"not an integer: {value}")
@@ -663,6 +674,8 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {value!r}")
             return value
+    except ConfigError:  # an element of a tuple, named already
+        raise
     except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"config field {name}: {e}", field=name) from None
     raise TypeError(f"config field {name}: unsupported type {tp}")

@@ -240,6 +240,20 @@ def _differs(was: Any, now: Any, where: Any = None) -> str:
     return "; ".join(parts) or f"{was}"
 
 
+def _writable_folder(path: Path, flag: str) -> None:
+    """The folder a report goes into can be made and written: said before the work that
+    fills it (a parent that is a file, a read-only file system)."""
+    above = next((p for p in path.absolute().parents if os.path.lexists(p)), None)
+    if above is None:
+        return
+    if not above.is_dir():
+        raise OutputRefused(f"{flag} {path}: {above} is {'a link to nothing' if not above.exists() else 'a file'}, "
+                            f"not a folder: give {flag} a path in a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputRefused(f"{flag} {path}: {above} cannot be written (read-only, or no permission): give {flag} "
+                            "a path in a folder you can write")
+
+
 def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation: Any = None) -> str | None:
     """Whether ``json_path`` and the ``.md`` beside it may be (re)written by ``owner``.
     Returns a line saying what would be replaced (None: nothing), or raises
@@ -248,9 +262,10 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
     earlier report of it may hold, this version's first) holds another evaluation."""
     if ".." in json_path.parts:
         raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
-    if json_path.suffix != ".json" or json_path.stem.startswith(".") or json_path.name == ".json":
+    if json_path.suffix != ".json" or json_path.stem in ("", "."):
         raise OutputRefused(f"{flag} must be a file name ending in .json (a .md is written beside it), "
                             f"got {str(json_path)!r}")
+    _writable_folder(json_path, flag)
     md_path = json_path.with_suffix(".md")
     d = _json(json_path)
     d = d if isinstance(d, dict) else {}

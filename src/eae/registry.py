@@ -18,6 +18,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a flag's word: no spaces, no
 class Registry(Generic[T]):
     def __init__(self, kind: str, pattern: re.Pattern = NAME, spelled: str = "letters, digits, '_', '.' and '-'"):
         self.kind, self.pattern, self.spelled = kind, pattern, spelled  # spelled: the pattern in words
+        self.reserved: dict[str, str] = {}  # names a spec reads otherwise (attack aliases): name -> what it is
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -29,8 +30,9 @@ class Registry(Generic[T]):
                               f"got {name!r}", field=self.kind)
         if not self.pattern.fullmatch(name):  # a name no flag or spec could select
             raise ConfigError(f"a {self.kind} name is made of {self.spelled}, got {name!r}", field=self.kind)
-        if name in self._entries:
-            raise ConfigError(f"{self.kind} {name!r} is already registered: choose another name", field=self.kind)
+        if name in self._entries or name in self.reserved:
+            what = f" ({self.reserved[name]})" if name in self.reserved else ""
+            raise ConfigError(f"{self.kind} {name!r} is already registered{what}: choose another name", field=self.kind)
 
         def deco(obj: T) -> T:
             if not callable(obj):

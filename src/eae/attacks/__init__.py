@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import numbers
+
 import re
 
 from . import apgd, fab, gradient, square  # noqa: F401  (registration)
@@ -26,6 +28,7 @@ ALIASES = {
     "apgd-t": ("apgdt", {}),
     "fab-t": ("fabt", {}),
 }
+ATTACKS.reserved = {"clean": "the clean accuracy", **{a: f"an alias of {t}" for a, (t, _) in ALIASES.items()}}
 
 
 MAX_STEPS, MAX_RESTARTS = 100_000, 1_000  # beyond these an attack is a typo, not an evaluation
@@ -43,6 +46,8 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"norm must be linf or l2, got {norm!r}", field="norm")
+    if isinstance(eps, numbers.Real) and not isinstance(eps, (bool, float)):  # Fraction(8, 255), numpy: a float
+        eps = float(eps)
     bad = eps_errors(eps, norm)
     if bad:  # an attack allowed past [0, 1] would score images that are not images
         raise ConfigError(bad[0], field="eps")

@@ -30,6 +30,9 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     """Refuse data that would give meaningless numbers, with a message naming the problem."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("x and y must be torch tensors")
+    if torch.is_inference_mode_enabled():  # no gradient can be taken there: every attack would fail inside
+        raise ConfigError("called under torch.inference_mode(): attacks need input gradients; call it outside "
+                          "inference_mode (eae turns gradients off for the model itself)", field="x")
     for name, t in (("x", x), ("y", y)):
         if t.device.type == "meta":
             raise ConfigError(f"{name} is on the meta device (a shape without data): give real tensors", field=name)

@@ -202,6 +202,9 @@ def decode(path: str, size: int, *, train: bool, rng: np.random.Generator | None
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(path)
     with img:
+        if img.mode in ("I", "F") or img.mode.startswith("I;"):  # Pillow's convert("RGB") clips these to 0-255
+            raise ValueError(f"a {img.mode} image (16-bit or floating-point pixels) would be read white or black: "
+                             "convert it to 8-bit")
         w, h = img.size
         if train:
             left, top, cw, ch = _rrc_box(w, h, rng)

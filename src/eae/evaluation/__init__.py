@@ -8,6 +8,8 @@ to logits.
 """
 from __future__ import annotations
 
+import numbers
+
 from typing import Mapping, Sequence
 
 import torch
@@ -46,8 +48,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``aa-rand``, else 1). ``test_size``: the size of the set
     ``x`` was taken from, so that a subset is labelled as one.
     """
+    if isinstance(eps, numbers.Real) and not isinstance(eps, (bool, float)):  # Fraction(8, 255), numpy: a float
+        eps = float(eps)
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
                     norm=norm, eot=eot, seed=seed, attacks=attacks)
+    if suite is not None and (not isinstance(suite, str) or not suite.strip()):  # never the default in disguise
+        raise ConfigError(f"suite must be a suite name such as 'quick' or 'aa' (or None for quick), got {suite!r}",
+                          field="suite")
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
             raise ConfigError(f"{name} must be a torch tensor (e.g. torch.as_tensor(...)), got {type(t).__name__}",

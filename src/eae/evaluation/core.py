@@ -150,17 +150,21 @@ class _Checked:
         return adv.to(x.dtype)
 
 
-def _unchanged(model, state: dict[str, torch.Tensor], x, y, clean: torch.Tensor, batch_size, device,
-               eot: int) -> list[tuple[str, str]]:
-    """The model scored at the end is the one scored at the start: its parameters and
-    buffers are as they were (else an error: the numbers would be of no one model), and its
-    clean predictions too (else evidence: outputs that depend on earlier calls or on chance;
-    a randomised model evaluated with EOT is expected to move)."""
+def _same_state(model, state: dict[str, torch.Tensor], spec: str) -> None:
+    """The model's parameters and buffers are as they were before the attacks: else no number
+    would be of one model (its forward pass, or the attack ``spec``, wrote into them)."""
     changed = [k for k, v in model.state_dict().items() if k not in state or not torch.equal(v.detach(), state[k])]
     if changed:
-        raise ModelError(f"the model changed its own parameters or buffers while it was evaluated ({', '.join(changed[:3])}"
-                         f"{', ...' if len(changed) > 3 else ''}): no number would be of one model; evaluate a model "
-                         "whose forward pass leaves its state as it is")
+        raise ModelError(f"the model's parameters or buffers changed during {spec} ({', '.join(changed[:3])}"
+                         f"{', ...' if len(changed) > 3 else ''}): the model's forward pass or that attack wrote into "
+                         "them, and no number would be of one model; evaluate a model whose forward pass leaves its "
+                         "state as it is, with attacks that leave the model alone")
+
+
+def _unchanged(model, x, y, clean: torch.Tensor, batch_size, device, eot: int) -> list[tuple[str, str]]:
+    """The model's clean predictions at the end are those of the start (else evidence:
+    outputs that depend on earlier calls or on chance; a randomised model evaluated with EOT
+    is expected to move)."""
     moved = int((predict_all(model, x, y, batch_size, device) != clean).sum())
     if not moved:
         return []
@@ -202,9 +206,9 @@ def _check_keys(attacks: Mapping) -> None:
     """An attack dict's names label the report's rows: text, not empty, and 'clean' only for
     the clean accuracy (None), which every report has anyway."""
     for k, a in attacks.items():
-        if not isinstance(k, str) or not k.strip() or k != k.strip() or not k.isprintable():
+        if not isinstance(k, str) or not k.strip() or k != k.strip() or not k.isprintable() or "|" in k:
             raise ConfigError(f"attacks: the names are the report's row labels, text without surrounding "
-                              f"spaces, got {k!r}", field="attacks")
+                              f"spaces or '|' (a table's column mark), got {k!r}", field="attacks")
         if k == "clean" and a is not None:
             raise ConfigError("attacks['clean'] is the clean accuracy (every report has it): give None there, "
                               "or name the attack otherwise", field="attacks")
@@ -263,6 +267,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             bar = progress_bar(len(idx), progress and dist.is_main(), spec, unit="img")
             ok = attack_points(model, attack, x, y, idx, batch_size, device, bar)
             bar.close()
+            _same_state(model, state, spec)
             robust &= ok
             if mode == CASCADE:
                 chain &= ok
@@ -274,7 +279,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 print(f"  {spec}: {100 * acc:.1f}% on {n:,} images ({int(len(idx)):,} attacked, "
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)
         if plan and n:
-            notes += _unchanged(model, state, x, y, clean, batch_size, device, eot)
+            notes += _unchanged(model, x, y, clean, batch_size, device, eot)
     correct["worst_case"] = robust
     mean = (lambda t: t.float().mean().item() if n else float("nan"))
     label = s.label if eot == s.eot else s.label.replace(" with EOT", f" with EOT {eot}" if eot > 1 else ", no EOT")

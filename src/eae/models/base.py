@@ -9,7 +9,7 @@ form using the head's weights, through :func:`linear_form`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import nn
 class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
+        _check_normalisation(mean, std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -27,6 +28,23 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _check_normalisation(mean: Any, std: Any) -> None:
+    """Per-channel constants, 1 or 3 of each, finite, std > 0: else every logit is NaN or inf,
+    or a broadcasting error blamed on the model much later."""
+    from ..errors import ConfigError
+
+    for name, v in (("mean", mean), ("std", std)):
+        try:
+            values = [float(a) for a in v]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a sequence of numbers (one per channel), got {v!r}", field=name) from None
+        if len(values) not in (1, 3) or not all(math.isfinite(a) for a in values):
+            raise ConfigError(f"{name} must be 1 or 3 finite numbers (one per channel), got {v!r}", field=name)
+        if name == "std" and min(values) <= 0:
+            raise ConfigError(f"std must be > 0 for every channel (the images are divided by it), got {v!r}",
+                              field="std")
 
 
 class CosineHead(nn.Module):

@@ -153,7 +153,8 @@ def metrics_digest(rows: list[dict[str, Any]]) -> str:
     """SHA-256 of metrics rows as metrics.jsonl holds them: recorded in each checkpoint."""
     import hashlib
 
-    return hashlib.sha256("".join(_json_row(r) + "\n" for r in rows).encode()).hexdigest()
+    rows = [json.loads(_json_row(r)) for r in rows]  # as read back; the keys sorted: their order is no edit
+    return hashlib.sha256("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()).hexdigest()
 
 
 def _json_row(row: dict[str, Any]) -> str:

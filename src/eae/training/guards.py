@@ -196,8 +196,12 @@ class OverfitGuard:
             return None
         if action == "stop":
             folder.event(row["epoch"], "catastrophic_overfitting", action="stop", **info)
+            tried = self.cfg.overfit_action == "rollback_lower_step" and self.rollbacks >= self.cfg.max_rollbacks
+            advice = (f"{self.rollbacks} rollbacks with a lower step did not prevent it: try N-FGSM, a smaller step "
+                      "or a higher --max-rollbacks" if tried else
+                      "try --overfit-action rollback_lower_step, N-FGSM or a smaller step")
             raise TrainingStopped(f"{msg}: stopped. The best epoch ({folder.best['epoch']}) is in {BEST_WEIGHTS}; "
-                                  "try --overfit-action rollback_lower_step, N-FGSM or a smaller step")
+                                  f"{advice}")
         epoch = self._roll_back(action, run, folder, log)
         info.update(action=action, to_epoch=epoch, step_scale=run.method.step_scale, rollbacks=self.rollbacks)
         folder.event(row["epoch"], "catastrophic_overfitting", **info)
