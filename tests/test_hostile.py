@@ -1502,13 +1502,8 @@ def test_a_guard_stop_is_an_eae_error_and_still_exits_4(tmp_path, capsys):
 # --------------------------------------------------------------------------- trial 12's open list
 def test_a_registered_attack_is_checked_like_a_dict_one():
     import eae
-    from eae.models import create_model
 
-    torch.manual_seed(0)
-    model = create_model("convnet_nobn", 10).eval()
-    x = torch.rand(8, 3, 8, 8)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = _tiny_model_and_points(8)
 
     class Noise:  # ignores its radius: its points are random images
         def __init__(self, eps, norm="linf"):
@@ -1788,13 +1783,8 @@ def test_a_model_that_changes_while_it_is_evaluated_is_seen():
 # --------------------------------------------------------------------------- trial 13
 def test_an_attack_that_writes_into_its_inputs_is_checked_against_the_originals():
     import eae
-    from eae.models import create_model
 
-    torch.manual_seed(0)
-    model = create_model("convnet_nobn", 10).eval()
-    x = torch.rand(16, 3, 8, 8)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = _tiny_model_and_points(16)
 
     def overwrite(m, xb, yb):  # random images, written into the batch it was given
         xb.copy_(torch.rand_like(xb))
