@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from eae.attacks import ATTACKS, CW, PGD, build_attack
+from eae.errors import ConfigError
 from eae.evaluation import evaluate
 
 EPS = 8 / 255
@@ -61,7 +62,7 @@ def test_restores_modes_and_requires_grad(name, trained_small):
 
 def test_refuses_inference_mode(trained_small):
     model, x, y = trained_small
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+    with torch.inference_mode(), pytest.raises(ConfigError, match="inference_mode"):
         PGD(EPS, steps=1)(model, x[:4], y[:4])
 
 

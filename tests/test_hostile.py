@@ -193,11 +193,17 @@ def test_eval_of_missing_things(run, tmp_path, capsys):
     assert rc in (0, 2) and ("model_best" in text or "clean" in text)
 
 
-def test_eval_prints_the_numbers_even_when_it_cannot_save_them(run, tmp_path, capsys):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+def test_eval_prints_the_numbers_even_when_it_cannot_save_them(run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import eae.utils
+
+    def full(path, obj):  # the disk fills while the report is written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eae.utils, "atomic_write_json", full)
     rc, text = _call(["eval", str(run), "--attacks", "clean,pgd2", "--diagnostics", "off", "--quiet",
-                      "--output", str(blocker / "eval.json")], capsys)
+                      "--output", str(tmp_path / "eval.json")], capsys)
     assert rc == 2 and "could not save the report" in text and "pgd2" in text  # the table came first
 
 
@@ -522,7 +528,7 @@ def _other_image_size(tmp_path, run):
 EVAL_DATA_CASES = [
     (_other_classes, "was trained on imagefolder with 3 classes (a, b, c), the test set here has 3 classes "
                      "(a, b, x); label 2 is 'c' there, 'x' here"),
-    (_other_image_size, "was trained on synthetic with 24x24 images, the test set here has 16x16 images"),
+    (_other_image_size, "dataset.json says 24x24 images, the synthetic data of its config has 16x16 images"),
 ]
 
 
