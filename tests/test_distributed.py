@@ -193,3 +193,25 @@ def test_fewer_training_images_than_processes_is_one_line_not_a_crash(tmp_path):
     assert res.returncode != 0 and "1 training image(s) for 2 processes" in res.stderr
     assert "ZeroDivisionError" not in res.stderr and "internal error" not in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_processes_given_other_settings_are_refused_not_mixed(tmp_path):
+    """Ranks given another --lr-max (training) or another --n (evaluation): one line, never a
+    hang or a number that mixes two runs."""
+    wrapper = tmp_path / "rank1_differs.py"
+    wrapper.write_text("import os, sys\nfrom eae.cli import main\n"
+                       "extra = os.environ['EXTRA'].split() if os.environ.get('LOCAL_RANK') == '1' else []\n"
+                       "sys.exit(main(sys.argv[1:] + extra))\n")
+    os.environ["EXTRA"] = "--lr-max 0.5"
+    try:
+        res = torchrun(str(wrapper), "train", *TINY, "--epochs", "1", "--out", str(tmp_path / "r"), check=False)
+        assert res.returncode != 0 and "disagree on the run's settings: rank 1 differs" in res.stderr, res.stderr[-2000:]
+        assert "internal error" not in res.stderr and not (tmp_path / "r" / "model.safetensors").exists()
+        single("train", *TINY, "--epochs", "1", "--out", str(tmp_path / "ok"))
+        os.environ["EXTRA"] = "--n 32"
+        res = torchrun(str(wrapper), "eval", str(tmp_path / "ok"), "--attacks", "clean,pgd1", "--diagnostics", "off",
+                       "--quiet", check=False)
+        assert res.returncode != 0 and "disagree on the evaluation" in res.stderr, res.stderr[-2000:]
+        assert "internal error" not in res.stderr and not list((tmp_path / "ok").glob("eval-*.json"))
+    finally:
+        os.environ.pop("EXTRA")

@@ -1969,3 +1969,44 @@ def test_an_attack_that_changes_the_model_is_named():
 
     with pytest.raises(eae.ModelError, match="changed during vandal .*or that attack wrote into them"):
         evaluate(model, x, y, {"vandal": vandal}, diagnostics="off")
+
+
+# --------------------------------------------------------------------------- trial 14
+def test_best_weights_copied_over_the_final_are_not_scored_as_final(run, tmp_path, capsys):
+    import shutil
+
+    import eae
+
+    r = _copy(run, tmp_path)
+    shutil.copy(r / "model_best.safetensors", r / "model.safetensors")
+    rc, text = _call(["eval", str(r), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "holds the best weights of epoch 1, not the final ones" in text, text
+    with pytest.raises(eae.EaeError, match="not the final ones"):
+        eae.load(r)
+
+
+def test_a_run_resumed_after_it_finished_is_still_the_same_evaluation(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["eval", str(out), "--attacks", "clean", "--diagnostics", "off", "--quiet"]
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    assert main(argv) == 0
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0  # rewrites the same weights
+    capsys.readouterr()
+    rc, text = _call(argv, capsys)
+    assert rc == 0 and "an earlier report of the same evaluation" in text, text
+
+
+def test_strict_without_diagnostic_points_is_refused_before_the_attacks(run, capsys):
+    rc, text = _call(["eval", str(run), "--attacks", "clean,pgd1", "--diagnostics", "cheap", "--diag-n", "0",
+                      "--strict"], capsys)
+    assert rc == 2 and "--diag-n 0 leaves without points" in text and "| clean" not in text, text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--overfit-action", "stop", "--overfit-step-factor", "0.3"], "overfit_step_factor 0.3 acts with overfit_action "
+                                                                   "rollback_lower_step only, not 'stop'"),
+    (["--max-rollbacks", "2"], "max_rollbacks 2 acts with overfit_action rollback or rollback_lower_step only"),
+])
+def test_guard_options_of_an_action_not_taken_are_refused(tmp_path, argv, fragment, capsys):
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text, text

@@ -268,3 +268,27 @@ def test_resuming_prior_guided_fgsm_on_changed_images_is_refused(folder, tmp_pat
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "files added, removed, renamed or rewritten" in err and "Traceback" not in err  # before the method sees it
+
+
+def test_a_model_trained_elsewhere_is_scored_on_val_alone_and_per_image_size(folder, tmp_path, capsys):
+    """--model on an image folder: val/ alone is enough (docs/models.md), and another
+    --image-size is another evaluation (other numbers), never a replacement."""
+    import shutil
+
+    from eae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(folder), "--image-size", "16",
+                 "--arch", "resnet_small", "--epochs", "1", "--batch-size", "9", "--val-size", "3", "--workers", "0",
+                 "--val-attack-steps", "1", "--out", str(run), "--quiet"]) == 0
+    only_val = tmp_path / "only_val"
+    shutil.copytree(folder / "val", only_val / "val")
+    report = tmp_path / "r.json"
+    argv = ["eval", "--model", "resnet_small", "--weights", str(run / "model.safetensors"), "--dataset", "imagefolder",
+            "--data-dir", str(only_val), "--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]
+    assert main([*argv, "--image-size", "16"]) == 0
+    before = report.read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--image-size", "24"]) == 2
+    assert "another evaluation" in capsys.readouterr().err and report.read_bytes() == before
+    assert json.loads(before)["image_size"] == 16

@@ -96,6 +96,13 @@ def _header_metadata(path, header: bytes, size: int) -> dict[str, str]:
 def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, after checking their SHA-256 (when recorded) and,
     given the run's ``config`` (config.json as read), that a run of that config saved them."""
+    return read_weights(path, config)[0]
+
+
+def read_weights(path: str | Path, config: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`load_weights`, with the metadata of the same bytes (one read: a file replaced
+    meanwhile, as training replaces the best weights, cannot mix two versions)."""
     from safetensors.torch import load
 
     try:
@@ -115,7 +122,7 @@ def load_weights(path: str | Path, config: dict[str, Any] | None = None) -> dict
         raise CheckpointError(f"{path} was saved by a run with other settings than {Path(path).parent / CONFIG} "
                               f"describes ({_settings_differ(loads_json(meta['config']), config)}): weights copied "
                               "from another run, or config.json edited since; evaluate the run they came from")
-    return state
+    return state, meta
 
 
 def _settings_differ(saved: dict[str, Any], now: dict[str, Any]) -> str:
@@ -395,6 +402,13 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     constants included) come from ``model.safetensors`` (``weights="best"``: the
     epoch with the best validation robust accuracy).
     """
+    return load_run(run_dir, weights=weights, device=device)[0]
+
+
+def load_run(run_dir: str | Path, *, weights: str = "final", device: str | torch.device = "cpu"
+             ) -> tuple[nn.Module, dict[str, str]]:
+    """:func:`load`, with the metadata of the weights file it read (``sha256`` of the
+    tensors, ``epoch`` of best weights)."""
     from .models import create_model
 
     if not isinstance(run_dir, (str, os.PathLike)) or isinstance(os.fspath(run_dir), bytes):
@@ -412,12 +426,8 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
     if not path.is_file():
         raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
                              cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
-    state = load_weights(path, loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))
-    meta = weights_metadata(path)
-    if weights == "best" and cfg.val_size > 0 and "epochs" in meta and "epoch" not in meta:
-        raise CheckpointError(f"{path} holds final weights (no best epoch recorded), but the run validated and kept "
-                              f"its best epoch there: the final weights copied over it?; evaluate the final weights, "
-                              f"or restore {BEST_WEIGHTS}")
+    state, meta = read_weights(path, loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))
+    _check_kind(path, weights, meta, cfg)
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)
     try:
@@ -426,4 +436,17 @@ def load(run_dir: str | Path, *, weights: str = "final", device: str | torch.dev
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path}: these weights do not fit a {cfg.arch!r} network as {run_dir / CONFIG} "
                               f"describes ({first})") from None
-    return model.to(_device(device)).eval()
+    return model.to(_device(device)).eval(), meta
+
+
+def _check_kind(path: Path, weights: str, meta: dict[str, str], cfg: TrainConfig) -> None:
+    """Final weights are saved with the run's ``epochs``, best ones with their ``epoch``: one
+    copied over the other is refused (its numbers would be reported under the other's name).
+    A run without validation keeps its final weights as its best: that is no copy."""
+    if weights == "best" and cfg.val_size > 0 and "epochs" in meta and "epoch" not in meta:
+        raise CheckpointError(f"{path} holds final weights (no best epoch recorded), but the run validated and kept "
+                              f"its best epoch there: the final weights copied over it?; evaluate the final weights, "
+                              f"or restore {BEST_WEIGHTS}")
+    if weights == "final" and "epoch" in meta and "epochs" not in meta:
+        raise CheckpointError(f"{path} holds the best weights of epoch {meta['epoch']}, not the final ones: the best "
+                              f"weights copied over them?; evaluate them with --weights best, or restore {WEIGHTS}")

@@ -165,9 +165,10 @@ def _eval(args: argparse.Namespace, device) -> int:
     from .utils import device_name
 
     t0 = time.perf_counter()
-    if args.strict and args.diagnostics == "off":  # its verdict would be 'not run': it could never pass
-        raise UsageError("--strict exits by the gradient-masking verdict, which --diagnostics off does not reach: "
-                         "use --diagnostics cheap or full with --strict")
+    if args.strict and (args.diagnostics == "off" or args.diag_n == 0):  # the verdict would be 'not run'
+        why = "--diagnostics off does not reach" if args.diagnostics == "off" else "--diag-n 0 leaves without points"
+        raise UsageError(f"--strict exits by the gradient-masking verdict, which {why}: use --diagnostics cheap or "
+                         "full, on --diag-n 1 or more points, with --strict")
     for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
         if value is not None and not value.strip():  # '' would be the current folder, or the default report
             raise UsageError(f"{flag} is empty: give a path")
@@ -199,6 +200,10 @@ def _eval(args: argparse.Namespace, device) -> int:
         from .outputs import check_report
 
         check_report(target, "eae eval", evaluation=_same_evaluation(evaluation, src))
+    if dist.world_size() > 1:  # each rank attacks its share: of the same weights, images and settings
+        images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+        dist.agree("the evaluation (weights, test images, settings)",
+                   json.dumps({**evaluation, "n": n, "images": images, "eps": eps, "output": str(target)}))
     with shard_across_ranks():  # under torchrun each rank attacks its share of the points
         report = evaluate(src["model"], x, y, attacks, eps, suite=suite, norm=norm, batch_size=args.batch_size,
                           device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
@@ -211,7 +216,7 @@ def _eval(args: argparse.Namespace, device) -> int:
            "device": device_name(device) + procs, "torch": torch.__version__,
            "robustbench": robustbench_entry(report, src["meta"])}
     if src["meta"].get("weights_epoch"):
-        print(f"scoring the best weights so far: epoch {src['meta']['weights_epoch']} of the run")
+        print(f"scoring the best weights: epoch {src['meta']['weights_epoch']} of the run")
     scored = _scored(src["meta"])
     md = report.to_markdown(title=src["title"] + (f" on {scored}" if scored != src["meta"].get("dataset") else ""))
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
@@ -236,7 +241,7 @@ def _subject(src: dict[str, Any]) -> str:
     weights by their content (so that a run moved or copied, or a weights file named by another
     path, is the same; a run with the same settings trained on other data is not), a model
     trained elsewhere with its spec, and the test images scored."""
-    digest = f"weights sha256:{_file_sha256(src['weights_path'])[:16]}"
+    digest = f"weights sha256:{src['weights_sha256'][:16]}"
     if src["run_dir"] is not None:
         subject = f"the run's {digest}"
     else:
@@ -245,6 +250,8 @@ def _subject(src: dict[str, Any]) -> str:
                   f"{' normalize ' + m['normalize'] if m.get('normalize') else ''} {digest}"
     if src["meta"].get("test_data") not in (None, src["meta"].get("dataset")):
         subject += f" on {src['meta']['test_data']}"
+    if src["meta"].get("image_size"):  # an image folder scored at another size gives other numbers
+        subject += f" at {src['meta']['image_size']}x{src['meta']['image_size']}"
     return subject
 
 
@@ -271,7 +278,7 @@ DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     """A run folder of ours: its network, its dataset, its threat model."""
-    from .checkpoint import BEST_WEIGHTS, WEIGHTS, check_dataset, load, read_config
+    from .checkpoint import BEST_WEIGHTS, WEIGHTS, check_dataset, load_run, read_config
     from .data import DataSource, dataset_identity, load_test_set, num_test_images
 
     if args.run_dir is None:
@@ -295,26 +302,17 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
                          "give --data-dir with the folder that holds train/ and val/")
     if cfg.svhn_extra:  # the test set is test_32x32.mat alone: the training-only extra file is not needed
         cfg = cfg.replace(svhn_extra=False)
-    model = load(run_dir, weights=weights, device=device)
+    model, wmeta = load_run(run_dir, weights=weights, device=device)
     check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     # the test set scored: CIFAR-10 is the same wherever it lies (checksums); an image folder is its folder
     test_data = _test_data(cfg)
     meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "test_data": test_data,
             "architecture": cfg.arch,
-            **({"weights_epoch": weights_epoch(run_dir)} if weights == "best" else {})}
+            **({"weights_epoch": wmeta.get("epoch")} if weights == "best" else {})}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",
-            "run_dir": run_dir, "weights_path": run_dir / (BEST_WEIGHTS if weights == "best" else WEIGHTS)}
-
-
-def weights_epoch(run_dir: Path) -> str | None:
-    """The epoch the best weights come from (recorded in their metadata)."""
-    from .checkpoint import BEST_WEIGHTS, CheckpointError, weights_metadata
-
-    try:
-        return weights_metadata(run_dir / BEST_WEIGHTS).get("epoch")
-    except CheckpointError:
-        return None
+            "run_dir": run_dir,  # the tensors' digest, of the bytes loaded (a file's bytes vary with its metadata order)
+            "weights_sha256": wmeta.get("sha256") or _file_sha256(run_dir / (BEST_WEIGHTS if weights == "best" else WEIGHTS))}
 
 
 def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: float, src: dict[str, Any],
@@ -371,15 +369,19 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if args.image_size is not None and data.dataset != "imagefolder":
         raise UsageError(f"--image-size is for --dataset imagefolder: {data.dataset} has its own image size")
     num_classes = _num_classes(data)
+    digest = _file_sha256(Path(args.weights)) if Path(args.weights).is_file() else None
     model = load_external(args.model, args.weights, num_classes, normalize=args.normalize, kwargs=kwargs,
                           device=device)
+    if digest != _file_sha256(Path(args.weights)):  # replaced while it was read: what was scored is unknown
+        raise UsageError(f"--weights {args.weights} changed while it was read (is something writing it?): run again")
     _check_outputs(model, load_test_set(data, 2)[0], num_classes, data.dataset, device)
     test_data = _test_data(data)
     meta = {"model": args.model, "weights": str(args.weights), "normalize": args.normalize, "test_data": test_data,
-            "dataset": data.dataset, "architecture": args.model, **({"model_kwargs": kwargs} if kwargs else {})}
+            "dataset": data.dataset, "architecture": args.model, **({"model_kwargs": kwargs} if kwargs else {}),
+            **({"image_size": data.image_size} if data.dataset == "imagefolder" else {})}
     return {"model": model, "test_size": num_test_images(data), "load": lambda n: load_test_set(data, n),
             "norm": "linf", "eps": DEFAULT_EPS["linf"], "meta": meta,
-            "title": f"{args.model} ({args.weights})", "run_dir": None, "weights_path": Path(args.weights)}
+            "title": f"{args.model} ({args.weights})", "run_dir": None, "weights_sha256": digest}
 
 
 def _check_outputs(model, x, num_classes: int, dataset: str, device) -> None:
@@ -848,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # a bad setting fails alike on every rank of torchrun: said once, by rank 0
         if not isinstance(e, ConfigError) or int(os.environ.get("RANK", "0") or 0) == 0:
-            _say(f"error: {message}")
+            _say(f"error: {message}" + (_resume_hint(args) if _peer_lost(e) else ""))
         return status
     finally:
         for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was
@@ -959,6 +961,20 @@ def _launcher() -> str:
     return "torchrun (the same launch on every node) -m eae"
 
 
+def _peer_lost(e: Exception) -> str | None:
+    """Under torchrun, a collective that failed because another process ended (killed, or
+    stopped by its own error, said on its own stderr) or lost its connection: no bug here."""
+    import torch.distributed as tdist
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, tdist.DistError) or (isinstance(e, RuntimeError) and any(
+            k in str(e) for k in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL"))):
+        return f"another process of this torchrun ended or lost its connection ({text[:200]}); this one stops too"
+    return None
+
+
 def _user_error(e: Exception) -> tuple[int | None, str]:
     """(exit status, message) of an error caused by the user's input or machine, else
     (None, '') for a bug."""
@@ -981,6 +997,9 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
     if isinstance(e, OSError):  # permissions, disk full, name too long, ...
         where = f": {e.filename}" if e.filename else ""
         return 2, f"{e.strerror or e}{where} (check the path, its permissions and the free space)"
+    peer = _peer_lost(e)
+    if peer:
+        return 2, peer
     user_code = user_code_failure(e)  # the user's --model failed mid-attack: theirs, however it failed
     if user_code:
         return 2, user_code

@@ -253,6 +253,13 @@ class TrainConfig:
                           f"got {self.overfit_drop}")
         if not 0 < self.overfit_step_factor <= 1:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
+        # options of an action not taken would be recorded in config.json, and never act
+        if self.overfit_step_factor != 0.5 and self.overfit_action != "rollback_lower_step":
+            errors.append(f"overfit_step_factor {self.overfit_step_factor} acts with overfit_action "
+                          f"rollback_lower_step only, not {self.overfit_action!r}")
+        if self.max_rollbacks != 3 and self.overfit_action not in ("rollback", "rollback_lower_step"):
+            errors.append(f"max_rollbacks {self.max_rollbacks} acts with overfit_action rollback or "
+                          f"rollback_lower_step only, not {self.overfit_action!r}")
         for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
                      "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size",
                      "eae_base_every", "eae_base_downsample", "pgi_reset_every"):

@@ -124,6 +124,23 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def agree(what: str, value: Any) -> None:
+    """Every rank holds the same ``value`` (its settings, its data, its weights), else a
+    ConfigError on every rank: ranks given other commands or files would hang in a collective
+    or mix two runs into one number (a collective)."""
+    if not (initialized() and world_size() > 1):
+        return
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    odd = [r for r, v in enumerate(values) if v != values[0]]
+    if odd:
+        from .errors import ConfigError
+
+        raise ConfigError(f"the processes of this torchrun disagree on {what}: rank{'s' * (len(odd) > 1)} "
+                          f"{', '.join(map(str, odd))} differ{'s' * (len(odd) == 1)} from rank 0; every process must "
+                          "be given the same command, environment and files", field=what.split()[-1])
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()

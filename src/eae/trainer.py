@@ -14,6 +14,7 @@ checkpoint holds every rank's RNG and method state, so ``--resume`` is exact.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
         import_library(cfg.arch.partition(":")[0], cfg.arch)
     device = dist.init(cfg.device)  # joins torchrun's process group, if any
+    dist.agree("the run's settings", json.dumps({**cfg.to_dict(), "resume": resume}, sort_keys=True, default=str))
     if device.type == "cpu":
         configure_threads()  # the cores this process may use (taskset, cgroups), unless OMP_NUM_THREADS says
     log = (lambda *a: None) if quiet or not dist.is_main() else (lambda *a: print(*a, flush=True))
@@ -114,6 +116,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
 def _train(cfg, folder, ckpt, device, log, quiet, stop_after) -> RunResult:
     """Build, then per epoch: train, validate, guard, save."""
     run = Run(cfg, device, log)
+    dist.agree("the training data", json.dumps(run.dataset(), sort_keys=True))  # files differ between machines?
     if ckpt is not None:  # the run goes on only on the data it started on
         check_dataset(folder.path, run.dataset(), resume=True)
     validator = Validator(cfg, run.data.val_x, run.data.val_y, device, run.passes, suite=run_suite)

@@ -228,7 +228,7 @@ def training_data(cfg, device, rank: int = 0, world_size: int = 1) -> TrainingDa
 def _test_samples(src: DataSource) -> list:
     from . import imagefolder as f
 
-    train_dir, val_dir = f.split_dirs(src.data_dir)
+    train_dir, val_dir = f.class_dir(src.data_dir), Path(src.data_dir) / "val"
     if not val_dir.is_dir():  # training needs only train/; scoring needs the test images
         raise DatasetError(f"{val_dir}: not a folder: an evaluation scores the test images of {val_dir}/<class>/"
                            f"<images>, with the class folders of {train_dir}; put them there (training holds out its "
@@ -265,7 +265,7 @@ def class_names_of(src: DataSource) -> tuple[str, ...]:
     if src.dataset == "imagefolder":
         from . import imagefolder as f
 
-        return tuple(f.class_names(f.split_dirs(src.data_dir)[0]))
+        return tuple(f.class_names(f.class_dir(src.data_dir)))
     return tuple(_arrays(src)[4])
 
 

@@ -360,6 +360,14 @@ def decode_all(samples: Sequence[tuple[str, int]], size: int, *, workers: int = 
     return torch.cat(xs), torch.cat(ys).long()
 
 
+def class_dir(data_dir: str | Path | None) -> Path:
+    """The folder whose class subfolders define the labels: train/ (as training used it), or
+    val/ alone for a network trained elsewhere and scored on val/."""
+    if data_dir and not (Path(data_dir) / "train").is_dir() and (Path(data_dir) / "val").is_dir():
+        return Path(data_dir) / "val"
+    return split_dirs(data_dir)[0]
+
+
 def split_dirs(data_dir: str | Path | None) -> tuple[Path, Path]:
     if not data_dir:
         raise ValueError("dataset imagefolder needs --data-dir D, with D/train/<class>/... and D/val/<class>/...")
