@@ -37,10 +37,13 @@ def test_train_then_eval_round_trip(tmp_path, capsys):
 def test_eval_suite_and_strict(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "synthetic", "--arch", "resnet_small", "--synthetic-train-size", "160",
-                 "--synthetic-test-size", "64", "--synthetic-image-size", "16", "--val-size", "32", "--epochs", "1",
+                 "--synthetic-test-size", "100", "--synthetic-image-size", "16", "--val-size", "32", "--epochs", "1",
                  "--batch-size", "64", "--val-attack-steps", "0", "--device", "cpu", "--out", str(run),
                  "--quiet"]) == 0
-    rc = main(["eval", str(run), "--suite", "aa-fast", "--eps", "2/255", "--diag-n", "32", "--strict", "--quiet"])
+    with pytest.raises(SystemExit):  # a verdict on 32 points says little: --strict does not pass on it
+        main(["eval", str(run), "--suite", "aa-fast", "--eps", "2/255", "--diag-n", "32", "--strict", "--quiet"])
+    assert "--strict passes only on a gradient-masking verdict of 100+ points" in capsys.readouterr().err
+    rc = main(["eval", str(run), "--suite", "aa-fast", "--eps", "2/255", "--diag-n", "100", "--strict", "--quiet"])
     report = json.loads(only_report(run).read_text())
     assert report["suite"] == "aa-fast" and "NOT full AutoAttack" in report["label"]
     assert report["verdict"] in ("ok", "suspicious", "masked") and report["evidence"]

@@ -2010,3 +2010,46 @@ def test_strict_without_diagnostic_points_is_refused_before_the_attacks(run, cap
 def test_guard_options_of_an_action_not_taken_are_refused(tmp_path, argv, fragment, capsys):
     rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and fragment in text, text
+
+
+# --------------------------------------------------------------------------- trial 15
+def test_an_attack_named_twice_is_refused_not_merged(run, capsys):
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    with pytest.raises(eae.ConfigError, match="attacks names 'pgd2' more than once"):
+        evaluate(model, x, y, ["pgd2", "PGD2"], diagnostics="off")
+    rc, text = _call(["eval", str(run), "--attacks", "clean,pgd1,pgd1", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "more than once" in text and "| clean" not in text, text
+
+
+def test_an_unknown_method_in_train_is_an_unknown_name():
+    import eae
+
+    cfg = eae.TrainConfig(dataset="synthetic", epochs=1)
+    with pytest.raises(eae.UnknownName, match="unknown training method 'nope'") as info:
+        eae.train(cfg.replace(method="nope"))
+    assert info.value.field == "method"
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(robust_accuracy=float("nan")), "robust_accuracy"), (dict(n=-5), "n"), (dict(clean_accuracy=1.5), "clean"),
+    (dict(eps=5.0), "eps"), (dict(test_size=3), "test_size"), (dict(verdict="great"), "verdict"),
+])
+def test_a_report_built_by_hand_is_checked(change, field):
+    import eae
+
+    good = dict(suite="custom", label="custom", n=20, eps=8 / 255, norm="linf", seed=0, precision="fp32",
+                clean_accuracy=0.5, per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": 0.1,
+                                                         "n_attacked": 10}}, robust_accuracy=0.25, seconds=1.0)
+    eae.EvalResult(**good).to_markdown()
+    with pytest.raises(eae.ConfigError, match=f"report field {field}"):
+        eae.EvalResult(**{**good, **change})
+
+
+def test_a_float64_model_is_told_to_be_float():
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    with pytest.raises(eae.ModelError, match="parameters are float64.*model.float\\(\\)"):
+        evaluate(model.double(), x.double(), y, ["pgd2"], diagnostics="off")

@@ -194,7 +194,7 @@ def test_a_report_of_another_test_folder_is_another_evaluation(folder, tmp_path,
     report = tmp_path / "r.json"
     common = ["--attacks", "clean", "--diagnostics", "off", "--quiet", "--output", str(report)]
     assert main(["eval", str(run), *common]) == 0
-    assert json.loads(report.read_text())["evaluation"]["of"].endswith(f"on {folder.resolve() / 'val'}")
+    assert f"on {folder.resolve() / 'val'}, test images sha256:" in json.loads(report.read_text())["evaluation"]["of"]
     capsys.readouterr()
     assert main(["eval", str(run), "--data-dir", str(other), *common]) == 2
     assert "another evaluation" in capsys.readouterr().err
@@ -292,3 +292,20 @@ def test_a_model_trained_elsewhere_is_scored_on_val_alone_and_per_image_size(fol
     assert main([*argv, "--image-size", "24"]) == 2
     assert "another evaluation" in capsys.readouterr().err and report.read_bytes() == before
     assert json.loads(before)["image_size"] == 16
+
+
+def test_a_test_folder_whose_images_changed_is_another_evaluation(folder, tmp_path, capsys):
+    from eae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(folder), "--image-size", "16",
+                 "--arch", "resnet_small", "--epochs", "1", "--batch-size", "9", "--val-size", "3", "--workers", "0",
+                 "--val-attack-steps", "1", "--out", str(run), "--quiet"]) == 0
+    argv = ["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--quiet"]
+    assert main(argv) == 0
+    report = next(run.glob("eval-*.json"))
+    before = report.read_bytes()
+    _jpeg(folder / "val" / "a" / "a0.jpg", seed=999)  # the same names, other pixels
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "another evaluation" in capsys.readouterr().err and report.read_bytes() == before

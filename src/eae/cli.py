@@ -162,6 +162,7 @@ def _eval(args: argparse.Namespace, device) -> int:
     from . import distributed as dist
     from .evaluation import evaluate
     from .evaluation.core import shard_across_ranks
+    from .evaluation.diagnostics import FEW_POINTS
     from .utils import device_name
 
     t0 = time.perf_counter()
@@ -179,6 +180,10 @@ def _eval(args: argparse.Namespace, device) -> int:
         raise UsageError("the test set is empty: nothing to evaluate")
     if not 0 < n <= test_size:
         raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
+    if args.strict and min(args.diag_n, n) < FEW_POINTS:  # its own evidence would call the verdict meaningless
+        raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points; this one would "
+                         f"rest on {min(args.diag_n, n)} (--diag-n {args.diag_n}, --n {n}): give both {FEW_POINTS} "
+                         "or more")
     x, y = src["load"](n)
     if args.attacks is not None and args.suite:
         raise UsageError("give --suite or --attacks, not both")
@@ -193,7 +198,10 @@ def _eval(args: argparse.Namespace, device) -> int:
     check_arguments(eps=eps, batch_size=args.batch_size, diag_n=args.diag_n, precision=args.precision,
                     diagnostics=args.diagnostics, norm=norm, eot=args.eot, seed=args.seed, attacks=attacks)
     name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)  # (ε checked: a name needs it finite)
-    evaluation = {"settings": name.removeprefix("eval-").removesuffix(".json"), "of": _subject(src)}
+    # the images scored, by content: a test folder whose files changed gives other numbers
+    images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    evaluation = {"settings": name.removeprefix("eval-").removesuffix(".json"),
+                  "of": f"{_subject(src)}, test images sha256:{images[:16]}"}
     # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
     target = Path(args.output) if args.output else src["run_dir"].resolve() / name if src["run_dir"] else None
     if target is not None:  # a name never writable, a file not ours, another evaluation: said before the attacks
@@ -201,7 +209,6 @@ def _eval(args: argparse.Namespace, device) -> int:
 
         check_report(target, "eae eval", evaluation=_same_evaluation(evaluation, src))
     if dist.world_size() > 1:  # each rank attacks its share: of the same weights, images and settings
-        images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
         dist.agree("the evaluation (weights, test images, settings)",
                    json.dumps({**evaluation, "n": n, "images": images, "eps": eps, "output": str(target)}))
     with shard_across_ranks():  # under torchrun each rank attacks its share of the points

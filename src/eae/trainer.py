@@ -24,7 +24,7 @@ from typing import Any
 from . import distributed as dist
 from .checkpoint import BEST_WEIGHTS, EVENTS, WEIGHTS, check_dataset, save_checkpoint
 from .config import MAX_INT, TrainConfig
-from .errors import ConfigError
+from .errors import ConfigError, UnknownName
 from .evaluation import run_suite
 from .models.library import import_library, is_library_arch
 from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, lr_factor,
@@ -72,8 +72,8 @@ def _check_names(cfg: TrainConfig) -> None:
 
     for field, reg in (("method", METHODS), ("arch", MODELS)):
         if getattr(cfg, field) not in reg and not (field == "arch" and ":" in cfg.arch):  # timm:/torchvision:
-            raise ValueError(f"config field {field}: unknown {reg.kind} {getattr(cfg, field)!r}; "
-                             f"available: {', '.join(reg.names())}")
+            raise UnknownName(f"config field {field}: unknown {reg.kind} {getattr(cfg, field)!r}; "
+                              f"available: {', '.join(reg.names())}", field=field)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,

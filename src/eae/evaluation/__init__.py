@@ -99,6 +99,12 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
         errors.append(f"attacks must be a list of attack specs (e.g. ['clean', 'pgd20']), got the string {attacks!r}")
     elif attacks is not None and not isinstance(attacks, Mapping) and not all(isinstance(a, str) for a in attacks):
         errors.append(f"attacks must be a list of attack specs (strings), got {short(attacks)}")
+    elif attacks is not None and not isinstance(attacks, Mapping):  # one row a spec: a repeat would be one row of two runs
+        seen = [a.strip().lower() for a in attacks]
+        twice = sorted({a for a in seen if seen.count(a) > 1})
+        if twice:
+            errors.append(f"attacks names {', '.join(map(repr, twice))} more than once: each spec is one row of the "
+                          "report (for more restarts, write e.g. pgd20r5)")
     if errors:
         raise ConfigError("; ".join(errors), field=errors[0].split()[0])
 

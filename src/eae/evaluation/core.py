@@ -224,6 +224,10 @@ def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:
 def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, str]]:
     """Refuse a model whose outputs cannot be scored, or labels and attacks its number of
     classes cannot serve; notes for the verdict where the attacks do less than usual."""
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if torch.float64 in kinds:  # the images are float32: the first layer would fail on them
+        raise ModelError("the model's parameters are float64; eae attacks and scores float32 images (with bf16 "
+                         "where asked): give model.float()")
     k = checks.output_form(model, as_images(x[:2].to(device)))
     if len(y) and int(y.max()) >= k:
         raise ConfigError(f"label {int(y.max())} is out of range for a model with {k} classes", field="y")

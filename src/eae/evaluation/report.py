@@ -36,6 +36,36 @@ class Report:
     correct: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # per-example bools
     notes: list[tuple[str, str]] = field(default_factory=list, repr=False)  # (level, text) for the verdict
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Values a report of ours could hold, else ConfigError naming the field: a report
+        built or edited by hand must not print 150% or -5 images (checked again on output)."""
+        from ..config import eps_errors
+        from ..errors import ConfigError
+
+        def bad(name: str, why: str):
+            return ConfigError(f"report field {name}: {why}", field=name)
+
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
+            raise bad("n", f"a number of images >= 0, got {self.n!r}")
+        if self.test_size is not None and (isinstance(self.test_size, bool) or not isinstance(self.test_size, int)
+                                           or self.test_size < self.n):
+            raise bad("test_size", f"the size of the set the {self.n} images come from (>= n), got {self.test_size!r}")
+        if self.norm not in ("linf", "l2") or eps_errors(self.eps, self.norm):
+            raise bad("eps", f"{self.eps!r} is not a radius for norm {self.norm!r}")
+        if self.verdict not in ("ok", "suspicious", "masked", "not run"):
+            raise bad("verdict", f"ok, suspicious, masked or not run, got {self.verdict!r}")
+        for name, v in (("clean_accuracy", self.clean_accuracy), ("robust_accuracy", self.robust_accuracy),
+                        *((f"per_attack[{k!r}]", a.get("accuracy")) for k, a in self.per_attack.items())):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v <= 1 or (self.n == 0 and v != v))
+            if not ok:  # NaN only for no images
+                raise bad(name, f"an accuracy in [0, 1] (NaN only for 0 images), got {v!r}")
+        if self.n and self.robust_accuracy > min(self.accuracy.values()) + 1e-6:
+            raise bad("robust_accuracy", f"the worst case {self.robust_accuracy!r} is above an accuracy it is the "
+                                         "minimum of")
+
     @property
     def subset(self) -> bool:
         return self.test_size is not None and self.n < self.test_size
@@ -46,6 +76,7 @@ class Report:
         return {"clean": self.clean_accuracy, **{k: v["accuracy"] for k, v in self.per_attack.items()}}
 
     def to_dict(self) -> dict[str, Any]:
+        self.check()
         return {
             "suite": self.suite, "label": self.label, "n": self.n, "test_size": self.test_size,
             "subset": self.subset, "eps": self.eps, "eps_text": fmt_eps(self.eps, self.norm), "norm": self.norm,
@@ -64,6 +95,7 @@ class Report:
         return f"{self.n:,} test images (full test set)"
 
     def to_markdown(self, title: str | None = None) -> str:
+        self.check()
         lines = []
         if title:
             lines += [f"### {title}", ""]
