@@ -317,3 +317,28 @@ def test_a_result_row_copied_from_another_entry_is_refused(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="holds the result of another run \\(entry 'eae'; this folder is entry "
                                          "'standard'\\)"):
         runner.run_bench("smoke", tmp_path, only=["fgsm_rs"], resume=True, quiet=True, device="cpu")
+
+
+def test_a_finished_row_whose_weights_were_replaced_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    import eae.bench.runner as runner
+    from eae.checkpoint import save_weights
+    from eae.models import create_model
+
+    def fake_run(suite, entry, seed, out, *a, **k):  # a trained run folder and its sealed row
+        d = out / "runs" / f"{entry.name}-s{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(len(entry.name))
+        save_weights(create_model("convnet_nobn", 10), d / "model.safetensors")
+        row = {**_row(entry.name, seed, 0.8, 0.4, 10.0), **runner._weights_of(d)}
+        (d / "bench_eval.json").write_text(json.dumps(runner.sealed(row)))
+        return row
+
+    monkeypatch.setattr(runner, "_accuracy_run", fake_run)
+    runner.run_bench("smoke", tmp_path, only=["standard", "eae"], quiet=True, device="cpu")
+    shutil.copy(tmp_path / "runs" / "standard-s0" / "model.safetensors", tmp_path / "runs" / "eae-s0" / "model.safetensors")
+    with pytest.raises(ValueError, match="holds the result of another run \\(weights_sha256"):
+        runner.run_bench("smoke", tmp_path, only=["fgsm_rs"], resume=True, quiet=True, device="cpu")

@@ -2017,10 +2017,11 @@ def test_an_attack_named_twice_is_refused_not_merged(run, capsys):
     import eae
 
     model, x, y = _tiny_model_and_points()
-    with pytest.raises(eae.ConfigError, match="attacks names 'pgd2' more than once"):
-        evaluate(model, x, y, ["pgd2", "PGD2"], diagnostics="off")
+    for specs in (["pgd2", "PGD2"], ["pgd2", "pgd2r1"], ["pgd2", "pgd02"], ["pgd2", "pgd\u0662"], ["fab-t", "fabt"]):
+        with pytest.raises(eae.ConfigError, match=f"attacks {specs[0]!r} and {specs[1]!r} are one attack"):
+            evaluate(model, x, y, specs, diagnostics="off")
     rc, text = _call(["eval", str(run), "--attacks", "clean,pgd1,pgd1", "--diagnostics", "off"], capsys)
-    assert rc == 2 and "more than once" in text and "| clean" not in text, text
+    assert rc == 2 and "are one attack" in text and "| clean" not in text, text
 
 
 def test_an_unknown_method_in_train_is_an_unknown_name():
@@ -2053,3 +2054,53 @@ def test_a_float64_model_is_told_to_be_float():
     model, x, y = _tiny_model_and_points()
     with pytest.raises(eae.ModelError, match="parameters are float64.*model.float\\(\\)"):
         evaluate(model.double(), x.double(), y, ["pgd2"], diagnostics="off")
+
+
+
+# --------------------------------------------------------------------------- trial 16
+@pytest.mark.parametrize("label,fragment", [
+    ("**worst case**", "a row of every report is named so already"), ("Clean", "a row of every report is named so"),
+    ("pgd20", "labelled as the built-in attack pgd20 but is another attack"),
+])
+def test_attack_dict_labels_cannot_pass_for_other_rows(label, fragment):
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+        evaluate(model, x, y, {label: eae.build_attack("pgd2", 8 / 255)}, diagnostics="off")
+    r = evaluate(model, x, y, {"pgd20": eae.build_attack("pgd20", 8 / 255)}, diagnostics="off")  # its own name: fine
+    assert "pgd20" in r.accuracy
+
+
+def test_attack_specs_from_a_generator_are_read():
+    model, x, y = _tiny_model_and_points()
+    r = evaluate(model, x, y, (a for a in ["clean", "pgd2"]), diagnostics="off")
+    assert list(r.accuracy) == ["clean", "pgd2"] and "clean accuracy only" not in r.label
+    assert "clean accuracy only" in evaluate(model, x, y, ["clean"], diagnostics="off").label
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(seconds=-5.0), "seconds"), (dict(seconds=float("nan")), "seconds"), (dict(seed=-1), "seed"),
+    (dict(eot=0), "eot"), (dict(precision="fp8"), "precision"),
+    (dict(per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": 0.1, "n_attacked": -4}}), "per_attack"),
+    (dict(per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": -1.0, "n_attacked": 4}}), "per_attack"),
+    (dict(per_attack={"pgd2": None}), "per_attack"), (dict(per_attack=[1, 2]), "per_attack"),
+    (dict(per_attack={"pgd2": {"accuracy": 0.9, "mode": "standalone", "seconds": 0.1, "n_attacked": 4}}),
+     "robust_accuracy"),
+    (dict(n=0, test_size=0, per_attack={}), "clean_accuracy"),
+])
+def test_a_report_built_by_hand_is_checked_in_every_field(change, field):
+    import eae
+
+    good = dict(suite="custom", label="custom", n=20, eps=8 / 255, norm="linf", seed=0, precision="fp32",
+                clean_accuracy=0.5, per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": 0.1,
+                                                         "n_attacked": 10}}, robust_accuracy=0.25, seconds=1.0)
+    with pytest.raises(eae.ConfigError, match=f"report field {re.escape(field)}"):
+        eae.EvalResult(**{**good, **change})
+
+
+def test_strict_on_a_test_set_too_small_for_it_says_so(run, capsys):
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--strict"], capsys)
+    assert rc == 2 and "this test set has 64: leave --strict out here" in text, text
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--strict", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "--diag-n 100 or more points" in text, text

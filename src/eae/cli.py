@@ -169,7 +169,7 @@ def _eval(args: argparse.Namespace, device) -> int:
     if args.strict and (args.diagnostics == "off" or args.diag_n == 0):  # the verdict would be 'not run'
         why = "--diagnostics off does not reach" if args.diagnostics == "off" else "--diag-n 0 leaves without points"
         raise UsageError(f"--strict exits by the gradient-masking verdict, which {why}: use --diagnostics cheap or "
-                         "full, on --diag-n 1 or more points, with --strict")
+                         "full, on --diag-n 100 or more points, with --strict")
     for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
         if value is not None and not value.strip():  # '' would be the current folder, or the default report
             raise UsageError(f"{flag} is empty: give a path")
@@ -180,6 +180,9 @@ def _eval(args: argparse.Namespace, device) -> int:
         raise UsageError("the test set is empty: nothing to evaluate")
     if not 0 < n <= test_size:
         raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
+    if args.strict and test_size < FEW_POINTS:
+        raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points, and this test "
+                         f"set has {test_size}: leave --strict out here")
     if args.strict and min(args.diag_n, n) < FEW_POINTS:  # its own evidence would call the verdict meaningless
         raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points; this one would "
                          f"rest on {min(args.diag_n, n)} (--diag-n {args.diag_n}, --n {n}): give both {FEW_POINTS} "

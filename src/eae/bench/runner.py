@@ -67,7 +67,7 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
     if done.is_file():
         _check_finished(run_dir, cfg)
         log(f"[{entry.name} seed {seed}] done, skipped")
-        return _read_row(done, entry=entry.name, seed=seed)
+        return _read_row(done, entry=entry.name, seed=seed, **_weights_of(run_dir))
     log(f"[{entry.name} seed {seed}] {'resuming' if (run_dir / 'checkpoint.pt').exists() else 'training'}")
     result = train(cfg, resume=True, quiet=quiet)
     if train_only:
@@ -90,13 +90,20 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
         "evidence": q["evidence"] + a["evidence"][:1], "eval_seconds": sum(r["seconds"] for r in reports),
         "run_dir": str(run_dir), "precision": training_precision(cfg.precision, dev),
         "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in result.metrics],
-        "config": entry.overrides,
+        "config": entry.overrides, **_weights_of(run_dir),
     }
     if full:
         row.update(aa_full=full["robust_accuracy"], aa_full_n=n_full, aa_full_label=full["label"],
                    aa_full_stages=_stages(full), aa_fast_on_full_n=_mean(a["correct"][:n_full]))
     atomic_write_json(done, sealed(row))
     return row
+
+
+def _weights_of(run_dir: Path) -> dict[str, str]:
+    """{"weights_sha256": the digest of the run's final tensors} ({} without one): what a
+    result row and its evaluation parts record of the network they scored."""
+    digest = weights_metadata(run_dir / WEIGHTS).get("sha256") if (run_dir / WEIGHTS).is_file() else None
+    return {"weights_sha256": digest} if digest else {}
 
 
 def _read_row(path: Path, **expect: Any) -> dict[str, Any]:
@@ -153,17 +160,16 @@ def _evaluate_run(suite: BenchSuite, cfg: TrainConfig, seed: int, run_dir: Path,
     if n_full:
         plan.append(("aa_full", n_full, dict(suite="aa", diagnostics="cheap")))
     parts = {}
-    weights = weights_metadata(run_dir / WEIGHTS).get("sha256")  # which network each part scored
     for part, n, how in plan:
         path = run_dir / f"bench_eval_{part}.json"
         if path.is_file():
-            parts[part] = _read_row(path, **({"weights_sha256": weights} if weights else {}))
+            parts[part] = _read_row(path, **_weights_of(run_dir))
             continue
         log(f"[{run_dir.name}] evaluating {part}: {how.get('suite') or ','.join(how['attacks'])} on {n:,} "
             "test images")
         rep = evaluate(model, x[:n], y[:n], eps=cfg.eps, device=dev, seed=seed, diag_n=suite.diag_n,
                        test_size=test_size, progress=not quiet, **how)
-        parts[part] = {**rep.to_dict(), "correct": rep.correct["worst_case"].tolist(), "weights_sha256": weights}
+        parts[part] = {**rep.to_dict(), "correct": rep.correct["worst_case"].tolist(), **_weights_of(run_dir)}
         atomic_write_json(path, sealed(parts[part]))
     return parts
 
@@ -347,7 +353,7 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
                     if row is not None:
                         rows.append(row)
                 elif done.is_file():  # finished by an earlier call
-                    rows.append(_read_row(done, entry=entry.name, seed=seed))
+                    rows.append(_read_row(done, entry=entry.name, seed=seed, **_weights_of(done.parent)))
     if train_only:
         log("trained; evaluate with the same command without --train-only (and with --resume)")
         return {"rows": rows, "speed": speed}

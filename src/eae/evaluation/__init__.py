@@ -50,6 +50,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     if isinstance(eps, numbers.Real) and not isinstance(eps, (bool, float)):  # Fraction(8, 255), numpy: a float
         eps = float(eps)
+    if attacks is not None and not isinstance(attacks, (str, Mapping)) and not hasattr(attacks, "__len__"):
+        attacks = list(attacks)  # a generator or map of specs: read once, here
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
                     norm=norm, eot=eot, seed=seed, attacks=attacks)
     if suite is not None and (not isinstance(suite, str) or not suite.strip()):  # never the default in disguise
@@ -99,12 +101,6 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
         errors.append(f"attacks must be a list of attack specs (e.g. ['clean', 'pgd20']), got the string {attacks!r}")
     elif attacks is not None and not isinstance(attacks, Mapping) and not all(isinstance(a, str) for a in attacks):
         errors.append(f"attacks must be a list of attack specs (strings), got {short(attacks)}")
-    elif attacks is not None and not isinstance(attacks, Mapping):  # one row a spec: a repeat would be one row of two runs
-        seen = [a.strip().lower() for a in attacks]
-        twice = sorted({a for a in seen if seen.count(a) > 1})
-        if twice:
-            errors.append(f"attacks names {', '.join(map(repr, twice))} more than once: each spec is one row of the "
-                          "report (for more restarts, write e.g. pgd20r5)")
     if errors:
         raise ConfigError("; ".join(errors), field=errors[0].split()[0])
 

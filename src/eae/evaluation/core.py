@@ -198,8 +198,37 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         s = custom_suite(list(attacks))
     else:
         s = get_suite(suite or "quick")
+    built = [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
+    seen: dict[str, str] = {}
+    for spec, attack, _ in built:  # pgd2 and pgd2r1, fab-t and fabt: one attack, which would fill two rows
+        key = attack_key(attack)
+        if key in seen:
+            raise ConfigError(f"attacks {seen[key]!r} and {spec!r} are one attack: each row of a report is another "
+                              "attack (for more restarts, write e.g. pgd20r5)", field="attacks")
+        seen[key] = spec
     # registered attacks are users' code too: every point is checked before it counts
-    return s, [(spec, _Checked(build_attack(spec, eps, norm), spec, eps, norm), mode) for spec, mode in s.entries]
+    return s, [(spec, _Checked(attack, spec, eps, norm), mode) for spec, attack, mode in built]
+
+
+def attack_key(attack) -> str:
+    """What an attack does (its class and settings), whatever spec built it."""
+    return f"{type(attack).__name__}{sorted((k, repr(v)) for k, v in vars(attack).items())}"
+
+
+def _not_a_builtin_name(name: str, attack) -> None:
+    """A label that is a built-in attack's full spec (pgd20) must hold that attack: a row
+    reading pgd20 with a PGD-2's number would be read as PGD-20's. A family name (pgd, cw)
+    states no settings."""
+    if not any(c.isdigit() for c in name):
+        return
+    try:
+        builtin = build_attack(name, float(getattr(getattr(attack, "threat", attack), "eps", 8 / 255)),
+                               getattr(getattr(attack, "threat", attack), "norm", "linf"))
+    except ConfigError:
+        return  # not a spec: any label
+    if builtin is not None and attack_key(builtin) != attack_key(attack):
+        raise ConfigError(f"attacks[{name!r}] is labelled as the built-in attack {name} but is another attack: "
+                          "name it otherwise", field="attacks")
 
 
 def _check_keys(attacks: Mapping) -> None:
@@ -212,6 +241,10 @@ def _check_keys(attacks: Mapping) -> None:
         if k == "clean" and a is not None:
             raise ConfigError("attacks['clean'] is the clean accuracy (every report has it): give None there, "
                               "or name the attack otherwise", field="attacks")
+        if k != "clean" and k.strip("*").strip().lower() in ("clean", "worst case", "worst_case"):
+            raise ConfigError(f"attacks[{k!r}]: a row of every report is named so already; name the attack otherwise",
+                              field="attacks")
+        _not_a_builtin_name(k, a)
 
 
 def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:
@@ -227,7 +260,8 @@ def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, 
     kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if torch.float64 in kinds:  # the images are float32: the first layer would fail on them
         raise ModelError("the model's parameters are float64; eae attacks and scores float32 images (with bf16 "
-                         "where asked): give model.float()")
+                         "where asked): convert it to float32 (model.float() in Python; for --model, a constructor "
+                         "that builds float32 layers)")
     k = checks.output_form(model, as_images(x[:2].to(device)))
     if len(y) and int(y.max()) >= k:
         raise ConfigError(f"label {int(y.max())} is out of range for a model with {k} classes", field="y")

@@ -15,6 +15,14 @@ def fmt_eps(eps: float, norm: str = "linf") -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:.6g}"
 
 
+def _count(v: Any, n: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= n
+
+
+def _seconds(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
+
+
 @dataclass
 class Report:
     suite: str
@@ -57,14 +65,34 @@ class Report:
             raise bad("eps", f"{self.eps!r} is not a radius for norm {self.norm!r}")
         if self.verdict not in ("ok", "suspicious", "masked", "not run"):
             raise bad("verdict", f"ok, suspicious, masked or not run, got {self.verdict!r}")
+        self._check_settings(bad)
+        if not isinstance(self.per_attack, dict) or not all(
+                isinstance(a, dict) and a.get("mode") in ("standalone", "cascade") for a in self.per_attack.values()):
+            raise bad("per_attack", "a dict of attack -> {accuracy, mode (standalone or cascade), seconds, n_attacked}")
+        for k, a in self.per_attack.items():
+            if not _count(a.get("n_attacked", 0), self.n) or not _seconds(a.get("seconds", 0.0)):
+                raise bad(f"per_attack[{k!r}]", f"n_attacked in 0..{self.n} and seconds >= 0, got {a!r}")
         for name, v in (("clean_accuracy", self.clean_accuracy), ("robust_accuracy", self.robust_accuracy),
                         *((f"per_attack[{k!r}]", a.get("accuracy")) for k, a in self.per_attack.items())):
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 <= v <= 1 or (self.n == 0 and v != v))
-            if not ok:  # NaN only for no images
-                raise bad(name, f"an accuracy in [0, 1] (NaN only for 0 images), got {v!r}")
-        if self.n and self.robust_accuracy > min(self.accuracy.values()) + 1e-6:
-            raise bad("robust_accuracy", f"the worst case {self.robust_accuracy!r} is above an accuracy it is the "
-                                         "minimum of")
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not number or not (0 <= v <= 1 if self.n else v != v):  # NaN exactly when there are no images
+                raise bad(name, f"an accuracy in [0, 1] (NaN for 0 images, only), got {v!r}")
+        if self.n and max([self.robust_accuracy, *(a["accuracy"] for a in self.per_attack.values())]) \
+                > self.clean_accuracy + 1e-6 or self.n and self.robust_accuracy > min(self.accuracy.values()) + 1e-6:
+            raise bad("robust_accuracy", "an attack's accuracy, or the worst case, is above one it cannot exceed "
+                                         "(the clean accuracy; the worst case is the minimum of all)")
+
+    def _check_settings(self, bad) -> None:
+        from ..config import MAX_SEED
+
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"an integer in 0..2^63 - 1, got {self.seed!r}")
+        if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
+            raise bad("eot", f"forward passes per gradient, >= 1, got {self.eot!r}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise bad("precision", f"fp32, tf32 or bf16, got {self.precision!r}")
+        if not _seconds(self.seconds):
+            raise bad("seconds", f"a time >= 0, got {self.seconds!r}")
 
     @property
     def subset(self) -> bool:

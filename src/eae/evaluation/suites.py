@@ -52,4 +52,5 @@ def get_suite(name: str) -> Suite:
 
 def custom_suite(specs: list[str], name: str = "custom") -> Suite:
     specs = [s for s in specs if s != "clean"]
-    return Suite(name, tuple((s, STANDALONE) for s in specs), f"{name} ({', '.join(specs)})")
+    return Suite(name, tuple((s, STANDALONE) for s in specs),
+                 f"{name} ({', '.join(specs)})" if specs else f"{name} (clean accuracy only)")
