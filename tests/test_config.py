@@ -66,8 +66,10 @@ def test_every_field_has_a_flag_that_sets_it():
         # fields that mean something only in a context (a dataset, an adversarial method) get it
         context = {"cifar100_labels": {"dataset": "cifar100"}, "svhn_extra": {"dataset": "svhn"},
                    "unverified_data": {"dataset": "svhn"}, "eps_warmup_epochs": {"method": "fgsm_rs"},
-                   "image_size": {"dataset": "imagefolder"}, "bad_images": {"dataset": "imagefolder"}}.get(f.name, {})
-        given = [a for k, v in context.items() for a in ("--" + k, v)]
+                   "image_size": {"dataset": "imagefolder"}, "bad_images": {"dataset": "imagefolder"},
+                   "overfit_step_factor": {"overfit_action": "rollback_lower_step"},
+                   "max_rollbacks": {"overfit_action": "rollback"}}.get(f.name, {})
+        given = [a for k, v in context.items() for a in ("--" + k.replace("_", "-"), v)]
         cfg = config_from_args(build_parser().parse_args(["train", *given, *argv]))
         assert getattr(cfg, f.name) == pytest.approx(expected) if isinstance(expected, float) \
             else getattr(cfg, f.name) == expected, f.name
