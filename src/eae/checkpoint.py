@@ -106,7 +106,8 @@ def read_weights(path: str | Path, config: dict[str, Any] | None = None
     from safetensors.torch import load
 
     try:
-        data = Path(path).read_bytes()  # read here: safetensors' own reader refuses paths that are not UTF-8
+        with open(path, "rb") as fh:  # read here: safetensors' own reader refuses paths that are not UTF-8
+            data = fh.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
     size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
