@@ -884,7 +884,6 @@ def test_an_image_size_below_8_is_refused_before_anything_is_written(tmp_path, c
                      capsys)
     assert rc == 2 and "image_size must be >= 8" in text and not (tmp_path / "r").exists()
     # the decoder itself copes with a one-pixel crop, flipped or not (a flipped 1-pixel row kept a negative stride)
-    import numpy as np
 
     for seed in range(8):
         out = decode(str(data / "train" / "a" / "0.png"), 1, train=True, rng=np.random.default_rng(seed))
@@ -1199,8 +1198,6 @@ def test_a_large_photo_is_decoded_without_pillows_warning(tmp_path, monkeypatch)
     import warnings
 
     from PIL import Image
-
-    import numpy as np
 
     from eae.data.imagefolder import decode
 
@@ -2060,7 +2057,7 @@ def test_a_float64_model_is_told_to_be_float():
 # --------------------------------------------------------------------------- trial 16
 @pytest.mark.parametrize("label,fragment", [
     ("**worst case**", "a row of every report is named so already"), ("Clean", "a row of every report is named so"),
-    ("pgd20", "labelled as the built-in attack pgd20 but is another attack"),
+    ("pgd20", "reads as the built-in attack pgd20 but is another attack"),
 ])
 def test_attack_dict_labels_cannot_pass_for_other_rows(label, fragment):
     import eae
@@ -2086,7 +2083,7 @@ def test_attack_specs_from_a_generator_are_read():
     (dict(per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": -1.0, "n_attacked": 4}}), "per_attack"),
     (dict(per_attack={"pgd2": None}), "per_attack"), (dict(per_attack=[1, 2]), "per_attack"),
     (dict(per_attack={"pgd2": {"accuracy": 0.9, "mode": "standalone", "seconds": 0.1, "n_attacked": 4}}),
-     "robust_accuracy"),
+     "per_attack['pgd2']"),
     (dict(n=0, test_size=0, per_attack={}), "clean_accuracy"),
 ])
 def test_a_report_built_by_hand_is_checked_in_every_field(change, field):
@@ -2104,3 +2101,155 @@ def test_strict_on_a_test_set_too_small_for_it_says_so(run, capsys):
     assert rc == 2 and "this test set has 64: leave --strict out here" in text, text
     rc, text = _call(["eval", str(run), "--attacks", "clean", "--strict", "--diagnostics", "off"], capsys)
     assert rc == 2 and "--diag-n 100 or more points" in text, text
+
+
+# --------------------------------------------------------------------------- trial 17
+def _resave_plain(src: Path, dst: Path) -> None:
+    """The tensors of a weights file saved again by plain safetensors: no metadata."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(src)), str(dst))
+
+
+@pytest.mark.parametrize("weights", ["final", "best"])
+def test_weights_resaved_without_their_metadata_are_refused(run, tmp_path, capsys, weights):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval*"))
+    name = "model.safetensors" if weights == "final" else "model_best.safetensors"
+    other = "model_best.safetensors" if weights == "final" else "model.safetensors"
+    _resave_plain(run / other, copy / name)  # the other weights, under this name, their run's checks gone
+    rc, text = _call(["eval", str(copy), "--attacks", "clean", "--diagnostics", "off", "--weights", weights], capsys)
+    assert rc == 2 and "lacks what eae train records in a run's weights" in text, text
+    assert not list(copy.glob("eval*")), "nothing scored, nothing written"
+
+
+def test_a_bench_row_weights_file_without_its_digest_is_refused(run, tmp_path):
+    from eae.bench.runner import _weights_of
+    from eae.checkpoint import CheckpointError
+
+    assert set(_weights_of(run)) == {"weights_sha256"}
+    bare = tmp_path / "row"
+    bare.mkdir()
+    assert _weights_of(bare) == {}  # not trained yet: nothing to compare
+    _resave_plain(run / "model.safetensors", bare / "model.safetensors")
+    with pytest.raises(CheckpointError, match="carries no SHA-256 of its tensors"):
+        _weights_of(bare)
+
+
+def test_the_attack_batch_size_names_its_own_report(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval*"))
+    base = ["eval", str(copy), "--attacks", "clean,pgd2", "--diagnostics", "off"]
+    for extra, name in (([], "eval-clean+pgd2-diagoff.json"), (["--batch-size", "7"], "eval-clean+pgd2-diagoff-bs7.json"),
+                        (["--batch-size", "1000"], "eval-clean+pgd2-diagoff.json")):  # 64 images: one batch as 500
+        rc, text = _call(base + extra, capsys)
+        assert rc == 0 and f"written: {copy.resolve() / name}" in text, text
+    assert json.loads((copy / "eval-clean+pgd2-diagoff-bs7.json").read_text())["batch_size"] == 7
+
+
+def test_a_registered_attack_is_checked_for_its_radius_and_its_return(monkeypatch):
+    import eae
+    from eae.attacks import PGD
+
+    monkeypatch.setitem(eae.ATTACKS._entries, "weak", lambda eps, norm="linf": PGD(eps / 8, norm=norm, steps=2))
+    monkeypatch.setitem(eae.ATTACKS._entries, "ltwo", lambda eps, norm="linf": PGD(eps, norm="l2", steps=2))
+    monkeypatch.setitem(eae.ATTACKS._entries, "nothing", lambda eps, norm="linf": None)
+    model, x, y = _tiny_model_and_points()
+    for spec, fragment in (("weak", "is built for eps 0.00392157 (linf)"), ("ltwo", "(l2), but this evaluation"),
+                           ("nothing", "returned NoneType, not an attack")):
+        with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+            evaluate(model, x, y, ["clean", spec], diagnostics="off")
+
+
+@pytest.mark.parametrize("label,refused", [
+    ("apgd-ce", True), ("square", True), ("fgsm", True), ("CW-20", True), ("PGD-20", True), ("worst-case", True),
+    ("pgd", False), ("PGD 2", False), ("my-pgd", False),
+])
+def test_dict_labels_that_read_as_other_attacks(label, refused):
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    call = lambda: evaluate(model, x, y, {label: eae.build_attack("pgd2", 8 / 255)}, diagnostics="off")  # noqa: E731
+    if refused:
+        with pytest.raises(eae.ConfigError, match="reads as the built-in attack|a row of every report is named so"):
+            call()
+    else:
+        assert label in call().accuracy
+
+
+def test_one_attack_under_two_dict_labels_is_refused():
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    pgd2 = eae.build_attack("pgd2", 8 / 255)
+    for attacks in ({"a": pgd2, "b": pgd2}, {"a": pgd2, "b": eae.build_attack("pgd2", 8 / 255)}):
+        with pytest.raises(eae.ConfigError, match="'a' and 'b' are one attack"):
+            evaluate(model, x, y, attacks, diagnostics="off")
+    r = evaluate(model, x, y, {"a": lambda m, xb, yb: xb, "b": lambda m, xb, yb: xb}, diagnostics="off")
+    assert list(r.per_attack) == ["a", "b"]  # two functions are two attacks, whatever they do
+
+
+_ROW17 = {"accuracy": 0.3, "mode": "standalone", "seconds": 0.1, "n_attacked": 5}
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(n=3, test_size=3, clean_accuracy=0.5, robust_accuracy=0.0,
+          per_attack={"pgd2": {**_ROW17, "accuracy": 0.0, "n_attacked": 1}}), "clean_accuracy"),  # 1.5 images
+    (dict(per_attack={"pgd2": {**_ROW17, "n_attacked": 9}}), "per_attack['pgd2']"),  # 5 are clean-correct
+    (dict(per_attack={"clean": _ROW17}), "per_attack"), (dict(per_attack={"p|g": _ROW17}), "per_attack"),
+    (dict(per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone"}}), "per_attack"),
+    (dict(evidence=None), "evidence"), (dict(evidence="ab"), "evidence"),
+    (dict(label=None), "label"), (dict(label="a\n| fake | row |"), "label"), (dict(suite=5), "suite"),
+    (dict(robust_accuracy=0.2, per_attack={"a": {**_ROW17, "accuracy": 0.2, "mode": "cascade"},
+                                           "b": {**_ROW17, "accuracy": 0.3, "mode": "cascade", "n_attacked": 4}}),
+     "per_attack['b']"),  # a cascade never rises
+])
+def test_a_report_built_by_hand_holds_only_what_an_evaluation_could(change, field):
+    import eae
+
+    good = dict(suite="custom", label="x", n=10, eps=8 / 255, norm="linf", seed=0, precision="fp32",
+                clean_accuracy=0.5, per_attack={"pgd2": dict(_ROW17)}, robust_accuracy=0.3, seconds=1.0, test_size=10)
+    eae.EvalResult(**good).to_markdown()
+    with pytest.raises(eae.ConfigError, match=f"report field {re.escape(field)}"):
+        eae.EvalResult(**{**good, **change})
+
+
+def test_another_evaluation_is_described_in_a_few_lines():
+    from eae.outputs import _differs
+
+    now = {"settings": "quick", "of": "the run's weights sha256:ab on cifar10"}
+    text = _differs({**now, "of": "x" * 10**6}, now)
+    assert len(text) < 1000 and "it scored 'xxx" in text
+    assert "other fields (extra)" in _differs({**now, "extra": 1}, now)
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--val-attack-steps", "0", "--overfit-action", "rollback"], "but val_attack_steps is 0"),
+    (["--method", "standard", "--overfit-action", "rollback_lower_step"], "standard training has none to lose"),
+])
+def test_guard_actions_that_could_never_act_are_refused(tmp_path, capsys, flags, fragment):
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "r"), *flags], capsys)
+    assert rc == 2 and fragment in text, text
+    assert not (tmp_path / "r").exists()
+
+
+def test_without_validation_attacks_no_robust_accuracy_is_recorded(tmp_path, capsys):
+    rc, text = _call(["train", *SYN, "--method", "standard", "--epochs", "1", "--val-attack-steps", "0",
+                      "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0, text
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["val_robust"] is None and "val_pgd" not in row and 0 <= row["val_clean"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_eval_of_a_broken_link_says_what_it_is(tmp_path, capsys, kind):
+    link = tmp_path / "A"
+    if kind == "loop":
+        (tmp_path / "B").symlink_to(link)
+    link.symlink_to(tmp_path / "B" if kind == "loop" else tmp_path / "nowhere")
+    rc, text = _call(["eval", str(link)], capsys)
+    assert rc == 2 and ("a loop of links" if kind == "loop" else "which does not exist") in text, text

@@ -261,11 +261,13 @@ def _collapse_at(monkeypatch, epoch_collapse: int):
         rep = real(model, x, y, {"clean": None}, eps, seed=seed, **kw)
         epoch = seed - 0 + 1  # the loop passes seed = cfg.seed + epoch index
         count["calls"] += 1
-        pgd = 0.0 if epoch == epoch_collapse and count["calls"] <= epoch_collapse else 0.4 + 0.01 * epoch
-        per = {"pgd": {"accuracy": pgd, "mode": "standalone", "seconds": 0, "n_attacked": len(y)},
-               "cw": {"accuracy": pgd, "mode": "standalone", "seconds": 0, "n_attacked": len(y)}}
-        return Report(suite="custom", label="", n=len(y), eps=eps, norm="linf", seed=seed, precision="fp32",
-                      clean_accuracy=max(rep.clean_accuracy, pgd), per_attack=per, robust_accuracy=pgd, seconds=0.0)
+        n = len(y)  # accuracies are whole numbers of the n images (the report checks it)
+        pgd = 0.0 if epoch == epoch_collapse and count["calls"] <= epoch_collapse else round((0.4 + 0.01 * epoch) * n) / n
+        clean = max(rep.clean_accuracy, pgd)
+        per = {"pgd": {"accuracy": pgd, "mode": "standalone", "seconds": 0, "n_attacked": round(clean * n)},
+               "cw": {"accuracy": pgd, "mode": "standalone", "seconds": 0, "n_attacked": round(clean * n)}}
+        return Report(suite="custom", label="", n=n, eps=eps, norm="linf", seed=seed, precision="fp32",
+                      clean_accuracy=clean, per_attack=per, robust_accuracy=pgd, seconds=0.0)
 
     monkeypatch.setattr(train_mod, "run_suite", fake)
 

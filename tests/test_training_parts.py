@@ -146,7 +146,7 @@ def test_validator_schedule_and_row(tiny_cfg):
 
     def suite(model, x, y, attacks=None, eps=8 / 255, *, seed=0, **kw):
         calls.append((len(y), sorted(attacks or {}), seed, kw.get("suite")))
-        per = {k: {"accuracy": a, "mode": "standalone", "seconds": 0.0, "n_attacked": len(y)}
+        per = {k: {"accuracy": a, "mode": "standalone", "seconds": 0.0, "n_attacked": round(0.75 * len(y))}
                for k, a in (("pgd", 0.25), ("cw", 0.5))}
         return Report(suite="custom", label="", n=len(y), eps=eps, norm="linf", seed=seed, precision="fp32",
                       clean_accuracy=0.75, per_attack=per, robust_accuracy=0.25, seconds=1.5)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import hashlib
+import errno
 import io
 import os
 from pathlib import Path
@@ -245,6 +246,14 @@ def read_config(run_dir: str | Path) -> TrainConfig:
                       + (" or, for weights alone, eae eval --model NAME --weights FILE"
                          if str(run_dir).endswith((".safetensors", ".pt", ".pth")) else ""))
     if not path.is_file():
+        if Path(run_dir).is_symlink() and not Path(run_dir).exists():
+            try:
+                os.stat(run_dir)
+                why = "to nowhere"
+            except OSError as e:
+                why = ("that leads back to itself (a loop of links)" if e.errno == errno.ELOOP
+                       else f"to {os.readlink(run_dir)}, which does not exist")
+            raise NotARun(f"{run_dir} is a symbolic link {why}: give the run's folder itself")
         raise NotARun(f"{path} not found: is {run_dir} a run directory of `eae train`?")
     try:
         d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
@@ -428,6 +437,11 @@ def load_run(run_dir: str | Path, *, weights: str = "final", device: str | torch
         raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
                              cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
     state, meta = read_weights(path, loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))
+    if "sha256" not in meta or not {"epoch", "epochs"} & set(meta):  # without them no check below could act
+        raise CheckpointError(f"{path} lacks what eae train records in a run's weights (the SHA-256 of its tensors, "
+                              "its epoch): re-saved by another program, or copied from elsewhere, they could be any "
+                              "run's; restore the run's own file, or score these weights as a model of your own "
+                              "(eae eval --model ... --weights FILE)")
     _check_kind(path, weights, meta, cfg)
     num_classes = state["head.weight"].shape[0]
     model = create_model(cfg.arch, num_classes=num_classes, head=cfg.head, head_scale=cfg.head_scale)

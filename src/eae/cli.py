@@ -157,50 +157,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace, device) -> int:
-    import torch
-
+    """Load what is scored; check every argument and the report's place before any attack; attack
+    (each torchrun rank its share); print the report, then save it."""
     from . import distributed as dist
-    from .evaluation import evaluate
+    from .evaluation import check_arguments, evaluate
     from .evaluation.core import shard_across_ranks
-    from .evaluation.diagnostics import FEW_POINTS
-    from .utils import device_name
 
     t0 = time.perf_counter()
-    if args.strict and (args.diagnostics == "off" or args.diag_n == 0):  # the verdict would be 'not run'
-        why = "--diagnostics off does not reach" if args.diagnostics == "off" else "--diag-n 0 leaves without points"
-        raise UsageError(f"--strict exits by the gradient-masking verdict, which {why}: use --diagnostics cheap or "
-                         "full, on --diag-n 100 or more points, with --strict")
-    for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
-        if value is not None and not value.strip():  # '' would be the current folder, or the default report
-            raise UsageError(f"{flag} is empty: give a path")
+    _check_eval_flags(args)
     src = _run_source(args, device) if args.model is None else _external_source(args, device)
-    test_size = src["test_size"]
-    n = test_size if args.n is None else args.n
-    if test_size == 0:
-        raise UsageError("the test set is empty: nothing to evaluate")
-    if not 0 < n <= test_size:
-        raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
-    if args.strict and test_size < FEW_POINTS:
-        raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points, and this test "
-                         f"set has {test_size}: leave --strict out here")
-    if args.strict and min(args.diag_n, n) < FEW_POINTS:  # its own evidence would call the verdict meaningless
-        raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points; this one would "
-                         f"rest on {min(args.diag_n, n)} (--diag-n {args.diag_n}, --n {n}): give both {FEW_POINTS} "
-                         "or more")
+    n = _eval_size(args, src["test_size"])
     x, y = src["load"](n)
-    if args.attacks is not None and args.suite:
-        raise UsageError("give --suite or --attacks, not both")
-    attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks is not None else None
-    if attacks == []:
-        raise UsageError(f"--attacks {args.attacks!r} names no attack: give e.g. clean,pgd20,cw20 (or a --suite)")
-    suite = None if attacks else (args.suite or "quick")
+    attacks, suite = _attack_choice(args)
     norm = args.norm or src["norm"]
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
-    from .evaluation import check_arguments
-
     check_arguments(eps=eps, batch_size=args.batch_size, diag_n=args.diag_n, precision=args.precision,
                     diagnostics=args.diagnostics, norm=norm, eot=args.eot, seed=args.seed, attacks=attacks)
-    name = eval_report_name(suite, attacks, n, test_size, norm, eps, src, args)  # (ε checked: a name needs it finite)
+    name = eval_report_name(suite, attacks, n, src["test_size"], norm, eps, src, args)  # (ε checked: finite)
     # the images scored, by content: a test folder whose files changed gives other numbers
     images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
     evaluation = {"settings": name.removeprefix("eval-").removesuffix(".json"),
@@ -214,15 +187,65 @@ def _eval(args: argparse.Namespace, device) -> int:
     if dist.world_size() > 1:  # each rank attacks its share: of the same weights, images and settings
         dist.agree("the evaluation (weights, test images, settings)",
                    json.dumps({**evaluation, "n": n, "images": images, "eps": eps, "output": str(target)}))
-    with shard_across_ranks():  # under torchrun each rank attacks its share of the points
+    with shard_across_ranks():
         report = evaluate(src["model"], x, y, attacks, eps, suite=suite, norm=norm, batch_size=args.batch_size,
                           device=device, seed=args.seed, precision=args.precision, diagnostics=args.diagnostics,
-                          eot=args.eot,
-                          diag_n=args.diag_n, test_size=test_size, progress=not args.quiet)
+                          eot=args.eot, diag_n=args.diag_n, test_size=src["test_size"], progress=not args.quiet)
     if not dist.is_main():
         return 0 if not args.strict or report.verdict == "ok" else 3
+    return _publish(args, src, report, evaluation, target, device, t0)
+
+
+def _check_eval_flags(args: argparse.Namespace) -> None:
+    if args.strict and (args.diagnostics == "off" or args.diag_n == 0):  # the verdict would be 'not run'
+        why = "--diagnostics off does not reach" if args.diagnostics == "off" else "--diag-n 0 leaves without points"
+        raise UsageError(f"--strict exits by the gradient-masking verdict, which {why}: use --diagnostics cheap or "
+                         "full, on --diag-n 100 or more points, with --strict")
+    for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
+        if value is not None and not value.strip():  # '' would be the current folder, or the default report
+            raise UsageError(f"{flag} is empty: give a path")
+    if args.attacks is not None and args.suite:
+        raise UsageError("give --suite or --attacks, not both")
+
+
+def _eval_size(args: argparse.Namespace, test_size: int) -> int:
+    """The number of test images to score (--n, or all), and whether --strict can pass on them."""
+    from .evaluation.diagnostics import FEW_POINTS
+
+    n = test_size if args.n is None else args.n
+    if test_size == 0:
+        raise UsageError("the test set is empty: nothing to evaluate")
+    if not 0 < n <= test_size:
+        raise UsageError(f"--n must be in 1..{test_size:,} (the test set has {test_size:,} images), got {n}")
+    if args.strict and test_size < FEW_POINTS:
+        raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points, and this test "
+                         f"set has {test_size}: leave --strict out here")
+    if args.strict and min(args.diag_n, n) < FEW_POINTS:  # its own evidence would call the verdict meaningless
+        raise UsageError(f"--strict passes only on a gradient-masking verdict of {FEW_POINTS}+ points; this one would "
+                         f"rest on {min(args.diag_n, n)} (--diag-n {args.diag_n}, --n {n}): give both {FEW_POINTS} "
+                         "or more")
+    return n
+
+
+def _attack_choice(args: argparse.Namespace) -> tuple[list[str] | None, str | None]:
+    """--attacks as a list, or the suite (quick when neither is given)."""
+    attacks = [s.strip() for s in args.attacks.split(",") if s.strip()] if args.attacks is not None else None
+    if attacks == []:
+        raise UsageError(f"--attacks {args.attacks!r} names no attack: give e.g. clean,pgd20,cw20 (or a --suite)")
+    return attacks, None if attacks else (args.suite or "quick")
+
+
+def _publish(args: argparse.Namespace, src: dict[str, Any], report, evaluation: dict[str, str],
+             target: Path | None, device, t0: float) -> int:
+    """Print the report (the numbers first: a folder that cannot be written must not cost them),
+    then save it; --strict exits 3 on any verdict but ok."""
+    import torch
+
+    from . import distributed as dist
+    from .utils import device_name
+
     procs = f" x {dist.world_size()} processes" if dist.world_size() > 1 else ""
-    out = {"written_by": "eae eval", **src["meta"], **report.to_dict(),
+    out = {"written_by": "eae eval", **src["meta"], **report.to_dict(), "batch_size": args.batch_size,
            "device": device_name(device) + procs, "torch": torch.__version__,
            "robustbench": robustbench_entry(report, src["meta"])}
     if src["meta"].get("weights_epoch"):
@@ -232,7 +255,7 @@ def _eval(args: argparse.Namespace, device) -> int:
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
             "loading and the gradient-masking diagnostics)")
     try:
-        print(md)  # the numbers first: a folder that cannot be written must not cost them
+        print(md)
         print(f"\n{tail}", flush=True)
     except BrokenPipeError:  # `| head`: the report is saved all the same
         sys.stdout = open(os.devnull, "w")
@@ -284,6 +307,7 @@ def _same_evaluation(evaluation: dict[str, str], src: dict[str, Any]) -> list[di
 
 
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+DEFAULT_EVAL_BATCH = 500
 
 
 def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
@@ -348,6 +372,13 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
                                  ("diagnostics", "diag", "full"), ("diag_n", "diagn", 1000)):
         if getattr(args, flag) != default:
             parts.append(f"{label}{getattr(args, flag)}")
+    # the random starts are drawn batch by batch, on each process: other batches, other draws, other numbers
+    if min(args.batch_size, n) != min(DEFAULT_EVAL_BATCH, n):
+        parts.append(f"bs{args.batch_size}")
+    from . import distributed as dist
+
+    if dist.world_size() > 1:
+        parts.append(f"ranks{dist.world_size()}")
     return "eval-" + "-".join(parts) + ".json"
 
 
@@ -481,7 +512,9 @@ def _save_report(json_path: Path | None, out: dict[str, Any], md: str, same: Any
             print(f"error: could not save the report to {json_path} ({e.strerror or e}); the numbers above are "
                   "complete: pass --output PATH.json to save them elsewhere", file=sys.stderr)
         return 2
-    print(f"written: {json_path}, {json_path.with_suffix('.md')}" + (f" ({replaced})" if replaced else ""))
+    md_path = json_path.with_suffix(".md")
+    shown = [str(p) if str(p).isprintable() else repr(str(p)) for p in (json_path, md_path)]  # a newline: one line
+    print(f"written: {shown[0]}, {shown[1]}" + (f" ({replaced})" if replaced else ""))
     return 0
 
 
@@ -668,7 +701,9 @@ def _eval_parser(sub) -> None:
                    help="radius, e.g. 8/255 (linf) or 0.5 (l2) (default: the run's; 8/255 or 0.5 for --model)")
     e.add_argument("--n", type=_int_at_least(1), default=None,
                    help="first N test images (default: all; fewer is labelled SUBSET)")
-    e.add_argument("--batch-size", type=_int_at_least(1), default=500)
+    e.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_EVAL_BATCH,
+                   help="images per attack batch (default: 500); the random starts are drawn batch by batch, so "
+                        "another size is another evaluation, with its own report")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, help="seed of the attacks' random starts (default: 0)")
     e.add_argument("--weights", default=None,
@@ -806,15 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM, 143; SIGHUP, 129. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
     import signal
 
-    if sys.stdout is None:  # started with stdout closed (`>&-`): the work goes on, unprinted
-        sys.stdout = open(os.devnull, "w")
-    if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")
-    for stream in (sys.stdout, sys.stderr):  # a path with "ü" on an ASCII terminal: printed as \xfc, never fatal
-        try:
-            stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError, OSError):  # not a text stream of ours (a test's capture)
-            pass
+    _usable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _catch_signals()
@@ -828,13 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"{parser.prog} {args.command}: error: {e}")
         raise
     except KeyboardInterrupt as e:
-        what = _SIGNALS[signal.Signals(e.signum).name] if isinstance(e, Terminated) else "interrupted"
-        try:
-            if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: said once, by rank 0
-                print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
-        except OSError:  # the closed terminal was stderr: the exit status still says it
-            pass
-        return 128 + e.signum if isinstance(e, Terminated) else 130
+        return _interrupted(e, args)
     except BrokenPipeError:  # stdout piped into a command that ended early (`| head`): not an error of the run
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the exit's own flush does not fail again
@@ -845,23 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "scored: fix the model")
         return 2
     except Exception as e:
-        debug = os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
-        status, message = _user_error(e)
-        if status is None:
-            if not debug:
-                print("eae: an internal error (a bug of ours, not your input): please report it with the "
-                      "traceback below", file=sys.stderr)
-            raise
-        if debug:  # the traceback as well, and the same exit status
-            import traceback
-
-            traceback.print_exc()
-        from .errors import ConfigError
-
-        # a bad setting fails alike on every rank of torchrun: said once, by rank 0
-        if not isinstance(e, ConfigError) or int(os.environ.get("RANK", "0") or 0) == 0:
-            _say(f"error: {message}" + (_resume_hint(args) if _peer_lost(e) else ""))
-        return status
+        return _failed(e, args)
     finally:
         for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was
             signal.signal(num, handler)
@@ -869,6 +874,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = stdout.stream
         if sys.stderr is stderr:
             sys.stderr = stderr.stream
+
+
+def _usable_streams() -> None:
+    """stdout/stderr closed (`>&-`): the work goes on, unprinted; a path with "ü" on an ASCII
+    terminal is printed as \\xfc, never fatal."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream of ours (a test's capture)
+            pass
+
+
+def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """Ctrl-C or a signal: what happened and the command that continues; 130, or 128 + the signal."""
+    import signal
+
+    what = _SIGNALS[signal.Signals(e.signum).name] if isinstance(e, Terminated) else "interrupted"
+    try:
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: said once, by rank 0
+            print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
+    except OSError:  # the closed terminal was stderr: the exit status still says it
+        pass
+    return 128 + e.signum if isinstance(e, Terminated) else 130
+
+
+def _failed(e: Exception, args: argparse.Namespace) -> int:
+    """A user's or their machine's failure: one line and its exit status. Anything else is a bug
+    of ours: re-raised with its traceback, and said to be one."""
+    from .errors import ConfigError
+
+    debug = os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    status, message = _user_error(e)
+    if status is None:
+        if not debug:
+            print("eae: an internal error (a bug of ours, not your input): please report it with the "
+                  "traceback below", file=sys.stderr)
+        raise e
+    if debug:  # the traceback as well, and the same exit status
+        import traceback
+
+        traceback.print_exc()
+    # a bad setting fails alike on every rank of torchrun: said once, by rank 0
+    if not isinstance(e, ConfigError) or int(os.environ.get("RANK", "0") or 0) == 0:
+        _say(f"error: {message}" + (_resume_hint(args) if _peer_lost(e) else ""))
+    return status
 
 
 def _say(message: str) -> None:

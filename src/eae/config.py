@@ -216,9 +216,27 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also log metrics to TensorBoard (if installed)")
 
     def __post_init__(self) -> None:
+        """Fill in what the method and the norm decide, then check every field: all that is wrong
+        is said at once, one clause a field, the first field in `.field`."""
         wrong = _type_errors(self)  # first: the range checks below assume the types
         if wrong:
             raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
+        derived = self._resolve_defaults()
+        side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
+            self.dataset, IMAGE_SIDES.get(self.dataset, 32))
+        errors, said = self._eps_errors(side, derived)
+        errors += [e for e in self._sign_errors() if not e.startswith(said)]
+        errors += (self._limit_errors() + self._text_errors() + self._method_errors(side)
+                   + self._guard_errors() + self._data_errors())
+        if errors:
+            first = {}  # one clause a field: "lr_max ... >= 0" says what "lr_max ... finite" would again
+            for e in errors:
+                first.setdefault(e.split()[0], e)
+            raise ConfigError("invalid config: " + "; ".join(first.values()), field=errors[0].split()[0])
+
+    def _resolve_defaults(self) -> list[str]:
+        """The method's defaults and the norm's step sizes where none was given; returns the names
+        of the step sizes derived from eps."""
         for name, value in method_defaults(self.method).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)  # frozen: resolved once, here
@@ -226,48 +244,103 @@ class TrainConfig:
         for name, value in norm_defaults(self.norm, self.eps).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        bad_eps = eps_errors(self.eps, self.norm)
-        errors = bad_eps + _arch_errors(self.arch)
-        side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
-            self.dataset, IMAGE_SIDES.get(self.dataset, 32))
+        return derived
+
+    def _eps_errors(self, side: Any, derived: list[str]) -> tuple[list[str], tuple[str, ...]]:
+        """eps for its norm and image size; returns the errors and the prefixes of errors that
+        would say the same again (a bad eps is not also a non-finite eps, nor its derived steps)."""
+        bad = eps_errors(self.eps, self.norm)
+        errors = bad + _arch_errors(self.arch)
         if not errors and isinstance(side, int) and side > 0:
             errors += l2_diameter_errors(self.eps, self.norm, (3, side, side))
+        if self.norm == "l2" and self.eps == 0 and derived:
+            bad = [f"eps 0 under l2 makes the step sizes derived from it (eps / 4: {', '.join(derived)}) zero: "
+                   "give eps > 0, or those step sizes"]
+            errors += bad
+        return errors, tuple(f"{n} " for n in ("eps", *derived)) if bad else ()
+
+    def _sign_errors(self) -> list[str]:
+        """Finite numbers; counts >= 1 or >= 0; rates and fractions in their intervals."""
+        errors = []
         if isinstance(self.momentum, (int, float)) and math.isfinite(self.momentum) and not self.momentum < 1:
             errors.append(f"momentum must be in [0, 1) (SGD momentum; 0.9 is usual), got {self.momentum}")
-        if self.norm == "l2" and self.eps == 0 and derived:
-            errors.append(f"eps 0 under l2 makes the step sizes derived from it (eps / 4: {', '.join(derived)}) zero: "
-                          "give eps > 0, or those step sizes")
-            derived_zero = True
-        else:
-            derived_zero = False
         for name in ("lr_max", "momentum", "weight_decay", "overfit_drop"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 errors.append(f"{name} must be a finite number >= 0, got {v}")
-        numbers = self._check_numbers()
-        if bad_eps or derived_zero:  # said once: not again as a non-finite eps, nor as the step sizes derived from it
-            numbers = [e for e in numbers if not e.startswith(tuple(f"{n} " for n in ("eps", *derived)))]
-        errors += numbers
+        errors += self._check_numbers()
         if isinstance(self.overfit_drop, (int, float)) and self.overfit_drop > 1:
             errors.append(f"overfit_drop must be in [0, 1] (an accuracy drop; above 1 the guard could never fire), "
                           f"got {self.overfit_drop}")
         if not 0 < self.overfit_step_factor <= 1:
             errors.append(f"overfit_step_factor must be in (0, 1], got {self.overfit_step_factor}")
-        # options of an action not taken would be recorded in config.json, and never act
-        if self.overfit_step_factor != 0.5 and self.overfit_action != "rollback_lower_step":
-            errors.append(f"overfit_step_factor {self.overfit_step_factor} acts with overfit_action "
-                          f"rollback_lower_step only, not {self.overfit_action!r}")
-        if self.max_rollbacks != 3 and self.overfit_action not in ("rollback", "rollback_lower_step"):
-            errors.append(f"max_rollbacks {self.max_rollbacks} acts with overfit_action rollback or "
-                          f"rollback_lower_step only, not {self.overfit_action!r}")
-        for name in ("epochs", "batch_size", "val_every", "synthetic_train_size",
-                     "synthetic_test_size", "synthetic_image_size", "free_replays", "image_size",
-                     "eae_base_every", "eae_base_downsample", "pgi_reset_every"):
+        # 0 attack steps would train on noise under an attack's name
+        for name in ("epochs", "batch_size", "val_every", "synthetic_train_size", "synthetic_test_size",
+                     "synthetic_image_size", "free_replays", "image_size", "eae_base_every", "eae_base_downsample",
+                     "pgi_reset_every", "pgd_steps", "trades_steps"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pgd_steps", "trades_steps"):  # 0 steps would train on noise under an attack's name
-            if getattr(self, name) < 1:
-                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_size", "train_subset", "eae_warmup_epochs", "eps_warmup_epochs", "val_attack_steps",
+                     "val_aa_n", "workers", "max_rollbacks"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, ok, allowed in (("eae_base_frac", 0 < self.eae_base_frac <= 1, "in (0, 1]"),
+                                  ("eae_temperature", self.eae_temperature > 0, "> 0"),
+                                  ("eae_q", 0 < self.eae_q <= 1, "in (0, 1]"),
+                                  ("lr_peak_frac", 0 < self.lr_peak_frac < 1, "in (0, 1)")):
+            if not ok:
+                errors.append(f"{name} must be {allowed}, got {getattr(self, name)}")
+        if not 0 <= self.eae_conf_low <= self.eae_conf_high <= 1:
+            errors.append("need 0 <= eae_conf_low <= eae_conf_high <= 1")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            errors.append(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
+        return errors
+
+    def _limit_errors(self) -> list[str]:
+        """Upper bounds: seeds in 64 bits, sizes in 32, and values beyond which a number is a typo
+        that would run for days, run out of memory or overflow."""
+        errors = []
+        for name in ("seed", "val_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                errors.append(f"{name} must be in 0..{MAX_SEED} (2^63 - 1), got {short(getattr(self, name))}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int) and not isinstance(v, bool) and f.name not in ("seed", "val_seed") and v > MAX_INT:
+                errors.append(f"{f.name} must be at most {MAX_INT:,}, got {short(v)}")
+        for name, top in (("pgd_steps", 100_000), ("trades_steps", 100_000), ("val_attack_steps", 100_000),
+                          ("free_replays", 1_000), ("synthetic_train_size", 1_000_000), ("synthetic_test_size", 1_000_000),
+                          ("synthetic_image_size", 1024), ("image_size", 1024), ("workers", 256)):
+            v = getattr(self, name)
+            if isinstance(v, int) and v > top:
+                errors.append(f"{name} must be at most {top:,}, got {short(v)}")
+        # lr_gamma is a decay (above 1 the LR would grow to overflow); weight decay above 10 is a typo
+        for name, top in (("lr_max", 1e6), ("weight_decay", 10.0), ("lr_gamma", 1.0), ("head_scale", 1e4),
+                          ("eae_eta", 100.0), ("trades_beta", 1e4), ("gradalign_lambda", 1e4), ("pgi_lambda", 1e4),
+                          ("eae_lambda", 1e4), ("eae_logit_penalty", 1e4), ("nfgsm_noise", 100.0)):
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
+                errors.append(f"{name} must be at most {top:g}, got {v:g}")
+        return errors
+
+    def _text_errors(self) -> list[str]:
+        """Choices, NUL characters, and empty paths ('' would be the current folder, or another place)."""
+        errors = []
+        for f in fields(self):
+            v, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and v not in choices:
+                errors.append(f"{f.name} must be one of {', '.join(choices)}, got {v!r}")
+            if isinstance(v, str) and "\x00" in v:
+                errors.append(f"{f.name} holds a NUL character")
+        if isinstance(self.data_dir, str) and not self.data_dir.strip():
+            errors.append("data_dir is empty: give the folder, or leave it out to use $EAE_DATA_DIR or the cache")
+        if isinstance(self.out, str) and not self.out.strip():
+            errors.append("out is empty: give the run's folder")
+        return errors
+
+    def _method_errors(self, side: Any) -> list[str]:
+        """What the method and its schedule need: milestones, warm-ups shorter than training, the
+        EAE base's settings, linf-only methods, compile."""
+        errors = []
         if self.lr_schedule == "piecewise" and len(self.lr_milestones) == 0:
             errors.append("lr_milestones is empty: the piecewise schedule needs at least one (e.g. 0.5, 0.75)")
         if self.epochs >= 1 and self.eps_warmup_epochs > self.epochs:
@@ -276,30 +349,9 @@ class TrainConfig:
         if self.epochs >= 1 and self.eae_warmup_epochs >= self.epochs and self.method in ("eae", "eae_paper"):
             errors.append(f"eae_warmup_epochs {self.eae_warmup_epochs} is not shorter than training (epochs "
                           f"{self.epochs}): the EAE term would never start; give fewer")
-        for name, value, dataset in (("svhn_extra", self.svhn_extra, ("svhn",)),
-                                     ("cifar100_labels", self.cifar100_labels != "fine", ("cifar100",)),
-                                     ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet")),
-                                     ("image_size", self.image_size != 224, ("imagefolder",)),
-                                     ("bad_images", self.bad_images != "error", ("imagefolder",))):
-            if value and self.dataset not in dataset:  # set for another dataset: it would be recorded, not used
-                errors.append(f"{name} is for dataset {' or '.join(dataset)}, not {self.dataset}")
         if self.eps_warmup_epochs and self.method == "standard":
             errors.append("eps_warmup_epochs applies to adversarial training: standard training has no eps")
-        for name in ("val_size", "train_subset", "eae_warmup_epochs", "eps_warmup_epochs", "val_attack_steps",
-                     "val_aa_n", "workers", "max_rollbacks"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        whole_methods = ("gradalign", "fgsm_pgi")  # bases that bring their own loss: on every step, whole batch
-        if (self.eae_base in whole_methods
-                and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1)):
-            errors.append(f"eae_base {self.eae_base} is a whole method (its adversary and its loss) under the EAE "
-                          "term: eae_base_frac, eae_base_every and eae_base_downsample must be 1")
-        if self.method.startswith("eae") and self.eae_base in whole_methods and self.norm != "linf":
-            errors.append(f"eae_base {self.eae_base} is defined for linf only (as in its paper and code): "
-                          "choose norm linf")
-        if self.eae_base == "free" and (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1):
-            errors.append("eae_base free takes its input gradient from the training step itself: "
-                          "eae_base_frac, eae_base_every and eae_base_downsample must be 1")
+        errors += self._eae_base_errors(side)
         if self.method in LINF_ONLY and self.norm != "linf":
             errors.append(f"method {self.method} is defined for linf only (as in its paper and code): "
                           "choose norm linf, or another method for l2")
@@ -309,73 +361,73 @@ class TrainConfig:
         if self.compile and uses & set(LINF_ONLY):
             errors.append(f"compile is not supported with {' and '.join(sorted(uses & set(LINF_ONLY)))} (torch.compile "
                           "cannot differentiate its backward twice): train without compile")
+        return errors
+
+    def _eae_base_errors(self, side: Any) -> list[str]:
+        errors = []
+        shaped = (self.eae_base_frac, self.eae_base_every, self.eae_base_downsample) != (1, 1, 1)
+        whole_methods = ("gradalign", "fgsm_pgi")  # bases that bring their own loss: on every step, whole batch
+        if self.eae_base in whole_methods and shaped:
+            errors.append(f"eae_base {self.eae_base} is a whole method (its adversary and its loss) under the EAE "
+                          "term: eae_base_frac, eae_base_every and eae_base_downsample must be 1")
+        if self.method.startswith("eae") and self.eae_base in whole_methods and self.norm != "linf":
+            errors.append(f"eae_base {self.eae_base} is defined for linf only (as in its paper and code): "
+                          "choose norm linf")
+        if self.eae_base == "free" and shaped:
+            errors.append("eae_base free takes its input gradient from the training step itself: "
+                          "eae_base_frac, eae_base_every and eae_base_downsample must be 1")
         if (self.method.startswith("eae") and isinstance(side, int) and isinstance(self.eae_base_downsample, int)
                 and self.eae_base_downsample > side):
             errors.append(f"eae_base_downsample {self.eae_base_downsample} is larger than the images ({side} pixels): "
                           f"the input-space adversary would see no pixel; give at most {side} (2 or 4 are usual)")
-        if not 0 < self.eae_base_frac <= 1:
-            errors.append(f"eae_base_frac must be in (0, 1], got {self.eae_base_frac}")
-        if not self.eae_temperature > 0:
-            errors.append(f"eae_temperature must be > 0, got {self.eae_temperature}")
-        if not 0 < self.eae_q <= 1:
-            errors.append(f"eae_q must be in (0, 1], got {self.eae_q}")
-        if not 0 <= self.eae_conf_low <= self.eae_conf_high <= 1:
-            errors.append("need 0 <= eae_conf_low <= eae_conf_high <= 1")
-        if not 0 < self.lr_peak_frac < 1:
-            errors.append(f"lr_peak_frac must be in (0, 1), got {self.lr_peak_frac}")
-        if any(not 0 < m < 1 for m in self.lr_milestones):
-            errors.append(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                errors.append(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        for name in ("seed", "val_seed"):
-            if not 0 <= getattr(self, name) <= MAX_SEED:
-                errors.append(f"{name} must be in 0..{MAX_SEED} (2^63 - 1), got {short(getattr(self, name))}")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, int) and not isinstance(v, bool) and f.name not in ("seed", "val_seed") and v > MAX_INT:
-                errors.append(f"{f.name} must be at most {MAX_INT:,}, got {short(v)}")
-            if isinstance(v, str) and "\x00" in v:
-                errors.append(f"{f.name} holds a NUL character")
-        if isinstance(self.data_dir, str) and not self.data_dir.strip():  # '' would fall back to another place
-            errors.append("data_dir is empty: give the folder, or leave it out to use $EAE_DATA_DIR or the cache")
-        if isinstance(self.out, str) and not self.out.strip():  # '' would be the current folder
-            errors.append("out is empty: give the run's folder")
-        for name, top in (("pgd_steps", 100_000), ("trades_steps", 100_000), ("val_attack_steps", 100_000),
-                          ("free_replays", 1_000), ("synthetic_train_size", 1_000_000), ("synthetic_test_size", 1_000_000),
-                          ("synthetic_image_size", 1024), ("image_size", 1024), ("workers", 256)):
-            v = getattr(self, name)
-            if isinstance(v, int) and v > top:  # beyond these a value is a typo that would run for days or OOM
-                errors.append(f"{name} must be at most {top:,}, got {short(v)}")
-        # lr_gamma is a decay (above 1 the LR would grow to overflow); weight decay above 10 is a typo
-        for name, top in (("lr_max", 1e6), ("weight_decay", 10.0), ("lr_gamma", 1.0), ("head_scale", 1e4),
-                          ("eae_eta", 100.0), ("trades_beta", 1e4),
-                          ("gradalign_lambda", 1e4), ("pgi_lambda", 1e4),
-                          ("eae_lambda", 1e4), ("eae_logit_penalty", 1e4), ("nfgsm_noise", 100.0)):
-            v = getattr(self, name)
-            if isinstance(v, (int, float)) and math.isfinite(v) and v > top:
-                errors.append(f"{name} must be at most {top:g}, got {v:g}")
+        return errors
+
+    def _guard_errors(self) -> list[str]:
+        """Options of the overfitting guard act only with their action, and the guard only with
+        validation images: otherwise they would be recorded in config.json, and never act."""
+        errors = []
+        if self.overfit_step_factor != 0.5 and self.overfit_action != "rollback_lower_step":
+            errors.append(f"overfit_step_factor {self.overfit_step_factor} acts with overfit_action "
+                          f"rollback_lower_step only, not {self.overfit_action!r}")
+        if self.max_rollbacks != 3 and self.overfit_action not in ("rollback", "rollback_lower_step"):
+            errors.append(f"max_rollbacks {self.max_rollbacks} acts with overfit_action rollback or "
+                          f"rollback_lower_step only, not {self.overfit_action!r}")
+        if self.val_size == 0 and self.overfit_action != "warn":
+            errors.append(f"overfit_action {self.overfit_action!r} needs validation (the guard watches validation "
+                          "PGD accuracy), but val_size is 0: give val_size > 0, or leave overfit_action at 'warn'")
+        elif self.val_attack_steps == 0 and self.overfit_action != "warn":
+            errors.append(f"overfit_action {self.overfit_action!r} needs the validation PGD (the guard watches its "
+                          "accuracy), but val_attack_steps is 0: give val_attack_steps > 0, or leave overfit_action "
+                          "at 'warn'")
+        elif self.method == "standard" and self.overfit_action != "warn":
+            errors.append(f"overfit_action {self.overfit_action!r} guards adversarial training (catastrophic "
+                          "overfitting is the collapse of its robustness); standard training has none to lose: "
+                          "leave overfit_action at 'warn'")
+        return errors
+
+    def _data_errors(self) -> list[str]:
+        """Dataset options set for another dataset (recorded, never used), image sizes, and
+        validation sizes that fit."""
+        errors = []
+        for name, value, dataset in (("svhn_extra", self.svhn_extra, ("svhn",)),
+                                     ("cifar100_labels", self.cifar100_labels != "fine", ("cifar100",)),
+                                     ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet")),
+                                     ("image_size", self.image_size != 224, ("imagefolder",)),
+                                     ("bad_images", self.bad_images != "error", ("imagefolder",))):
+            if value and self.dataset not in dataset:
+                errors.append(f"{name} is for dataset {' or '.join(dataset)}, not {self.dataset}")
         if isinstance(self.val_aa_n, int) and isinstance(self.val_size, int) and self.val_aa_n > self.val_size > 0:
             errors.append(f"val_aa_n {self.val_aa_n} is more than the {self.val_size} validation images (val_size): "
                           "give at most val_size")
-        if self.val_size == 0:  # without validation images these would never act: said, not ignored
-            if self.overfit_action != "warn":
-                errors.append(f"overfit_action {self.overfit_action!r} needs validation (the guard watches validation "
-                              "PGD accuracy), but val_size is 0: give val_size > 0, or leave overfit_action at 'warn'")
-            if isinstance(self.val_aa_n, int) and self.val_aa_n > 0:
-                errors.append(f"val_aa_n {self.val_aa_n} needs validation images, but val_size is 0: give val_size > "
-                              "0, or val_aa_n 0")
-        if self.dataset == "imagefolder" and isinstance(self.image_size, int) and self.image_size < 8:
+        if self.val_size == 0 and self.val_aa_n > 0:
+            errors.append(f"val_aa_n {self.val_aa_n} needs validation images, but val_size is 0: give val_size > "
+                          "0, or val_aa_n 0")
+        if self.dataset == "imagefolder" and self.image_size < 8:
             errors.append(f"image_size must be >= 8 (pixels; the networks downsample by 8), got {self.image_size}")
         if self.dataset == "synthetic" and self.synthetic_image_size < 8:
             errors.append(f"synthetic_image_size must be >= 8 (pixels; the networks downsample by 8), "
                           f"got {self.synthetic_image_size}")
-        if errors:
-            first = {}  # one clause a field: "lr_max ... >= 0" says what "lr_max ... finite" would again
-            for e in errors:
-                first.setdefault(e.split()[0], e)
-            raise ConfigError("invalid config: " + "; ".join(first.values()), field=errors[0].split()[0])
+        return errors
 
     def _check_numbers(self) -> list[str]:
         """Every float finite; step sizes, scales and weights in their ranges (a NaN or a

@@ -231,13 +231,16 @@ def sealed(report: dict[str, Any]) -> dict[str, Any]:
 def _differs(was: Any, now: Any, where: Any = None) -> str:
     """What makes an earlier evaluation another one, in words: its settings or its subject
     (with the run folder it was made in, ``where``, when it recorded one)."""
+    from .config import short  # (an edited report's values can be any size: cut in messages)
+
     if not isinstance(was, dict) or not isinstance(now, dict):
         return "written by an earlier eae, which did not record what it evaluated"
-    parts = [f"{label} {was.get(key)!r}, this one {now.get(key)!r}" for key, label in
+    parts = [f"{label} {short(was.get(key), 300)}, this one {short(now.get(key), 300)}" for key, label in
              (("settings", "its settings are"), ("of", "it scored")) if was.get(key) != now.get(key)]
     if was.get("of") != now.get("of") and isinstance(where, str):
-        parts[-1] = parts[-1].replace("it scored", f"it scored (in {where})", 1)
-    return "; ".join(parts) or f"{was}"
+        parts[-1] = parts[-1].replace("it scored", f"it scored (in {short(where, 300)})", 1)
+    other = sorted(map(str, set(was) ^ set(now)))
+    return "; ".join(parts) or f"its record of what it evaluated has other fields ({', '.join(other)[:200]})"
 
 
 def _writable_folder(path: Path, flag: str) -> None:

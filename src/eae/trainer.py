@@ -183,7 +183,7 @@ def _validate(row, run: Run, epoch: int, validator: Validator, guards, folder: R
         row.update(validator(run.net, epoch))
     collapsed = overfit.observe(row)
     if not collapsed:
-        folder.offer_best(run.net, row["epoch"], row["val_robust"])
+        folder.offer_best(run.net, row["epoch"], row["val_clean"] if row["val_robust"] is None else row["val_robust"])
     return collapsed
 
 

@@ -72,18 +72,43 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
             if not 1 <= kwargs[key] <= top:
                 raise ConfigError(f"attack spec {spec!r}: {key} must be in 1..{top:,}, got {m[key]}", field="attacks")
     try:
-        return ATTACKS.get(name)(eps, norm=norm, **kwargs)
+        attack = ATTACKS.get(name)(eps, norm=norm, **kwargs)
     except ValueError as e:
         raise ConfigError(f"attack spec {spec!r}: {e}", field="attacks") from None
     except TypeError:
         raise ConfigError(f"attack spec {spec!r}: {name} does not take "
                           f"{' or '.join(k for k in ('steps', 'restarts') if k in kwargs)}", field="attacks") from None
+    if not callable(attack):  # a registered factory is a user's code
+        raise ConfigError(f"attack spec {spec!r}: the factory registered as {name!r} returned "
+                          f"{type(attack).__name__}, not an attack called as attack(model, x, y)", field="attacks")
+    check_ball(f"attack spec {spec!r}", attack, eps, norm,
+               "a registered factory must build its attack with the eps and norm it is given")
+    return attack
+
+
+def check_ball(label: str, attack, eps: float, norm: str, fix: str) -> None:
+    """An attack's own radius and norm (where it states them) are those of the evaluation: every
+    number of a report is labelled with the evaluation's eps."""
+    import math
+
+    from ..errors import ConfigError
+
+    where = getattr(attack, "threat", attack)  # the PGD family keeps its ball in .threat
+    a_eps, a_norm = getattr(where, "eps", eps), getattr(where, "norm", norm)
+    try:
+        same = a_norm == norm and math.isclose(float(a_eps), float(eps), rel_tol=1e-9, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        shown = f"{a_eps:g}" if isinstance(a_eps, (int, float)) and not isinstance(a_eps, bool) else repr(a_eps)
+        raise ConfigError(f"{label} is built for eps {shown} ({a_norm}), but this evaluation is at eps {eps:g} "
+                          f"({norm}), the radius its report states: {fix}", field="attacks")
 
 
 def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-__all__ = ["Attack", "attack_mode", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "input_gradient",
+__all__ = ["Attack", "check_ball", "attack_mode", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "input_gradient",
            "FGSM", "PGD", "CW", "APGD", "APGDT", "FABT", "Square",
            "ATTACKS", "ALIASES", "register_attack", "build_attack", "list_attacks"]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoint import WEIGHTS, load, read_config, weights_metadata
+from ..checkpoint import WEIGHTS, CheckpointError, load, read_config, weights_metadata
 from ..config import TrainConfig
 from ..data import load_test_set
 from ..evaluation import evaluate
@@ -102,8 +102,14 @@ def _accuracy_run(suite: BenchSuite, entry: Entry, seed: int, out: Path, device:
 def _weights_of(run_dir: Path) -> dict[str, str]:
     """{"weights_sha256": the digest of the run's final tensors} ({} without one): what a
     result row and its evaluation parts record of the network they scored."""
-    digest = weights_metadata(run_dir / WEIGHTS).get("sha256") if (run_dir / WEIGHTS).is_file() else None
-    return {"weights_sha256": digest} if digest else {}
+    if not (run_dir / WEIGHTS).is_file():
+        return {}
+    digest = weights_metadata(run_dir / WEIGHTS).get("sha256")
+    if not digest:  # every version of eae records it: a file without it was re-saved elsewhere, and could be any
+        raise CheckpointError(f"{run_dir / WEIGHTS} carries no SHA-256 of its tensors, as eae train records it: "
+                              "re-saved by another program, its numbers could be another network's; restore the "
+                              "run's own file, or delete the run's folder to train it again")
+    return {"weights_sha256": digest}
 
 
 def _read_row(path: Path, **expect: Any) -> dict[str, Any]:

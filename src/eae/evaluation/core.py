@@ -9,7 +9,7 @@ Every rank must then make the same calls.
 from __future__ import annotations
 
 import contextlib
-import math
+import re
 import sys
 import time
 from typing import Mapping, Sequence
@@ -22,7 +22,7 @@ from ..errors import ConfigError, ModelError
 from ..config import l2_diameter_errors
 from ..data.loader import shard_bounds
 
-from ..attacks import Attack, attack_mode, build_attack
+from ..attacks import Attack, attack_mode, build_attack, check_ball
 from ..attacks.base import check_inputs
 from ..utils import progress_bar, torch_seed
 from ..utils import resolve_device
@@ -186,12 +186,8 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
             if not callable(a):
                 raise ConfigError(f"attacks[{k!r}] must be an attack (eae.build_attack(...) or a callable "
                                   f"attack(model, x, y)), got {a!r}", field="attacks")
-            where = getattr(a, "threat", a)  # the PGD family keeps its ball in .threat
-            a_eps, a_norm = getattr(where, "eps", eps), getattr(where, "norm", norm)
-            if a_norm != norm or not math.isclose(float(a_eps), float(eps), rel_tol=1e-9, abs_tol=1e-12):
-                raise ConfigError(f"attacks[{k!r}] is built for eps {a_eps:g} ({a_norm}), but this evaluation is "
-                                  f"at eps {eps:g} ({norm}), the radius its report states: build it with the same "
-                                  "eps and norm, or pass them to evaluate", field="attacks")
+            check_ball(f"attacks[{k!r}]", a, eps, norm, "build it with the same eps and norm, or pass them to evaluate")
+        _no_twice(named.items(), repr)
         s = custom_suite(list(named))
         return s, [(k, _Checked(a, k, eps, norm), STANDALONE) for k, a in named.items()]
     if attacks is not None:
@@ -199,36 +195,47 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
     else:
         s = get_suite(suite or "quick")
     built = [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
-    seen: dict[str, str] = {}
-    for spec, attack, _ in built:  # pgd2 and pgd2r1, fab-t and fabt: one attack, which would fill two rows
-        key = attack_key(attack)
-        if key in seen:
-            raise ConfigError(f"attacks {seen[key]!r} and {spec!r} are one attack: each row of a report is another "
-                              "attack (for more restarts, write e.g. pgd20r5)", field="attacks")
-        seen[key] = spec
+    _no_twice([(spec, a) for spec, a, _ in built if a is not None], repr)
     # registered attacks are users' code too: every point is checked before it counts
     return s, [(spec, _Checked(attack, spec, eps, norm), mode) for spec, attack, mode in built]
 
 
 def attack_key(attack) -> str:
-    """What an attack does (its class and settings), whatever spec built it."""
+    """What an attack does (its class and settings), whatever spec built it. Only eae's attacks
+    are known by their settings; any other callable is itself (two functions are two attacks)."""
+    if not isinstance(attack, Attack):
+        return f"{type(attack).__name__} at {id(attack):#x}"
     return f"{type(attack).__name__}{sorted((k, repr(v)) for k, v in vars(attack).items())}"
 
 
+def _no_twice(attacks, shown) -> None:
+    """pgd2 and pgd2r1, fab-t and fabt, one attack under two names: it would fill two rows."""
+    seen: dict[str, str] = {}
+    for name, attack in attacks:
+        key = attack_key(attack)
+        if key in seen:
+            raise ConfigError(f"attacks {shown(seen[key])} and {shown(name)} are one attack: each row of a report is "
+                              "another attack (for more restarts, write e.g. pgd20r5)", field="attacks")
+        seen[key] = name
+
+
 def _not_a_builtin_name(name: str, attack) -> None:
-    """A label that is a built-in attack's full spec (pgd20) must hold that attack: a row
-    reading pgd20 with a PGD-2's number would be read as PGD-20's. A family name (pgd, cw)
-    states no settings."""
-    if not any(c.isdigit() for c in name):
+    """A label that reads as a built-in attack's spec must hold that attack: a row reading pgd20
+    (or PGD-20) with a PGD-2's number would be read as PGD-20's. A name without a number states
+    the kind of attack only: pgd is any PGD, square any Square attack."""
+    text = name.strip().lower()
+    where = getattr(attack, "threat", attack)
+    eps, norm = getattr(where, "eps", 8 / 255), getattr(where, "norm", "linf")
+    for spec in dict.fromkeys((text, re.sub(r"[\s_-]+(?=\d)", "", text), text.replace("_", "-"))):
+        try:
+            builtin = build_attack(spec, float(eps), norm)
+        except (ConfigError, TypeError, ValueError):
+            continue  # not a spec: any label
+        same = attack_key if any(c.isdigit() for c in spec) else type
+        if builtin is not None and same(builtin) != same(attack):
+            raise ConfigError(f"attacks[{name!r}] reads as the built-in attack {spec} but is another attack: "
+                              "name it otherwise", field="attacks")
         return
-    try:
-        builtin = build_attack(name, float(getattr(getattr(attack, "threat", attack), "eps", 8 / 255)),
-                               getattr(getattr(attack, "threat", attack), "norm", "linf"))
-    except ConfigError:
-        return  # not a spec: any label
-    if builtin is not None and attack_key(builtin) != attack_key(attack):
-        raise ConfigError(f"attacks[{name!r}] is labelled as the built-in attack {name} but is another attack: "
-                          "name it otherwise", field="attacks")
 
 
 def _check_keys(attacks: Mapping) -> None:
@@ -241,7 +248,7 @@ def _check_keys(attacks: Mapping) -> None:
         if k == "clean" and a is not None:
             raise ConfigError("attacks['clean'] is the clean accuracy (every report has it): give None there, "
                               "or name the attack otherwise", field="attacks")
-        if k != "clean" and k.strip("*").strip().lower() in ("clean", "worst case", "worst_case"):
+        if k != "clean" and re.sub(r"[\s_-]+", " ", k.strip("*").strip().lower()) in ("clean", "worst case"):
             raise ConfigError(f"attacks[{k!r}]: a row of every report is named so already; name the attack otherwise",
                               field="attacks")
         _not_a_builtin_name(k, a)

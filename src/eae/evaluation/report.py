@@ -19,6 +19,14 @@ def _count(v: Any, n: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= n
 
 
+_ROW = {"accuracy", "mode", "seconds", "n_attacked"}
+
+
+def _label(v: Any) -> bool:
+    """Text that is one cell of a Markdown table."""
+    return isinstance(v, str) and v.isprintable() and "|" not in v and v == v.strip()
+
+
 def _seconds(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
 
@@ -66,21 +74,50 @@ class Report:
         if self.verdict not in ("ok", "suspicious", "masked", "not run"):
             raise bad("verdict", f"ok, suspicious, masked or not run, got {self.verdict!r}")
         self._check_settings(bad)
+        self._check_rows(bad)
+        self._check_accuracies(bad)
+
+    def _check_rows(self, bad) -> None:
+        """Every row of the table: a label, a mode, its time and the points it attacked."""
         if not isinstance(self.per_attack, dict) or not all(
-                isinstance(a, dict) and a.get("mode") in ("standalone", "cascade") for a in self.per_attack.values()):
+                isinstance(a, dict) and set(a) >= _ROW and a["mode"] in ("standalone", "cascade")
+                for a in self.per_attack.values()):
             raise bad("per_attack", "a dict of attack -> {accuracy, mode (standalone or cascade), seconds, n_attacked}")
         for k, a in self.per_attack.items():
-            if not _count(a.get("n_attacked", 0), self.n) or not _seconds(a.get("seconds", 0.0)):
+            if not _label(k) or k.strip("*").strip().lower() in ("clean", "worst case"):
+                raise bad("per_attack", f"the rows are named by printable text without '|', other than clean and "
+                                        f"worst case (every report has those), got {k!r}")
+            if not _count(a["n_attacked"], self.n) or not _seconds(a["seconds"]):
                 raise bad(f"per_attack[{k!r}]", f"n_attacked in 0..{self.n} and seconds >= 0, got {a!r}")
-        for name, v in (("clean_accuracy", self.clean_accuracy), ("robust_accuracy", self.robust_accuracy),
-                        *((f"per_attack[{k!r}]", a.get("accuracy")) for k, a in self.per_attack.items())):
+        if not isinstance(self.evidence, list) or not all(isinstance(e, str) for e in self.evidence):
+            raise bad("evidence", f"a list of lines of text, got {self.evidence!r}")
+
+    def _check_accuracies(self, bad) -> None:
+        """Each accuracy a fraction of the n images, no attack above the clean accuracy, no
+        attack's above the points it attacked, cascades never rising, the worst case the lowest."""
+        rows = [("clean_accuracy", self.clean_accuracy), ("robust_accuracy", self.robust_accuracy),
+                *((f"per_attack[{k!r}]", a["accuracy"]) for k, a in self.per_attack.items())]
+        for name, v in rows:
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             if not number or not (0 <= v <= 1 if self.n else v != v):  # NaN exactly when there are no images
                 raise bad(name, f"an accuracy in [0, 1] (NaN for 0 images, only), got {v!r}")
-        if self.n and max([self.robust_accuracy, *(a["accuracy"] for a in self.per_attack.values())]) \
-                > self.clean_accuracy + 1e-6 or self.n and self.robust_accuracy > min(self.accuracy.values()) + 1e-6:
-            raise bad("robust_accuracy", "an attack's accuracy, or the worst case, is above one it cannot exceed "
-                                         "(the clean accuracy; the worst case is the minimum of all)")
+            if self.n and abs(v * self.n - round(v * self.n)) > 1e-6 * (1 + self.n):  # (a float32 mean's error)
+                raise bad(name, f"{v!r} of {self.n} images is not a whole number of them")
+        if not self.n:
+            return
+        clean = round(self.clean_accuracy * self.n)
+        cascade = 1.0
+        for k, a in self.per_attack.items():
+            if a["n_attacked"] > clean or round(a["accuracy"] * self.n) > a["n_attacked"]:
+                raise bad(f"per_attack[{k!r}]", f"attacks only the {clean} points classified correctly, and keeps "
+                                                f"at most those it attacked: got {a!r}")
+            if a["mode"] == "cascade":
+                if a["accuracy"] > cascade + 1e-9:
+                    raise bad(f"per_attack[{k!r}]", "a cascade's accuracy never rises from one attack to the next")
+                cascade = a["accuracy"]
+        if self.robust_accuracy > min(self.accuracy.values()) + 1e-9:
+            raise bad("robust_accuracy", "the worst case is above an accuracy it cannot exceed (the minimum of "
+                                         "clean and every attack)")
 
     def _check_settings(self, bad) -> None:
         from ..config import MAX_SEED
@@ -93,6 +130,10 @@ class Report:
             raise bad("precision", f"fp32, tf32 or bf16, got {self.precision!r}")
         if not _seconds(self.seconds):
             raise bad("seconds", f"a time >= 0, got {self.seconds!r}")
+        for name in ("suite", "label"):
+            if not _label(getattr(self, name)):
+                raise bad(name, f"printable text without '|' (one cell of the report's table), got "
+                                f"{getattr(self, name)!r}")
 
     @property
     def subset(self) -> bool:

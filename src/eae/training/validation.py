@@ -39,7 +39,8 @@ class Validator:
             res = self.suite(net, self.x, self.y, self.attacks, cfg.eps, norm=cfg.norm, batch_size=cfg.batch_size,
                              device=self.device, seed=cfg.seed + epoch)
         row = {f"val_{k}": v for k, v in res.accuracy.items()}
-        row["val_robust"] = res.robust_accuracy
+        # without validation attacks no robust accuracy was measured: none recorded (the best is then the clean's)
+        row["val_robust"] = res.robust_accuracy if cfg.val_attack_steps else None
         row["val_seconds"] = res.seconds
         if cfg.val_aa_n:
             n = cfg.val_aa_n
