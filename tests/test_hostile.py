@@ -213,7 +213,8 @@ def test_eval_of_a_model_with_nan_outputs_is_an_error_not_a_score(run, tmp_path,
     model = load(run)
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
-    bad = _tamper(run, tmp_path, "model.safetensors", edit=lambda p: save_weights(model, p, {"arch": "resnet_small"}))
+    bad = _tamper(run, tmp_path, "model.safetensors", edit=lambda p: save_weights(model, p, {"arch": "resnet_small",
+                                                                                      "epochs": "1"}))
     rc, text = _call(["eval", str(bad), "--attacks", "clean,pgd2", "--quiet"], capsys)
     assert rc == 2 and "NaN or infinite logits" in text and "%" not in text
 

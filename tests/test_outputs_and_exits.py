@@ -419,11 +419,13 @@ def test_report_names_cover_everything_that_changes_the_numbers():
     from eae.cli import eval_report_name
 
     src = {"norm": "linf", "eps": 8 / 255, "meta": {"weights": "final"}}
-    plain = Namespace(seed=0, precision="fp32", eot=None, diagnostics="full", diag_n=1000)
+    plain = Namespace(seed=0, precision="fp32", eot=None, diagnostics="full", diag_n=1000, batch_size=500)
     name = lambda attacks, args=plain: eval_report_name(None, attacks, 100, 100, "linf", 8 / 255, src, args)  # noqa
     assert name(["clean"]) == "eval-clean.json"
-    odd = Namespace(seed=3, precision="bf16", eot=2, diagnostics="cheap", diag_n=1000)
-    assert name(["clean"], odd) == "eval-clean-seed3-precisionbf16-eot2-diagcheap.json"
+    odd = Namespace(seed=3, precision="bf16", eot=2, diagnostics="cheap", diag_n=1000, batch_size=64)
+    assert name(["clean"], odd) == "eval-clean-seed3-precisionbf16-eot2-diagcheap-bs64.json"
+    # batches of 100 or more hold all 100 points: the same draws as the default's one batch
+    assert name(["clean"], Namespace(**{**vars(plain), "batch_size": 100})) == "eval-clean.json"
     near = lambda eps: eval_report_name(None, ["fgsm"], 8, 8, "linf", eps, src, plain)  # noqa: E731
     assert near(0.03137252) != near(0.03137251) and near(4 / 255) == "eval-fgsm-linf-eps4-255.json"
     many = ["clean"] * 14
@@ -652,7 +654,7 @@ def test_names_changed_by_cleaning_keep_apart():
     from eae.cli import eval_report_name
 
     src = {"norm": "linf", "eps": 8 / 255, "meta": {"weights": "final"}}
-    args = Namespace(seed=0, precision="fp32", eot=None, diagnostics="full", diag_n=1000)
+    args = Namespace(seed=0, precision="fp32", eot=None, diagnostics="full", diag_n=1000, batch_size=500)
     assert (eval_report_name(None, ["pgd\u0661"], 8, 8, "linf", 8 / 255, src, args)
             != eval_report_name(None, ["pgd\u0663"], 8, 8, "linf", 8 / 255, src, args))
 

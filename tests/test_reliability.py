@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import importlib
 from eae import load, train
 from eae.checkpoint import CheckpointError, RunLock, load_checkpoint, load_weights
-from eae.config import TrainConfig
+from eae.config import ConfigError, TrainConfig
 from eae.data import DeviceLoader
 from eae.data import cifar10 as c10
 from eae.evaluation import evaluate
@@ -283,7 +283,9 @@ def test_overfitting_guard_warns(tiny_cfg, monkeypatch):
 def test_no_overfitting_alarm_for_standard_training(tiny_cfg, monkeypatch):
     # standard training loses its chance robustness as it learns: not catastrophic overfitting
     _collapse_at(monkeypatch, 3)
-    res = train(tiny_cfg.replace(epochs=4, method="standard", overfit_action="stop"), quiet=True)
+    with pytest.raises(ConfigError, match="standard training has none to lose"):  # an action that could never act
+        tiny_cfg.replace(epochs=4, method="standard", overfit_action="stop")
+    res = train(tiny_cfg.replace(epochs=4, method="standard"), quiet=True)
     assert res.finished and not any(r.get("overfit") for r in res.metrics)
     assert not (Path(tiny_cfg.out) / "events.jsonl").exists()
 

@@ -238,7 +238,7 @@ def _differs(was: Any, now: Any, where: Any = None) -> str:
     parts = [f"{label} {short(was.get(key), 300)}, this one {short(now.get(key), 300)}" for key, label in
              (("settings", "its settings are"), ("of", "it scored")) if was.get(key) != now.get(key)]
     if was.get("of") != now.get("of") and isinstance(where, str):
-        parts[-1] = parts[-1].replace("it scored", f"it scored (in {short(where, 300)})", 1)
+        parts[-1] = parts[-1].replace("it scored", f"it scored (in {where[:300]})", 1)
     other = sorted(map(str, set(was) ^ set(now)))
     return "; ".join(parts) or f"its record of what it evaluated has other fields ({', '.join(other)[:200]})"
 
