@@ -208,13 +208,13 @@ def test_eval_prints_the_numbers_even_when_it_cannot_save_them(run, tmp_path, mo
 
 
 def test_eval_of_a_model_with_nan_outputs_is_an_error_not_a_score(run, tmp_path, capsys):
-    from eae.checkpoint import load, save_weights
+    from eae.checkpoint import load, save_weights, weights_metadata
 
     model = load(run)
+    kept = {k: v for k, v in weights_metadata(run / "model.safetensors").items() if k != "sha256"}  # the run's own
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
-    bad = _tamper(run, tmp_path, "model.safetensors", edit=lambda p: save_weights(model, p, {"arch": "resnet_small",
-                                                                                      "epochs": "1"}))
+    bad = _tamper(run, tmp_path, "model.safetensors", edit=lambda p: save_weights(model, p, kept))
     rc, text = _call(["eval", str(bad), "--attacks", "clean,pgd2", "--quiet"], capsys)
     assert rc == 2 and "NaN or infinite logits" in text and "%" not in text
 
@@ -2254,3 +2254,122 @@ def test_eval_of_a_broken_link_says_what_it_is(tmp_path, capsys, kind):
     link.symlink_to(tmp_path / "B" if kind == "loop" else tmp_path / "nowhere")
     rc, text = _call(["eval", str(link)], capsys)
     assert rc == 2 and ("a loop of links" if kind == "loop" else "which does not exist") in text, text
+
+
+# --------------------------------------------------------------------------- trial 18
+def test_weights_without_their_runs_settings_are_refused_but_an_earlier_runs_are_read(run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from eae.checkpoint import weights_metadata
+
+    meta = {k: v for k, v in weights_metadata(run / "model.safetensors").items() if k != "config"}
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval*"))
+    save_file(load_file(str(run / "model.safetensors")), str(copy / "model.safetensors"), metadata=meta)
+    rc, text = _call(["eval", str(copy), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "its run's settings" in text, text
+    # a run of an earlier version: its config.json lacks fields of today's, its weights their settings
+    cfg = json.loads((copy / "config.json").read_text())
+    del cfg["unverified_data"], cfg["svhn_extra"]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    rc, text = _call(["eval", str(copy), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 0 and "| clean |" in text, text
+
+
+@pytest.mark.parametrize("label", ["worstcase", "WORSTCASE", "worst\u2010case", "\uff57\uff4f\uff52\uff53\uff54 case",
+                                   "\uff43\uff4c\uff45\uff41\uff4e", "\uff50\uff47\uff44\uff12\uff10",
+                                   "PGD\u201120"])
+def test_labels_that_read_as_other_rows_in_other_spellings_are_refused(label):
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    with pytest.raises(eae.ConfigError, match="reads as the built-in attack|a row of every report is named so"):
+        evaluate(model, x, y, {label: eae.build_attack("pgd2", 8 / 255)}, diagnostics="off")
+
+
+@pytest.mark.parametrize("name", ["worstcase", "worst-case", "worst_case", "apgd_ce"])
+def test_attack_names_that_read_as_reserved_ones_cannot_be_registered(name):
+    import eae
+
+    with pytest.raises(eae.ConfigError, match="is already registered"):
+        eae.ATTACKS.register(name)
+    assert name not in eae.ATTACKS
+
+
+_R18 = lambda a, k, mode="standalone": {"accuracy": a, "mode": mode, "seconds": 0.1, "n_attacked": k}  # noqa: E731
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(per_attack={}, robust_accuracy=0.0), "robust_accuracy"),  # nothing ran: the worst case is the clean
+    (dict(per_attack={"pgd20": _R18(0.4, 10)}, robust_accuracy=0.0), "robust_accuracy"),
+    (dict(per_attack={"pgd20": _R18(0.45, 10), "cw20": _R18(0.45, 10)}, robust_accuracy=0.0), "robust_accuracy"),
+    (dict(per_attack={"apgd-ce": _R18(0.1, 10, "cascade"), "apgd-t": _R18(0.1, 10, "cascade")}, robust_accuracy=0.1),
+     "per_attack['apgd-t']"),  # the first left 2 points standing
+    (dict(eot=10**30), "eot"),
+])
+def test_a_hand_built_worst_case_is_one_the_attacks_could_give(change, field):
+    import eae
+
+    good = dict(suite="custom", label="m", n=20, eps=8 / 255, norm="linf", seed=0, precision="fp32", seconds=1.0,
+                clean_accuracy=0.5, per_attack={"pgd20": _R18(0.4, 10)}, robust_accuracy=0.4)
+    eae.EvalResult(**good)
+    eae.EvalResult(**{**good, "per_attack": {"a": _R18(0.45, 10), "b": _R18(0.45, 10)}, "robust_accuracy": 0.4})
+    with pytest.raises(eae.ConfigError, match=f"report field {re.escape(field)}"):
+        eae.EvalResult(**{**good, **change})
+
+
+@pytest.mark.parametrize("given,fragment", [
+    ({"epochs": "3"}, "epochs = '3': give a whole number"), ({"epochs": 2.0}, "epochs = 2.0: give a whole number"),
+    ({"augment": "yes"}, "augment = 'yes': give true or false"), (None, "a config is a dict"),
+    (["epochs", 3], "a config is a dict"), ({1: 2}, "a config is a dict"),
+])
+def test_from_dict_takes_values_as_a_preset_gives_them(given, fragment):
+    import eae
+
+    with pytest.raises(eae.ConfigError, match=re.escape(fragment)):
+        eae.TrainConfig.from_dict(given)
+    with pytest.raises(eae.ConfigError, match="give a path"):
+        eae.TrainConfig.from_toml(b"configs/cifar10_preact18_eae.toml")
+
+
+def test_aa_fast_during_training_needs_the_validation_attacks():
+    import eae
+
+    with pytest.raises(eae.ConfigError, match="val_aa_n 10 with val_attack_steps 0"):
+        eae.TrainConfig(method="fgsm_rs", val_attack_steps=0, val_aa_n=10)
+
+
+def test_a_bench_report_names_the_command_as_typed(monkeypatch):
+    import sys
+
+    from eae.bench.runner import _command_line
+
+    monkeypatch.setattr(sys, "argv", ["/somewhere/src/eae/__main__.py", "bench", "smoke", "--out", "b 1"])
+    assert _command_line() == "eae bench smoke --out 'b 1'"
+    monkeypatch.setattr(sys, "argv", ["scripts/mine.py", "--x"])
+    assert _command_line() == "scripts/mine.py --x"
+
+
+def test_a_hidden_file_named_as_an_image_is_said_to_be_left_out(tmp_path, capsys):
+    from PIL import Image
+
+    from eae.data.imagefolder import scan_folder
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / c / "0.png")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "a" / "._0.png").write_bytes(b"AppleDouble")
+    assert len(scan_folder(tmp_path).samples) == 2 and "hidden" not in capsys.readouterr().err  # junk: silent
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / ".hidden.png")
+    assert len(scan_folder(tmp_path).samples) == 2
+    assert "1 hidden file(s) with an image's name left out" in capsys.readouterr().err
+
+
+def test_a_report_written_into_the_test_folder_is_refused(external, capsys):
+    inside = str(Path(external["DATA"]) / "val" / "r.json")
+    rc, text = _call(_external_argv(external, "{MODELS}:Tiny", "{TINY}", ["--output", inside]), capsys)
+    assert rc == 2 and "is inside the test folder" in text, text
+    assert not Path(inside).exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import hashlib
+import dataclasses
 import errno
 import io
 import os
@@ -436,10 +437,14 @@ def load_run(run_dir: str | Path, *, weights: str = "final", device: str | torch
     if not path.is_file():
         raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
                              cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
-    state, meta = read_weights(path, loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig")))
-    if "sha256" not in meta or not {"epoch", "epochs"} & set(meta):  # without them no check below could act
+    raw = loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig"))
+    state, meta = read_weights(path, raw)
+    # a run whose config.json holds every field of this version wrote its settings into its weights too
+    # (earlier versions did not: their weights are tied to the run by their digest and epoch only)
+    settings = "config" in meta or not {f.name for f in dataclasses.fields(TrainConfig)} <= set(raw)
+    if "sha256" not in meta or not {"epoch", "epochs"} & set(meta) or not settings:  # else no check could act
         raise CheckpointError(f"{path} lacks what eae train records in a run's weights (the SHA-256 of its tensors, "
-                              "its epoch): re-saved by another program, or copied from elsewhere, they could be any "
+                              "its epoch, its run's settings): re-saved by another program, or copied from elsewhere, they could be any "
                               "run's; restore the run's own file, or score these weights as a model of your own "
                               "(eae eval --model ... --weights FILE)")
     _check_kind(path, weights, meta, cfg)

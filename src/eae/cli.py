@@ -180,6 +180,10 @@ def _eval(args: argparse.Namespace, device) -> int:
                   "of": f"{_subject(src)}, test images sha256:{images[:16]}"}
     # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
     target = Path(args.output) if args.output else src["run_dir"].resolve() / name if src["run_dir"] else None
+    data = Path(src["meta"]["test_data"]) if src["meta"].get("dataset") == "imagefolder" else None
+    if args.output and data is not None and data in target.resolve().parents:  # it would be read as an image
+        raise UsageError(f"--output {args.output} is inside the test folder {data}, whose every file eae reads as an "
+                         "image: give a path outside it")
     if target is not None:  # a name never writable, a file not ours, another evaluation: said before the attacks
         from .outputs import check_report
 

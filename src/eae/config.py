@@ -16,13 +16,14 @@ import datetime
 import json
 import math
 import numbers
+import os
 import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import ConfigError
 
@@ -422,6 +423,10 @@ class TrainConfig:
         if self.val_size == 0 and self.val_aa_n > 0:
             errors.append(f"val_aa_n {self.val_aa_n} needs validation images, but val_size is 0: give val_size > "
                           "0, or val_aa_n 0")
+        elif self.val_attack_steps == 0 and self.val_aa_n > 0:  # its number would stand alone, and choose nothing
+            errors.append(f"val_aa_n {self.val_aa_n} with val_attack_steps 0 would measure aa-fast on a subset while "
+                          "the validation attacks that choose the best weights are off: give val_attack_steps > 0 "
+                          "(10 is usual), or val_aa_n 0")
         if self.dataset == "imagefolder" and self.image_size < 8:
             errors.append(f"image_size must be >= 8 (pixels; the networks downsample by 8), got {self.image_size}")
         if self.dataset == "synthetic" and self.synthetic_image_size < 8:
@@ -464,6 +469,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, strict: bool = True) -> "TrainConfig":
+        """A config from {field: value}: the values as a preset or config.json gives them (a
+        whole number for a count, true or false for a switch; "8/255" for a real number)."""
+        if not isinstance(d, Mapping) or not all(isinstance(k, str) for k in d):
+            raise ConfigError(f"a config is a dict of field names to values, got {short(d)}", field="config")
+        exact_types(dict(d), None, where="TrainConfig.from_dict")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown and strict:
@@ -587,6 +597,8 @@ def l2_diameter_errors(eps: Any, norm: str, shape: tuple[int, ...]) -> list[str]
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML preset. Tables are flattened with their name as prefix, so
     ``[eae] eta = 0.1`` and ``eae_eta = 0.1`` mean the same."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise ConfigError(f"config file: give a path (str or pathlib.Path), got {type(path).__name__}", field="config")
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",
@@ -621,22 +633,23 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return exact_types(flat, path)
 
 
-def exact_types(flat: dict[str, Any], path: Path) -> dict[str, Any]:
+def exact_types(flat: dict[str, Any], path: Path | None, where: str | None = None) -> dict[str, Any]:
     """A preset (or a run's config.json) says what it means: a whole number for a count, true
     or false for a switch (a string or a float there is a mistake, not a value to convert); a
     fraction such as "8/255" stays allowed for the real-valued fields."""
     hints = typing.get_type_hints(TrainConfig)
+    where = where or f"config file {path}"
     for key, value in flat.items():
         if isinstance(value, (datetime.date, datetime.time)):  # TOML dates and times: no field takes one
-            raise ConfigError(f"config file {path}: {key} = {value}: a date or time, which no setting takes "
+            raise ConfigError(f"{where}: {key} = {value}: a date or time, which no setting takes "
                               f"(did a value lose its quotes?)", field=key)
         tp = hints.get(key)
         tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)  # X | None: X
         if tp is int and isinstance(value, (str, float)):
-            raise ConfigError(f"config file {path}: {key} = {value!r}: give a whole number, without quotes",
+            raise ConfigError(f"{where}: {key} = {value!r}: give a whole number, without quotes",
                               field=key)
         if tp is bool and isinstance(value, str):
-            raise ConfigError(f"config file {path}: {key} = {value!r}: give true or false, without quotes", field=key)
+            raise ConfigError(f"{where}: {key} = {value!r}: give true or false, without quotes", field=key)
     return flat
 
 

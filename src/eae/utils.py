@@ -187,3 +187,24 @@ def torch_seed(n: int) -> int:
     """A seed derived from the run's (seed + k * rank, seed * k + epoch, ...) in the range
     torch accepts, below 2^63, for every seed the config allows; unchanged when it fits."""
     return n % (1 << 63)
+
+
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+
+
+def spelled_plainly(text: str) -> str:
+    """A label as it reads: compatibility forms folded (full-width ｐｇｄ２０ is pgd20), Unicode
+    dashes as '-', lowercase, Markdown emphasis stripped."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text)
+    return "".join("-" if c in _DASHES else c for c in text).casefold().strip().strip("*_").strip()
+
+
+def row_key(text: str) -> str:
+    """What a report row's label says, without separators: 'Worst-Case', 'worst_case' and
+    'worstcase' are one row."""
+    import re
+
+    return re.sub(r"[\s_.-]+", "", spelled_plainly(text))
+

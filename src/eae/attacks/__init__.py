@@ -28,7 +28,8 @@ ALIASES = {
     "apgd-t": ("apgdt", {}),
     "fab-t": ("fabt", {}),
 }
-ATTACKS.reserved = {"clean": "the clean accuracy", **{a: f"an alias of {t}" for a, (t, _) in ALIASES.items()}}
+ATTACKS.reserved = {"clean": "the clean accuracy", "worst case": "a row of every report",
+                    **{a: f"an alias of {t}" for a, (t, _) in ALIASES.items()}}
 
 
 MAX_STEPS, MAX_RESTARTS = 100_000, 1_000  # beyond these an attack is a typo, not an evaluation

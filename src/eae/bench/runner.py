@@ -432,7 +432,16 @@ def provenance() -> dict[str, Any]:
     """What made a result: versions, commit, date and command line."""
     return {"torch": torch.__version__, "eae": __version__, "python": platform.python_version(),
             "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+            "command": _command_line()}
+
+
+def _command_line() -> str:
+    """The command as a user can paste it: `python -m eae` puts eae/__main__.py's path in argv[0]."""
+    argv = list(sys.argv) or ["eae"]
+    first = Path(argv[0])
+    if first.name == "eae" or (first.name == "__main__.py" and first.parent.name == "eae"):
+        argv[0] = "eae"
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def _changed_text(key: str, before: Any, now: Any) -> str:

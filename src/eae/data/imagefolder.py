@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -86,8 +87,9 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The files of one class folder, subfolders included (as torchvision's ImageFolder,
     which users' folders are laid out for), sorted; and the entries that cannot be images
     (an unreadable folder, a dangling link, a pipe, a linked folder seen before or holding
-    the class itself: a cycle), with why. Hidden entries are left out."""
-    files, odd = [], []
+    the class itself: a cycle), with why. Hidden entries are left out (and said, where they
+    are named as images)."""
+    files, odd, hidden = [], [], []
     seen = {os.path.realpath(folder)}
     home = os.path.realpath(folder)
 
@@ -107,7 +109,9 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
                 kept.append(d)
         dirs[:] = kept
         for name in names:
-            if name.startswith("."):
+            if name.startswith("."):  # .DS_Store, ._x.jpg (macOS): not images of the set
+                if name.lower().endswith(_IMAGE_NAMES) and not name.startswith("._"):
+                    hidden.append(os.path.join(top, name))
                 continue
             path = os.path.join(top, name)
             if os.path.isfile(path):
@@ -116,7 +120,14 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
                 odd.append((path, "a link to nothing (its target is missing)"))
             else:
                 odd.append((path, "not a regular file (a pipe, a socket or a device)"))
+    if hidden:  # said, not silently left out: a name that looks like an image's
+        print(f"note: {len(hidden)} hidden file(s) with an image's name left out ({hidden[0]}"
+              f"{', ...' if len(hidden) > 1 else ''}): names starting with '.' are not read; rename them to include "
+              "them", file=sys.stderr)
     return sorted(files), odd
+
+
+_IMAGE_NAMES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 
 
 def class_names(root: str | Path) -> list[str]:

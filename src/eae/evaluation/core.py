@@ -24,7 +24,7 @@ from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_mode, build_attack, check_ball
 from ..attacks.base import check_inputs
-from ..utils import progress_bar, torch_seed
+from ..utils import progress_bar, row_key, spelled_plainly, torch_seed
 from ..utils import resolve_device
 from . import checks
 from .report import Report
@@ -223,7 +223,7 @@ def _not_a_builtin_name(name: str, attack) -> None:
     """A label that reads as a built-in attack's spec must hold that attack: a row reading pgd20
     (or PGD-20) with a PGD-2's number would be read as PGD-20's. A name without a number states
     the kind of attack only: pgd is any PGD, square any Square attack."""
-    text = name.strip().lower()
+    text = spelled_plainly(name)
     where = getattr(attack, "threat", attack)
     eps, norm = getattr(where, "eps", 8 / 255), getattr(where, "norm", "linf")
     for spec in dict.fromkeys((text, re.sub(r"[\s_-]+(?=\d)", "", text), text.replace("_", "-"))):
@@ -248,7 +248,7 @@ def _check_keys(attacks: Mapping) -> None:
         if k == "clean" and a is not None:
             raise ConfigError("attacks['clean'] is the clean accuracy (every report has it): give None there, "
                               "or name the attack otherwise", field="attacks")
-        if k != "clean" and re.sub(r"[\s_-]+", " ", k.strip("*").strip().lower()) in ("clean", "worst case"):
+        if k != "clean" and row_key(k) in ("clean", "worstcase"):
             raise ConfigError(f"attacks[{k!r}]: a row of every report is named so already; name the attack otherwise",
                               field="attacks")
         _not_a_builtin_name(k, a)

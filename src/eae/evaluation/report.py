@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..utils import row_key
+
 
 def fmt_eps(eps: float, norm: str = "linf") -> str:
     """8/255 for an L-inf radius that is a whole number of grey levels; else the number."""
@@ -84,7 +86,7 @@ class Report:
                 for a in self.per_attack.values()):
             raise bad("per_attack", "a dict of attack -> {accuracy, mode (standalone or cascade), seconds, n_attacked}")
         for k, a in self.per_attack.items():
-            if not _label(k) or k.strip("*").strip().lower() in ("clean", "worst case"):
+            if not _label(k) or row_key(k) in ("clean", "worstcase"):
                 raise bad("per_attack", f"the rows are named by printable text without '|', other than clean and "
                                         f"worst case (every report has those), got {k!r}")
             if not _count(a["n_attacked"], self.n) or not _seconds(a["seconds"]):
@@ -93,8 +95,9 @@ class Report:
             raise bad("evidence", f"a list of lines of text, got {self.evidence!r}")
 
     def _check_accuracies(self, bad) -> None:
-        """Each accuracy a fraction of the n images, no attack above the clean accuracy, no
-        attack's above the points it attacked, cascades never rising, the worst case the lowest."""
+        """Each accuracy a whole number of the n images; no attack above the points it attacked
+        (the clean-correct ones; for a cascade, those left standing); the worst case the lowest,
+        and no lower than all attacks together could fool."""
         rows = [("clean_accuracy", self.clean_accuracy), ("robust_accuracy", self.robust_accuracy),
                 *((f"per_attack[{k!r}]", a["accuracy"]) for k, a in self.per_attack.items())]
         for name, v in rows:
@@ -105,27 +108,36 @@ class Report:
                 raise bad(name, f"{v!r} of {self.n} images is not a whole number of them")
         if not self.n:
             return
-        clean = round(self.clean_accuracy * self.n)
-        cascade = 1.0
+        count = {name: round(v * self.n) for name, v in rows}
+        clean, left, fooled = count["clean_accuracy"], count["clean_accuracy"], 0  # left: what the cascade left
         for k, a in self.per_attack.items():
-            if a["n_attacked"] > clean or round(a["accuracy"] * self.n) > a["n_attacked"]:
+            kept = count[f"per_attack[{k!r}]"]
+            if a["n_attacked"] > clean or kept > a["n_attacked"]:
                 raise bad(f"per_attack[{k!r}]", f"attacks only the {clean} points classified correctly, and keeps "
                                                 f"at most those it attacked: got {a!r}")
+            if a["mode"] == "cascade" and (a["n_attacked"] > left or kept > left):
+                raise bad(f"per_attack[{k!r}]", f"a cascade attacks only the {left} points the attacks before it "
+                                                f"left standing, and its accuracy never rises: got {a!r}")
             if a["mode"] == "cascade":
-                if a["accuracy"] > cascade + 1e-9:
-                    raise bad(f"per_attack[{k!r}]", "a cascade's accuracy never rises from one attack to the next")
-                cascade = a["accuracy"]
-        if self.robust_accuracy > min(self.accuracy.values()) + 1e-9:
+                left = kept
+            else:
+                fooled += clean - kept
+        worst = count["robust_accuracy"]
+        if worst > min(count.values()):
             raise bad("robust_accuracy", "the worst case is above an accuracy it cannot exceed (the minimum of "
                                          "clean and every attack)")
+        fooled += clean - left  # the cascade's
+        if worst < clean - fooled:  # no more points fooled than all attacks fooled together
+            raise bad("robust_accuracy", f"the worst case ({worst} of {self.n} images) is below what the attacks "
+                                         f"together could leave standing ({clean - fooled})")
 
     def _check_settings(self, bad) -> None:
         from ..config import MAX_SEED
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise bad("seed", f"an integer in 0..2^63 - 1, got {self.seed!r}")
-        if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
-            raise bad("eot", f"forward passes per gradient, >= 1, got {self.eot!r}")
+        if isinstance(self.eot, bool) or not isinstance(self.eot, int) or not 1 <= self.eot <= 10_000:
+            raise bad("eot", f"forward passes per gradient, in 1..10,000, got {self.eot!r}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise bad("precision", f"fp32, tf32 or bf16, got {self.precision!r}")
         if not _seconds(self.seconds):
