@@ -2040,7 +2040,7 @@ def test_a_report_built_by_hand_is_checked(change, field):
 
     good = dict(suite="custom", label="custom", n=20, eps=8 / 255, norm="linf", seed=0, precision="fp32",
                 clean_accuracy=0.5, per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": 0.1,
-                                                         "n_attacked": 10}}, robust_accuracy=0.25, seconds=1.0)
+                                                         "n_attacked": 10}}, robust_accuracy=0.3, seconds=1.0)
     eae.EvalResult(**good).to_markdown()
     with pytest.raises(eae.ConfigError, match=f"report field {field}"):
         eae.EvalResult(**{**good, **change})
@@ -2092,7 +2092,7 @@ def test_a_report_built_by_hand_is_checked_in_every_field(change, field):
 
     good = dict(suite="custom", label="custom", n=20, eps=8 / 255, norm="linf", seed=0, precision="fp32",
                 clean_accuracy=0.5, per_attack={"pgd2": {"accuracy": 0.3, "mode": "standalone", "seconds": 0.1,
-                                                         "n_attacked": 10}}, robust_accuracy=0.25, seconds=1.0)
+                                                         "n_attacked": 10}}, robust_accuracy=0.3, seconds=1.0)
     with pytest.raises(eae.ConfigError, match=f"report field {re.escape(field)}"):
         eae.EvalResult(**{**good, **change})
 
