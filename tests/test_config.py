@@ -67,6 +67,7 @@ def test_every_field_has_a_flag_that_sets_it():
         context = {"cifar100_labels": {"dataset": "cifar100"}, "svhn_extra": {"dataset": "svhn"},
                    "unverified_data": {"dataset": "svhn"}, "eps_warmup_epochs": {"method": "fgsm_rs"},
                    "image_size": {"dataset": "imagefolder"}, "bad_images": {"dataset": "imagefolder"},
+                   "workers": {"dataset": "tiny-imagenet"},
                    "overfit_action": {"method": "fgsm_rs"},  # (standard training has no robustness to lose)
                    "overfit_step_factor": {"method": "fgsm_rs", "overfit_action": "rollback_lower_step"},
                    "max_rollbacks": {"method": "fgsm_rs", "overfit_action": "rollback"}}.get(f.name, {})

@@ -2373,3 +2373,62 @@ def test_a_report_written_into_the_test_folder_is_refused(external, capsys):
     rc, text = _call(_external_argv(external, "{MODELS}:Tiny", "{TINY}", ["--output", inside]), capsys)
     assert rc == 2 and "is inside the test folder" in text, text
     assert not Path(inside).exists()
+
+
+# --------------------------------------------------------------------------- trial 19
+def test_evaluate_gives_a_users_attack_back_as_it_was():
+    import eae
+
+    model, x, y = _tiny_model_and_points()
+    pgd = eae.build_attack("pgd2", 8 / 255)
+    own = dict(vars(pgd))
+    for _ in range(2):  # the same call twice: the same answer
+        assert list(evaluate(model, x, y, {"pgd2": pgd}, diagnostics="off", eot=3).per_attack) == ["pgd2"]
+    assert vars(pgd) == own  # not left in the evaluation's precision and EOT
+    with pytest.raises(eae.ConfigError, match="'a' and 'b' are one attack"):
+        evaluate(model, x, y, {"a": pgd, "b": eae.build_attack("pgd2", 8 / 255)}, diagnostics="off")
+
+
+@pytest.mark.parametrize("typed,canonical", [
+    ("PGD5", "pgd5"), ("pgd5r1", "pgd5"), ("pgd", "pgd20"), ("apgd", "apgd-ce100"), ("apgd-ce", "apgd-ce100"),
+    ("fabt", "fab-t100"), ("square", "square5000"), ("fgsm", "fgsm"), ("pgd5r3", "pgd5r3"), ("clean", "clean"),
+])
+def test_one_attack_has_one_spelling_in_report_names(typed, canonical):
+    from eae.attacks import canonical_spec
+
+    assert canonical_spec(typed) == canonical
+
+
+def test_spellings_of_one_attack_are_one_evaluation(run, tmp_path, capsys):
+    out = str(tmp_path / "same.json")
+    for i, spec in enumerate(("clean,pgd1", "CLEAN,PGD1r1")):
+        rc, text = _call(["eval", str(run), "--attacks", spec, "--diagnostics", "off", "--output", out], capsys)
+        assert rc == 0 and ("replaces" in text) == (i == 1), text
+    rc, text = _call(["eval", str(run), "--attacks", "clean,clean", "--diagnostics", "off", "--output", out], capsys)
+    assert rc == 2 and "clean is given twice" in text, text
+
+
+def test_the_advice_for_a_checkpoint_given_as_weights_can_be_pasted(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "my run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval*"))
+    rc, text = _call(["eval", "--model", "resnet_small", "--weights", str(copy / "checkpoint.pt"), "--attacks",
+                      "clean"], capsys)
+    assert rc == 2 and f"`eae eval '{copy}'`" in text, text
+
+
+def test_workers_are_for_the_datasets_that_decode():
+    import eae
+
+    with pytest.raises(eae.ConfigError, match="workers is for dataset imagefolder or tiny-imagenet, not synthetic"):
+        eae.TrainConfig(dataset="synthetic", workers=3)
+    assert eae.TrainConfig(dataset="tiny-imagenet", workers=3).workers == 3
+
+
+def test_the_best_weights_of_a_run_without_validation_are_said_to_be_its_last(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "1", "--val-size", "0", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rc, text = _call(["eval", str(out), "--weights", "best", "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 0 and "its best is its last" in text, text

@@ -173,6 +173,10 @@ def _eval(args: argparse.Namespace, device) -> int:
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
     check_arguments(eps=eps, batch_size=args.batch_size, diag_n=args.diag_n, precision=args.precision,
                     diagnostics=args.diagnostics, norm=norm, eot=args.eot, seed=args.seed, attacks=attacks)
+    if attacks:  # pgd5, PGD5 and pgd5r1 are one attack: one row label, one report name, one evaluation
+        from .attacks import canonical_spec
+
+        attacks = [canonical_spec(a, eps, norm) for a in attacks]
     name = eval_report_name(suite, attacks, n, src["test_size"], norm, eps, src, args)  # (ε checked: finite)
     # the images scored, by content: a test folder whose files changed gives other numbers
     images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
@@ -254,6 +258,8 @@ def _publish(args: argparse.Namespace, src: dict[str, Any], report, evaluation: 
            "robustbench": robustbench_entry(report, src["meta"])}
     if src["meta"].get("weights_epoch"):
         print(f"scoring the best weights: epoch {src['meta']['weights_epoch']} of the run")
+    elif src["meta"].get("weights") == "best":  # a run without validation keeps its last epoch as its best
+        print("scoring the best weights: the run's last epoch (it validated nothing, so its best is its last)")
     scored = _scored(src["meta"])
     md = report.to_markdown(title=src["title"] + (f" on {scored}" if scored != src["meta"].get("dataset") else ""))
     tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
@@ -406,8 +412,10 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
         raise UsageError(f"--model-kwargs: {e}, in {given!r}") from None
     if not isinstance(kwargs, dict):
         raise UsageError(f"--model-kwargs must be a JSON object, e.g. '{{\"depth\": 28}}', got {args.model_kwargs!r}")
-    data = TrainConfig(dataset=args.dataset or "cifar10", data_dir=args.data_dir, image_size=args.image_size or 224,
-                       workers=min(8, os.cpu_count() or 1), unverified_data=bool(args.unverified_data),
+    dataset = args.dataset or "cifar10"
+    data = TrainConfig(dataset=dataset, data_dir=args.data_dir, image_size=args.image_size or 224,
+                       workers=min(8, os.cpu_count() or 1) if dataset in ("imagefolder", "tiny-imagenet") else 8,
+                       unverified_data=bool(args.unverified_data),
                        cifar100_labels=args.cifar100_labels or "fine")
     if args.cifar100_labels and data.dataset != "cifar100":
         raise UsageError(f"--cifar100-labels is for --dataset cifar100, not {data.dataset}")

@@ -414,7 +414,8 @@ class TrainConfig:
                                      ("cifar100_labels", self.cifar100_labels != "fine", ("cifar100",)),
                                      ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet")),
                                      ("image_size", self.image_size != 224, ("imagefolder",)),
-                                     ("bad_images", self.bad_images != "error", ("imagefolder",))):
+                                     ("bad_images", self.bad_images != "error", ("imagefolder",)),
+                                     ("workers", self.workers != 8, ("imagefolder", "tiny-imagenet"))):
             if value and self.dataset not in dataset:
                 errors.append(f"{name} is for dataset {' or '.join(dataset)}, not {self.dataset}")
         if isinstance(self.val_aa_n, int) and isinstance(self.val_size, int) and self.val_aa_n > self.val_size > 0:

@@ -87,6 +87,44 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
     return attack
 
 
+def attack_key(attack) -> str:
+    """What an attack does (its class and settings), whatever spec built it. Only eae's attacks
+    are known by their settings; any other callable is itself (two functions are two attacks).
+    The precision and EOT an evaluation runs it in are the evaluation's, not the attack's."""
+    if not isinstance(attack, Attack):
+        return f"{type(attack).__name__} at {id(attack):#x}"
+    return f"{type(attack).__name__}{sorted((k, repr(v)) for k, v in vars(attack).items() if k not in ('precision', 'eot'))}"
+
+
+def canonical_spec(spec: str, eps: float = 8 / 255, norm: str = "linf") -> str:
+    """One spelling of one attack, for report names: lowercase, its steps written out (pgd is
+    pgd20, square is square5000), no r1, AutoAttack's name where it has one (apgd is apgd-ce100,
+    fabt is fab-t100). A text that is not a spec is given back as it is."""
+    from ..errors import ConfigError
+
+    text = spec.strip().lower() if isinstance(spec, str) else spec
+    try:
+        attack = build_attack(text, eps, norm)
+    except ConfigError:
+        return spec
+    if attack is None:
+        return text
+    key, m = attack_key(attack), _SPEC.match(text)
+    target = ALIASES.get(m["name"], (m["name"],))[0]
+    names = sorted({m["name"], target, *(a for a, (t, _) in ALIASES.items() if t == target)},
+                   key=lambda n: (n not in ALIASES, n))  # AutoAttack's names first
+    number = next((str(getattr(attack, k)) for k in ("steps", "queries") if isinstance(getattr(attack, k, None), int)), "")
+    restarts = getattr(attack, "restarts", 1)
+    for name in names:
+        candidate = f"{name}{number}" + (f"r{restarts}" if restarts != 1 else "")
+        try:
+            if attack_key(build_attack(candidate, eps, norm)) == key:
+                return candidate
+        except ConfigError:
+            continue
+    return text
+
+
 def check_ball(label: str, attack, eps: float, norm: str, fix: str) -> None:
     """An attack's own radius and norm (where it states them) are those of the evaluation: every
     number of a report is labelled with the evaluation's eps."""
@@ -110,6 +148,6 @@ def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-__all__ = ["Attack", "check_ball", "attack_mode", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "input_gradient",
+__all__ = ["Attack", "attack_key", "canonical_spec", "check_ball", "attack_mode", "ce_loss", "margin_loss", "dlr_loss", "dlr_targeted_loss", "input_gradient",
            "FGSM", "PGD", "CW", "APGD", "APGDT", "FABT", "Square",
            "ATTACKS", "ALIASES", "register_attack", "build_attack", "list_attacks"]

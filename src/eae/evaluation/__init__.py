@@ -101,6 +101,9 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
         errors.append(f"attacks must be a list of attack specs (e.g. ['clean', 'pgd20']), got the string {attacks!r}")
     elif attacks is not None and not isinstance(attacks, Mapping) and not all(isinstance(a, str) for a in attacks):
         errors.append(f"attacks must be a list of attack specs (strings), got {short(attacks)}")
+    elif attacks is not None and not isinstance(attacks, Mapping) and [a.strip().lower() for a in attacks].count(
+            "clean") > 1:
+        errors.append("attacks: clean is given twice (every report has one clean row)")
     if errors:
         raise ConfigError("; ".join(errors), field=errors[0].split()[0])
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError, ModelError
 from ..config import l2_diameter_errors
 from ..data.loader import shard_bounds
 
-from ..attacks import Attack, attack_mode, build_attack, check_ball
+from ..attacks import Attack, attack_key, attack_mode, build_attack, check_ball
 from ..attacks.base import check_inputs
 from ..utils import progress_bar, row_key, spelled_plainly, torch_seed
 from ..utils import resolve_device
@@ -150,6 +150,26 @@ class _Checked:
         return adv.to(x.dtype)
 
 
+@contextlib.contextmanager
+def _run_as(attack: "_Checked", **settings):
+    """The evaluation's precision and EOT on the attack while it runs, then its own again: an
+    attack object a user passed in is given back as it was (a later call, or a direct
+    ``attack(model, x, y)``, would otherwise run in this evaluation's settings)."""
+    inner = attack.attack
+    own = getattr(inner, "__dict__", {})
+    before = {k: own[k] for k in settings if k in own}
+    for k, v in settings.items():
+        setattr(attack, k, v)
+    try:
+        yield
+    finally:
+        for k in settings:
+            if k in before:
+                own[k] = before[k]
+            else:
+                own.pop(k, None)
+
+
 def _same_state(model, state: dict[str, torch.Tensor], spec: str) -> None:
     """The model's parameters and buffers are as they were before the attacks: else no number
     would be of one model (its forward pass, or the attack ``spec``, wrote into them)."""
@@ -191,21 +211,16 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         s = custom_suite(list(named))
         return s, [(k, _Checked(a, k, eps, norm), STANDALONE) for k, a in named.items()]
     if attacks is not None:
-        s = custom_suite(list(attacks))
+        attacks = list(attacks)  # (a generator is read once)
+        if sum(isinstance(a, str) and a.strip().lower() == "clean" for a in attacks) > 1:
+            raise ConfigError("attacks: clean is given twice (every report has one clean row)", field="attacks")
+        s = custom_suite(attacks)
     else:
         s = get_suite(suite or "quick")
     built = [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
     _no_twice([(spec, a) for spec, a, _ in built if a is not None], repr)
     # registered attacks are users' code too: every point is checked before it counts
     return s, [(spec, _Checked(attack, spec, eps, norm), mode) for spec, attack, mode in built]
-
-
-def attack_key(attack) -> str:
-    """What an attack does (its class and settings), whatever spec built it. Only eae's attacks
-    are known by their settings; any other callable is itself (two functions are two attacks)."""
-    if not isinstance(attack, Attack):
-        return f"{type(attack).__name__} at {id(attack):#x}"
-    return f"{type(attack).__name__}{sorted((k, repr(v)) for k, v in vars(attack).items())}"
 
 
 def _no_twice(attacks, shown) -> None:
@@ -305,12 +320,12 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         correct = {"clean": clean}
         per_attack = {}
         for spec, attack, mode in plan:
-            attack.precision, attack.eot = precision, eot
             pool = clean if mode == STANDALONE else chain
             idx = pool.nonzero().squeeze(1)
             t0 = time.perf_counter()
             bar = progress_bar(len(idx), progress and dist.is_main(), spec, unit="img")
-            ok = attack_points(model, attack, x, y, idx, batch_size, device, bar)
+            with _run_as(attack, precision=precision, eot=eot):
+                ok = attack_points(model, attack, x, y, idx, batch_size, device, bar)
             bar.close()
             _same_state(model, state, spec)
             robust &= ok

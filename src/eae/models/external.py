@@ -19,6 +19,7 @@ import importlib.util
 import inspect
 import json
 import re
+import shlex
 import sys
 import traceback
 import warnings
@@ -202,7 +203,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     if (path.parent / "config.json").is_file() and path.name in ("checkpoint.pt", "checkpoint_best.pt"):
         raise WeightsError(f"{path} is the training checkpoint of an eae run: evaluate the run itself, "
-                           f"`eae eval {path.parent}` (add --weights best for its best epoch)")
+                           f"`eae eval {shlex.quote(str(path.parent))}` (add --weights best for its best epoch)")
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning is noise before our one line
             warnings.simplefilter("ignore")
