@@ -2432,3 +2432,48 @@ def test_the_best_weights_of_a_run_without_validation_are_said_to_be_its_last(tm
     capsys.readouterr()
     rc, text = _call(["eval", str(out), "--weights", "best", "--attacks", "clean", "--diagnostics", "off"], capsys)
     assert rc == 0 and "its best is its last" in text, text
+
+
+# --------------------------------------------------------------------------- trial 20
+def test_clean_anywhere_in_the_list_is_one_report(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval*"))
+    for spec in ("pgd1", "clean,pgd1", "pgd1,clean"):
+        rc, text = _call(["eval", str(copy), "--attacks", spec, "--diagnostics", "off"], capsys)
+        assert rc == 0, text
+    assert sorted(p.name for p in copy.glob("eval*.json")) == ["eval-clean+pgd1-diagoff.json"]
+    rc, text = _call(["eval", str(copy), "--attacks", "apgd-ce,APGD", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "--attacks apgd-ce and APGD are one attack (apgd-ce100): give it once" in text, text
+
+
+def test_an_interrupted_bench_that_kept_nothing_says_so(tmp_path):
+    from argparse import Namespace
+
+    from eae.cli import _resume_hint, cmd_bench
+
+    args = Namespace(func=cmd_bench, suite="cifar10-budget", out=str(tmp_path / "gone"), seeds=1, budget_k=None)
+    assert "nothing to resume; the same command starts it again" in _resume_hint(args)
+    (tmp_path / "gone").mkdir()
+    assert "--resume" in _resume_hint(args)
+
+
+def test_a_data_path_through_a_missing_folder_and_dot_dot_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EAE_DATA_DIR", "relative/../data")
+    rc, text = _call(["data", "cifar10", "--no-download"], capsys)
+    assert rc == 2 and "goes through relative, which is not a folder, before '..'" in text, text
+    assert not (tmp_path / "relative").exists()
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", *SYN, "--sync-bn"], "sync_bn needs CUDA devices"),
+    (["list", "--quiet"], "eae list: error: unrecognized arguments: --quiet"),
+    (["train", "--config", ""], "config file is empty: give a TOML file"),
+])
+def test_more_mistakes_said_by_the_command_that_knows(tmp_path, capsys, argv, fragment):
+    rc, text = _call([*argv, "--out", str(tmp_path / "r")] if argv[0] == "train" else argv, capsys)
+    assert rc == 2 and fragment in text, text
+    assert not (tmp_path / "r").exists()

@@ -173,10 +173,8 @@ def _eval(args: argparse.Namespace, device) -> int:
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
     check_arguments(eps=eps, batch_size=args.batch_size, diag_n=args.diag_n, precision=args.precision,
                     diagnostics=args.diagnostics, norm=norm, eot=args.eot, seed=args.seed, attacks=attacks)
-    if attacks:  # pgd5, PGD5 and pgd5r1 are one attack: one row label, one report name, one evaluation
-        from .attacks import canonical_spec
-
-        attacks = [canonical_spec(a, eps, norm) for a in attacks]
+    if attacks:
+        attacks = _one_spelling(attacks, eps, norm)
     name = eval_report_name(suite, attacks, n, src["test_size"], norm, eps, src, args)  # (ε checked: finite)
     # the images scored, by content: a test folder whose files changed gives other numbers
     images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
@@ -202,6 +200,21 @@ def _eval(args: argparse.Namespace, device) -> int:
     if not dist.is_main():
         return 0 if not args.strict or report.verdict == "ok" else 3
     return _publish(args, src, report, evaluation, target, device, t0)
+
+
+def _one_spelling(attacks: list[str], eps: float, norm: str) -> list[str]:
+    """pgd5, PGD5 and pgd5r1 are one attack, and clean is a row of every report wherever it is
+    listed: one spelling, clean first, so that one evaluation has one report name. Two specs of
+    one attack are refused in the words they were typed."""
+    from .attacks import canonical_spec
+
+    seen: dict[str, str] = {}
+    for typed in attacks:
+        spec = canonical_spec(typed, eps, norm)
+        if spec in seen:
+            raise UsageError(f"--attacks {seen[spec]} and {typed} are one attack ({spec}): give it once")
+        seen[spec] = typed
+    return ["clean", *(s for s in seen if s != "clean")]
 
 
 def _check_eval_flags(args: argparse.Namespace) -> None:
@@ -681,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_train_parser, _eval_parser, _data_and_list_parsers, _bench_parser, _demo_parser):
         add(sub)
+    p.commands = sub.choices  # name -> its parser
     return p
 
 
@@ -855,7 +869,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _usable_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand's parser, which knows its flags
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     previous = _catch_signals()
     stdout = sys.stdout = _Stdout(sys.stdout)
     stderr = sys.stderr = _Stdout(sys.stderr, note=False)  # `2>&1 | head`: the notes' pipe closes too
@@ -1012,6 +1028,8 @@ def _resume_hint(args: argparse.Namespace) -> str:
             return ": headline runs in one go under its time budget; run it again with a new --out" if args.out else ""
         if not args.out:
             return ""
+        if not Path(args.out).exists():  # stopped before anything was kept: the folder went with it
+            return " before anything was kept: nothing to resume; the same command starts it again"
         flags = [f"--{f.replace('_', '-')}" for f in ("compile", "train_only", "unverified_data")
                  if getattr(args, f, False)]
         if args.seeds != 1:

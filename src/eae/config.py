@@ -358,6 +358,9 @@ class TrainConfig:
                           "choose norm linf, or another method for l2")
         # double backpropagation (gradalign) and a second backward through the first forward (fgsm_pgi)
         # fail inside torch.compile's compiled backward ("non-empty donated buffers")
+        if self.sync_bn and self.device == "cpu":
+            errors.append("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation): leave it "
+                          "out on the CPU")
         uses = {self.method} | ({self.eae_base} if self.method.startswith("eae") else set())
         if self.compile and uses & set(LINF_ONLY):
             errors.append(f"compile is not supported with {' and '.join(sorted(uses & set(LINF_ONLY)))} (torch.compile "
@@ -600,6 +603,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     ``[eae] eta = 0.1`` and ``eae_eta = 0.1`` mean the same."""
     if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
         raise ConfigError(f"config file: give a path (str or pathlib.Path), got {type(path).__name__}", field="config")
+    if not str(path).strip():  # '' would be the current folder
+        raise ConfigError("config file is empty: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",
+                          field="config")
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",

@@ -159,7 +159,11 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Mo
         return model
     if sync_bn:
         if device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation)")
+            from .errors import ConfigError  # a setting: said once, by rank 0, naming the flag
+
+            raise ConfigError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation)",
+                              cli="--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation): "
+                                  "leave it out on the CPU", field="sync_bn")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

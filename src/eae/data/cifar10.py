@@ -108,6 +108,11 @@ def default_cache_dir() -> Path:
 
 def _folder(path: Path, given_by: str, folder: str) -> Path:
     """``path`` unless it is something other than a folder (or a place for one)."""
+    parts = path.parts
+    for i, part in enumerate(parts):  # a/../data where a does not exist: the system refuses it, half-way
+        if part == ".." and not Path(*parts[:i]).is_dir():
+            raise DatasetError(f"{given_by} {path} goes through {Path(*parts[:i])}, which is not a folder, before "
+                               "'..': give the path without '..'")
     if path.exists() and not path.is_dir():
         raise DatasetError(f"{given_by} {path} is a file, not a folder: give the folder that holds (or will "
                            f"hold) {folder}")
