@@ -2405,7 +2405,7 @@ def test_spellings_of_one_attack_are_one_evaluation(run, tmp_path, capsys):
         rc, text = _call(["eval", str(run), "--attacks", spec, "--diagnostics", "off", "--output", out], capsys)
         assert rc == 0 and ("replaces" in text) == (i == 1), text
     rc, text = _call(["eval", str(run), "--attacks", "clean,clean", "--diagnostics", "off", "--output", out], capsys)
-    assert rc == 2 and "clean is given twice" in text, text
+    assert rc == 2 and "are the clean row: give it once" in text, text
 
 
 def test_the_advice_for_a_checkpoint_given_as_weights_can_be_pasted(run, tmp_path, capsys):
@@ -2471,9 +2471,24 @@ def test_a_data_path_through_a_missing_folder_and_dot_dot_is_refused(tmp_path, m
 @pytest.mark.parametrize("argv,fragment", [
     (["train", *SYN, "--sync-bn"], "sync_bn needs CUDA devices"),
     (["list", "--quiet"], "eae list: error: unrecognized arguments: --quiet"),
-    (["train", "--config", ""], "config file is empty: give a TOML file"),
+    (["train", "--config", ""], "the config file's path is empty"), (["train", "--config", " "], "path is empty"),
+
 ])
 def test_more_mistakes_said_by_the_command_that_knows(tmp_path, capsys, argv, fragment):
     rc, text = _call([*argv, "--out", str(tmp_path / "r")] if argv[0] == "train" else argv, capsys)
     assert rc == 2 and fragment in text, text
     assert not (tmp_path / "r").exists()
+
+
+def test_clean_twice_is_said_as_typed(run, capsys):
+    rc, text = _call(["eval", str(run), "--attacks", "CLEAN,clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "--attacks CLEAN and clean are the clean row: give it once" in text, text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device auto is CUDA here")
+def test_sync_bn_on_a_machine_without_cuda_is_refused_before_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, text = _call(["train", *[a for a in SYN if a not in ("--device", "cpu")], "--sync-bn", "--out", str(out)],
+                     capsys)
+    assert rc == 2 and "--sync-bn needs CUDA devices" in text and "this run is on cpu" in text, text
+    assert not out.exists()

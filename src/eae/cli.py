@@ -171,10 +171,10 @@ def _eval(args: argparse.Namespace, device) -> int:
     attacks, suite = _attack_choice(args)
     norm = args.norm or src["norm"]
     eps = args.eps if args.eps is not None else src["eps"] if norm == src["norm"] else DEFAULT_EPS[norm]
+    if attacks:  # (before the checks below: two spellings of one are named as typed)
+        attacks = _one_spelling(attacks, eps, norm)
     check_arguments(eps=eps, batch_size=args.batch_size, diag_n=args.diag_n, precision=args.precision,
                     diagnostics=args.diagnostics, norm=norm, eot=args.eot, seed=args.seed, attacks=attacks)
-    if attacks:
-        attacks = _one_spelling(attacks, eps, norm)
     name = eval_report_name(suite, attacks, n, src["test_size"], norm, eps, src, args)  # (ε checked: finite)
     # the images scored, by content: a test folder whose files changed gives other numbers
     images = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
@@ -212,7 +212,8 @@ def _one_spelling(attacks: list[str], eps: float, norm: str) -> list[str]:
     for typed in attacks:
         spec = canonical_spec(typed, eps, norm)
         if spec in seen:
-            raise UsageError(f"--attacks {seen[spec]} and {typed} are one attack ({spec}): give it once")
+            what = "the clean row" if spec == "clean" else f"one attack ({spec})"
+            raise UsageError(f"--attacks {seen[spec]} and {typed} are {what}: give it once")
         seen[spec] = typed
     return ["clean", *(s for s in seen if s != "clean")]
 

@@ -604,8 +604,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
         raise ConfigError(f"config file: give a path (str or pathlib.Path), got {type(path).__name__}", field="config")
     if not str(path).strip():  # '' would be the current folder
-        raise ConfigError("config file is empty: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",
-                          field="config")
+        raise ConfigError("the config file's path is empty: give the path of a TOML preset (e.g. "
+                          "configs/cifar10_preact18_eae.toml)", field="config")
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",

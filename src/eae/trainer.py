@@ -99,6 +99,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     if is_library_arch(cfg.arch):  # a missing timm / torchvision, before the run folder is claimed
         import_library(cfg.arch.partition(":")[0], cfg.arch)
     device = dist.init(cfg.device)  # joins torchrun's process group, if any
+    if cfg.sync_bn and device.type != "cuda":  # device auto on a machine without CUDA: said, not recorded unused
+        raise ConfigError(f"sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation), and this "
+                          f"run is on {device.type}", cli=f"--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has "
+                          f"no CPU implementation), and this run is on {device.type}: leave it out", field="sync_bn")
     dist.agree("the run's settings", json.dumps({**cfg.to_dict(), "resume": resume}, sort_keys=True, default=str))
     if device.type == "cpu":
         configure_threads()  # the cores this process may use (taskset, cgroups), unless OMP_NUM_THREADS says
