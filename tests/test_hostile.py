@@ -794,6 +794,8 @@ def test_resume_hints_for_demo_headline_bench_and_torchrun(tmp_path, monkeypatch
     assert "`eae demo '--out=my demo' --data-dir /d`, continues it" in cli._resume_hint(demo)
     head = argparse.Namespace(func=cli.cmd_bench, suite="headline", out="h")
     assert "run it again with a new --out" in cli._resume_hint(head)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b").mkdir()  # the bench kept something: --resume continues it
     bench = argparse.Namespace(func=cli.cmd_bench, suite="smoke", out="b", compile=False, train_only=False,
                                unverified_data=True, seeds=1, budget_k=None, only=None, device="cpu", data_dir="d",
                                dataset="svhn")

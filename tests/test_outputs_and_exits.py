@@ -340,6 +340,7 @@ def test_bench_ctrl_c_hint_keeps_the_settings_resume_needs(monkeypatch, tmp_path
 
     monkeypatch.setattr(bench, "run_bench", interrupted)
     out = tmp_path / "a b"
+    out.mkdir()  # as if the bench had kept a finished run
     rc, text = _call(["bench", "smoke", "--out", str(out), "--seeds", "2", "--budget-k", "3"], capsys)
     assert rc == 130
     hint = shlex.split(text.split("`")[1])
@@ -617,7 +618,7 @@ def test_a_lock_hard_linked_to_a_users_file_is_not_written_into(run, tmp_path, c
     (["train", *SYN, "--pgd-steps", "2147483647"], "pgd_steps must be at most 100,000"),
     (["train", *SYN, "--synthetic-train-size", "100000000"], "synthetic_train_size must be at most"),
     (["train", *SYN, "--lr-max", "1e300"], "lr_max must be at most"),
-    (["train", *SYN, "--config", ""], "is a folder"),
+    (["train", *SYN, "--config", ""], "the config file's path is empty"),
 ])
 def test_values_that_would_run_for_days_or_exhaust_memory_are_refused(tmp_path, argv, fragment, capsys):
     rc, text = _call([*argv, "--out", str(tmp_path / "o")], capsys)
