@@ -15,11 +15,6 @@ T = TypeVar("T")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a flag's word: no spaces, no 'timm:'-like prefix
 
 
-def _plain(name: str) -> str:
-    """A name without case and separators: two names that read alike are one."""
-    return re.sub(r"[\s_.-]", "", name.lower())
-
-
 class Registry(Generic[T]):
     def __init__(self, kind: str, pattern: re.Pattern = NAME, spelled: str = "letters, digits, '_', '.' and '-'"):
         self.kind, self.pattern, self.spelled = kind, pattern, spelled  # spelled: the pattern in words
@@ -35,9 +30,11 @@ class Registry(Generic[T]):
                               f"got {name!r}", field=self.kind)
         if not self.pattern.fullmatch(name):  # a name no flag or spec could select
             raise ConfigError(f"a {self.kind} name is made of {self.spelled}, got {name!r}", field=self.kind)
-        spelled = {_plain(r): r for r in self.reserved}  # worst-case, worst_case: the reserved "worst case"
-        if name in self._entries or _plain(name) in spelled:
-            what = f" ({self.reserved[spelled[_plain(name)]]})" if _plain(name) in spelled else ""
+        from .utils import row_key  # names that read alike are one (worst-case, worst_case: "worst case")
+
+        spelled = {row_key(r): r for r in self.reserved}
+        if name in self._entries or row_key(name) in spelled:
+            what = f" ({self.reserved[spelled[row_key(name)]]})" if row_key(name) in spelled else ""
             raise ConfigError(f"{self.kind} {name!r} is already registered{what}: choose another name", field=self.kind)
 
         def deco(obj: T) -> T:
