@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from eae.cli import main
 from eae.evaluation import evaluate
@@ -1530,7 +1532,8 @@ def test_a_registered_attack_is_checked_like_a_dict_one():
 
 @pytest.mark.parametrize("attacks,fragment", [
     ({"clean": lambda m, x, y: x}, "attacks['clean'] is the clean accuracy"),
-    ({"mine": None}, "attacks['mine'] must be an attack"),
+    ({"mine": None}, "attacks['mine'] is None, which only 'clean' may be"),
+    ({"mine": 3}, "attacks['mine'] must be an attack"),
     ({3: lambda m, x, y: x}, "got 3"),
     ({"": lambda m, x, y: x}, "got ''"),
     ({"a\nb": lambda m, x, y: x}, "got 'a\\nb'"),
@@ -1573,8 +1576,8 @@ def _edit_row(out: Path, line: int, **change) -> None:
     (lambda out: _edit_row(out, 1, epoch=1), "line 2: not a metrics row of eae (epoch 1 after epoch 1"),
     (lambda out: _edit_row(out, 1, epoch=2.0), "line 2: not a metrics row of eae (not an object with an integer"),
     (lambda out: _edit_row(out, 0, train_loss=2.5), "metrics.jsonl is not the history checkpoint.pt recorded"),
-    (lambda out: ((out / "metrics.jsonl").unlink(), (out / "metrics.jsonl").mkdir()), "metrics.jsonl is not a file (a folder)"),
-    (lambda out: (out / "events.jsonl").mkdir(), "events.jsonl is not a file (a folder)"),
+    (lambda out: ((out / "metrics.jsonl").unlink(), (out / "metrics.jsonl").mkdir()), "metrics.jsonl is a folder, where the run keeps a file"),
+    (lambda out: (out / "events.jsonl").mkdir(), "events.jsonl is a folder, where the run keeps a file"),
 ])
 def test_resume_refuses_a_metrics_history_it_did_not_write(tmp_path, edit, fragment, capsys):
     out = _two_epochs(tmp_path)
@@ -1886,7 +1889,7 @@ def test_a_run_in_a_folder_whose_name_is_not_utf8_is_evaluated(tmp_path, capsys)
 @pytest.mark.parametrize("argv,fragment", [
     (["--eps", "1e-400"], "too small for a float"),
     (["--eps", "1e-300/1e300"], "too small for a float"),
-    (["--data-dir", "/nonexistent"], "--data-dir: synthetic data is generated, not read"),
+    (["--data-dir", "/nonexistent"], "data_dir is for data read from disk; synthetic data is generated"),
 ])
 def test_train_refuses_values_that_would_be_read_as_something_else(tmp_path, argv, fragment, capsys):
     rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
@@ -2494,3 +2497,190 @@ def test_sync_bn_on_a_machine_without_cuda_is_refused_before_the_run_folder(tmp_
                      capsys)
     assert rc == 2 and "--sync-bn needs CUDA devices" in text and "this run is on cpu" in text, text
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- trial 22
+def test_an_out_starting_with_tilde_means_the_home_folder_never_a_folder_named_tilde(tmp_path, monkeypatch):
+    from eae.config import TrainConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig(out="~/runs/x").out == str(tmp_path / "home" / "runs" / "x")
+
+
+@pytest.mark.parametrize("argv", [["demo", "--out", "~/d"], ["bench", "smoke", "--out", "~/b"]])
+def test_an_unexpanded_tilde_reaching_a_writer_is_refused_with_the_full_path(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    rc, text = _call(argv, capsys)
+    assert rc == 2 and "starts with '~'" in text and str(tmp_path / "home") in text, text
+    assert not (tmp_path / "~").exists()
+
+
+def test_an_eval_output_starting_with_tilde_is_refused(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--output", "~/rep.json"],
+                     capsys)
+    assert rc == 2 and "--output ~/rep.json starts with '~'" in text, text
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_data_dir_for_synthetic_data_is_refused_in_a_preset_and_in_python(tmp_path, capsys):
+    from eae.config import TrainConfig
+    from eae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data_dir is for data read from disk; synthetic data is generated") as e:
+        TrainConfig(dataset="synthetic", data_dir="/nonexistent")
+    assert e.value.field == "data_dir"
+    preset = tmp_path / "p.toml"
+    preset.write_text('dataset = "synthetic"\ndata_dir = "/nonexistent"\n')
+    rc, text = _call(["train", *SYN, "--config", str(preset), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "data_dir is for data read from disk; synthetic data is generated" in text and not (tmp_path / "r").exists(), text
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_is_told_to_convert_not_to_check_image_sizes(dtype):
+    from eae.errors import ModelError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).to(dtype)
+    x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    with pytest.raises(ModelError, match=f"its parameters are {str(dtype)[6:]}.*model.float()") as e:
+        evaluate(model, x, y, ["clean"], diagnostics="off")
+    assert "check that it takes images of this size" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("model.safetensors", ["eval", "{R}", "--attacks", "clean", "--diagnostics", "off"]),
+    ("model_best.safetensors", ["eval", "{R}", "--weights", "best", "--attacks", "clean", "--diagnostics", "off"]),
+    ("config.json", ["eval", "{R}", "--attacks", "clean", "--diagnostics", "off"]),
+    ("dataset.json", ["eval", "{R}", "--attacks", "clean", "--diagnostics", "off"]),
+    ("checkpoint.pt", ["train", "--out", "{R}", "--resume"]),
+    ("dataset.json", ["train", "--out", "{R}", "--resume"]),
+    ("environment.json", ["train", "--out", "{R}", "--resume"]),
+])
+def test_a_folder_where_a_run_keeps_a_file_is_said_as_such(run, tmp_path, capsys, name, argv):
+    import shutil
+
+    copy = tmp_path / "R"
+    shutil.copytree(run, copy)
+    (copy / name).unlink()
+    (copy / name).mkdir()
+    before = _tree_hash(copy)
+    rc, text = _call([a.replace("{R}", str(copy)) for a in argv], capsys)
+    assert rc == 2 and f"{copy / name} is a folder, where the run keeps a file of its own" in text, text
+    assert "not found" not in text and "has not finished" not in text
+    assert _tree_hash(copy) == before
+
+
+def test_a_read_only_run_folder_is_named_not_a_temporary_file(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from eae import utils
+
+    copy = tmp_path / "R"
+    shutil.copytree(run, copy)
+
+    def refused(*a, **k):  # what an immutable folder (chattr +i) answers, even to root
+        raise PermissionError(1, "Operation not permitted", str(copy / ".metrics.jsonl.eae-tmp-abcdefgh"))
+
+    monkeypatch.setattr(utils.tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as e:
+        utils.atomic_write_bytes(copy / "metrics.jsonl", b"")
+    assert e.value.filename == str(copy) and "no file can be created in the folder" in str(e.value)
+
+
+def test_image_folder_decoding_uses_no_more_processes_than_cores(tmp_path, monkeypatch):
+    from eae.data import imagefolder
+    from eae import system
+
+    monkeypatch.setattr(system, "available_cores", lambda: 1)
+    loader = imagefolder.FolderLoader([], 4, 8, workers=8)
+    assert loader.workers == 1
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(batch_size=np.int64(4)), "batch_size must be an integer in 1..2,147,483,647, got np.int64(4) (numpy.int64): "
+                                   "give a Python int, int(value)"),
+    (dict(seed=np.int64(1)), "(numpy.int64): give a Python int"),
+    (dict(test_size=np.int64(100)), "(numpy.int64): give a Python int"),
+    (dict(progress="no"), "progress must be True or False, got 'no'"),
+])
+def test_evaluate_says_what_fixes_a_numpy_number(kwargs, fragment):
+    from eae.errors import ConfigError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    with pytest.raises(ConfigError) as e:
+        evaluate(model, torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,)), ["clean"], diagnostics="off", **kwargs)
+    assert fragment in str(e.value)
+
+
+def test_train_config_says_what_fixes_a_numpy_or_fraction_number():
+    from fractions import Fraction
+
+    from eae.config import TrainConfig
+    from eae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"epochs must be an integer, got np.int64\(1\) \(numpy.int64\): give a "
+                                          r"Python int, int\(value\)"):
+        TrainConfig(epochs=np.int64(1))
+    with pytest.raises(ConfigError, match=r"\(fractions.Fraction\): give a Python float, float\(value\)"):
+        TrainConfig(eps=Fraction(8, 255))
+
+
+def test_none_for_an_attack_other_than_clean_is_said_once_with_its_fix():
+    from eae.errors import ConfigError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    for attacks in ({"clean": None, "pgd2": None}, {"mine": None}):
+        with pytest.raises(ConfigError, match=r"is None, which only 'clean' may be: give an attack"):
+            evaluate(model, torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,)), attacks, diagnostics="off")
+
+
+def test_a_model_class_instead_of_an_instance_is_said_so():
+    from eae.errors import ModelError
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10]
+
+    with pytest.raises(ModelError, match=r"model is the class Net, not a network: pass an instance, Net\(\.\.\.\)"):
+        evaluate(Net, torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,)), ["clean"], diagnostics="off")
+
+
+def test_a_finished_run_whose_final_weights_went_missing_is_not_called_unfinished(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "R"
+    shutil.copytree(run, copy)
+    (copy / "model.safetensors").unlink()
+    rc, text = _call(["eval", str(copy), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "the run finished all 1 epochs, but its final weights were moved or deleted" in text, text
+    assert "has not finished" not in text
+    assert main(["train", "--out", str(copy), "--resume", "--quiet"]) == 0  # the advice, followed
+    assert (copy / "model.safetensors").is_file()
+
+
+def test_a_path_starting_with_a_dash_gets_the_way_to_name_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-dash").mkdir()
+    rc, text = _call(["eval", "-dash"], capsys)
+    assert rc == 2 and "write ./-dash" in text, text
+
+
+def test_model_kwargs_given_twice_are_refused(tmp_path, capsys):
+    rc, text = _call(["eval", "--model", "resnet_small", "--weights", str(tmp_path / "w.pt"), "--dataset", "cifar10",
+                      "--model-kwargs", '{"width": 1, "width": 2}'], capsys)
+    assert rc == 2 and "--model-kwargs: 'width' is given twice" in text, text
+
+
+def test_a_newline_in_a_path_is_escaped_in_the_error_line(tmp_path, capsys):
+    rc, text = _call(["eval", str(tmp_path / "runs\nbase")], capsys)
+    assert rc == 2 and "runs\\nbase" in text and text.count("\n") == 1, text
+
+
+def test_a_file_name_too_long_says_so_and_how_to_fix_it():
+    from eae.cli import _user_error
+
+    status, text = _user_error(OSError(36, "File name too long", "runs/" + "a" * 300))
+    assert status == 2 and "longer than the file system allows, usually 255 bytes: shorten it" in text

@@ -240,12 +240,30 @@ class RunLock:
         self.release()
 
 
+def not_a_file(path: Path) -> str | None:
+    """What stands where a run keeps one of its files, when it is not a file (None: a file,
+    or nothing): said as such, not as a missing file or an unfinished run."""
+    if not os.path.lexists(path) or path.is_file():
+        return None
+    return ("a folder" if path.is_dir() else "a symbolic link to nothing" if path.is_symlink() and not path.exists()
+            else "not a regular file")
+
+
+def check_run_file(path: Path) -> None:
+    """Refuse to read a run's file that is a folder (or a device, a link to nothing)."""
+    what = not_a_file(path)
+    if what:
+        raise CheckpointError(f"{path} is {what}, where the run keeps a file of its own; nothing was read from it: "
+                              "move it away (or restore the run's file there)")
+
+
 def read_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG
     if Path(run_dir).is_file():
         raise NotARun(f"{run_dir} is a file, not a run folder: give the folder that holds it ({Path(run_dir).parent})"
                       + (" or, for weights alone, eae eval --model NAME --weights FILE"
                          if str(run_dir).endswith((".safetensors", ".pt", ".pth")) else ""))
+    check_run_file(path)
     if not path.is_file():
         if Path(run_dir).is_symlink() and not Path(run_dir).exists():
             try:
@@ -301,7 +319,17 @@ class MissingWeights(EaeError, FileNotFoundError):
     """A run folder without the weights asked for (training unfinished or stopped early)."""
 
 
-def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
+def _epochs_done(run_dir: Path) -> int:
+    """The last epoch metrics.jsonl records (0: none, or unreadable): whether the run finished."""
+    try:
+        lines = [line for line in (run_dir / METRICS).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        epoch = loads_json(lines[-1]).get("epoch") if lines else 0
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+        return 0
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+
+
+def _unfinished_hint(run_dir: Path, weights: str, cli: bool, epochs: int = 0) -> str:
     """What a run without those weights has instead, said as it is (no promise of a file
     that is not there), in the words of the command line or of the Python API."""
     from shlex import quote
@@ -315,6 +343,9 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool) -> str:
     if weights == "final" and has_ckpt:
         go_on = (f"`eae train --out={quote(str(run_dir))} --resume`" if cli
                  else f"eae.train(config, resume=True) with out={str(run_dir)!r}")
+        if epochs and _epochs_done(run_dir) >= epochs:  # finished: the file was moved or deleted since
+            return f": the run finished all {epochs} epochs, but its final weights were moved or deleted; {go_on} " \
+                   f"writes them again from {CHECKPOINT}"
         return (f": training has not finished; {go_on} continues it"
                 + (f" (or evaluate the best epoch so far with {best})" if has_best else ""))
     if weights == "final" and has_best:
@@ -330,6 +361,7 @@ def read_dataset(run_dir: str | Path) -> dict[str, Any] | None:
     """What a run was trained on (``dataset.json``: dataset, num_classes, classes,
     image_size); None for runs that did not record it."""
     path = Path(run_dir) / DATASET
+    check_run_file(path)  # a folder there would skip the class and size checks without a word
     if not path.is_file():
         return None
     try:
@@ -434,9 +466,10 @@ def load_run(run_dir: str | Path, *, weights: str = "final", device: str | torch
         raise ConfigError(f"weights must be 'final' or 'best', got {weights!r}",
                           cli=f"--weights for a run folder is final or best, got {weights!r}", field="weights")
     path = run_dir / name
+    check_run_file(path)
     if not path.is_file():
-        raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, cli=False)}",
-                             cli=f"{path} not found{_unfinished_hint(run_dir, weights, cli=True)}")
+        raise MissingWeights(f"{path} not found{_unfinished_hint(run_dir, weights, False, cfg.epochs)}",
+                             cli=f"{path} not found{_unfinished_hint(run_dir, weights, True, cfg.epochs)}")
     raw = loads_json((run_dir / CONFIG).read_text(encoding="utf-8-sig"))
     state, meta = read_weights(path, raw)
     # a run whose config.json holds every field of this version wrote its settings into its weights too

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -67,9 +68,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"out = {values['out']!r} in {args.config} goes up with '..': give the path itself")
     values.update({k: v for k, v in vars(args).items() if k in names})
     cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
-    if "data_dir" in vars(args) and cfg.dataset == "synthetic":  # it would be recorded, and ignored
-        raise UsageError("--data-dir: synthetic data is generated, not read: leave --data-dir out, or give the "
-                         "--dataset it holds")
     args.resolved_out = cfg.out  # what a resume hint must name (a preset may set it)
     return cfg
 
@@ -406,6 +404,15 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
     return "eval-" + "-".join(parts) + ".json"
 
 
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are given once each ({"width": 1, "width": 2} is a typo, not a choice)."""
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{twice!r} is given twice")
+    return dict(pairs)
+
+
 def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
     """A network trained elsewhere: built from --model, weights from --weights FILE."""
     from .data import load_test_set, num_test_images
@@ -419,7 +426,8 @@ def _external_source(args: argparse.Namespace, device) -> dict[str, Any]:
 
     given = args.model_kwargs if args.model_kwargs is None or len(args.model_kwargs) <= 200 else args.model_kwargs[:200] + "..."
     try:
-        kwargs = loads_json(args.model_kwargs, parse_constant=_no_constant) if args.model_kwargs is not None else {}
+        kwargs = loads_json(args.model_kwargs, parse_constant=_no_constant,
+                            object_pairs_hook=_once_each) if args.model_kwargs is not None else {}
     except json.JSONDecodeError as e:
         raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}): {given!r}") from None
     except ValueError as e:
@@ -872,7 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the subcommand's parser, which knows its flags
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        named = next((a for a in extra if a.startswith("-") and os.path.lexists(a)), None)
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}" + (
+            f" (to name the file or folder {named}, write ./{named})" if named else ""))
     previous = _catch_signals()
     stdout = sys.stdout = _Stdout(sys.stdout)
     stderr = sys.stderr = _Stdout(sys.stderr, note=False)  # `2>&1 | head`: the notes' pipe closes too
@@ -881,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a reader that went away (`| head`) ends the command as such a reader expects: 141
         return 141 if not status and isinstance(stdout.failed, BrokenPipeError) else status
     except UsageError as e:
-        _say(f"{parser.prog} {args.command}: error: {e}")
+        _say(f"{parser.prog} {args.command}: error: {_printable(str(e))}")
         raise
     except KeyboardInterrupt as e:
         return _interrupted(e, args)
@@ -950,8 +960,13 @@ def _failed(e: Exception, args: argparse.Namespace) -> int:
         traceback.print_exc()
     # a bad setting fails alike on every rank of torchrun: said once, by rank 0
     if not isinstance(e, ConfigError) or int(os.environ.get("RANK", "0") or 0) == 0:
-        _say(f"error: {message}" + (_resume_hint(args) if _peer_lost(e) else ""))
+        _say(f"error: {_printable(message)}" + (_resume_hint(args) if _peer_lost(e) else ""))
     return status
+
+
+def _printable(message: str) -> str:
+    """One line: a newline or a terminal control inside a path the user gave, escaped as \\n."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _say(message: str) -> None:
@@ -1091,6 +1106,9 @@ def _user_error(e: Exception) -> tuple[int | None, str]:
         return 2, str(e) if e.filename is None or str(e.filename) in str(e) else f"{e.strerror}: {e.filename}"
     if isinstance(e, OSError):  # permissions, disk full, name too long, ...
         where = f": {e.filename}" if e.filename else ""
+        if e.errno == errno.ENAMETOOLONG:
+            return 2, f"{e.strerror}{where} (a name in it is longer than the file system allows, usually 255 bytes: " \
+                      "shorten it)"
         return 2, f"{e.strerror or e}{where} (check the path, its permissions and the free space)"
     peer = _peer_lost(e)
     if peer:

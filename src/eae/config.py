@@ -222,6 +222,8 @@ class TrainConfig:
         wrong = _type_errors(self)  # first: the range checks below assume the types
         if wrong:
             raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
+        if self.out.startswith("~"):  # a preset's or the API's "~/runs/x" means what a shell would make of it
+            object.__setattr__(self, "out", os.path.expanduser(self.out))
         derived = self._resolve_defaults()
         side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
             self.dataset, IMAGE_SIDES.get(self.dataset, 32))
@@ -433,6 +435,9 @@ class TrainConfig:
                           "(10 is usual), or val_aa_n 0")
         if self.dataset == "imagefolder" and self.image_size < 8:
             errors.append(f"image_size must be >= 8 (pixels; the networks downsample by 8), got {self.image_size}")
+        if self.dataset == "synthetic" and self.data_dir is not None:  # it would be recorded, and never read
+            errors.append("data_dir is for data read from disk; synthetic data is generated: leave data_dir out, "
+                          "or give the dataset it holds")
         if self.dataset == "synthetic" and self.synthetic_image_size < 8:
             errors.append(f"synthetic_image_size must be >= 8 (pixels; the networks downsample by 8), "
                           f"got {self.synthetic_image_size}")
@@ -556,9 +561,20 @@ def _type_errors(cfg: "TrainConfig") -> list[str]:
             optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
             base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
             want = "a list of numbers" if typing.get_origin(base) is tuple else _TYPE_NAMES.get(base, str(base))
+            fix = type_fix(v, base) if base in (int, float) else ""
             errors.append(f"{f.name} must be {want}{' (or None)' if optional else ''}, "
-                          f"got {short(v)} ({type(v).__name__})")
+                          f"got {short(v)}{fix or f' ({type(v).__name__})'}")
     return errors
+
+
+def type_fix(v: Any, tp: type) -> str:
+    """What fixes a number of another library (numpy, fractions, decimal) where a Python
+    ``tp`` is wanted: '' when that is not the mistake."""
+    if isinstance(v, bool) or type(v) in (int, float) or not isinstance(v, numbers.Number):
+        return ""
+    if tp is int and isinstance(v, numbers.Integral) or tp is float and isinstance(v, numbers.Real):
+        return f" ({type(v).__module__}.{type(v).__name__}): give a Python {tp.__name__}, {tp.__name__}(value)"
+    return ""
 
 
 def short(v: Any, limit: int = 40) -> str:

@@ -131,6 +131,17 @@ def _legacy_demo(path: Path) -> bool:
 _LEGACY: dict[str, Callable[[Path], bool]] = {"run": _legacy_run, "bench": _legacy_bench, "demo": _legacy_demo}
 
 
+def _tilde(path: Path, flag: str, api: str) -> None:
+    """``~/x`` reached us unexpanded (quoted, or from a preset): made as written it would be a
+    folder named ``~`` here, which ``rm -rf ~`` later takes for the home folder."""
+    if path.parts and path.parts[0].startswith("~"):
+        home = os.path.expanduser(path.parts[0])
+        fix = f"write the full path ({Path(home, *path.parts[1:])})" if home != path.parts[0] else "write the full path"
+        raise OutputRefused(f"{api}={str(path)!r} starts with '~', which is not expanded here (a folder named "
+                            f"{path.parts[0]!r} would be made in the current folder): {fix}",
+                            cli=f"{flag} {path} starts with '~', which the shell did not expand (quoted?): {fix}")
+
+
 def _listing(names: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
@@ -139,6 +150,7 @@ def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "o
     """Raise :class:`OutputRefused` unless ``path`` may become (or is) a ``kind`` folder:
     new, empty, or ours of that kind. Writes nothing."""
     path = Path(path)
+    _tilde(path, flag, api)
     if ".." in path.parts:  # userproj/new/.. is userproj: named plainly or not at all
         raise OutputRefused(f"{api}={str(path)!r} goes up with '..': give the folder itself",
                             cli=f"{flag} {path} goes up with '..': give the folder itself")
@@ -263,6 +275,7 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
     :class:`OutputRefused` for a file that is not ours, was changed since we wrote it, or
     (with ``evaluation``, the new report's ``evaluation`` field, or a list of the forms an
     earlier report of it may hold, this version's first) holds another evaluation."""
+    _tilde(json_path, flag, flag)
     if ".." in json_path.parts:
         raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
     if json_path.suffix != ".json" or json_path.stem in ("", "."):

@@ -142,7 +142,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     partial file, a crash at any moment leaves the old or the new version, and a
     failed write (disk full, permissions) leaves the old one untouched and raises."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.eae-tmp-")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.eae-tmp-")
+    except OSError as e:  # the folder takes no new file (read-only, immutable): name it, not a temporary never made
+        raise type(e)(e.errno, f"{e.strerror}: no file can be created in the folder", str(path.parent)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -28,7 +28,7 @@ import torch
 
 from .. import __version__
 from ..checkpoint import WEIGHTS, CheckpointError, load, read_config, weights_metadata
-from ..config import TrainConfig
+from ..config import TrainConfig, type_fix
 from ..data import load_test_set
 from ..evaluation import evaluate
 from ..errors import ConfigError, OutputRefused
@@ -259,7 +259,7 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     is not the published files)."""
     suite = on_dataset(get_bench_suite(suite_name), dataset, unverified_data)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
-        raise ConfigError(f"seeds must be an integer in [1, 1000], got {seeds!r}",
+        raise ConfigError(f"seeds must be an integer in [1, 1000], got {seeds!r}{type_fix(seeds, int)}",
                           cli=f"--seeds must be in 1..1000, got {seeds!r}", field="seeds")
     if budget_k is not None and suite.kind != "budget":  # given at all, whatever its value
         raise ConfigError(f"budget_k applies to budget suites (cifar10-budget) only; {suite.name} has no budget",

@@ -314,7 +314,10 @@ class FolderLoader:
                               f"processes ({world_size})", field="batch_size")
         self.dataset = FolderDataset(samples, size, train=augment, seed=seed, bad_images=bad_images)
         self.batch_size, self.device = batch_size, torch.device(device)
-        self.seed, self.workers, self.channels_last = seed, workers, channels_last
+        from ..system import available_cores
+
+        # more decoding processes than cores only slows it (and torch warns, naming its own file)
+        self.seed, self.workers, self.channels_last = seed, min(workers, available_cores()), channels_last
         self.rank, self.world_size = rank, world_size
         self.epoch, self.global_batch, self.skipped = 0, 0, 0
         self.examples: tuple[torch.Tensor, int, int] | None = None  # last batch: indices, this rank's lo, hi
@@ -361,8 +364,10 @@ def decode_all(samples: Sequence[tuple[str, int]], size: int, *, workers: int = 
     ``advice`` follows the name of a file that cannot be decoded."""
     if not samples:  # no validation split (val_size 0)
         return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    from ..system import available_cores
+
     ds = FolderDataset(samples, size, train=False, bad_images=bad_images)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=min(workers, available_cores()))
     xs, ys = [], []
     for x, y, _, errors in dl:
         _raise_undecodable(errors, advice)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..attacks import Attack
-from ..config import MAX_INT, MAX_SEED, eps_errors, short
+from ..config import MAX_INT, MAX_SEED, eps_errors, short, type_fix
 from ..errors import ConfigError
 from .core import predict, run_suite
 from .diagnostics import diagnose
@@ -54,6 +54,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         attacks = list(attacks)  # a generator or map of specs: read once, here
     check_arguments(eps=eps, batch_size=batch_size, diag_n=diag_n, precision=precision, diagnostics=diagnostics,
                     norm=norm, eot=eot, seed=seed, attacks=attacks)
+    if not isinstance(progress, bool):  # "no" would read as true
+        raise ConfigError(f"progress must be True or False, got {short(progress)}", field="progress")
     if suite is not None and (not isinstance(suite, str) or not suite.strip()):  # never the default in disguise
         raise ConfigError(f"suite must be a suite name such as 'quick' or 'aa' (or None for quick), got {suite!r}",
                           field="suite")
@@ -71,7 +73,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int)
                                   or n is not None and test_size < n or test_size > MAX_TEST_SIZE):
         raise ConfigError(f"test_size must be an integer from the number of images given ({n}) to "
-                          f"{MAX_TEST_SIZE:,} (the size of the test set they come from), got {short(test_size)}",
+                          f"{MAX_TEST_SIZE:,} (the size of the test set they come from), got {short(test_size)}"
+                          f"{type_fix(test_size, int)}",
                           field="test_size")
     report = run_suite(model, x, y, attacks, eps, suite=suite, norm=norm, batch_size=batch_size, device=device,
                        seed=seed, precision=precision, test_size=test_size, progress=progress, eot=eot)
@@ -88,13 +91,13 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
     for name, v, low in checked:
         top = 10_000 if name == "eot" else MAX_INT
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= top:
-            errors.append(f"{name} must be an integer in {low}..{top:,}, got {short(v)}")
+            errors.append(f"{name} must be an integer in {low}..{top:,}, got {short(v)}{type_fix(v, int)}")
     for name, v, allowed in (("precision", precision, ("fp32", "tf32", "bf16")),
                              ("diagnostics", diagnostics, ("full", "cheap", "off")), ("norm", norm, ("linf", "l2"))):
         if v not in allowed:
             errors.append(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        errors.append(f"seed must be an integer in 0..2^63 - 1, got {short(seed)}")
+        errors.append(f"seed must be an integer in 0..2^63 - 1, got {short(seed)}{type_fix(seed, int)}")
     if attacks is not None and not isinstance(attacks, str) and len(attacks) == 0:
         errors.append("attacks is empty: give e.g. ['clean', 'pgd20', 'cw20'], or None for the quick suite")
     elif isinstance(attacks, str):  # "fgsm" would be read letter by letter

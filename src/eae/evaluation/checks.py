@@ -67,6 +67,13 @@ def output_form(model: nn.Module, x: torch.Tensor) -> int:
     except Exception as e:  # noqa: BLE001 - the first forward pass: a model that cannot take these images
         text = str(e).strip().splitlines()
         why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        kinds = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                        if p.is_floating_point() and p.dtype != torch.float32})
+        if kinds:  # a half or bf16 model: the images are float32, and the first layer says so in its own words
+            raise ModelError(f"the model failed on float32 images ({why}): its parameters are {', '.join(kinds)}; "
+                             "eae attacks and scores float32 images (with bf16 autocast where asked): convert it "
+                             "to float32 (model.float() in Python; for --model, a constructor that builds float32 "
+                             "layers)") from e
         raise ModelError(f"the model failed on a batch of shape {tuple(x.shape)} (images in [0, 1]): {why}; "
                          "check that it takes images of this size and channel count") from e
     if not isinstance(out, torch.Tensor):

@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import ConfigError, ModelError
-from ..config import l2_diameter_errors
+from ..config import l2_diameter_errors, short
 from ..data.loader import shard_bounds
 
 from ..attacks import Attack, attack_key, attack_mode, build_attack, check_ball
@@ -203,9 +203,6 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         _check_keys(attacks)
         named = {k: v for k, v in attacks.items() if k != "clean"}
         for k, a in named.items():  # the report labels every number with eps and norm: they must be the attack's
-            if not callable(a):
-                raise ConfigError(f"attacks[{k!r}] must be an attack (eae.build_attack(...) or a callable "
-                                  f"attack(model, x, y)), got {a!r}", field="attacks")
             check_ball(f"attacks[{k!r}]", a, eps, norm, "build it with the same eps and norm, or pass them to evaluate")
         _no_twice(named.items(), repr)
         s = custom_suite(list(named))
@@ -266,6 +263,13 @@ def _check_keys(attacks: Mapping) -> None:
         if k != "clean" and row_key(k) in ("clean", "worstcase"):
             raise ConfigError(f"attacks[{k!r}]: a row of every report is named so already; name the attack otherwise",
                               field="attacks")
+        if k != "clean" and a is None:
+            raise ConfigError(f"attacks[{k!r}] is None, which only 'clean' may be: give an attack "
+                              "(eae.build_attack(...)), or list built-in attacks by name (['clean', 'pgd20'])",
+                              field="attacks")
+        if k != "clean" and not callable(a):
+            raise ConfigError(f"attacks[{k!r}] must be an attack (eae.build_attack(...) or a callable "
+                              f"attack(model, x, y)), got {short(a)}", field="attacks")
         _not_a_builtin_name(k, a)
 
 
@@ -299,6 +303,9 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
     device = resolve_device(device) if isinstance(device, str) else torch.device(device) if device is not None \
         else x.device  # a device name is checked (ConfigError naming device), not handed to torch
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise ModelError(f"model is the class {model.__name__}, not a network: pass an instance, "
+                         f"{model.__name__}(...)")
     if not isinstance(model, nn.Module):  # attacks need its modules (eval mode, frozen parameters)
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}: wrap a function in a "
                          "Module whose forward calls it")

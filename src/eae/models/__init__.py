@@ -18,7 +18,10 @@ MAX_CLASSES = 1_000_000  # beyond any dataset (ImageNet-21k: 21,841); more is a 
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = (0.5,) * 3,
                  std: Sequence[float] = (0.5,) * 3, head: str = "linear", head_scale: float = 16.0) -> Classifier:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
-        raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES:,}], got {num_classes!r}",
+        from ..config import type_fix
+
+        raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES:,}], got {num_classes!r}"
+                          f"{type_fix(num_classes, int)}",
                           field="num_classes")
     if is_library_arch(name):  # timm:NAME, torchvision:NAME: the library's own normalisation
         model = library_classifier(name, num_classes)

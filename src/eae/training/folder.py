@@ -35,7 +35,7 @@ import torch
 from .. import __version__
 from .. import distributed as dist
 from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DATASET, EVENTS, METRICS,
-                          WEIGHTS, CheckpointError, RunLock, RunLocked, load_checkpoint,
+                          WEIGHTS, CheckpointError, RunLock, RunLocked, load_checkpoint, not_a_file,
                           read_config, save_checkpoint, save_weights)
 from ..config import TrainConfig
 from ..errors import ConfigError, OutputRefused, RunExists
@@ -58,8 +58,14 @@ class RunSaveError(RuntimeError):
 
 def check_run_folder(path: str | Path) -> None:
     """Training writes only into a new or empty folder or into a run (see
-    :mod:`eae.outputs`); anything else raises OutputRefused (nothing has been written)."""
+    :mod:`eae.outputs`) whose files are files; anything else raises OutputRefused
+    (nothing has been written)."""
     check_folder(path, "run")
+    for name in (*_WRITTEN, EVENTS):  # a folder where a file goes: said first, not as a missing file later
+        what = not_a_file(Path(path) / name)
+        if what:
+            raise RunExists(f"{Path(path) / name} is {what}, where the run keeps a file of its own; nothing was "
+                            "changed: move it away, then run again")
 
 
 def environment(device: torch.device, precision: str = "auto") -> dict[str, Any]:
@@ -219,8 +225,9 @@ class RunFolder:
         for tmp in self.path.iterdir():  # half-written files of a killed run (we hold the lock)
             if _TEMPORARY.fullmatch(tmp.name):
                 tmp.unlink(missing_ok=True)
-        for name in (METRICS, EVENTS):  # appended to as training goes: a folder there would fail an epoch later
-            if os.path.lexists(self.path / name) and (not (self.path / name).is_file() or (self.path / name).is_symlink()):
+        check_run_folder(self.path)  # (claim checked the folder before the lock: now its files, under it)
+        for name in (METRICS, EVENTS):  # appended to as training goes: not even through a link to a file
+            if (self.path / name).is_symlink():
                 raise RunExists(f"{self.path / name} is not a file ({_kind(self.path / name)}); nothing was changed: "
                                 "move it away, then run again")
         ckpt_path = self.path / CHECKPOINT
