@@ -440,7 +440,7 @@ def test_not_found_names_where_it_looked_and_what_fetches_it(tmp_path, monkeypat
     with pytest.raises(DatasetError, match="^data_dir is empty") as e:
         official_arrays(src("cifar100", ""))
     assert e.value.cli.startswith("--data-dir is empty")  # the API's words in str(), the flags' in .cli
-    with pytest.raises(ConfigError, match="data_dir is empty"):
+    with pytest.raises(ConfigError, match=r"data_dir is blank \(only white space\)"):
         TrainConfig(data_dir=" ")
 
 

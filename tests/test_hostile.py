@@ -2508,21 +2508,38 @@ def test_an_out_starting_with_tilde_means_the_home_folder_never_a_folder_named_t
     assert TrainConfig(out="~/runs/x").out == str(tmp_path / "home" / "runs" / "x")
 
 
-@pytest.mark.parametrize("argv", [["demo", "--out", "~/d"], ["bench", "smoke", "--out", "~/b"]])
-def test_an_unexpanded_tilde_reaching_a_writer_is_refused_with_the_full_path(tmp_path, monkeypatch, capsys, argv):
+def test_a_quoted_tilde_is_read_as_a_shell_reads_it_by_every_command(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from eae.cli import build_parser
+
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = str(tmp_path / "home")
+    p = build_parser()
+    assert p.parse_args(["eval", "~/r", "--output", "~/rep.json"]).output == f"{home}/rep.json"
+    assert p.parse_args(["eval", "~/r"]).run_dir == f"{home}/r"
+    assert p.parse_args(["bench", "smoke", "--out", "~/b"]).out == f"{home}/b"
+    assert p.parse_args(["demo", "--out", "~/d"]).out == f"{home}/d"
+    for literal in ("./~", "~nosuchuser_eae/x", "sub/~"):  # as a shell leaves them
+        assert p.parse_args(["demo", "--out", literal]).out == literal
+    (tmp_path / "home" / "runs").mkdir(parents=True)
+    shutil.copytree(run, tmp_path / "home" / "runs" / "a")
+    import eae
+
+    assert eae.load("~/runs/a") is not None  # the API reads a path as the run's out was read
     monkeypatch.chdir(tmp_path)
-    rc, text = _call(argv, capsys)
-    assert rc == 2 and "starts with '~'" in text and str(tmp_path / "home") in text, text
-    assert not (tmp_path / "~").exists()
+    rc, text = _call(["eval", "~/runs/a", "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 0 and not (tmp_path / "~").exists(), text
 
 
-def test_an_eval_output_starting_with_tilde_is_refused(run, tmp_path, monkeypatch, capsys):
+def test_a_run_whose_out_was_given_with_a_tilde_resumes_from_a_preset(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    rc, text = _call(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--output", "~/rep.json"],
-                     capsys)
-    assert rc == 2 and "--output ~/rep.json starts with '~'" in text, text
+    preset = tmp_path / "t.toml"
+    preset.write_text('out = "~/runs/e"\n')
+    assert main(["train", *SYN, "--epochs", "2", "--stop-after", "1", "--config", str(preset)]) == 0
+    rc, text = _call(["train", "--config", str(preset), "--resume", "--quiet"], capsys)
+    assert rc == 0 and (tmp_path / "home" / "runs" / "e" / "model.safetensors").is_file(), text
     assert not (tmp_path / "~").exists()
 
 
@@ -2684,3 +2701,123 @@ def test_a_file_name_too_long_says_so_and_how_to_fix_it():
 
     status, text = _user_error(OSError(36, "File name too long", "runs/" + "a" * 300))
     assert status == 2 and "longer than the file system allows, usually 255 bytes: shorten it" in text
+
+
+# --------------------------------------------------------------------------- trial 23
+def test_headline_parts_on_synthetic_data_take_no_data_dir(tmp_path):
+    from eae.bench import headline
+    from eae.bench.runner import _config
+    from eae.bench.suites import get_bench_suite
+
+    h = object.__new__(headline.Headline)
+    h.device, h.data_dir, h.scale = "cpu", str(tmp_path), headline.TINY
+    assert h.config(tmp_path / "s", **{"dataset": "synthetic", **headline.TINY.smoke}).data_dir is None
+    assert h.config(tmp_path / "p", **headline.TINY.speed).data_dir is None
+    assert h.config(tmp_path / "r", **headline.TINY.run).data_dir == str(tmp_path)  # CIFAR-10: the folder given
+    suite = get_bench_suite("smoke")
+    assert _config(suite, suite.entries[0], 0, tmp_path / "x", "cpu", str(tmp_path)).data_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"WORLD_SIZE": "abc"}, "$WORLD_SIZE is 'abc', not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "$MASTER_ADDR and $MASTER_PORT are not set: start the "
+                                                          "processes with torchrun"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "x", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "$LOCAL_RANK is 'x'"),
+])
+def test_launcher_variables_set_by_hand_are_said_in_one_line(tmp_path, monkeypatch, capsys, env, fragment):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "r").exists(), text
+
+
+def test_a_rank_that_is_no_number_does_not_fail_a_single_process_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "x")  # read only under torchrun (WORLD_SIZE > 1)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0 and (tmp_path / "r" / "model.safetensors").is_file(), text
+
+
+def test_waiting_for_processes_that_torchrun_did_not_start_is_said_and_stoppable(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    p = subprocess.Popen([sys.executable, "-m", "eae", "train", *SYN, "--epochs", "1", "--out", str(tmp_path / "r")],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    assert "waiting for the 2 processes of $WORLD_SIZE to meet" in line and "Ctrl-C stops it" in line
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) != 0  # ended, not waiting on
+    assert not (tmp_path / "r").exists()
+
+
+def test_tf32_on_a_cpu_is_refused_not_recorded_as_another_evaluation(run, capsys):
+    rc, text = _call(["eval", str(run), "--device", "cpu", "--attacks", "clean,pgd2", "--precision", "tf32",
+                      "--diagnostics", "off"], capsys)
+    assert rc == 2 and "--precision tf32 is a mode of NVIDIA GPUs" in text, text
+    assert not list(run.glob("*precisiontf32*"))
+
+
+@pytest.mark.parametrize("toml,fragment", [
+    ("epochs = true", "p.toml: epochs = true: give a whole number"),
+    ("eps = false", "p.toml: eps = false: give a number"),
+    ("seed = [1]", "p.toml: seed = [1]: give one value, a whole number"),
+    ('method = ["eae"]', "p.toml: method = ['eae']: give one value, a string"),
+])
+def test_preset_values_of_the_wrong_kind_name_the_file_in_tomls_words(tmp_path, capsys, toml, fragment):
+    preset = tmp_path / "p.toml"
+    preset.write_text(toml + "\n")
+    rc, text = _call(["train", "--config", str(preset), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "r").exists(), text
+
+
+def test_from_dict_names_a_list_given_for_a_count():
+    from eae.config import TrainConfig
+    from eae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"seed = \[1\]: give one value, a whole number"):
+        TrainConfig.from_dict({"seed": [1]})
+
+
+def test_a_bench_report_with_a_users_notes_is_never_rewritten(tmp_path, capsys):
+    from eae.outputs import edited_documents, write_documents
+
+    out = tmp_path / "b"
+    out.mkdir()
+    assert write_documents(out, {"REPORT.md": "# one\n", "report.html": "<p>one</p>\n"}) == []
+    with open(out / "REPORT.md", "a") as fh:
+        fh.write("my notes\n")
+    assert edited_documents(out, ["REPORT.md", "report.html"]) == ["REPORT.md"]
+    assert write_documents(out, {"REPORT.md": "# two\n", "report.html": "<p>two</p>\n"}) == ["REPORT.md"]
+    assert (out / "REPORT.md").read_text() == "# one\nmy notes\n"
+    assert (out / "report.html").read_text() == "<p>two</p>\n"
+
+
+def test_resuming_a_bench_whose_report_was_edited_is_refused_before_any_work(tmp_path, capsys):
+    import json
+
+    from eae.bench.runner import _claim
+    from eae.errors import OutputRefused
+    from eae.outputs import write_documents
+
+    out = tmp_path / "b"
+    ask = {"suite": "smoke", "seeds": 1}
+    _claim(out, ask, resume=False)
+    write_documents(out, {"REPORT.md": "# one\n"})
+    (out / "REPORT.md").write_text("# one\nmy notes\n")
+    before = _tree_hash(out)
+    with pytest.raises(OutputRefused, match="REPORT.md was changed since eae bench wrote it"):
+        _claim(out, json.loads(json.dumps(ask)), resume=True)
+    assert _tree_hash(out) == before
+
+
+def test_a_blank_out_is_called_blank():
+    from eae.config import TrainConfig
+    from eae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"out is blank \(only white space\)"):
+        TrainConfig(out=" ")

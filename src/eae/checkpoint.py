@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import PLACEMENT_FIELDS, TrainConfig, config_identity, exact_types
+from .config import PLACEMENT_FIELDS, TrainConfig, config_identity, exact_types, home_path
 from .errors import ConfigError, EaeError, NotARun, OutputRefused
 from .utils import atomic_write_bytes, loads_json
 
@@ -258,6 +258,7 @@ def check_run_file(path: Path) -> None:
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:
+    run_dir = home_path(run_dir)  # "~/runs/a", as the run's out was read
     path = Path(run_dir) / CONFIG
     if Path(run_dir).is_file():
         raise NotARun(f"{run_dir} is a file, not a run folder: give the folder that holds it ({Path(run_dir).parent})"
@@ -459,7 +460,7 @@ def load_run(run_dir: str | Path, *, weights: str = "final", device: str | torch
                           field="run_dir")
     if not str(run_dir).strip():
         raise ConfigError("run_dir is empty: give the run's folder", field="run_dir")
-    run_dir = Path(run_dir)
+    run_dir = Path(home_path(run_dir))
     cfg = read_config(run_dir)
     name = {"final": WEIGHTS, "best": BEST_WEIGHTS}.get(weights)
     if name is None:

@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import MAX_INT, MAX_SEED, METHOD_DEFAULTS, TrainConfig, coerce, load_toml, parse_float
+from .config import MAX_INT, MAX_SEED, METHOD_DEFAULTS, TrainConfig, coerce, home_path, load_toml, parse_float
 from .evaluation.report import fmt_eps
 from .evaluation.suites import SUITES as _SUITES
 
@@ -82,7 +82,7 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
     from .config import PLACEMENT_FIELDS
     from .training.folder import check_run_folder
 
-    out = Path(given.get("out", TrainConfig.out))
+    out = Path(home_path(str(given.get("out", TrainConfig.out))))  # as TrainConfig reads it
     check_run_folder(out)  # a folder that is not a run is refused before its config.json is read
     if not (out / CONFIG).is_file():
         held = [n for n in (CHECKPOINT, WEIGHTS, "metrics.jsonl") if (out / n).exists()]
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dist.shutdown(sync=False)
         raise
     dist.shutdown()
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _rank0():  # (the group is gone: torchrun's variable says which process this was)
         return 0
     if not result.finished:
         from shlex import quote
@@ -721,7 +721,7 @@ def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a trained run on the test set",
                        description="Attack a trained run on the test set; the per-example worst case over "
                                    "every attack is its robust accuracy; gradient-masking checks give a verdict.")
-    e.add_argument("run_dir", nargs="?", default=None,
+    e.add_argument("run_dir", nargs="?", default=None, type=home_path,
                    help="a run folder of eae train (or give --model and --weights for a model trained elsewhere)")
     e.add_argument("--suite", choices=SUITE_NAMES, default=None,
                    help="quick (FGSM, PGD-20, CW-20; the default), aa (AutoAttack standard), aa-fast "
@@ -771,7 +771,7 @@ def _eval_parser(sub) -> None:
     e.add_argument("--diag-n", type=_int_at_least(0), default=1000, help="points used by the diagnostics (default: 1000)")
     e.add_argument("--strict", action="store_true", help="exit with status 3 unless the verdict is ok")
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--output", default=None, help="JSON report path (default: RUN_DIR/eval-WHAT.json, named by what was run, e.g. "
+    e.add_argument("--output", default=None, type=home_path, help="JSON report path (default: RUN_DIR/eval-WHAT.json, named by what was run, e.g. "
                         "eval-quick.json, eval-aa-n1000.json; .md beside it)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -800,7 +800,7 @@ def _bench_parser(sub) -> None:
                                    "runs of eae, fgsm_rs, eae_paper and standard with CW-20 and AutoAttack); "
                                    + "; ".join(f"{k}: {v.description}" for k, v in BENCH_SUITES.items()))
     b.add_argument("suite", choices=("headline",) + tuple(BENCH_SUITES))
-    b.add_argument("--out", help="output folder (runs, results.json, REPORT.md, report.html); "
+    b.add_argument("--out", type=home_path, help="output folder (runs, results.json, REPORT.md, report.html); "
                    "not needed with --dry-run")
     b.add_argument("--seeds", type=_int_at_least(1), default=1, help="training seeds 0..N-1 (default: 1)")
     b.add_argument("--resume", action="store_true", help="continue a benchmark in --out: finished runs are skipped")
@@ -831,7 +831,7 @@ def _bench_parser(sub) -> None:
 
 def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="CPU-sized comparison of standard, fgsm_rs, eae and eae_paper on CIFAR-10")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", default="runs/demo", type=home_path)
     demo.add_argument("--data-dir", default=None)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--quiet", action="store_true")
@@ -935,7 +935,7 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
 
     what = _SIGNALS[signal.Signals(e.signum).name] if isinstance(e, Terminated) else "interrupted"
     try:
-        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: said once, by rank 0
+        if _rank0():  # under torchrun: said once, by rank 0
             print(f"\n{what}{_resume_hint(args)}", file=sys.stderr)
     except OSError:  # the closed terminal was stderr: the exit status still says it
         pass
@@ -959,9 +959,22 @@ def _failed(e: Exception, args: argparse.Namespace) -> int:
 
         traceback.print_exc()
     # a bad setting fails alike on every rank of torchrun: said once, by rank 0
-    if not isinstance(e, ConfigError) or int(os.environ.get("RANK", "0") or 0) == 0:
+    if not isinstance(e, ConfigError) or _rank0():
         _say(f"error: {_printable(message)}" + (_resume_hint(args) if _peer_lost(e) else ""))
     return status
+
+
+def _env_number(name: str, default: int) -> int:
+    """A launcher's variable on the paths that report errors: one that is no number was said
+    where it was read (distributed.env_int), and must not fail the report itself."""
+    try:
+        return int(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+def _rank0() -> bool:
+    return _env_number("RANK", 0) == 0
 
 
 def _printable(message: str) -> str:
@@ -1076,7 +1089,7 @@ def _peer_lost(e: Exception) -> str | None:
     stopped by its own error, said on its own stderr) or lost its connection: no bug here."""
     import torch.distributed as tdist
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if _env_number("WORLD_SIZE", 1) <= 1:
         return None
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if isinstance(e, tdist.DistError) or (isinstance(e, RuntimeError) and any(

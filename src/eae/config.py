@@ -222,8 +222,7 @@ class TrainConfig:
         wrong = _type_errors(self)  # first: the range checks below assume the types
         if wrong:
             raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
-        if self.out.startswith("~"):  # a preset's or the API's "~/runs/x" means what a shell would make of it
-            object.__setattr__(self, "out", os.path.expanduser(self.out))
+        object.__setattr__(self, "out", home_path(self.out))  # a preset's "~/runs/x": what a shell would make of it
         derived = self._resolve_defaults()
         side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
             self.dataset, IMAGE_SIDES.get(self.dataset, 32))
@@ -334,10 +333,12 @@ class TrainConfig:
                 errors.append(f"{f.name} must be one of {', '.join(choices)}, got {v!r}")
             if isinstance(v, str) and "\x00" in v:
                 errors.append(f"{f.name} holds a NUL character")
+        blank = {True: "empty", False: "blank (only white space)"}
         if isinstance(self.data_dir, str) and not self.data_dir.strip():
-            errors.append("data_dir is empty: give the folder, or leave it out to use $EAE_DATA_DIR or the cache")
+            errors.append(f"data_dir is {blank[not self.data_dir]}: give the folder, or leave it out to use "
+                          "$EAE_DATA_DIR or the cache")
         if isinstance(self.out, str) and not self.out.strip():
-            errors.append("out is empty: give the run's folder")
+            errors.append(f"out is {blank[not self.out]}: give the run's folder")
         return errors
 
     def _method_errors(self, side: Any) -> list[str]:
@@ -567,6 +568,13 @@ def _type_errors(cfg: "TrainConfig") -> list[str]:
     return errors
 
 
+def home_path(path: str) -> str:
+    """``~/x`` and ``~user/x`` as a shell reads them: a path that reached us unexpanded (a
+    preset, the API, a quoted flag) never becomes a folder named ``~`` here. ``./~`` and
+    ``~name`` for no such user stay as written, as in a shell."""
+    return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
+
+
 def type_fix(v: Any, tp: type) -> str:
     """What fixes a number of another library (numpy, fractions, decimal) where a Python
     ``tp`` is wanted: '' when that is not the mistake."""
@@ -667,12 +675,18 @@ def exact_types(flat: dict[str, Any], path: Path | None, where: str | None = Non
             raise ConfigError(f"{where}: {key} = {value}: a date or time, which no setting takes "
                               f"(did a value lose its quotes?)", field=key)
         tp = hints.get(key)
-        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)  # X | None: X
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None: X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
         if tp is int and isinstance(value, (str, float)):
             raise ConfigError(f"{where}: {key} = {value!r}: give a whole number, without quotes",
                               field=key)
         if tp is bool and isinstance(value, str):
             raise ConfigError(f"{where}: {key} = {value!r}: give true or false, without quotes", field=key)
+        want = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(tp)
+        if want and tp is not bool and isinstance(value, bool):  # `epochs = true` is not 1
+            raise ConfigError(f"{where}: {key} = {str(value).lower()}: give {want}", field=key)
+        if want and isinstance(value, (list, dict)):
+            raise ConfigError(f"{where}: {key} = {short(value)}: give one value, {want}", field=key)
     return flat
 
 
@@ -759,6 +773,8 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
             except ValueError as e:
                 raise ValueError(str(e) if "division" in str(e) or "too small" in str(e) else f"not a number: {value!r}") from None
         if tp is int:
+            if not isinstance(value, (int, float, str)):
+                raise ValueError(f"expected an integer, got {short(value)}")
             if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
                 raise ValueError(f"not an integer: {value}")
             try:

@@ -23,9 +23,23 @@ import torch.distributed as dist
 from torch import nn
 
 
+def env_int(name: str, default: int) -> int:
+    """A launcher's variable (WORLD_SIZE, RANK, LOCAL_RANK) as the number it must be."""
+    from .errors import ConfigError
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"${name} is {text!r}, not a whole number: torchrun sets it for each process it starts; "
+                          "unset it to run one process", field=name) from None
+
+
 def launched() -> bool:
     """True inside a process started by torchrun (or any launcher that sets WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env_int("WORLD_SIZE", 1) > 1
 
 
 def initialized() -> bool:
@@ -52,7 +66,7 @@ def init(device: str = "auto") -> torch.device:
 
     if not launched():
         return resolve_device(device)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = env_int("LOCAL_RANK", 0)
     dev = resolve_device(device)
     if dev.type == "cuda":
         n = torch.cuda.device_count()
@@ -62,11 +76,39 @@ def init(device: str = "auto") -> torch.device:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        timeout = datetime.timedelta(minutes=float(os.environ.get("EAE_DIST_TIMEOUT_MIN", "30")))
-        dist.init_process_group(backend, timeout=timeout,
-                                device_id=dev if dev.type == "cuda" else None)
+        _meet(dev)
     return dev
+
+
+def _meet(dev: torch.device) -> None:
+    """Join the other processes: said when no torchrun started them (WORLD_SIZE set by hand
+    waits for processes that may never come), and stoppable by Ctrl-C and SIGTERM while it
+    waits (the wait is in torch's C++ code, where Python's handlers cannot run)."""
+    import signal
+    import sys
+    import threading
+
+    from .errors import ConfigError
+
+    world = env_int("WORLD_SIZE", 1)
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+    if missing:
+        raise ConfigError(f"$WORLD_SIZE is {world}, but {' and '.join('$' + v for v in missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not set: start the processes with torchrun "
+                          "(which sets them all), or unset WORLD_SIZE to run one process", field="WORLD_SIZE")
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        print(f"note: waiting for the {world} processes of $WORLD_SIZE to meet at {os.environ['MASTER_ADDR']}:"
+              f"{os.environ['MASTER_PORT']} (this is rank {env_int('RANK', 0)}); not started by torchrun: "
+              "Ctrl-C stops it", file=sys.stderr, flush=True)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(minutes=float(os.environ.get("EAE_DIST_TIMEOUT_MIN", "30")))
+    main = threading.current_thread() is threading.main_thread()
+    kept = {n: signal.signal(n, signal.SIG_DFL) for n in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:  # nothing is written yet: a signal during the wait simply ends the process
+        dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None)
+    finally:
+        for n, handler in kept.items():
+            signal.signal(n, handler)
 
 
 def shutdown(sync: bool = True) -> None:

@@ -17,6 +17,8 @@ first. The rules, in one place:
 - A report file (``eval-*.json`` and its ``.md``) is replaced only when eae wrote it and
   nobody changed it since (the JSON says ``written_by``; the JSON records the SHA-256
   of its Markdown). Replacing one is said, never silent.
+- A generated document (a benchmark's ``REPORT.md``, ``report.html``) is sealed by its
+  SHA-256 in ``.eae-reports.json``; one changed since (a user's notes) is never replaced.
 """
 from __future__ import annotations
 
@@ -131,17 +133,6 @@ def _legacy_demo(path: Path) -> bool:
 _LEGACY: dict[str, Callable[[Path], bool]] = {"run": _legacy_run, "bench": _legacy_bench, "demo": _legacy_demo}
 
 
-def _tilde(path: Path, flag: str, api: str) -> None:
-    """``~/x`` reached us unexpanded (quoted, or from a preset): made as written it would be a
-    folder named ``~`` here, which ``rm -rf ~`` later takes for the home folder."""
-    if path.parts and path.parts[0].startswith("~"):
-        home = os.path.expanduser(path.parts[0])
-        fix = f"write the full path ({Path(home, *path.parts[1:])})" if home != path.parts[0] else "write the full path"
-        raise OutputRefused(f"{api}={str(path)!r} starts with '~', which is not expanded here (a folder named "
-                            f"{path.parts[0]!r} would be made in the current folder): {fix}",
-                            cli=f"{flag} {path} starts with '~', which the shell did not expand (quoted?): {fix}")
-
-
 def _listing(names: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
@@ -150,7 +141,6 @@ def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "o
     """Raise :class:`OutputRefused` unless ``path`` may become (or is) a ``kind`` folder:
     new, empty, or ours of that kind. Writes nothing."""
     path = Path(path)
-    _tilde(path, flag, api)
     if ".." in path.parts:  # userproj/new/.. is userproj: named plainly or not at all
         raise OutputRefused(f"{api}={str(path)!r} goes up with '..': give the folder itself",
                             cli=f"{flag} {path} goes up with '..': give the folder itself")
@@ -229,6 +219,36 @@ class OutputFolder:
         self.created, self.marked = [], False
 
 
+# --------------------------------------------------------------------------- generated documents
+SEALS = ".eae-reports.json"  # name -> SHA-256 of each document eae generated in a folder
+
+
+def edited_documents(folder: Path, names) -> list[str]:
+    """Those of ``names`` that eae generated in ``folder`` and that were changed since
+    (notes added to a REPORT.md): a rewrite would lose them."""
+    seals = _json(folder / SEALS)
+    seals = seals if isinstance(seals, dict) else {}
+    return [n for n in names if n in seals and os.path.lexists(folder / n)
+            and (not _regular(folder / n) or hashlib.sha256((folder / n).read_bytes()).hexdigest() != seals[n])]
+
+
+def write_documents(folder: Path, documents: dict[str, str]) -> list[str]:
+    """Write generated documents (name -> text), each sealed; one changed since eae wrote it
+    is kept as it is. Returns the names kept."""
+    from .utils import atomic_write_bytes, atomic_write_json
+
+    kept = edited_documents(folder, documents)
+    seals = _json(folder / SEALS)
+    seals = seals if isinstance(seals, dict) else {}
+    for name, text in documents.items():
+        if name not in kept:
+            data = text.encode()
+            atomic_write_bytes(folder / name, data)
+            seals[name] = hashlib.sha256(data).hexdigest()
+    atomic_write_json(folder / SEALS, seals)
+    return kept
+
+
 # --------------------------------------------------------------------------- report files
 def _digest(d: dict[str, Any]) -> str:
     body = {k: v for k, v in d.items() if k != "report_sha256"}
@@ -275,7 +295,6 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
     :class:`OutputRefused` for a file that is not ours, was changed since we wrote it, or
     (with ``evaluation``, the new report's ``evaluation`` field, or a list of the forms an
     earlier report of it may hold, this version's first) holds another evaluation."""
-    _tilde(json_path, flag, flag)
     if ".." in json_path.parts:
         raise OutputRefused(f"{flag} {json_path} goes up with '..': give the path itself")
     if json_path.suffix != ".json" or json_path.stem in ("", "."):

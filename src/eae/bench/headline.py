@@ -185,8 +185,12 @@ class Headline:
             print(msg, flush=True)
 
     def config(self, out: Path, **fields: Any) -> TrainConfig:
-        return TrainConfig.from_dict({"seed": 0, "device": self.device, "data_dir": self.data_dir,
-                                      "out": str(out), **fields})
+        return TrainConfig.from_dict({"seed": 0, "device": self.device, **self._data_dir(fields), "out": str(out),
+                                      **fields})
+
+    def _data_dir(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """--data-dir for the parts that read CIFAR-10; the tiny parts' synthetic data has none."""
+        return {} if fields.get("dataset") == "synthetic" else {"data_dir": self.data_dir}
 
     # ------------------------------------------------------------------ parts
     def tasks(self) -> list[Task]:
@@ -250,7 +254,7 @@ class Headline:
 
     def _model_and_test(self, method: str, n: int | None):
         run = self.out / "runs" / method
-        cfg = TrainConfig.from_dict({**self.scale.run, "data_dir": self.data_dir, "out": str(run)})
+        cfg = TrainConfig.from_dict({**self.scale.run, **self._data_dir(self.scale.run), "out": str(run)})
         x, y = load_test_set(cfg)
         n = min(n or len(y), len(y))
         return load(run, device=self.dev), x[:n], y[:n], len(y), cfg.eps

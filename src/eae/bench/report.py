@@ -9,6 +9,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..outputs import write_documents
+
+REPORTS = ("REPORT.md", "report.html", "eae_research.json")  # the documents write_report makes
 COLUMNS = (("clean", "clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("aa", "AA"))
 
 
@@ -289,7 +292,9 @@ def research_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
              "gpu": results["meta"]["device"], "commit": results["meta"]["commit"]} for r in rows]
 
 
-def write_report(out: Path, results: dict[str, Any]) -> None:
+def write_report(out: Path, results: dict[str, Any]) -> list[str]:
+    """REPORT.md, report.html and eae_research.json; returns those kept because someone
+    changed them since eae wrote them (see :func:`eae.outputs.write_documents`)."""
     meta = results["meta"]
     header, cells = table_rows(results)
     plots = _plots(out, results)
@@ -311,9 +316,9 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     else:
         md += ["", "(plots need matplotlib: pip install matplotlib)"]
-    (out / "REPORT.md").write_text("\n".join(md) + "\n")
+    documents = {"REPORT.md": "\n".join(md) + "\n"}
     if results["rows"]:
-        (out / "eae_research.json").write_text(json.dumps(research_rows(results), indent=2) + "\n")
+        documents["eae_research.json"] = json.dumps(research_rows(results), indent=2) + "\n"
 
     imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
                    f"</p>" for p in plots)
@@ -331,4 +336,5 @@ img{{max-width:100%}}</style></head>
 <table><tr>{th}</tr>{trs}</table>{f"<h3>Gradient-masking alarms</h3><ul>{alarms}</ul>" if alarms else ""}
 {imgs}</body></html>
 """
-    (out / "report.html").write_text(page)
+    documents["report.html"] = page
+    return write_documents(out, documents)

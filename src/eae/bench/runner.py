@@ -33,11 +33,11 @@ from ..data import load_test_set
 from ..evaluation import evaluate
 from ..errors import ConfigError, OutputRefused
 from ..evaluation.diagnostics import LEVELS
-from ..outputs import OutputFolder, check_folder, sealed
+from ..outputs import OutputFolder, check_folder, edited_documents, sealed
 from ..system import training_precision
 from ..trainer import train
 from ..utils import atomic_write_json, device_name, git_commit, loads_json, resolve_device
-from .report import write_report
+from .report import REPORTS, write_report
 from .suites import BenchSuite, Entry, get_bench_suite
 
 
@@ -48,8 +48,9 @@ CURVE_KEYS = ("epoch", "val_clean", "val_pgd", "val_cw", "val_robust", "val_aa_f
 
 def _config(suite: BenchSuite, entry: Entry, seed: int, out: Path, device: str, data_dir: str | None,
             **extra: Any) -> TrainConfig:
-    fields = {**suite.base, **entry.overrides, "seed": seed, "out": str(out), "device": device,
-              "data_dir": data_dir, **extra}
+    fields = {**suite.base, **entry.overrides, "seed": seed, "out": str(out), "device": device, **extra}
+    if fields.get("dataset") != "synthetic":  # (synthetic data is generated: a folder for it is refused)
+        fields["data_dir"] = data_dir
     return TrainConfig.from_dict(fields)
 
 
@@ -369,7 +370,11 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
             **provenance(), "wall_seconds": time.perf_counter() - t0}
     results = {"meta": meta, "rows": rows, "speed": speed}
     atomic_write_json(out / "results.json", results)
-    write_report(out, results)
+    kept = write_report(out, results)
+    for name in kept:  # changed while this call ran: said, not replaced
+        print(f"note: {out / name} was changed since eae bench wrote it: kept as it is, not updated (results.json "
+              f"holds every number; move it away and run the same command with --resume to write it again)",
+              file=sys.stderr, flush=True)
     log(f"report: {out / 'REPORT.md'}, {out / 'report.html'}")
     return results
 
@@ -412,6 +417,11 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
             fix = ("give the same --dataset and --unverified-data as the first call, or choose another "
                    "--out") if changed == ["base"] else fix
             raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): {fix}")
+    edited = edited_documents(out, REPORTS)
+    if edited:  # before any work: the report written at the end would replace them
+        raise OutputRefused(f"{out / edited[0]} was changed since eae bench wrote it, and the report it holds is "
+                            "rewritten when the benchmark ends: copy what you added elsewhere, move it away, then "
+                            "run the same command again")
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
         folder.written.append(manifest.name)

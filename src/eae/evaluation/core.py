@@ -294,6 +294,22 @@ def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, 
     return checks.class_count(k, attacks)
 
 
+def _check_model_and_precision(model, precision: str, device: torch.device) -> None:
+    """A network instance, and a precision this device has."""
+    if precision == "tf32" and device.type != "cuda":  # it would label fp32 numbers as another evaluation's
+        raise ConfigError(f"precision tf32 is a mode of NVIDIA GPUs (TF32 tensor cores); on {device.type} the attacks "
+                          "would run in fp32 under another name: give fp32 (or bf16)",
+                          cli=f"--precision tf32 is a mode of NVIDIA GPUs (TF32 tensor cores); on {device.type} the "
+                              "attacks would run in fp32 under another name: give --precision fp32 (or bf16)",
+                          field="precision")
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise ModelError(f"model is the class {model.__name__}, not a network: pass an instance, "
+                         f"{model.__name__}(...)")
+    if not isinstance(model, nn.Module):  # attacks need its modules (eval mode, frozen parameters)
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}: wrap a function in a "
+                         "Module whose forward calls it")
+
+
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               attacks: Sequence[str] | Mapping[str, Attack | None] | None = None, eps: float = 8 / 255, *,
               suite: str | None = None, norm: str = "linf", batch_size: int = 500,
@@ -303,12 +319,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``eot``: forward passes per gradient (default: the suite's, 1 but for ``aa-rand``)."""
     device = resolve_device(device) if isinstance(device, str) else torch.device(device) if device is not None \
         else x.device  # a device name is checked (ConfigError naming device), not handed to torch
-    if isinstance(model, type) and issubclass(model, nn.Module):
-        raise ModelError(f"model is the class {model.__name__}, not a network: pass an instance, "
-                         f"{model.__name__}(...)")
-    if not isinstance(model, nn.Module):  # attacks need its modules (eval mode, frozen parameters)
-        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}: wrap a function in a "
-                         "Module whose forward calls it")
+    _check_model_and_precision(model, precision, device)
     check_inputs(x, y)
     check_radius(eps, norm, x)
     s, plan = resolve_plan(attacks, suite, eps, norm)
