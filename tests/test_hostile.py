@@ -2520,8 +2520,9 @@ def test_a_quoted_tilde_is_read_as_a_shell_reads_it_by_every_command(run, tmp_pa
     assert p.parse_args(["eval", "~/r"]).run_dir == f"{home}/r"
     assert p.parse_args(["bench", "smoke", "--out", "~/b"]).out == f"{home}/b"
     assert p.parse_args(["demo", "--out", "~/d"]).out == f"{home}/d"
-    for literal in ("./~", "~nosuchuser_eae/x", "sub/~"):  # as a shell leaves them
-        assert p.parse_args(["demo", "--out", literal]).out == literal
+    for literal in ("./~", "~nosuchuser_eae/x"):  # as a shell leaves them: a folder so named here, said in full
+        assert p.parse_args(["demo", "--out", literal]).out == os.path.abspath(literal)
+    assert p.parse_args(["demo", "--out", "sub/~"]).out == "sub/~"
     (tmp_path / "home" / "runs").mkdir(parents=True)
     shutil.copytree(run, tmp_path / "home" / "runs" / "a")
     import eae
@@ -2810,7 +2811,7 @@ def test_resuming_a_bench_whose_report_was_edited_is_refused_before_any_work(tmp
     write_documents(out, {"REPORT.md": "# one\n"})
     (out / "REPORT.md").write_text("# one\nmy notes\n")
     before = _tree_hash(out)
-    with pytest.raises(OutputRefused, match="REPORT.md was changed since eae bench wrote it"):
+    with pytest.raises(OutputRefused, match="REPORT.md is not as eae bench wrote it"):
         _claim(out, json.loads(json.dumps(ask)), resume=True)
     assert _tree_hash(out) == before
 
@@ -2821,3 +2822,102 @@ def test_a_blank_out_is_called_blank():
 
     with pytest.raises(ConfigError, match=r"out is blank \(only white space\)"):
         TrainConfig(out=" ")
+
+
+# --------------------------------------------------------------------------- trial 24
+def test_a_report_or_plot_eae_cannot_show_it_wrote_is_never_replaced(tmp_path):
+    from eae.outputs import SEALS, edited_documents, write_documents
+
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "REPORT.md").write_text("my own summary\n")  # a user's file of that name: no seal
+    (out / "curves.png").write_bytes(b"x")
+    assert write_documents(out, {"REPORT.md": "# one\n", "curves.png": b"\x89PNG", "report.html": "<p/>"}) == [
+        "REPORT.md", "curves.png"]
+    assert (out / "REPORT.md").read_text() == "my own summary\n" and (out / "curves.png").read_bytes() == b"x"
+    (out / "report.html").write_text("<p/>\nnotes\n")
+    (out / SEALS).unlink()  # the seals lost: nothing can be shown to be eae's
+    assert edited_documents(out, ["report.html"]) == ["report.html"]
+
+
+def test_a_bench_report_renders_its_plots_and_seals_them(tmp_path):
+    import json
+
+    from eae.bench.report import REPORTS, write_report
+    from eae.outputs import SEALS
+
+    row = {"entry": "fgsm_rs", "method": "fgsm_rs", "seed": 0, "epochs": 2, "clean": 0.8, "fgsm": 0.5, "pgd20": 0.45,
+           "cw20": 0.42, "aa": 0.4, "worst_case": 0.4, "train_seconds": 20.0, "x_standard": 2.0, "verdict": "ok",
+           "evidence": ["[ok] fine"], "n": 10000, "aa_n": 2000, "test_size": 10000, "aa_label": "AutoAttack standard",
+           "aa_suite": "aa", "config": {"method": "fgsm_rs"},
+           "curve": [{"epoch": 1, "val_clean": 0.5, "val_robust": 0.3, "seconds": 10.0},
+                     {"epoch": 2, "val_clean": 0.6, "val_robust": 0.35, "seconds": 10.0}]}
+    meta = {"suite": "cifar10", "description": "d", "device": "cpu", "torch": "t", "eae": "v", "commit": "c",
+            "date": "now", "command": "eae bench cifar10", "seeds": 1, "budget_k": None}
+    assert write_report(tmp_path, {"meta": meta, "rows": [row], "speed": None}) == []
+    seals = json.loads((tmp_path / SEALS).read_text())
+    assert {"REPORT.md", "report.html", "eae_research.json", "pareto.png", "curves.png"} <= set(seals) <= set(REPORTS)
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![pareto](pareto.png)" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_a_batch_larger_than_the_training_set_is_said_and_the_step_printed_as_it_is(tmp_path, capsys):
+    argv = [a for a in SYN if a != "--quiet"]
+    rc, text = _call(["train", *argv, "--epochs", "1", "--batch-size", "1000", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "note: batch_size 1,000 is more than the 128 training images" in text, text
+    assert "1 epoch x 1 step of 128" in text and "step of 1000" not in text
+
+
+def test_every_path_starting_with_tilde_is_read_alike_and_a_literal_one_said_in_full(tmp_path, monkeypatch):
+    from pathlib import Path as P
+
+    from eae.cli import build_parser
+    from eae.config import home_path, load_toml
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    home = str(tmp_path / "home")
+    assert home_path("~/x") == f"{home}/x" and home_path(P("~/x")) == P(home) / "x"
+    assert home_path("./~/x") == str(tmp_path / "~" / "x")  # a folder named ~ here: said in full
+    assert home_path("~nosuchuser_eae/x") == str(tmp_path / "~nosuchuser_eae" / "x")
+    assert home_path("runs/x") == "runs/x" and home_path("/abs") == "/abs"
+    p = build_parser()
+    assert p.parse_args(["train", "--config", "~/p.toml"]).config == f"{home}/p.toml"
+    assert p.parse_args(["eval", "--weights", "~/w.pt"]).weights == f"{home}/w.pt"
+    assert p.parse_args(["eval", "r", "--weights", "best"]).weights == "best"
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "p.toml").write_text("epochs = 3\n")
+    assert load_toml("~/p.toml") == {"epochs": 3}
+
+
+def test_an_image_folder_is_never_looked_for_in_eae_data_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "cifar"))
+    rc, text = _call(["train", "--dataset", "imagefolder", "--arch", "resnet_small", "--epochs", "1", "--device",
+                      "cpu", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "--data-dir" in text and "cifar" not in text, text
+
+
+def test_ctrl_c_pressed_again_while_eae_stops_prints_no_traceback(tmp_path):
+    code = ("import os, signal, sys, time\n"
+            "sys.argv = ['eae', 'list']\n"
+            "from eae import cli\n"
+            "def slow(args):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(5)\n"
+            "def second(e, args):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the first is answered\n"
+            "    time.sleep(0.2)\n"
+            "    return 130\n"
+            "cli.cmd_list = slow\n"
+            "cli._interrupted = second\n"
+            "p = cli.build_parser()\n"
+            "p.commands['list'].set_defaults(func=slow)\n"
+            "cli.build_parser = lambda: p\n"
+            "from eae.launch import main\n"
+            "status = main()\n"
+            "os.kill(os.getpid(), signal.SIGINT)  # and once more as the process exits\n"
+            "time.sleep(0.2)\n"
+            "raise SystemExit(status)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr

@@ -229,7 +229,7 @@ def test_best_weights_say_which_epoch_they_are(run, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- numbers
 @pytest.mark.parametrize("toml,fragment", [
-    ("epochs = true", "epochs: expected a number, got True"),
+    ("epochs = true", "p.toml: epochs = true: give a whole number"),
     ("augment = 1", "augment: expected true or false"),
     ("seed = 99999999999999999999", "seed"),
     ("lr_max = nan", "lr_max must be a finite number"),

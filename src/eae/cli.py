@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--config", help="TOML preset (e.g. configs/cifar10_preact18_eae.toml); flags override it")
+    t.add_argument("--config", type=home_path, help="TOML preset (e.g. configs/cifar10_preact18_eae.toml); flags override it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--stop-after", type=_int_at_least(1), default=None, help="stop after N epochs of this call (resumable)")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -741,7 +741,7 @@ def _eval_parser(sub) -> None:
                         "another size is another evaluation, with its own report")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, help="seed of the attacks' random starts (default: 0)")
-    e.add_argument("--weights", default=None,
+    e.add_argument("--weights", default=None, type=home_path,
                    help="of a run: final, or best (the best epoch on the validation split) (default: final); "
                         "with --model: the weights FILE (.safetensors, or a state_dict read with weights_only)")
     e.add_argument("--model", default=None,
@@ -851,6 +851,15 @@ _SIGNALS = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP: its t
 
 
 def _on_signal(signum, frame) -> None:
+    """The first Ctrl-C, SIGTERM or SIGHUP stops the command; the ones after it (a user
+    pressing Ctrl-C again) are ignored while it saves what it can and says how to continue."""
+    import signal
+
+    for num in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if num is not None and signal.getsignal(num) is _on_signal:
+            signal.signal(num, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
@@ -862,6 +871,8 @@ def _catch_signals() -> dict:
     if not threading_main():
         return {}
     previous = {}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Python's own: raises KeyboardInterrupt
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_signal)
     for name in _SIGNALS:
         num = getattr(signal, name, None)
         if num is not None and (name != "SIGHUP" or signal.getsignal(num) is signal.SIG_DFL):

@@ -568,11 +568,22 @@ def _type_errors(cfg: "TrainConfig") -> list[str]:
     return errors
 
 
-def home_path(path: str) -> str:
-    """``~/x`` and ``~user/x`` as a shell reads them: a path that reached us unexpanded (a
-    preset, the API, a quoted flag) never becomes a folder named ``~`` here. ``./~`` and
-    ``~name`` for no such user stay as written, as in a shell."""
-    return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
+def home_path(path):
+    """A path as a shell reads it: ``~/x`` and ``~user/x`` expanded (a path that reached us
+    unexpanded: a preset, the API, a quoted flag). One that still starts with ``~`` (``./~/x``,
+    ``~nosuchuser``, ``~+``: a folder of that name here, as POSIX sh leaves them) is made
+    absolute, so that no message prints it as if it were in the home folder. A ``pathlib.Path``
+    has lost a leading ``./``: ``Path("./~")`` reads as ``~``; give such a path as a string."""
+    if not isinstance(path, (str, Path)):
+        return path
+    text = os.fspath(path)
+    if text.startswith("~") and os.path.expanduser(text) != text:
+        text = os.path.expanduser(text)
+    elif Path(text).parts[:1] and Path(text).parts[0].startswith("~"):
+        text = os.path.abspath(text)
+    else:
+        return path
+    return text if isinstance(path, str) else Path(text)
 
 
 def type_fix(v: Any, tp: type) -> str:
@@ -630,7 +641,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not str(path).strip():  # '' would be the current folder
         raise ConfigError("the config file's path is empty: give the path of a TOML preset (e.g. "
                           "configs/cifar10_preact18_eae.toml)", field="config")
-    path = Path(path)
+    path = Path(home_path(path))
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder: give a TOML file (e.g. configs/cifar10_preact18_eae.toml)",
                           field="config")

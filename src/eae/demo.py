@@ -8,6 +8,7 @@ numbers that matter come from ``benchmarks/`` on a GPU.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from .evaluation import evaluate
 from .trainer import train
 from .bench.runner import timing_of
 from .system import machine_name, training_precision
-from .outputs import OutputFolder
-from .utils import atomic_write_bytes, atomic_write_json, resolve_device
+from .outputs import OutputFolder, edited_documents, write_documents
+from .utils import atomic_write_json, resolve_device
 
 METHODS = ("standard", "fgsm_rs", "eae", "eae_paper")
 
@@ -66,6 +67,13 @@ def _check_earlier(out, data_dir, device, train_subset, epochs) -> None:
 
 def _train_and_evaluate(out, data_dir, device, dev, quiet, train_subset, epochs, n_test, log):
     _check_earlier(out, data_dir, device, train_subset, epochs)
+    edited = edited_documents(Path(out), ["demo.md"])
+    if edited:  # before any work: the report written at the end would replace it
+        from .errors import OutputRefused
+
+        raise OutputRefused(f"{Path(out) / edited[0]} is not as eae demo wrote it (changed since, or another "
+                            "program's), and the demo rewrites it at the end: copy what you added elsewhere, move "
+                            "it away, then run the same command again")
     rows = []
     for method in METHODS:
         cfg = demo_config(method, out, data_dir, device, train_subset, epochs)
@@ -98,7 +106,9 @@ def _report(rows, out, dev, train_subset: int, epochs: int, n_test: int, quiet: 
     note = ("CE-PGD-20 far above CW-20 means the cross-entropy gradient is masked: trust the CW and "
             "worst-case columns. 'masking check' is the cheap gradient-masking check (CE vs margin gap, "
             "logit scale, zero gradients); `eae eval RUN --suite aa` runs the full one.")
-    atomic_write_bytes(Path(out) / "demo.md", f"{header}\n\n{table}\n\n{note}\n".encode())
+    for name in write_documents(Path(out), {"demo.md": f"{header}\n\n{table}\n\n{note}\n"}):
+        print(f"note: {Path(out) / name} was changed since eae demo wrote it: kept as it is, not updated "
+              f"({Path(out) / 'demo.json'} holds the numbers)", file=sys.stderr, flush=True)
     atomic_write_json(Path(out) / "demo.json", {"header": header, "rows": rows})
     if not quiet:
         print(f"\n{header}\n\n{table}\n\n{note}\nwritten: {out}/demo.md, {out}/demo.json")

@@ -11,4 +11,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("eae: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
-    return cli_main()
+    status = cli_main()
+    if status in (129, 130, 143):  # stopped by a signal: another Ctrl-C while the process exits says nothing more
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status

@@ -17,8 +17,9 @@ first. The rules, in one place:
 - A report file (``eval-*.json`` and its ``.md``) is replaced only when eae wrote it and
   nobody changed it since (the JSON says ``written_by``; the JSON records the SHA-256
   of its Markdown). Replacing one is said, never silent.
-- A generated document (a benchmark's ``REPORT.md``, ``report.html``) is sealed by its
-  SHA-256 in ``.eae-reports.json``; one changed since (a user's notes) is never replaced.
+- A generated document (a benchmark's ``REPORT.md``, ``report.html``, plots) is sealed by its
+  SHA-256 in ``.eae-reports.json``; one changed since (a user's notes), or one eae cannot show
+  it wrote, is never replaced.
 """
 from __future__ import annotations
 
@@ -224,25 +225,26 @@ SEALS = ".eae-reports.json"  # name -> SHA-256 of each document eae generated in
 
 
 def edited_documents(folder: Path, names) -> list[str]:
-    """Those of ``names`` that eae generated in ``folder`` and that were changed since
-    (notes added to a REPORT.md): a rewrite would lose them."""
+    """Those of ``names`` in ``folder`` that eae cannot show it wrote as they are: changed since
+    (notes added to a REPORT.md), not sealed (a user's own file of that name, or a folder of an
+    earlier version), or not a regular file. A rewrite would lose them."""
     seals = _json(folder / SEALS)
     seals = seals if isinstance(seals, dict) else {}
-    return [n for n in names if n in seals and os.path.lexists(folder / n)
-            and (not _regular(folder / n) or hashlib.sha256((folder / n).read_bytes()).hexdigest() != seals[n])]
+    return [n for n in names if os.path.lexists(folder / n) and (
+        not _regular(folder / n) or hashlib.sha256((folder / n).read_bytes()).hexdigest() != seals.get(n))]
 
 
-def write_documents(folder: Path, documents: dict[str, str]) -> list[str]:
-    """Write generated documents (name -> text), each sealed; one changed since eae wrote it
-    is kept as it is. Returns the names kept."""
+def write_documents(folder: Path, documents: dict[str, str | bytes]) -> list[str]:
+    """Write generated documents (name -> text or bytes), each sealed; one that eae cannot
+    show it wrote as it is (see :func:`edited_documents`) is kept. Returns the names kept."""
     from .utils import atomic_write_bytes, atomic_write_json
 
     kept = edited_documents(folder, documents)
     seals = _json(folder / SEALS)
     seals = seals if isinstance(seals, dict) else {}
-    for name, text in documents.items():
+    for name, content in documents.items():
         if name not in kept:
-            data = text.encode()
+            data = content.encode() if isinstance(content, str) else content
             atomic_write_bytes(folder / name, data)
             seals[name] = hashlib.sha256(data).hexdigest()
     atomic_write_json(folder / SEALS, seals)

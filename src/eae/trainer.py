@@ -86,7 +86,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False,
     """
     _check_arguments(cfg, resume, quiet, stop_after)
     _check_names(cfg)
-    given = cfg.data_dir or (os.environ.get("EAE_DATA_DIR") if cfg.dataset != "synthetic" else None)
+    # $EAE_DATA_DIR is where the published datasets are looked for; an image folder is always named by data_dir
+    given = cfg.data_dir or (os.environ.get("EAE_DATA_DIR") if cfg.dataset not in ("synthetic", "imagefolder")
+                             else None)
     if given and given == given.strip():  # (white space around $EAE_DATA_DIR is refused where it is read)  # recorded absolute: a resume or an eval from another folder or shell finds the same data
         cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(os.path.expanduser(given)))
     if cfg.tensorboard:  # a missing package, before the run folder is claimed

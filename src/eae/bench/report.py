@@ -11,7 +11,8 @@ from typing import Any
 
 from ..outputs import write_documents
 
-REPORTS = ("REPORT.md", "report.html", "eae_research.json")  # the documents write_report makes
+REPORTS = ("REPORT.md", "report.html", "eae_research.json", "pareto.png", "curves.png", "diagnosis.png",
+           "speed.png")  # the documents write_report makes
 COLUMNS = (("clean", "clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("aa", "AA"))
 
 
@@ -95,17 +96,17 @@ def _scope(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
-    """The report's figures, where matplotlib is installed: the Pareto plot, validation
-    curves, the masking diagnosis per epoch, and seconds per epoch."""
+def _plots(results: dict[str, Any]) -> dict[str, bytes]:
+    """The report's figures as PNG files (name -> bytes), where matplotlib is installed: the
+    Pareto plot, validation curves, the masking diagnosis per epoch, and seconds per epoch."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    made = []
+        return {}
+    made = {}
     rows = results["rows"]
     if rows:
         groups = _group(rows)
@@ -114,14 +115,14 @@ def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
         cmap = plt.get_cmap("tab20")
         look = {name: {"color": cmap(i % 20), "linestyle": ("-", "--", ":")[i // 20 % 3],
                        "marker": ".ovs^"[i // 20 % 5]} for i, name in enumerate(groups)}
-        made.append(_save(_pareto_plot(plt, groups, look, rows, results), out / "pareto.png"))
-        made.append(_save(_curves_plot(plt, groups, look), out / "curves.png"))
+        made["pareto.png"] = _png(_pareto_plot(plt, groups, look, rows, results))
+        made["curves.png"] = _png(_curves_plot(plt, groups, look))
         fig = _diagnosis_plot(plt, groups, look)
         if fig is not None:
-            made.append(_save(fig, out / "diagnosis.png"))
+            made["diagnosis.png"] = _png(fig)
     fig = _speed_plot(plt, results)
     if fig is not None:
-        made.append(_save(fig, out / "speed.png"))
+        made["speed.png"] = _png(fig)
     return made
 
 
@@ -269,13 +270,16 @@ def _speed_plot(plt, results):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
+def _png(fig) -> bytes:
+    import io
+
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
     plt.close(fig)
-    return path
+    return buf.getvalue()
 
 
 def research_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -297,7 +301,7 @@ def write_report(out: Path, results: dict[str, Any]) -> list[str]:
     changed them since eae wrote them (see :func:`eae.outputs.write_documents`)."""
     meta = results["meta"]
     header, cells = table_rows(results)
-    plots = _plots(out, results)
+    plots = _plots(results)
     info = [f"- suite: **{meta['suite']}**: {meta['description']}",
             f"- device: {meta['device']}; torch {meta['torch']}; eae {meta['eae']} (commit {meta['commit']}); "
             f"{meta['date']}",
@@ -313,15 +317,15 @@ def write_report(out: Path, results: dict[str, Any]) -> list[str]:
         md += ["", "Gradient-masking alarms (see each run's bench_eval.json for the evidence):"]
         md += [f"- {r['entry']} seed {r['seed']}: **{r['verdict']}**: {r['evidence'][0]}" for r in masked]
     if plots:
-        md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+        md += [""] + [f"![{name.removesuffix('.png')}]({name})" for name in plots]
     else:
         md += ["", "(plots need matplotlib: pip install matplotlib)"]
     documents = {"REPORT.md": "\n".join(md) + "\n"}
     if results["rows"]:
         documents["eae_research.json"] = json.dumps(research_rows(results), indent=2) + "\n"
 
-    imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                   f"</p>" for p in plots)
+    imgs = "".join(f'<p><img alt="{name.removesuffix(".png")}" src="data:image/png;base64,'
+                   f'{base64.b64encode(png).decode()}"></p>' for name, png in plots.items())
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
     items = "".join(f"<li>{html.escape(i[2:])}</li>" for i in info)
@@ -337,4 +341,4 @@ img{{max-width:100%}}</style></head>
 {imgs}</body></html>
 """
     documents["report.html"] = page
-    return write_documents(out, documents)
+    return write_documents(out, {**documents, **plots})

@@ -372,7 +372,7 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
     atomic_write_json(out / "results.json", results)
     kept = write_report(out, results)
     for name in kept:  # changed while this call ran: said, not replaced
-        print(f"note: {out / name} was changed since eae bench wrote it: kept as it is, not updated (results.json "
+        print(f"note: {out / name} is not as eae bench wrote it (changed since?): kept as it is, not updated (results.json "
               f"holds every number; move it away and run the same command with --resume to write it again)",
               file=sys.stderr, flush=True)
     log(f"report: {out / 'REPORT.md'}, {out / 'report.html'}")
@@ -419,9 +419,9 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
             raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): {fix}")
     edited = edited_documents(out, REPORTS)
     if edited:  # before any work: the report written at the end would replace them
-        raise OutputRefused(f"{out / edited[0]} was changed since eae bench wrote it, and the report it holds is "
-                            "rewritten when the benchmark ends: copy what you added elsewhere, move it away, then "
-                            "run the same command again")
+        raise OutputRefused(f"{out / edited[0]} is not as eae bench wrote it (changed since, or another program's), "
+                            "and the benchmark rewrites it when it ends: copy what you added elsewhere, move it "
+                            "away, then run the same command again")
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
         folder.written.append(manifest.name)

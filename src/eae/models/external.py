@@ -146,7 +146,9 @@ def _user_class(spec: str) -> type:
     if cls.endswith(".py") or "/" in cls:  # `my dir:x/m.py`: a file whose folder has a colon, its class left out
         raise ValueError(f"--model {spec}: name the class in the file: {spec}:ClassName")
     if where.endswith(".py"):
-        path = Path(where)
+        from ..config import home_path
+
+        path = Path(home_path(where))
         if not path.is_file():
             raise FileNotFoundError(f"--model {spec}: {path} not found")
         mod_name = f"eae_user_model_{abs(hash(str(path.resolve())))}"

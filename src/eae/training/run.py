@@ -61,6 +61,10 @@ class Run:
                               cli=f"--train-subset: {self.data.n_train} training image(s) for {self.world} processes "
                                   "(--nproc_per_node): each needs at least one image per step; use more training "
                                   "images or fewer processes")
+        if cfg.batch_size > self.data.n_train and self.main:  # said: each step is smaller than the batch asked for
+            held = f" (after the {cfg.val_size:,} held out for validation)" if cfg.val_size else ""
+            print(f"note: batch_size {cfg.batch_size:,} is more than the {self.data.n_train:,} training images{held}: "
+                  f"each step uses those {self.data.n_train:,}", file=sys.stderr, flush=True)
         if cfg.train_subset > self.data.n_train and self.main:  # said: the run would look bigger than it is
             print(f"note: train_subset {cfg.train_subset:,} is more than the {self.data.n_train:,} training images "
                   f"(after the {cfg.val_size:,} held out for validation): all {self.data.n_train:,} are used",
@@ -98,7 +102,7 @@ class Run:
                 f"{data.n_train:,} train / {len(data.val_y):,} val | {device_name(self.device)}{procs}, "
                 f"{training_precision(cfg.precision, self.device)} | "
                 f"{self.passes} epoch{'s' if self.passes != 1 else ''} x {len(self.loader)} "
-                f"step{'s' if len(self.loader) != 1 else ''} of {cfg.batch_size}"
+                f"step{'s' if len(self.loader) != 1 else ''} of {min(cfg.batch_size, data.n_train)}"
                 + (f" x {self.method.replays} replays" if self.method.replays > 1 else ""))
 
     def dataset(self) -> dict[str, Any]:
