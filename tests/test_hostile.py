@@ -2921,3 +2921,56 @@ def test_ctrl_c_pressed_again_while_eae_stops_prints_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- trial 25
+def test_missing_seals_are_named_with_every_document_at_once(tmp_path):
+    from eae.outputs import SEALS, documents_refused, write_documents
+
+    out = tmp_path / "b"
+    out.mkdir()
+    write_documents(out, {"REPORT.md": "# r\n", "pareto.png": b"\x89PNG"})
+    assert documents_refused(out, ["REPORT.md", "pareto.png"], "eae bench") is None
+    (out / SEALS).unlink()
+    said = documents_refused(out, ["REPORT.md", "pareto.png"], "eae bench")
+    assert "REPORT.md, pareto.png cannot be shown to be as eae bench wrote them" in said and "is missing" in said
+    (out / SEALS).mkdir()
+    assert "is a folder, where eae bench keeps the SHA-256" in documents_refused(out, ["REPORT.md"], "eae bench")
+
+
+def test_a_report_name_near_the_file_system_limit_is_written(tmp_path):
+    from eae.utils import atomic_write_bytes
+
+    target = tmp_path / ("d" * 250 + ".json")
+    atomic_write_bytes(target, b"{}")
+    assert target.read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_bench_resume_on_a_run_folder_is_refused_without_announcing_a_start(run, capsys):
+    rc, text = _call(["bench", "smoke", "--device", "cpu", "--out", str(run), "--only", "standard", "--resume"],
+                     capsys)
+    assert rc == 2 and "it is a run of `eae train`" in text and "starting one" not in text, text
+
+
+def test_list_prints_whole_descriptions(capsys):
+    rc, text = _call(["list"], capsys)
+    line = next(t for t in text.splitlines() if t.strip().startswith("square "))
+    assert rc == 0 and line.rstrip().endswith("L∞ or L2."), line
+
+
+@pytest.mark.parametrize("eps", ["8/", "/255", "8//255", "8/255/2"])
+def test_an_eps_that_is_neither_number_nor_fraction_is_said_so(eps, capsys):
+    rc, text = _call(["eval", "r", "--eps", eps], capsys)
+    assert rc == 2 and "is neither a number nor a fraction such as 8/255" in text, text
+
+
+def test_a_signal_after_eae_stopped_on_another_is_ignored():
+    code = ("import os, signal, sys\n"
+            "from eae import launch, cli\n"
+            "cli.main = lambda *a, **k: 130\n"
+            "launch_status = launch.main()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "raise SystemExit(launch_status)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 130, r.stderr  # not 143: the SIGTERM that came while it exited was ignored

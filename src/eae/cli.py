@@ -584,8 +584,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for title, reg in (("architectures", MODELS), ("methods", METHODS), ("attacks", ATTACKS)):
         print(f"{title}:")
         for name in reg.names():
-            doc = (reg.get(name).__doc__ or "").strip().splitlines()
-            print(f"  {name:<18} {doc[0] if doc else ''}")
+            doc = (reg.get(name).__doc__ or "").strip().split("\n\n")[0]  # the first paragraph, whole
+            print(f"  {name:<18} {' '.join(doc.split())}")
         if reg is MODELS:
             print(f"  {'timm:NAME':<18} any timm network (timm.list_models()); needs timm")
             print(f"  {'torchvision:NAME':<18} any torchvision classifier (torchvision.models.list_models()); "

@@ -730,6 +730,8 @@ def parse_float(text: str | float | int) -> float:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
     s = str(text).strip()
+    if s.count("/") > 1 or s.startswith("/") or s.endswith("/"):  # 8/, /255, 8//255, 8/255/2
+        raise ValueError(f"{s!r} is neither a number nor a fraction such as 8/255")
     if "/" in s:
         num, _, den = s.partition("/")
         if float(den) == 0:

@@ -20,7 +20,7 @@ from .evaluation import evaluate
 from .trainer import train
 from .bench.runner import timing_of
 from .system import machine_name, training_precision
-from .outputs import OutputFolder, edited_documents, write_documents
+from .outputs import OutputFolder, documents_refused, write_documents
 from .utils import atomic_write_json, resolve_device
 
 METHODS = ("standard", "fgsm_rs", "eae", "eae_paper")
@@ -67,13 +67,11 @@ def _check_earlier(out, data_dir, device, train_subset, epochs) -> None:
 
 def _train_and_evaluate(out, data_dir, device, dev, quiet, train_subset, epochs, n_test, log):
     _check_earlier(out, data_dir, device, train_subset, epochs)
-    edited = edited_documents(Path(out), ["demo.md"])
-    if edited:  # before any work: the report written at the end would replace it
+    refused = documents_refused(Path(out), ["demo.md"], "eae demo")
+    if refused:  # before any work: the report written at the end would replace it
         from .errors import OutputRefused
 
-        raise OutputRefused(f"{Path(out) / edited[0]} is not as eae demo wrote it (changed since, or another "
-                            "program's), and the demo rewrites it at the end: copy what you added elsewhere, move "
-                            "it away, then run the same command again")
+        raise OutputRefused(refused)
     rows = []
     for method in METHODS:
         cfg = demo_config(method, out, data_dir, device, train_subset, epochs)

@@ -15,5 +15,7 @@ def main() -> int:
     if status in (129, 130, 143):  # stopped by a signal: another Ctrl-C while the process exits says nothing more
         import signal
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for num in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if num is not None:
+                signal.signal(num, signal.SIG_IGN)
     return status

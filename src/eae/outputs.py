@@ -234,6 +234,27 @@ def edited_documents(folder: Path, names) -> list[str]:
         not _regular(folder / n) or hashlib.sha256((folder / n).read_bytes()).hexdigest() != seals.get(n))]
 
 
+def documents_refused(folder: Path, names, owner: str) -> str | None:
+    """Why ``owner`` may not start work that ends by rewriting ``names`` in ``folder`` (None:
+    it may): every document it cannot show it wrote, named at once, and the seals file itself
+    when that is the cause."""
+    seals = folder / SEALS
+    if os.path.lexists(seals) and not _regular(seals):
+        return (f"{seals} is {'a folder' if seals.is_dir() else 'not a regular file'}, where {owner} keeps the "
+                "SHA-256 of the documents it wrote: move it away, then run the same command again")
+    edited = edited_documents(folder, names)
+    if not edited:
+        return None
+    listed = ", ".join(edited)
+    if not isinstance(_json(seals), dict):  # missing or unreadable: no document can be shown to be ours
+        return (f"{folder}: {listed} cannot be shown to be as {owner} wrote them ({seals} is "
+                f"{'missing' if not os.path.lexists(seals) else 'not readable JSON'}), and they are rewritten when it "
+                "ends: copy what you want to keep, move them away, then run the same command again")
+    return (f"{folder}: {listed} {'is' if len(edited) == 1 else 'are'} not as {owner} wrote "
+            f"{'it' if len(edited) == 1 else 'them'} (changed since, or another program's), and rewritten when it "
+            "ends: copy what you added elsewhere, move them away, then run the same command again")
+
+
 def write_documents(folder: Path, documents: dict[str, str | bytes]) -> list[str]:
     """Write generated documents (name -> text or bytes), each sealed; one that eae cannot
     show it wrote as it is (see :func:`edited_documents`) is kept. Returns the names kept."""

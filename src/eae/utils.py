@@ -143,7 +143,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     failed write (disk full, permissions) leaves the old one untouched and raises."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.eae-tmp-")
+        # (a name near the file system's 255 bytes leaves no room for the temporary's additions: cut it)
+        name = path.name if len(os.fsencode(path.name)) <= 200 else path.name[:40]
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.eae-tmp-")
     except OSError as e:  # the folder takes no new file (read-only, immutable): name it, not a temporary never made
         raise type(e)(e.errno, f"{e.strerror}: no file can be created in the folder", str(path.parent)) from None
     try:

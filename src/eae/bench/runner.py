@@ -33,7 +33,7 @@ from ..data import load_test_set
 from ..evaluation import evaluate
 from ..errors import ConfigError, OutputRefused
 from ..evaluation.diagnostics import LEVELS
-from ..outputs import OutputFolder, check_folder, edited_documents, sealed
+from ..outputs import OutputFolder, check_folder, documents_refused, sealed
 from ..system import training_precision
 from ..trainer import train
 from ..utils import atomic_write_json, device_name, git_commit, loads_json, resolve_device
@@ -275,6 +275,7 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
     if resume and not (out / "bench.json").exists():  # said: a typo in --out would otherwise start a new one quietly
+        check_folder(out, "bench")  # (a run or another tool's folder: refused, not first announced as a start)
         print(f"note: {out} holds no benchmark yet: starting one (nothing to resume)", file=sys.stderr, flush=True)
     folder = _claim(out, {"suite": suite.name, "seeds": seeds, "base": suite.base, "budget_k": budget_k,
                           "entries": {e.name: e.overrides for e in suite.entries}}, resume)
@@ -417,11 +418,9 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
             fix = ("give the same --dataset and --unverified-data as the first call, or choose another "
                    "--out") if changed == ["base"] else fix
             raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): {fix}")
-    edited = edited_documents(out, REPORTS)
-    if edited:  # before any work: the report written at the end would replace them
-        raise OutputRefused(f"{out / edited[0]} is not as eae bench wrote it (changed since, or another program's), "
-                            "and the benchmark rewrites it when it ends: copy what you added elsewhere, move it "
-                            "away, then run the same command again")
+    refused = documents_refused(out, REPORTS, "eae bench")
+    if refused:  # before any work: the report written at the end would replace them
+        raise OutputRefused(refused)
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
         folder.written.append(manifest.name)
