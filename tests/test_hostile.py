@@ -2899,6 +2899,7 @@ def test_an_image_folder_is_never_looked_for_in_eae_data_dir(tmp_path, monkeypat
 
 def test_ctrl_c_pressed_again_while_eae_stops_prints_no_traceback(tmp_path):
     code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (`cmd &` ignores it)\n"
             "sys.argv = ['eae', 'list']\n"
             "from eae import cli\n"
             "def slow(args):\n"
