@@ -4,7 +4,7 @@ import json
 import pytest
 
 from eae.cli import build_parser, config_from_args
-from eae.config import TrainConfig, coerce, load_toml, parse_float
+from eae.config import EAE_CHOICE_FIELDS, METHOD_FIELDS, TrainConfig, coerce, load_toml, parse_float
 
 from conftest import REPO
 
@@ -18,7 +18,7 @@ def test_parse_float_accepts_fractions():
 
 
 def test_roundtrip_through_json():
-    cfg = TrainConfig(method="eae", eae_eta=0.1, lr_milestones=(0.3, 0.6), fgsm_alpha=0.01)
+    cfg = TrainConfig(method="eae", eae_eta=0.1, lr_schedule="piecewise", lr_milestones=(0.3, 0.6), nfgsm_alpha=0.01)
     again = TrainConfig.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
 
@@ -70,7 +70,16 @@ def test_every_field_has_a_flag_that_sets_it():
                    "workers": {"dataset": "tiny-imagenet"},
                    "overfit_action": {"method": "fgsm_rs"},  # (standard training has no robustness to lose)
                    "overfit_step_factor": {"method": "fgsm_rs", "overfit_action": "rollback_lower_step"},
-                   "max_rollbacks": {"method": "fgsm_rs", "overfit_action": "rollback"}}.get(f.name, {})
+                   "max_rollbacks": {"method": "fgsm_rs", "overfit_action": "rollback"},
+                   "head_scale": {"head": "cosine"}, "lr_milestones": {"lr_schedule": "piecewise"},
+                   "lr_gamma": {"lr_schedule": "piecewise"}}.get(f.name, {})
+        # a method's settings: a method that reads them (and the EAE choice they act under)
+        readers = [m for m, fields in METHOD_FIELDS.items() if f.name in fields]
+        if readers:
+            context = {"method": readers[0]}
+        elif f.name.startswith("eae_"):
+            context = {"method": "eae", **{choice: values[0] for name, choice, values in EAE_CHOICE_FIELDS
+                                           if name == f.name}}
         given = [a for k, v in context.items() for a in ("--" + k.replace("_", "-"), v)]
         cfg = config_from_args(build_parser().parse_args(["train", *given, *argv]))
         assert getattr(cfg, f.name) == pytest.approx(expected) if isinstance(expected, float) \

@@ -114,15 +114,15 @@ def test_every_method_trains_and_evaluates_under_torchrun(tmp_path):
     script.write_text(
         "import sys\n"
         "from eae import distributed as dist\n"
-        "from eae.config import TrainConfig\n"
+        "from eae.config import TrainConfig, own_settings\n"
         "from eae.methods import list_methods\n"
         "from eae.trainer import train\n"
         "out = sys.argv[1]\n"
         "for m in list_methods():\n"
         "    cfg = TrainConfig(out=f'{out}/{m}', method=m, dataset='synthetic', arch='resnet_small', device='cpu',\n"
         "                      synthetic_train_size=256, synthetic_test_size=64, synthetic_image_size=16,\n"
-        "                      val_size=64, batch_size=64, epochs=2, free_replays=2, pgd_steps=2, trades_steps=2,\n"
-        "                      val_attack_steps=1)\n"
+        "                      val_size=64, batch_size=64, epochs=2, val_attack_steps=1,\n"
+        "                      **own_settings(dict(free_replays=2, pgd_steps=2, trades_steps=2), m))\n"
         "    train(cfg, quiet=True)\n"
         "dist.shutdown()\n")
     torchrun(str(script), str(tmp_path / "runs"))
@@ -154,7 +154,7 @@ def test_nan_on_one_rank_is_handled_by_all(tmp_path):
     script.write_text(
         "import sys, torch\n"
         "from eae import distributed as dist\n"
-        "from eae.config import TrainConfig\n"
+        "from eae.config import TrainConfig, own_settings\n"
         "from eae.data import DeviceLoader\n"
         "from eae.trainer import TrainingStopped, train\n"
         "real = DeviceLoader.__iter__\n"

@@ -1188,6 +1188,7 @@ def test_cifar10_not_found_without_download_says_how_to_fetch(tmp_path, capsys):
 
 
 def test_under_torchrun_a_bad_setting_is_said_by_rank_0_only(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     rc = main(["train", *SYN, "--eps", "3", "--out", "unused"])
     assert rc == 2 and capsys.readouterr().err == ""
@@ -2713,7 +2714,7 @@ def test_headline_parts_on_synthetic_data_take_no_data_dir(tmp_path):
     h = object.__new__(headline.Headline)
     h.device, h.data_dir, h.scale = "cpu", str(tmp_path), headline.TINY
     assert h.config(tmp_path / "s", **{"dataset": "synthetic", **headline.TINY.smoke}).data_dir is None
-    assert h.config(tmp_path / "p", **headline.TINY.speed).data_dir is None
+    assert h.config(tmp_path / "p", method="pgd", **headline.TINY.speed).data_dir is None
     assert h.config(tmp_path / "r", **headline.TINY.run).data_dir == str(tmp_path)  # CIFAR-10: the folder given
     suite = get_bench_suite("smoke")
     assert _config(suite, suite.entries[0], 0, tmp_path / "x", "cpu", str(tmp_path)).data_dir == str(tmp_path)
@@ -2975,3 +2976,98 @@ def test_a_signal_after_eae_stopped_on_another_is_ignored():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 130, r.stderr  # not 143: the SIGTERM that came while it exited was ignored
+
+
+# --------------------------------------------------------------------------- trial 26
+@pytest.mark.parametrize("env,fragment", [
+    ({"WORLD_SIZE": "0"}, "$WORLD_SIZE is 0, but a run has at least 1 process"),
+    ({"WORLD_SIZE": "-3"}, "$WORLD_SIZE is -3, but a run has at least 1 process"),
+    ({"WORLD_SIZE": "1", "RANK": "1"}, "$RANK is 1, outside 0..0 for $WORLD_SIZE 1"),
+    ({"WORLD_SIZE": "2", "RANK": "-1"}, "$RANK is -1, outside 0..1 for $WORLD_SIZE 2"),
+    ({"WORLD_SIZE": "2", "RANK": "7"}, "$RANK is 7, outside 0..1 for $WORLD_SIZE 2"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "2"}, "$LOCAL_RANK is 2, outside 0..1"),
+    ({"WORLD_SIZE": "2", "EAE_DIST_TIMEOUT_MIN": "soon"}, "$EAE_DIST_TIMEOUT_MIN is 'soon'"),
+    ({"WORLD_SIZE": "2", "EAE_DIST_TIMEOUT_MIN": "-1"}, "$EAE_DIST_TIMEOUT_MIN is '-1'"),
+    ({"WORLD_SIZE": "2", "EAE_DIST_TIMEOUT_MIN": "nan"}, "$EAE_DIST_TIMEOUT_MIN is 'nan'"),
+])
+def test_launcher_variables_out_of_range_are_refused_not_waited_on(tmp_path, monkeypatch, capsys, env, fragment):
+    """A rank outside the world waited for ever for processes that cannot come; a world of 0 or
+    fewer trained as one process without a word. Said by every process, rank 0 or not."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    monkeypatch.setenv("RANK", "0")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and "waiting" not in text and not (tmp_path / "r").exists(), text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--method", "standard", "--eae-base", "fgsm_rs"], "eae_base is for method eae or eae_paper, not standard"),
+    (["--method", "fgsm_rs", "--pgd-steps", "3"], "pgd_steps is read by method pgd, not by fgsm_rs"),
+    (["--method", "pgd", "--nfgsm-noise", "1"], "nfgsm_noise is read by method n_fgsm or eae with eae_base n_fgsm"),
+    (["--method", "eae", "--eae-base", "fgsm_rs", "--fgsm-init", "zero"],
+     "fgsm_init is read by method fgsm_rs, not by eae with eae_base fgsm_rs"),
+    (["--method", "eae", "--eae-seed-rule", "all", "--eae-q", "0.3"], "eae_q acts with eae_seed_rule quantile or "
+                                                                         "mahalanobis only, not 'all'"),
+    (["--method", "eae", "--eae-rel", "0.3"], "eae_rel acts with eae_budget relative only, not 'minimal'"),
+    (["--head-scale", "4"], "head_scale acts with head cosine only, not 'linear'"),
+    (["--lr-gamma", "0.5"], "lr_gamma acts with lr_schedule piecewise only, not 'onecycle'"),
+    (["--val-size", "0", "--val-every", "2"], "val_every 2 acts with validation images, but val_size is 0"),
+    (["--nesterov", "--momentum", "0"], "nesterov needs momentum > 0"),
+])
+def test_a_setting_the_run_never_reads_is_refused(tmp_path, capsys, argv, fragment):
+    """`--eae-base fgsm_rs` with `--method standard` was recorded in config.json and never used."""
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "r").exists(), text
+
+
+@pytest.mark.parametrize("kwargs", [{"method": "gradalign", "fgsm_alpha": 0.01},
+                                    {"method": "eae", "eae_base": "fgsm_rs", "fgsm_alpha": 0.01},
+                                    {"method": "eae", "eae_base": "free", "free_replays": 4},
+                                    {"method": "eae", "eae_seed_rule": "mahalanobis", "eae_q": 0.3},
+                                    {"method": "eae", "eae_budget": "relative", "eae_rel": 0.2},
+                                    {"lr_schedule": "piecewise", "lr_gamma": 0.5, "lr_milestones": (0.3,)}])
+def test_a_setting_the_run_reads_is_kept(kwargs):
+    import eae
+
+    cfg = eae.TrainConfig(**kwargs)
+    assert all(getattr(cfg, k) == v for k, v in kwargs.items())
+
+
+def test_changing_eps_derives_the_step_sizes_again():
+    import eae
+
+    cfg = eae.TrainConfig(method="pgd", norm="l2", eps=0.5)
+    assert cfg.replace(eps=1.0).pgd_alpha == 0.25 and cfg.replace(eps=1.0, pgd_alpha=0.1).pgd_alpha == 0.1
+
+
+def test_synthetic_sizes_for_a_dataset_read_from_disk_are_refused():
+    import eae
+
+    with pytest.raises(eae.ConfigError, match="synthetic_image_size is for dataset synthetic, not cifar10"):
+        eae.TrainConfig(dataset="cifar10", synthetic_image_size=16)
+    assert eae.TrainConfig(val_size=0, val_attack_steps=0).val_attack_steps == 0  # validation off: said twice, fine
+
+
+def test_a_run_that_recorded_a_setting_it_never_read_still_resumes_and_loads(tmp_path, capsys):
+    """Older versions accepted `--pgd-steps` with fgsm_rs: such a run's config.json must not make it
+    unloadable (only a config asked for now is refused)."""
+    import eae
+
+    from eae.cli import build_parser, config_from_args
+    from eae.trainer import train
+
+    out = tmp_path / "old"
+    asked = config_from_args(build_parser().parse_args(["train", *SYN, "--method", "fgsm_rs", "--epochs", "2",
+                                                        "--out", str(out)])).to_dict()
+    old = eae.TrainConfig.from_dict({**asked, "pgd_steps": 2}, strict=False)  # as an older version took it
+    train(old, quiet=True, stop_after=1)
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["pgd_steps"] == 2
+    rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
+    assert rc == 0 and (out / "model.safetensors").is_file(), text
+    assert eae.TrainConfig.from_dict(json.loads((out / "config.json").read_text()), strict=False).pgd_steps == 2
+    assert isinstance(eae.load(out), torch.nn.Module)
+    with pytest.raises(eae.ConfigError, match="pgd_steps is read by method pgd"):
+        eae.TrainConfig.from_dict(recorded)

@@ -35,9 +35,9 @@ def test_step_sizes_follow_the_norm_unless_given():
     assert TrainConfig().pgd_alpha == pytest.approx(2 / 255)
     l2 = TrainConfig(norm="l2", eps=0.5)
     assert l2.pgd_alpha == pytest.approx(0.125) and l2.trades_alpha == pytest.approx(0.125)
-    assert TrainConfig(norm="l2", eps=0.5, pgd_alpha=0.2).pgd_alpha == 0.2
+    assert TrainConfig(method="pgd", norm="l2", eps=0.5, pgd_alpha=0.2).pgd_alpha == 0.2
     assert TrainConfig().replace(norm="l2", eps=0.5).pgd_alpha == pytest.approx(0.125)  # default follows
-    assert TrainConfig(pgd_alpha=0.01).replace(norm="l2", eps=0.5).pgd_alpha == 0.01  # a choice stays
+    assert TrainConfig(method="pgd", pgd_alpha=0.01).replace(norm="l2", eps=0.5).pgd_alpha == 0.01  # a choice stays
 
 
 @pytest.mark.parametrize("method", list_methods())

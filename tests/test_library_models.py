@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from eae import load, train
-from eae.config import TrainConfig
+from eae.config import TrainConfig, own_settings
 from eae.evaluation import evaluate
 from eae.methods import list_methods
 from eae.models import create_model
@@ -73,7 +73,7 @@ def test_library_model_trains_with_every_method_and_reloads(arch, method, stand_
     # where torch's CPU bf16 channels_last convolutions give non-finite weight gradients (docs/models.md)
     cfg = TrainConfig(out=str(tmp_path / "run"), dataset="synthetic", arch=arch, method=method, device="cpu",
                       synthetic_train_size=96, synthetic_test_size=32, synthetic_image_size=32, val_size=32,
-                      batch_size=32, epochs=1, val_attack_steps=1, free_replays=2)
+                      batch_size=32, epochs=1, val_attack_steps=1, **own_settings({"free_replays": 2}, method))
     result = train(cfg, quiet=True)
     assert result.finished and all(torch.isfinite(torch.tensor(result.final["train_loss"])).reshape(-1))
     model = load(tmp_path / "run")

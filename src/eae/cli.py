@@ -103,7 +103,8 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
             parse_device(saved.device)
         except EaeError as e:
             raise ValueError(f"{out / CONFIG}: {e}: give --device, or restore its device") from None
-    cfg = TrainConfig.from_dict({**saved.to_dict(), **given})
+    # strict=False: what the run recorded stays loadable (a change is refused below)
+    cfg = TrainConfig.from_dict({**saved.to_dict(), **given}, strict=False)
     diff = saved.differences(cfg)
     if diff:
         raise ValueError(f"--resume continues {out} as it was configured; these would change it: "
@@ -969,8 +970,9 @@ def _failed(e: Exception, args: argparse.Namespace) -> int:
         import traceback
 
         traceback.print_exc()
-    # a bad setting fails alike on every rank of torchrun: said once, by rank 0
-    if not isinstance(e, ConfigError) or _rank0():
+    # a bad setting fails alike on every rank of torchrun: said once, by rank 0 (but a launcher
+    # variable is each process's own)
+    if not isinstance(e, ConfigError) or _rank0() or _launch_variable(e):
         _say(f"error: {_printable(message)}" + (_resume_hint(args) if _peer_lost(e) else ""))
     return status
 
@@ -984,8 +986,17 @@ def _env_number(name: str, default: int) -> int:
         return default
 
 
+def _launch_variable(e: Exception) -> bool:
+    from .distributed import LAUNCH_VARIABLES
+
+    return getattr(e, "field", None) in LAUNCH_VARIABLES
+
+
 def _rank0() -> bool:
-    return _env_number("RANK", 0) == 0
+    """Whether this process says a setting's error: every process but the valid ranks 1..WORLD_SIZE-1
+    (a RANK out of range is itself the error, and must be said)."""
+    rank = _env_number("RANK", 0)
+    return not 0 < rank < _env_number("WORLD_SIZE", 1)
 
 
 def _printable(message: str) -> str:

@@ -11,6 +11,8 @@ accepted.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime
 import json
@@ -70,6 +72,50 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "eae": {"eae_base": "n_fgsm", "eae_lambda": 0.1, "eae_base_frac": 1.0, "eae_base_every": 1,
             "eae_base_downsample": 1},
 }
+
+
+# The settings each method reads: one given for a run whose method does not read it would be
+# recorded in config.json and never act, so it is refused (as a dataset's options are).
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "fgsm_rs": ("fgsm_alpha", "fgsm_init"),
+    "pgd": ("pgd_steps", "pgd_alpha"),
+    "free": ("free_replays",),
+    "trades": ("trades_beta", "trades_steps", "trades_alpha"),
+    "gradalign": ("fgsm_alpha", "gradalign_lambda", "gradalign_init"),
+    "fgsm_pgi": ("pgi_init", "pgi_alpha", "pgi_lambda", "pgi_momentum", "pgi_smoothing", "pgi_reset_every"),
+    "n_fgsm": ("nfgsm_noise", "nfgsm_alpha"),
+}
+# what the EAE methods read of their base's settings (their fgsm_rs base always starts uniform)
+EAE_BASE_FIELDS: dict[str, tuple[str, ...]] = {**{b: METHOD_FIELDS.get(b, ()) for b in EAE_BASES},
+                                                  "fgsm_rs": ("fgsm_alpha",)}
+# EAE settings that act under one choice of another: (field, the choosing field, the choices)
+EAE_CHOICE_FIELDS = (("eae_q", "eae_seed_rule", ("quantile", "mahalanobis")),
+                     ("eae_conf_low", "eae_seed_rule", ("confidence",)),
+                     ("eae_conf_high", "eae_seed_rule", ("confidence",)),
+                     ("eae_maha_momentum", "eae_seed_rule", ("mahalanobis",)),
+                     ("eae_eta", "eae_budget", ("minimal",)),
+                     ("eae_rel", "eae_budget", ("relative",)))
+
+
+# Set while a config recorded by a run (its config.json, a checkpoint) is rebuilt: a setting it
+# never read was accepted by the version that trained it, and must not make the run unloadable.
+_RECORDED: contextvars.ContextVar[bool] = contextvars.ContextVar("eae_recorded_config", default=False)
+
+
+@contextlib.contextmanager
+def _recorded(on: bool = True):
+    token = _RECORDED.set(on)
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
+
+
+def own_settings(fields: dict[str, Any], method: str) -> dict[str, Any]:
+    """``fields`` without the settings of methods other than ``method`` (a scale shared by the
+    rows of every method, such as a bench's 3 PGD steps, applies to the methods that read it)."""
+    others = {f for fs in METHOD_FIELDS.values() for f in fs} - set(METHOD_FIELDS.get(method, ()))
+    return {k: v for k, v in fields.items() if k not in others}
 
 
 def method_defaults(method: str) -> dict[str, Any]:
@@ -223,6 +269,7 @@ class TrainConfig:
         if wrong:
             raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
         object.__setattr__(self, "out", home_path(self.out))  # a preset's "~/runs/x": what a shell would make of it
+        object.__setattr__(self, "_recorded", _RECORDED.get())  # (not a field: neither compared nor saved)
         derived = self._resolve_defaults()
         side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
             self.dataset, IMAGE_SIDES.get(self.dataset, 32))
@@ -266,6 +313,9 @@ class TrainConfig:
         errors = []
         if isinstance(self.momentum, (int, float)) and math.isfinite(self.momentum) and not self.momentum < 1:
             errors.append(f"momentum must be in [0, 1) (SGD momentum; 0.9 is usual), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            errors.append("nesterov needs momentum > 0 (its look-ahead is along the momentum): give momentum "
+                          "(0.9 is usual), or leave nesterov out")
         for name in ("lr_max", "momentum", "weight_decay", "overfit_drop"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
@@ -355,7 +405,7 @@ class TrainConfig:
                           f"{self.epochs}): the EAE term would never start; give fewer")
         if self.eps_warmup_epochs and self.method == "standard":
             errors.append("eps_warmup_epochs applies to adversarial training: standard training has no eps")
-        errors += self._eae_base_errors(side)
+        errors += self._eae_base_errors(side) + self._unread_errors()
         if self.method in LINF_ONLY and self.norm != "linf":
             errors.append(f"method {self.method} is defined for linf only (as in its paper and code): "
                           "choose norm linf, or another method for l2")
@@ -368,6 +418,50 @@ class TrainConfig:
         if self.compile and uses & set(LINF_ONLY):
             errors.append(f"compile is not supported with {' and '.join(sorted(uses & set(LINF_ONLY)))} (torch.compile "
                           "cannot differentiate its backward twice): train without compile")
+        return errors
+
+    def _given(self, name: str) -> bool:
+        """Whether ``name`` differs from what it is when not given (the method's or norm's default)."""
+        default = {**method_defaults(self.method), **norm_defaults(self.norm, self.eps)}.get(name, FIELD_DEFAULTS[name])
+        value = getattr(self, name)
+        if isinstance(value, float) and isinstance(default, float) and math.isnan(value) and math.isnan(default):
+            return False  # a step size derived from a NaN eps: the eps is what is said
+        return (tuple(value) if isinstance(value, list) else value) != default
+
+    def _unread_errors(self) -> list[str]:
+        """Settings of a method this run does not train with, of an EAE choice not made, of another
+        schedule, head or dataset, of validation without images: recorded in config.json, they would
+        never act. Not asked of a config a run recorded (older versions accepted them)."""
+        if self._recorded:
+            return []
+        eae = self.method.startswith("eae")
+        read = set(METHOD_FIELDS.get(self.method, ())) | (set(EAE_BASE_FIELDS.get(self.eae_base, ())) if eae else set())
+        errors = []
+        for name in dict.fromkeys(f for names in METHOD_FIELDS.values() for f in names):
+            if name not in read and self._given(name):
+                users = [m for m, names in METHOD_FIELDS.items() if name in names]
+                users += [f"eae with eae_base {b}" for b, names in EAE_BASE_FIELDS.items() if name in names]
+                errors.append(f"{name} is read by method {' or '.join(users)}, not by {self.method}"
+                              f"{f' with eae_base {self.eae_base}' if eae else ''}: leave it out")
+        if not eae:
+            errors += [f"{name} is for method eae or eae_paper, not {self.method}: leave it out"
+                       for name in FIELD_DEFAULTS if name.startswith("eae_") and self._given(name)]
+        else:
+            errors += [f"{name} acts with {choice} {' or '.join(values)} only, not {getattr(self, choice)!r}"
+                       for name, choice, values in EAE_CHOICE_FIELDS
+                       if getattr(self, choice) not in values and self._given(name)]
+        for name, setting, value in (("head_scale", "head", "cosine"), ("lr_peak_frac", "lr_schedule", "onecycle"),
+                                     ("lr_milestones", "lr_schedule", "piecewise"),
+                                     ("lr_gamma", "lr_schedule", "piecewise")):
+            if getattr(self, setting) != value and self._given(name):
+                errors.append(f"{name} acts with {setting} {value} only, not {getattr(self, setting)!r}")
+        if self.dataset != "synthetic":
+            errors += [f"{name} is for dataset synthetic, not {self.dataset}" for name in
+                       ("synthetic_train_size", "synthetic_test_size", "synthetic_image_size") if self._given(name)]
+        if self.val_size == 0:  # no validation
+            errors += [f"{name} {getattr(self, name)} acts with validation images, but val_size is 0: leave it out"
+                       for name in ("val_every", "val_seed", "val_attack_steps")
+                       if self._given(name) and not (name == "val_attack_steps" and self.val_attack_steps == 0)]
         return errors
 
     def _eae_base_errors(self, side: Any) -> list[str]:
@@ -480,7 +574,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, strict: bool = True) -> "TrainConfig":
         """A config from {field: value}: the values as a preset or config.json gives them (a
-        whole number for a count, true or false for a switch; "8/255" for a real number)."""
+        whole number for a count, true or false for a switch; "8/255" for a real number).
+        ``strict=False`` reads what a run recorded: unknown fields and settings it never read pass."""
         if not isinstance(d, Mapping) or not all(isinstance(k, str) for k in d):
             raise ConfigError(f"a config is a dict of field names to values, got {short(d)}", field="config")
         exact_types(dict(d), None, where="TrainConfig.from_dict")
@@ -490,7 +585,8 @@ class TrainConfig:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}", field=unknown[0])
         hints = typing.get_type_hints(cls)
         kwargs = {k: coerce(hints[k], v, k) for k, v in d.items() if k in known}
-        return cls(**kwargs)
+        with _recorded(not strict):
+            return cls(**kwargs)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -499,7 +595,7 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``. When the method changes, a by-method field still at the old
         method's default takes the new method's default."""
-        if changes.get("norm", self.norm) != self.norm:
+        if changes.get("norm", self.norm) != self.norm or changes.get("eps", self.eps) != self.eps:
             for name, value in norm_defaults(self.norm, self.eps).items():
                 if name not in changes and getattr(self, name) == value:
                     changes[name] = None
@@ -508,7 +604,8 @@ class TrainConfig:
             for name, value in old.items():
                 if name not in changes and getattr(self, name) == value:
                     changes[name] = None
-        return dataclasses.replace(self, **changes)
+        with _recorded(self._recorded):
+            return dataclasses.replace(self, **changes)
 
     def identity(self) -> str:
         """:func:`config_identity` of this config as config.json holds it."""
@@ -517,6 +614,9 @@ class TrainConfig:
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = PLACEMENT_FIELDS) -> dict[str, tuple[Any, Any]]:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def config_identity(d: dict[str, Any]) -> str:

@@ -37,9 +37,31 @@ def env_int(name: str, default: int) -> int:
                           "unset it to run one process", field=name) from None
 
 
+LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "EAE_DIST_TIMEOUT_MIN")
+
+
+def launch_numbers() -> tuple[int, int, int]:
+    """WORLD_SIZE, RANK and LOCAL_RANK, checked against each other: a rank outside the world
+    would wait for ever for processes that cannot come, and a world of 0 or fewer would train
+    as one process while the user asked for something else."""
+    from .errors import ConfigError
+
+    if not os.environ.get("WORLD_SIZE", "").strip():
+        return 1, 0, 0  # no launcher: a RANK left by another tool is not ours to read
+    world, rank, local = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
+    if world < 1:
+        raise ConfigError(f"$WORLD_SIZE is {world}, but a run has at least 1 process: torchrun sets it; "
+                          "unset it to run one process", field="WORLD_SIZE")
+    for name, value in (("RANK", rank), ("LOCAL_RANK", local)):
+        if not 0 <= value < world:
+            raise ConfigError(f"${name} is {value}, outside 0..{world - 1} for $WORLD_SIZE {world}: torchrun "
+                              f"sets both for each process; unset them to run one process", field=name)
+    return world, rank, local
+
+
 def launched() -> bool:
     """True inside a process started by torchrun (or any launcher that sets WORLD_SIZE)."""
-    return env_int("WORLD_SIZE", 1) > 1
+    return launch_numbers()[0] > 1
 
 
 def initialized() -> bool:
@@ -66,7 +88,7 @@ def init(device: str = "auto") -> torch.device:
 
     if not launched():
         return resolve_device(device)
-    local = env_int("LOCAL_RANK", 0)
+    local = launch_numbers()[2]
     dev = resolve_device(device)
     if dev.type == "cuda":
         n = torch.cuda.device_count()
@@ -90,7 +112,8 @@ def _meet(dev: torch.device) -> None:
 
     from .errors import ConfigError
 
-    world = env_int("WORLD_SIZE", 1)
+    world, rank, _ = launch_numbers()
+    timeout = datetime.timedelta(minutes=_timeout_minutes())
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
     if missing:
         raise ConfigError(f"$WORLD_SIZE is {world}, but {' and '.join('$' + v for v in missing)} "
@@ -98,10 +121,9 @@ def _meet(dev: torch.device) -> None:
                           "(which sets them all), or unset WORLD_SIZE to run one process", field="WORLD_SIZE")
     if not os.environ.get("TORCHELASTIC_RUN_ID"):
         print(f"note: waiting for the {world} processes of $WORLD_SIZE to meet at {os.environ['MASTER_ADDR']}:"
-              f"{os.environ['MASTER_PORT']} (this is rank {env_int('RANK', 0)}); not started by torchrun: "
+              f"{os.environ['MASTER_PORT']} (this is rank {rank}); not started by torchrun: "
               "Ctrl-C stops it", file=sys.stderr, flush=True)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    timeout = datetime.timedelta(minutes=float(os.environ.get("EAE_DIST_TIMEOUT_MIN", "30")))
     main = threading.current_thread() is threading.main_thread()
     kept = {n: signal.signal(n, signal.SIG_DFL) for n in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:  # nothing is written yet: a signal during the wait simply ends the process
@@ -109,6 +131,23 @@ def _meet(dev: torch.device) -> None:
     finally:
         for n, handler in kept.items():
             signal.signal(n, handler)
+
+
+def _timeout_minutes() -> float:
+    """$EAE_DIST_TIMEOUT_MIN: how long the processes wait for each other (30 minutes)."""
+    import math
+
+    from .errors import ConfigError
+
+    text = os.environ.get("EAE_DIST_TIMEOUT_MIN", "").strip() or "30"
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and 0 < minutes <= 7 * 24 * 60):
+        raise ConfigError(f"$EAE_DIST_TIMEOUT_MIN is {text!r}: give the minutes the processes wait for each "
+                          "other, a number above 0 (at most a week), or unset it for 30", field="EAE_DIST_TIMEOUT_MIN")
+    return minutes
 
 
 def shutdown(sync: bool = True) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import load
-from ..config import TrainConfig
+from ..config import TrainConfig, own_settings
 from ..data import DeviceLoader, load_test_set
 from ..evaluation import evaluate
 from ..trainer import train
@@ -225,7 +225,7 @@ class Headline:
     def speed(self) -> list[dict[str, Any]]:
         for m in SPEED_METHODS:
             passes = self.scale.speed_passes.get(m, PLAN_PASSES)
-            cfg = self.config(self.out / "speed" / m, method=m, **self.scale.speed)
+            cfg = self.config(self.out / "speed" / m, method=m, **own_settings(self.scale.speed, m))
             cfg = cfg.replace(epochs=passes * _replays(cfg), val_every=passes * _replays(cfg))
             self.log(f"[speed] {m}: {passes} passes of {len_steps(cfg)} steps x {_replays(cfg)} replays")
             res = train(cfg, quiet=True)
