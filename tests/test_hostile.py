@@ -3071,3 +3071,117 @@ def test_a_run_that_recorded_a_setting_it_never_read_still_resumes_and_loads(tmp
     assert isinstance(eae.load(out), torch.nn.Module)
     with pytest.raises(eae.ConfigError, match="pgd_steps is read by method pgd"):
         eae.TrainConfig.from_dict(recorded)
+
+
+# --------------------------------------------------------------------------- trial 27
+@pytest.mark.parametrize("make,fragment", [
+    (lambda A: A.Square(8 / 255, queries=-5), "Square: queries must be a whole number >= 1, got -5"),
+    (lambda A: A.Square(8 / 255, queries=0), "Square: queries must be a whole number >= 1, got 0"),
+    (lambda A: A.APGDT(8 / 255, steps=3, targets=-3), "APGD-T: targets must be a whole number >= 1"),
+    (lambda A: A.FABT(8 / 255, steps=3, targets=0), "FAB-T: targets must be a whole number >= 1"),
+    (lambda A: A.PGD(8 / 255, steps=3, alpha=-1.0), "PGD: alpha must be a finite number > 0, got -1.0"),
+    (lambda A: A.CW(8 / 255, alpha=0.0), "CW: alpha must be a finite number > 0"),
+    (lambda A: A.APGD(8 / 255, rho=float("nan")), "APGD: rho must be a finite number in (0, 1], got nan"),
+    (lambda A: A.PGD(8 / 255, loss="foo"), "loss must be one of ce, cw, dlr, got 'foo'"),
+    (lambda A: A.Square(8 / 255, queries=True), "Square: queries must be a whole number >= 1, got True"),
+])
+def test_an_attack_built_with_settings_that_attack_nothing_is_refused(make, fragment):
+    """Square(queries=-5), APGDT(targets=-3), PGD(alpha=-1) scored every point robust (100%, verdict ok)
+    when passed to eae.evaluate as {"name": attack} (major)."""
+    import eae
+    from eae import attacks as A
+
+    with pytest.raises(eae.ConfigError) as e:
+        make(A)
+    assert fragment in str(e.value)
+
+
+def test_an_attack_called_directly_takes_int32_labels_and_names_one_out_of_range():
+    import eae
+
+    model, x, y = _tiny_model_and_points(4)
+    pgd = eae.build_attack("pgd2", 8 / 255)
+    assert pgd(model, x, y.int()).shape == x.shape
+    with pytest.raises(eae.ConfigError, match="label 15 is out of range for a model with 10 classes"):
+        pgd(model, x, torch.full((4,), 15))
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--method", "eae_paper", "--eae-base-every", "3"], "eae_base_every 3 shapes the input-space adversary, but "
+                                                         "eae_base clean has none"),
+    (["--method", "eae", "--eae-base", "clean", "--eae-base-downsample", "2"], "eae_base_downsample 2 shapes"),
+    (["--method", "eae_paper", "--epochs", "2", "--eps-warmup-epochs", "2"], "eps_warmup_epochs 2 shapes"),
+    (["--method", "standard", "--overfit-drop", "0.2"], "overfit_drop 0.2 acts where the guard watches"),
+    (["--method", "fgsm_rs", "--val-attack-steps", "0", "--overfit-drop", "0.2"], "overfit_drop 0.2 acts where"),
+    (["--method", "trades", "--overfit-action", "rollback_lower_step", "--overfit-step-factor", "0.25"],
+     "overfit_step_factor 0.25 lowers the training attack's step of"),
+])
+def test_a_guard_or_eae_setting_that_cannot_act_is_refused(tmp_path, capsys, argv, fragment):
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text and not (tmp_path / "r").exists(), text
+
+
+def test_the_methods_with_a_step_to_lower_are_the_configs_list():
+    from eae.config import SCALABLE_STEP_METHODS
+    from eae.methods import METHODS
+
+    assert set(SCALABLE_STEP_METHODS) == {m for m in METHODS.names() if METHODS.get(m).scalable_step}
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"WORLD_SIZE": "2147483648"}, "$WORLD_SIZE is 2147483648, but a run has 1 to 2147483647 processes"),
+    ({"WORLD_SIZE": "2", "MASTER_PORT": "abc"}, "$MASTER_PORT is 'abc', not a whole number"),
+    ({"WORLD_SIZE": "2", "MASTER_PORT": "99999"}, "$MASTER_PORT is 99999, not a TCP port (1 to 65535)"),
+])
+def test_launcher_variables_torch_cannot_take_are_said_in_one_line(tmp_path, monkeypatch, capsys, env, fragment):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29617")
+    monkeypatch.setenv("RANK", "0")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc, text = _call(["eval", "nowhere", "--n", "8"], capsys)
+    assert rc == 2 and fragment in text and "waiting" not in text, text
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_processes_that_never_meet_are_said_so_not_called_a_lost_torchrun(tmp_path, rank):
+    """Started by hand with no partner: it said "another process of this torchrun ended ... before its
+    first epoch ended" (no torchrun, no epoch), and rank 1 printed torch's C++ retry stacks."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "EAE_DIST_TIMEOUT_MIN": "0.05", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    r = subprocess.run([sys.executable, "-m", "eae", "train", *SYN, "--epochs", "1", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "did not all meet at 127.0.0.1:" in r.stderr, r.stderr
+    assert "another process" not in r.stderr and "frame #" not in r.stderr and len(r.stderr.splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--diagnostics", "off", "--diag-n", "50"], "diag_n 50 sets the points of the diagnostics, but diagnostics is off"),
+    (["--attacks", "clean", "--diagnostics", "off", "--eot", "4"], "eot 4 acts on attack gradients, but only clean"),
+    (["--attacks", "clean", "--diagnostics", "off", "--precision", "bf16"], "precision bf16 acts on attack gradients"),
+    (["--attacks", "clean", "--diagnostics", "off", "--seed", "3"], "seed 3 draws the attacks' random starts"),
+    (["--attacks", "clean,square10", "--diagnostics", "off", "--eot", "2"], "the attacks take no gradient (Square)"),
+])
+def test_evaluation_settings_nothing_reads_are_refused_before_any_attack(run, capsys, argv, fragment):
+    before = sorted(p.name for p in run.iterdir())
+    rc, text = _call(["eval", str(run), "--n", "16", *argv], capsys)
+    assert rc == 2 and fragment in text and sorted(p.name for p in run.iterdir()) == before, text
+
+
+def test_eot_given_at_the_suites_own_value_is_the_same_report(run, capsys):
+    rc, text = _call(["eval", str(run), "--n", "16", "--diagnostics", "off", "--eot", "1"], capsys)
+    assert rc == 0 and "eval-quick-n16-diagoff.json" in text and "eot" not in text.split("written:")[-1], text
+
+
+def test_a_preset_field_in_an_error_names_the_preset(tmp_path, capsys):
+    preset = tmp_path / "mine.toml"
+    preset.write_text('method = "pgd"\npgd_steps = 5\n')
+    rc, text = _call(["train", *SYN, "--config", str(preset), "--method", "fgsm_rs", "--out", str(tmp_path / "r")],
+                     capsys)
+    assert rc == 2 and f"(pgd_steps set in {preset})" in text, text

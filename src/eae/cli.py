@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import MAX_INT, MAX_SEED, METHOD_DEFAULTS, TrainConfig, coerce, home_path, load_toml, parse_float
+from .errors import ConfigError
 from .evaluation.report import fmt_eps
 from .evaluation.suites import SUITES as _SUITES
 
@@ -66,8 +67,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     if "out" in values and "out" not in vars(args) and ".." in Path(str(values["out"])).parts:
         raise UsageError(f"out = {values['out']!r} in {args.config} goes up with '..': give the path itself")
+    preset = set(values)
     values.update({k: v for k, v in vars(args).items() if k in names})
-    cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
+    try:
+        cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
+    except ConfigError as e:  # a field the preset set, not a flag: the user must know where to look
+        named = [f for f in preset - set(vars(args)) if re.search(rf"(^|: |; ){f} ", str(e))]
+        if named:
+            where = f" ({', '.join(sorted(named))} set in {args.config})"
+            e.args, e.cli = (f"{e.args[0]}{where}",) + e.args[1:], f"{e.cli}{where}"
+        raise
     args.resolved_out = cfg.out  # what a resume hint must name (a preset may set it)
     return cfg
 
@@ -391,9 +400,12 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
         parts.append(f"{norm}-eps" + (f"{round(k)}-255" if whole else repr(float(eps))))
     if src["meta"].get("weights") == "best":
         parts.append("best")
-    for flag, label, default in (("seed", "seed", 0), ("precision", "precision", "fp32"), ("eot", "eot", None),
+    from .evaluation import get_suite
+
+    eot = get_suite(suite).eot if suite else 1  # --eot 1 on quick is quick's own: the same report
+    for flag, label, default in (("seed", "seed", 0), ("precision", "precision", "fp32"), ("eot", "eot", eot),
                                  ("diagnostics", "diag", "full"), ("diag_n", "diagn", 1000)):
-        if getattr(args, flag) != default:
+        if getattr(args, flag) not in (default, None):
             parts.append(f"{label}{getattr(args, flag)}")
     # the random starts are drawn batch by batch, on each process: other batches, other draws, other numbers
     if min(args.batch_size, n) != min(DEFAULT_EVAL_BATCH, n):

@@ -88,6 +88,8 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
 # what the EAE methods read of their base's settings (their fgsm_rs base always starts uniform)
 EAE_BASE_FIELDS: dict[str, tuple[str, ...]] = {**{b: METHOD_FIELDS.get(b, ()) for b in EAE_BASES},
                                                   "fgsm_rs": ("fgsm_alpha",)}
+# methods whose training attack has a step the overfitting guard can lower (rollback_lower_step)
+SCALABLE_STEP_METHODS = ("fgsm_rs", "n_fgsm", "pgd", "free", "gradalign", "fgsm_pgi")
 # EAE settings that act under one choice of another: (field, the choosing field, the choices)
 EAE_CHOICE_FIELDS = (("eae_q", "eae_seed_rule", ("quantile", "mahalanobis")),
                      ("eae_conf_low", "eae_seed_rule", ("confidence",)),
@@ -455,6 +457,7 @@ class TrainConfig:
                                      ("lr_gamma", "lr_schedule", "piecewise")):
             if getattr(self, setting) != value and self._given(name):
                 errors.append(f"{name} acts with {setting} {value} only, not {getattr(self, setting)!r}")
+        errors += self._unread_eae_and_guard()
         if self.dataset != "synthetic":
             errors += [f"{name} is for dataset synthetic, not {self.dataset}" for name in
                        ("synthetic_train_size", "synthetic_test_size", "synthetic_image_size") if self._given(name)]
@@ -462,6 +465,26 @@ class TrainConfig:
             errors += [f"{name} {getattr(self, name)} acts with validation images, but val_size is 0: leave it out"
                        for name in ("val_every", "val_seed", "val_attack_steps")
                        if self._given(name) and not (name == "val_attack_steps" and self.val_attack_steps == 0)]
+        return errors
+
+    def _unread_eae_and_guard(self) -> list[str]:
+        """An EAE run on clean inputs has no input-space adversary to shape or warm up; the guard's
+        settings where it cannot act (no robustness to lose, no validation PGD, no step to lower)."""
+        errors = []
+        if self.method.startswith("eae") and self.eae_base == "clean":
+            errors += [f"{name} {getattr(self, name)} shapes the input-space adversary, but eae_base clean has none: "
+                       "leave it out, or give an eae_base" for name in
+                       ("eae_base_frac", "eae_base_every", "eae_base_downsample", "eps_warmup_epochs")
+                       if self._given(name)]
+        watched = self.method != "standard" and self.val_size > 0 and self.val_attack_steps > 0
+        if self._given("overfit_drop") and not watched:
+            errors.append(f"overfit_drop {self.overfit_drop} acts where the guard watches validation PGD accuracy of "
+                          "adversarial training (a method other than standard, val_size and val_attack_steps > 0): "
+                          "leave it out")
+        if self._given("overfit_step_factor") and self.method not in SCALABLE_STEP_METHODS:
+            errors.append(f"overfit_step_factor {self.overfit_step_factor} lowers the training attack's step of "
+                          f"{', '.join(SCALABLE_STEP_METHODS)}; {self.method} has none to lower: leave it out "
+                          "(rollback_lower_step then rolls back only)")
         return errors
 
     def _eae_base_errors(self, side: Any) -> list[str]:

@@ -14,8 +14,10 @@ Only rank 0 writes files and prints.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import sys
 from typing import Any
 
 import torch
@@ -37,7 +39,8 @@ def env_int(name: str, default: int) -> int:
                           "unset it to run one process", field=name) from None
 
 
-LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "EAE_DIST_TIMEOUT_MIN")
+LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "EAE_DIST_TIMEOUT_MIN")
+MAX_WORLD = 2**31 - 1  # torch.distributed's store counts processes in a C int
 
 
 def launch_numbers() -> tuple[int, int, int]:
@@ -49,8 +52,8 @@ def launch_numbers() -> tuple[int, int, int]:
     if not os.environ.get("WORLD_SIZE", "").strip():
         return 1, 0, 0  # no launcher: a RANK left by another tool is not ours to read
     world, rank, local = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
-    if world < 1:
-        raise ConfigError(f"$WORLD_SIZE is {world}, but a run has at least 1 process: torchrun sets it; "
+    if not 1 <= world <= MAX_WORLD:
+        raise ConfigError(f"$WORLD_SIZE is {world}, but a run has 1 to {MAX_WORLD} processes: torchrun sets it; "
                           "unset it to run one process", field="WORLD_SIZE")
     for name, value in (("RANK", rank), ("LOCAL_RANK", local)):
         if not 0 <= value < world:
@@ -107,30 +110,69 @@ def _meet(dev: torch.device) -> None:
     waits for processes that may never come), and stoppable by Ctrl-C and SIGTERM while it
     waits (the wait is in torch's C++ code, where Python's handlers cannot run)."""
     import signal
-    import sys
     import threading
 
     from .errors import ConfigError
 
     world, rank, _ = launch_numbers()
-    timeout = datetime.timedelta(minutes=_timeout_minutes())
+    minutes = _timeout_minutes()
+    where = _meeting_point(world)
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        print(f"note: waiting for the {world} processes of $WORLD_SIZE to meet at {where} (this is rank {rank}); "
+              "not started by torchrun: Ctrl-C stops it", file=sys.stderr, flush=True)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    main = threading.current_thread() is threading.main_thread()
+    kept = {n: signal.signal(n, signal.SIG_DFL) for n in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:  # nothing is written yet: a signal during the wait simply ends the process
+        with _native_stderr_held() as held:
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes),
+                                    device_id=dev if dev.type == "cuda" else None)
+        sys.stderr.write("".join(held))  # what torch said on the way, once the processes met
+    except dist.DistError as e:  # (not "another process ended": none had started its work)
+        raise ConfigError(f"the {world} processes of $WORLD_SIZE did not all meet at {where} within {minutes:g} "
+                          f"minutes ($EAE_DIST_TIMEOUT_MIN; {str(e).strip().splitlines()[0][:200]}): start every "
+                          "process (torchrun does), with the same MASTER_ADDR and MASTER_PORT",
+                          field="WORLD_SIZE") from None
+    finally:
+        for n, handler in kept.items():
+            signal.signal(n, handler)
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """Hold what torch's C++ code writes to stderr (file descriptor 2) while the processes meet:
+    a process that waits for its rank 0 logs every retry with a C++ stack; said in one line
+    instead when the meeting fails. Yields a list that holds the text afterwards."""
+    import tempfile
+
+    sys.stderr.flush()
+    text: list[str] = []
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text.append(held.read().decode("utf-8", "replace"))
+
+
+def _meeting_point(world: int) -> str:
+    """MASTER_ADDR:MASTER_PORT, where the processes meet, checked before anyone waits there."""
+    from .errors import ConfigError
+
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
     if missing:
         raise ConfigError(f"$WORLD_SIZE is {world}, but {' and '.join('$' + v for v in missing)} "
                           f"{'is' if len(missing) == 1 else 'are'} not set: start the processes with torchrun "
                           "(which sets them all), or unset WORLD_SIZE to run one process", field="WORLD_SIZE")
-    if not os.environ.get("TORCHELASTIC_RUN_ID"):
-        print(f"note: waiting for the {world} processes of $WORLD_SIZE to meet at {os.environ['MASTER_ADDR']}:"
-              f"{os.environ['MASTER_PORT']} (this is rank {rank}); not started by torchrun: "
-              "Ctrl-C stops it", file=sys.stderr, flush=True)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    main = threading.current_thread() is threading.main_thread()
-    kept = {n: signal.signal(n, signal.SIG_DFL) for n in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    try:  # nothing is written yet: a signal during the wait simply ends the process
-        dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None)
-    finally:
-        for n, handler in kept.items():
-            signal.signal(n, handler)
+    port = env_int("MASTER_PORT", 0)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"$MASTER_PORT is {port}, not a TCP port (1 to 65535): torchrun sets it; give a free "
+                          "port, or start the processes with torchrun", field="MASTER_PORT")
+    return f"{os.environ['MASTER_ADDR'].strip()}:{port}"
 
 
 def _timeout_minutes() -> float:

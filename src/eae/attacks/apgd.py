@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LOSSES, Attack, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits
+from .base import Attack, check_settings, decision_logits, dlr_targeted_loss, eot_gradient, fp32_logits, loss_named
 from .registry import register_attack
 
 
@@ -198,10 +198,9 @@ class APGD(Attack):
                  rho: float = 0.75):
         if norm not in NORMS:
             raise ValueError(f"APGD: norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        if steps < 1 or restarts < 1:
-            raise ValueError("steps and restarts must be >= 1")
+        check_settings("APGD", {"steps": steps, "restarts": restarts}, rho=(rho, 0, 1))
         self.eps, self.steps, self.restarts, self.rho, self.norm = float(eps), steps, restarts, rho, norm
-        self.loss, self.loss_fn = loss, LOSSES[loss]
+        self.loss, self.loss_fn = loss, loss_named(loss)
 
     def perturb(self, model, x, y):
         n = len(x)
@@ -225,6 +224,7 @@ class APGDT(Attack):
                  rho: float = 0.75):
         if norm not in NORMS:
             raise ValueError(f"APGD-T: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        check_settings("APGD-T", {"steps": steps, "targets": targets, "restarts": restarts}, rho=(rho, 0, 1))
         self.eps, self.steps, self.targets, self.restarts, self.rho = float(eps), steps, targets, restarts, rho
         self.norm = norm
 

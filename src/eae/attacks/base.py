@@ -26,6 +26,38 @@ from ..errors import ConfigError
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def check_settings(attack: str, counts: dict[str, object], **reals: tuple[object, float, float]) -> None:
+    """An attack's settings that cannot be right, said naming the argument: a count below 1 or a
+    step of 0 attacks nothing, and the attack would score every point robust.
+    ``counts``: name -> value (whole numbers >= 1); ``reals``: name=(value, low, high), finite,
+    low < value <= high."""
+    import math
+    import numbers
+
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{attack}: {name} must be a whole number >= 1, got {value!r}", field=name)
+    for name, (value, low, high) in reals.items():
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and low < value <= high):
+            where = f"in ({low:g}, {high:g}]" if math.isfinite(high) else f"> {low:g}"
+            raise ConfigError(f"{attack}: {name} must be a finite number {where}, got {value!r}", field=name)
+
+
+def loss_named(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}", field="loss")
+    return LOSSES[loss]
+
+
+def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Labels the model's classes can hold (torch's loss would fail with an index error deep inside)."""
+    from ..evaluation.checks import output_form
+
+    if len(y) and int(y.max()) >= (k := output_form(model, x[:1])):
+        raise ConfigError(f"label {int(y.max())} is out of range for a model with {k} classes", field="y")
+
+
 def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     """Refuse data that would give meaningless numbers, with a message naming the problem."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
@@ -223,8 +255,10 @@ class Attack:
         check_inputs(x, y)  # images outside [0, 1] would come back outside the eps-ball (clamped to the box)
         precision = self.precision if self.uses_gradients else "fp32"
         x = x.detach().float().div(255) if x.dtype == torch.uint8 else x.detach().float()
+        y = y.detach().long()  # int32 labels too: torch's losses take int64
+        _check_labels(model, x, y)
         with attack_mode(model, eval_mode=self.eval_mode, precision=precision):
-            x_adv = self.perturb(model, x, y.detach())
+            x_adv = self.perturb(model, x, y)
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

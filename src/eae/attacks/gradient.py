@@ -1,11 +1,13 @@
 """Gradient attacks: FGSM and PGD (with cross-entropy or CW-margin loss)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ..threat import clip_to_image, make_threat
-from .base import LOSSES, Attack, decision_logits, fp32_logits, input_gradient
+from .base import Attack, check_settings, decision_logits, fp32_logits, input_gradient, loss_named
 from .registry import register_attack
 
 
@@ -17,7 +19,7 @@ class FGSM(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", loss: str = "ce"):
         self.threat = make_threat(norm, eps)
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn = loss_named(loss)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         grad, _ = input_gradient(model, x, torch.zeros_like(x), y, self.loss_fn, self.eot)
@@ -37,13 +39,13 @@ class PGD(Attack):
 
     def __init__(self, eps: float, steps: int = 20, alpha: float | None = None, restarts: int = 1,
                  loss: str = "ce", norm: str = "linf", random_start: bool = True):
-        if steps < 1 or restarts < 1:
-            raise ValueError("steps and restarts must be >= 1")
+        check_settings(type(self).__name__, {"steps": steps, "restarts": restarts},
+                       **({} if alpha is None else {"alpha": (alpha, 0, math.inf)}))
         self.threat = make_threat(norm, eps)
         self.steps, self.restarts = steps, restarts
         # 2/255 at ε = 8/255, the usual choice for PGD-10/20 on CIFAR-10
         self.alpha = eps / 4 if alpha is None else alpha
-        self.loss, self.loss_fn = loss, LOSSES[loss]
+        self.loss, self.loss_fn = loss, loss_named(loss)
         self.random_start = random_start
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from .base import Attack, margin_loss
+from .base import Attack, check_settings, margin_loss
 from .registry import register_attack
 
 # (last query of the interval, divisor of p_init); p_init itself up to query 10
@@ -157,6 +157,8 @@ class Square(Attack):
             raise ValueError(f"unknown norm {norm!r}; use linf or l2")
         self.eps, self.p_init, self.rescale, self.norm = float(eps), p_init, rescale, norm
         self.queries = steps if steps is not None else queries  # `square1000` = 1,000 queries
+        check_settings("Square", {"steps" if steps is not None else "queries": self.queries,
+                                  "compact_every": compact_every}, p_init=(p_init, 0, 1))
         self.compact_every = compact_every
 
     @torch.no_grad()

@@ -107,8 +107,37 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
     elif attacks is not None and not isinstance(attacks, Mapping) and [a.strip().lower() for a in attacks].count(
             "clean") > 1:
         errors.append("attacks: clean is given twice (every report has one clean row)")
+    if not errors:
+        errors += _unread_errors(diag_n=diag_n, precision=precision, diagnostics=diagnostics, eot=eot, seed=seed,
+                                 attacks=attacks)
     if errors:
         raise ConfigError("; ".join(errors), field=errors[0].split()[0])
+
+
+def _unread_errors(*, diag_n, precision, diagnostics, eot, seed, attacks) -> list[str]:
+    """Settings that would be recorded in the report (and its name) while nothing reads them:
+    the diagnostics' size with the diagnostics off; the attacks' gradient settings and random
+    seed where only clean accuracy (or gradient-free Square) is measured and nothing else runs."""
+    errors = []
+    if diagnostics == "off" and diag_n != 1000:
+        errors.append(f"diag_n {diag_n} sets the points of the diagnostics, but diagnostics is off: leave it out")
+    if attacks is None or (diagnostics != "off" and diag_n > 0):
+        return errors
+    kinds = ([_kind(a) for a in attacks.values()] if isinstance(attacks, Mapping)
+             else ["clean" if a.strip().lower() == "clean" else "square" if a.strip().lower().startswith("square")
+                   else "gradient" for a in attacks])
+    runs = "only clean accuracy is measured" if set(kinds) == {"clean"} else "the attacks take no gradient (Square)"
+    if "gradient" not in kinds:
+        errors += [f"{name} {value} acts on attack gradients, but {runs} and no diagnostics run: leave it out" for name, value, given in (("eot", eot, eot is not None),
+                                                            ("precision", precision, precision != "fp32")) if given]
+    if set(kinds) == {"clean"} and seed != 0:
+        errors.append(f"seed {seed} draws the attacks' random starts, but only clean accuracy is measured and no "
+                      "diagnostics run: leave it out")
+    return errors
+
+
+def _kind(attack) -> str:
+    return "clean" if attack is None else "gradient" if getattr(attack, "uses_gradients", True) else "square"
 
 
 __all__ = ["evaluate", "check_arguments", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",
