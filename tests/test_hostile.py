@@ -2980,8 +2980,8 @@ def test_a_signal_after_eae_stopped_on_another_is_ignored():
 
 # --------------------------------------------------------------------------- trial 26
 @pytest.mark.parametrize("env,fragment", [
-    ({"WORLD_SIZE": "0"}, "$WORLD_SIZE is 0, but a run has at least 1 process"),
-    ({"WORLD_SIZE": "-3"}, "$WORLD_SIZE is -3, but a run has at least 1 process"),
+    ({"WORLD_SIZE": "0"}, "$WORLD_SIZE is 0, but a run has 1 to 2147483647 processes"),
+    ({"WORLD_SIZE": "-3"}, "$WORLD_SIZE is -3, but a run has 1 to 2147483647 processes"),
     ({"WORLD_SIZE": "1", "RANK": "1"}, "$RANK is 1, outside 0..0 for $WORLD_SIZE 1"),
     ({"WORLD_SIZE": "2", "RANK": "-1"}, "$RANK is -1, outside 0..1 for $WORLD_SIZE 2"),
     ({"WORLD_SIZE": "2", "RANK": "7"}, "$RANK is 7, outside 0..1 for $WORLD_SIZE 2"),
@@ -3075,15 +3075,15 @@ def test_a_run_that_recorded_a_setting_it_never_read_still_resumes_and_loads(tmp
 
 # --------------------------------------------------------------------------- trial 27
 @pytest.mark.parametrize("make,fragment", [
-    (lambda A: A.Square(8 / 255, queries=-5), "Square: queries must be a whole number >= 1, got -5"),
-    (lambda A: A.Square(8 / 255, queries=0), "Square: queries must be a whole number >= 1, got 0"),
-    (lambda A: A.APGDT(8 / 255, steps=3, targets=-3), "APGD-T: targets must be a whole number >= 1"),
-    (lambda A: A.FABT(8 / 255, steps=3, targets=0), "FAB-T: targets must be a whole number >= 1"),
+    (lambda A: A.Square(8 / 255, queries=-5), "Square: queries must be a whole number in 1..100,000, got -5"),
+    (lambda A: A.Square(8 / 255, queries=0), "Square: queries must be a whole number in 1..100,000, got 0"),
+    (lambda A: A.APGDT(8 / 255, steps=3, targets=-3), "APGD-T: targets must be a whole number in 1..100,000"),
+    (lambda A: A.FABT(8 / 255, steps=3, targets=0), "FAB-T: targets must be a whole number in 1..100,000"),
     (lambda A: A.PGD(8 / 255, steps=3, alpha=-1.0), "PGD: alpha must be a finite number > 0, got -1.0"),
     (lambda A: A.CW(8 / 255, alpha=0.0), "CW: alpha must be a finite number > 0"),
     (lambda A: A.APGD(8 / 255, rho=float("nan")), "APGD: rho must be a finite number in (0, 1], got nan"),
     (lambda A: A.PGD(8 / 255, loss="foo"), "loss must be one of ce, cw, dlr, got 'foo'"),
-    (lambda A: A.Square(8 / 255, queries=True), "Square: queries must be a whole number >= 1, got True"),
+    (lambda A: A.Square(8 / 255, queries=True), "Square: queries must be a whole number in 1..100,000, got True"),
 ])
 def test_an_attack_built_with_settings_that_attack_nothing_is_refused(make, fragment):
     """Square(queries=-5), APGDT(targets=-3), PGD(alpha=-1) scored every point robust (100%, verdict ok)
@@ -3164,9 +3164,10 @@ def test_processes_that_never_meet_are_said_so_not_called_a_lost_torchrun(tmp_pa
 @pytest.mark.parametrize("argv,fragment", [
     (["--diagnostics", "off", "--diag-n", "50"], "diag_n 50 sets the points of the diagnostics, but diagnostics is off"),
     (["--attacks", "clean", "--diagnostics", "off", "--eot", "4"], "eot 4 acts on attack gradients, but only clean"),
-    (["--attacks", "clean", "--diagnostics", "off", "--precision", "bf16"], "precision bf16 acts on attack gradients"),
-    (["--attacks", "clean", "--diagnostics", "off", "--seed", "3"], "seed 3 draws the attacks' random starts"),
-    (["--attacks", "clean,square10", "--diagnostics", "off", "--eot", "2"], "the attacks take no gradient (Square)"),
+    (["--attacks", "clean", "--precision", "bf16"], "precision bf16 acts on attack gradients, but only clean"),
+    (["--attacks", "clean,square10", "--diagnostics", "off", "--eot", "2"], "but the attacks take no gradient and no"),
+    (["--attacks", "clean,pgd2", "--diagnostics", "cheap", "--diag-n", "0"], "diagnostics cheap runs on the first "
+                                                                              "diag_n points, but diag_n is 0"),
 ])
 def test_evaluation_settings_nothing_reads_are_refused_before_any_attack(run, capsys, argv, fragment):
     before = sorted(p.name for p in run.iterdir())
@@ -3185,3 +3186,100 @@ def test_a_preset_field_in_an_error_names_the_preset(tmp_path, capsys):
     rc, text = _call(["train", *SYN, "--config", str(preset), "--method", "fgsm_rs", "--out", str(tmp_path / "r")],
                      capsys)
     assert rc == 2 and f"(pgd_steps set in {preset})" in text, text
+
+
+# --------------------------------------------------------------------------- trial 28
+@pytest.mark.parametrize("eps", [float("nan"), -1.0, 5.0, float("inf"), True])
+@pytest.mark.parametrize("name", ["FGSM", "PGD", "CW", "APGD", "APGDT", "Square", "FABT"])
+def test_an_attack_built_with_an_impossible_eps_is_refused(name, eps):
+    """FGSM(eps=nan) returned NaN images, FGSM(eps=-1) black ones, FABT(eps=nan) attacked nothing."""
+    import eae
+    from eae import attacks
+
+    with pytest.raises(eae.ConfigError, match="eps must be"):
+        getattr(attacks, name)(eps)
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda A: A.Square(8 / 255, queries=100, rescale="false"), "Square: rescale must be True or False, got 'false'"),
+    (lambda A: A.PGD(8 / 255, random_start="no"), "PGD: random_start must be True or False, got 'no'"),
+    (lambda A: A.APGD(8 / 255, steps=2**40), "APGD: steps must be a whole number in 1..100,000"),
+])
+def test_attack_switches_and_counts_out_of_reach_are_refused(make, fragment):
+    import eae
+    from eae import attacks as A
+
+    with pytest.raises(eae.ConfigError) as e:
+        make(A)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("classes,make,fragment", [
+    (3, lambda A: A.APGDT(8 / 255, steps=2), "the targeted DLR loss (apgd-t) needs at least 4 classes; the model has 3"),
+    (2, lambda A: A.APGD(8 / 255, steps=2, loss="dlr"), "the DLR loss (apgd-dlr) needs at least 3 classes"),
+])
+def test_an_attack_called_directly_on_too_few_classes_is_said(classes, make, fragment):
+    import eae
+    from eae import attacks as A
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, classes))
+    with pytest.raises(eae.ModelError) as e:
+        make(A)(model, torch.rand(4, 3, 8, 8), torch.arange(4) % classes)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--method", "eae", "--eae-base", "clean", "--eae-base-downsample", "64"], "eae_base_downsample 64 shapes"),
+    (["--method", "standard", "--eps-warmup-epochs", "2"], "eps_warmup_epochs applies to adversarial training"),
+    (["--method", "standard", "--overfit-drop", "1.5"], "overfit_drop 1.5 acts where the guard watches"),
+    (["--method", "trades", "--overfit-action", "rollback_lower_step", "--overfit-step-factor", "2"],
+     "overfit_step_factor 2.0 lowers the training attack's step"),
+])
+def test_a_setting_that_cannot_act_is_said_so_even_out_of_range(tmp_path, capsys, argv, fragment):
+    """The range error came first, and its fix, pasted, was then refused as unread."""
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text, text
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"RANK": "zz"}, "$RANK is 'zz', not a whole number: torchrun sets it for each process it starts; give a whole "
+                     "number, or unset WORLD_SIZE (and it) to run one process"),
+    ({}, "$WORLD_SIZE is 2, but $RANK is not set"),
+    ({"RANK": "0", "MASTER_PORT": "2956x"}, "unset WORLD_SIZE (and it) to run one process"),
+])
+def test_a_launcher_variables_fix_runs_one_process_when_followed(tmp_path, monkeypatch, capsys, env, fragment):
+    monkeypatch.delenv("RANK", raising=False)
+    for k, v in {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", **env}.items():
+        monkeypatch.setenv(k, v)
+    rc, text = _call(["eval", "nowhere", "--n", "8"], capsys)
+    assert rc == 2 and fragment in text and "waiting" not in text, text
+
+
+def test_the_diagnostics_pair_pgd_rows_by_their_loss_not_their_labels():
+    """{"pgd-mine": CW, "cw-mine": PGD} was read as a cross-entropy PGD against a margin one."""
+    import eae
+    from eae.attacks import CW, PGD
+
+    model, x, y = _tiny_model_and_points(16)
+    r = eae.evaluate(model, x, y, attacks={"pgd-mine": CW(8 / 255, steps=2), "cw-mine": PGD(8 / 255, steps=2)},
+                     diagnostics="cheap", diag_n=16)
+    line = next(e for e in r.evidence if "cross-entropy PGD" in e)
+    assert "(cw-mine vs pgd-mine" in line, line
+    assert r.per_attack["pgd-mine"]["loss"] == "cw" and r.per_attack["cw-mine"]["attack"] == "PGD"
+
+
+@pytest.mark.parametrize("label,make", [("apgd-ce", lambda A: A.APGD(8 / 255, steps=2, loss="dlr")),
+                                        ("pgd", lambda A: A.PGD(8 / 255, steps=2, loss="cw"))])
+def test_a_label_naming_a_loss_must_hold_an_attack_on_that_loss(label, make):
+    import eae
+    from eae import attacks as A
+
+    model, x, y = _tiny_model_and_points(8)
+    with pytest.raises(eae.ConfigError, match="reads as the built-in attack"):
+        eae.evaluate(model, x, y, attacks={label: make(A)}, diagnostics="off")
+
+
+def test_diag_n_with_the_diagnostics_off_does_not_name_another_report(run, capsys):
+    rc, text = _call(["eval", str(run), "--n", "16", "--attacks", "clean", "--diagnostics", "off", "--diag-n", "0"],
+                     capsys)
+    assert rc == 0 and "eval-clean-n16-diagoff.json" in text, text

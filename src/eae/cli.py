@@ -405,7 +405,7 @@ def eval_report_name(suite, attacks, n: int, test_size: int, norm: str, eps: flo
     eot = get_suite(suite).eot if suite else 1  # --eot 1 on quick is quick's own: the same report
     for flag, label, default in (("seed", "seed", 0), ("precision", "precision", "fp32"), ("eot", "eot", eot),
                                  ("diagnostics", "diag", "full"), ("diag_n", "diagn", 1000)):
-        if getattr(args, flag) not in (default, None):
+        if getattr(args, flag) not in (default, None) and not (flag == "diag_n" and args.diagnostics == "off"):
             parts.append(f"{label}{getattr(args, flag)}")
     # the random starts are drawn batch by batch, on each process: other batches, other draws, other numbers
     if min(args.batch_size, n) != min(DEFAULT_EVAL_BATCH, n):

@@ -275,8 +275,11 @@ class TrainConfig:
         derived = self._resolve_defaults()
         side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(
             self.dataset, IMAGE_SIDES.get(self.dataset, 32))
-        errors, said = self._eps_errors(side, derived)
-        errors += [e for e in self._sign_errors() if not e.startswith(said)]
+        # first: a setting that cannot act is said as such, not as out of range (whose fix would then
+        # be refused as unread)
+        errors = self._unread_errors()
+        eps_errors_, said = self._eps_errors(side, derived)
+        errors += eps_errors_ + [e for e in self._sign_errors() if not e.startswith(said)]
         errors += (self._limit_errors() + self._text_errors() + self._method_errors(side)
                    + self._guard_errors() + self._data_errors())
         if errors:
@@ -399,15 +402,15 @@ class TrainConfig:
         errors = []
         if self.lr_schedule == "piecewise" and len(self.lr_milestones) == 0:
             errors.append("lr_milestones is empty: the piecewise schedule needs at least one (e.g. 0.5, 0.75)")
+        if self.eps_warmup_epochs and self.method == "standard":
+            errors.append("eps_warmup_epochs applies to adversarial training: standard training has no eps")
         if self.epochs >= 1 and self.eps_warmup_epochs > self.epochs:
             errors.append(f"eps_warmup_epochs {self.eps_warmup_epochs} is longer than training (epochs {self.epochs}): "
                           "eps would never reach its value; give at most epochs")
         if self.epochs >= 1 and self.eae_warmup_epochs >= self.epochs and self.method in ("eae", "eae_paper"):
             errors.append(f"eae_warmup_epochs {self.eae_warmup_epochs} is not shorter than training (epochs "
                           f"{self.epochs}): the EAE term would never start; give fewer")
-        if self.eps_warmup_epochs and self.method == "standard":
-            errors.append("eps_warmup_epochs applies to adversarial training: standard training has no eps")
-        errors += self._eae_base_errors(side) + self._unread_errors()
+        errors += self._eae_base_errors(side)
         if self.method in LINF_ONLY and self.norm != "linf":
             errors.append(f"method {self.method} is defined for linf only (as in its paper and code): "
                           "choose norm linf, or another method for l2")

@@ -35,8 +35,10 @@ def env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
+        fix = ("unset it to run one process" if name == "WORLD_SIZE" else
+               "give a whole number, or unset WORLD_SIZE (and it) to run one process")
         raise ConfigError(f"${name} is {text!r}, not a whole number: torchrun sets it for each process it starts; "
-                          "unset it to run one process", field=name) from None
+                          f"{fix}", field=name) from None
 
 
 LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "EAE_DIST_TIMEOUT_MIN")
@@ -52,13 +54,18 @@ def launch_numbers() -> tuple[int, int, int]:
     if not os.environ.get("WORLD_SIZE", "").strip():
         return 1, 0, 0  # no launcher: a RANK left by another tool is not ours to read
     world, rank, local = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
+    if world > 1 and not os.environ.get("RANK", "").strip():  # torch's rendezvous would fail in its own words
+        raise ConfigError(f"$WORLD_SIZE is {world}, but $RANK is not set: torchrun sets both for each process; "
+                          "give each process its RANK (0..WORLD_SIZE-1), or unset WORLD_SIZE to run one process",
+                          field="RANK")
     if not 1 <= world <= MAX_WORLD:
         raise ConfigError(f"$WORLD_SIZE is {world}, but a run has 1 to {MAX_WORLD} processes: torchrun sets it; "
                           "unset it to run one process", field="WORLD_SIZE")
     for name, value in (("RANK", rank), ("LOCAL_RANK", local)):
         if not 0 <= value < world:
             raise ConfigError(f"${name} is {value}, outside 0..{world - 1} for $WORLD_SIZE {world}: torchrun "
-                              f"sets both for each process; unset them to run one process", field=name)
+                              f"sets both for each process; unset WORLD_SIZE (and {name}) to run one process",
+                              field=name)
     return world, rank, local
 
 
@@ -171,7 +178,7 @@ def _meeting_point(world: int) -> str:
     port = env_int("MASTER_PORT", 0)
     if not 1 <= port <= 65535:
         raise ConfigError(f"$MASTER_PORT is {port}, not a TCP port (1 to 65535): torchrun sets it; give a free "
-                          "port, or start the processes with torchrun", field="MASTER_PORT")
+                          "port, or unset WORLD_SIZE to run one process", field="MASTER_PORT")
     return f"{os.environ['MASTER_ADDR'].strip()}:{port}"
 
 

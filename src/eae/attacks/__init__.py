@@ -13,7 +13,8 @@ import re
 
 from . import apgd, fab, gradient, square  # noqa: F401  (registration)
 from .apgd import APGD, APGDT
-from .base import Attack, attack_mode, ce_loss, dlr_loss, dlr_targeted_loss, input_gradient, margin_loss
+from .base import (MAX_RESTARTS, MAX_STEPS, Attack, attack_mode, ce_loss, dlr_loss, dlr_targeted_loss, input_gradient,
+                   margin_loss)
 from .fab import FABT
 from .gradient import CW, FGSM, PGD
 from .square import Square
@@ -32,7 +33,6 @@ ATTACKS.reserved = {"clean": "the clean accuracy", "worst case": "a row of every
                     **{a: f"an alias of {t}" for a, (t, _) in ALIASES.items()}}
 
 
-MAX_STEPS, MAX_RESTARTS = 100_000, 1_000  # beyond these an attack is a typo, not an evaluation
 
 
 def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:

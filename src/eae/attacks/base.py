@@ -26,17 +26,32 @@ from ..errors import ConfigError
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def check_settings(attack: str, counts: dict[str, object], **reals: tuple[object, float, float]) -> None:
-    """An attack's settings that cannot be right, said naming the argument: a count below 1 or a
-    step of 0 attacks nothing, and the attack would score every point robust.
-    ``counts``: name -> value (whole numbers >= 1); ``reals``: name=(value, low, high), finite,
+MAX_STEPS, MAX_RESTARTS = 100_000, 1_000  # beyond these an attack is a typo, not an evaluation
+
+
+def check_settings(attack: str, eps: object, norm: str, counts: dict[str, object],
+                   flags: dict[str, object] | None = None, **reals: tuple[object, float, float]) -> None:
+    """An attack's settings that cannot be right, said naming the argument when it is built: an
+    eps out of range, a count below 1 or a step of 0 (the attack would attack nothing and score
+    every point robust), a text for a switch ("false" would read as true).
+    ``counts``: name -> value, whole numbers from 1 (restarts up to MAX_RESTARTS, others up to
+    MAX_STEPS); ``flags``: name -> True or False; ``reals``: name=(value, low, high), finite,
     low < value <= high."""
     import math
     import numbers
 
+    from ..config import eps_errors
+
+    errors = eps_errors(eps, "l2" if str(norm).lower() == "l2" else "linf")
+    if errors:
+        raise ConfigError(f"{attack}: {errors[0]}", field="eps")
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ConfigError(f"{attack}: {name} must be a whole number >= 1, got {value!r}", field=name)
+        top = MAX_RESTARTS if name == "restarts" else MAX_STEPS
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= top:
+            raise ConfigError(f"{attack}: {name} must be a whole number in 1..{top:,}, got {value!r}", field=name)
+    for name, value in (flags or {}).items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{attack}: {name} must be True or False, got {value!r}", field=name)
     for name, (value, low, high) in reals.items():
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if not (ok and low < value <= high):
@@ -50,12 +65,17 @@ def loss_named(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return LOSSES[loss]
 
 
-def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Labels the model's classes can hold (torch's loss would fail with an index error deep inside)."""
-    from ..evaluation.checks import output_form
+def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: "Attack") -> None:
+    """Labels the model's classes can hold, and classes enough for the attack's loss (torch would
+    fail with an index error deep inside)."""
+    from ..evaluation.checks import class_count, output_form
 
-    if len(y) and int(y.max()) >= (k := output_form(model, x[:1])):
+    if not len(y):
+        return
+    k = output_form(model, x[:1])
+    if int(y.max()) >= k:
         raise ConfigError(f"label {int(y.max())} is out of range for a model with {k} classes", field="y")
+    class_count(k, [attack])
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -256,7 +276,7 @@ class Attack:
         precision = self.precision if self.uses_gradients else "fp32"
         x = x.detach().float().div(255) if x.dtype == torch.uint8 else x.detach().float()
         y = y.detach().long()  # int32 labels too: torch's losses take int64
-        _check_labels(model, x, y)
+        _check_labels(model, x, y, self)
         with attack_mode(model, eval_mode=self.eval_mode, precision=precision):
             x_adv = self.perturb(model, x, y)
         return x_adv.detach()

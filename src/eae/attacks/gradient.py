@@ -18,6 +18,7 @@ class FGSM(Attack):
     name = "fgsm"
 
     def __init__(self, eps: float, norm: str = "linf", loss: str = "ce"):
+        check_settings("FGSM", eps, norm, {})
         self.threat = make_threat(norm, eps)
         self.loss_fn = loss_named(loss)
 
@@ -39,8 +40,8 @@ class PGD(Attack):
 
     def __init__(self, eps: float, steps: int = 20, alpha: float | None = None, restarts: int = 1,
                  loss: str = "ce", norm: str = "linf", random_start: bool = True):
-        check_settings(type(self).__name__, {"steps": steps, "restarts": restarts},
-                       **({} if alpha is None else {"alpha": (alpha, 0, math.inf)}))
+        check_settings(type(self).__name__, eps, norm, {"steps": steps, "restarts": restarts},
+                       {"random_start": random_start}, **({} if alpha is None else {"alpha": (alpha, 0, math.inf)}))
         self.threat = make_threat(norm, eps)
         self.steps, self.restarts = steps, restarts
         # 2/255 at ε = 8/255, the usual choice for PGD-10/20 on CIFAR-10

@@ -157,8 +157,9 @@ class Square(Attack):
             raise ValueError(f"unknown norm {norm!r}; use linf or l2")
         self.eps, self.p_init, self.rescale, self.norm = float(eps), p_init, rescale, norm
         self.queries = steps if steps is not None else queries  # `square1000` = 1,000 queries
-        check_settings("Square", {"steps" if steps is not None else "queries": self.queries,
-                                  "compact_every": compact_every}, p_init=(p_init, 0, 1))
+        check_settings("Square", eps, norm, {"steps" if steps is not None else "queries": self.queries,
+                                             "compact_every": compact_every}, {"rescale": rescale},
+                       p_init=(p_init, 0, 1))
         self.compact_every = compact_every
 
     @torch.no_grad()

@@ -108,36 +108,50 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
             "clean") > 1:
         errors.append("attacks: clean is given twice (every report has one clean row)")
     if not errors:
-        errors += _unread_errors(diag_n=diag_n, precision=precision, diagnostics=diagnostics, eot=eot, seed=seed,
-                                 attacks=attacks)
+        errors += _unread_errors(diag_n=diag_n, precision=precision, diagnostics=diagnostics, eot=eot,
+                                 attacks=attacks, eps=eps, norm=norm)
     if errors:
         raise ConfigError("; ".join(errors), field=errors[0].split()[0])
 
 
-def _unread_errors(*, diag_n, precision, diagnostics, eot, seed, attacks) -> list[str]:
-    """Settings that would be recorded in the report (and its name) while nothing reads them:
-    the diagnostics' size with the diagnostics off; the attacks' gradient settings and random
-    seed where only clean accuracy (or gradient-free Square) is measured and nothing else runs."""
+def _unread_errors(*, diag_n, precision, diagnostics, eot, attacks, eps, norm) -> list[str]:
+    """Settings that would be recorded in the report (and its name) while nothing reads them: the
+    diagnostics' size with the diagnostics off, or their level on no points; the attacks' gradient
+    settings where no attack takes a gradient (clean, Square; the diagnostics' own attacks run in
+    fp32, with the evaluation's EOT). The seed is always read: a randomised model draws from it."""
     errors = []
-    if diagnostics == "off" and diag_n != 1000:
+    if diagnostics == "off" and diag_n not in (1000, 0):
         errors.append(f"diag_n {diag_n} sets the points of the diagnostics, but diagnostics is off: leave it out")
-    if attacks is None or (diagnostics != "off" and diag_n > 0):
+    if diagnostics == "cheap" and diag_n == 0:
+        errors.append("diagnostics cheap runs on the first diag_n points, but diag_n is 0: give diag_n > 0, or "
+                      "diagnostics off")
+    kinds = None if attacks is None else [_takes_gradients(a, eps, norm)
+                                          for a in (attacks.values() if isinstance(attacks, Mapping) else attacks)]
+    if kinds is None or None in kinds or any(kinds):  # a suite, an unknown spec (said later), or a gradient
         return errors
-    kinds = ([_kind(a) for a in attacks.values()] if isinstance(attacks, Mapping)
-             else ["clean" if a.strip().lower() == "clean" else "square" if a.strip().lower().startswith("square")
-                   else "gradient" for a in attacks])
-    runs = "only clean accuracy is measured" if set(kinds) == {"clean"} else "the attacks take no gradient (Square)"
-    if "gradient" not in kinds:
-        errors += [f"{name} {value} acts on attack gradients, but {runs} and no diagnostics run: leave it out" for name, value, given in (("eot", eot, eot is not None),
-                                                            ("precision", precision, precision != "fp32")) if given]
-    if set(kinds) == {"clean"} and seed != 0:
-        errors.append(f"seed {seed} draws the attacks' random starts, but only clean accuracy is measured and no "
-                      "diagnostics run: leave it out")
+    runs = "only clean accuracy is measured" if all(a is None or (isinstance(a, str) and a.strip().lower() == "clean")
+                                                    for a in (attacks.values() if isinstance(attacks, Mapping)
+                                                              else attacks)) else "the attacks take no gradient"
+    if precision != "fp32":
+        errors.append(f"precision {precision} acts on attack gradients, but {runs} (the diagnostics run in fp32): "
+                      "leave it out")
+    if eot is not None and (diagnostics == "off" or diag_n == 0):
+        errors.append(f"eot {eot} acts on attack gradients, but {runs} and no diagnostics run: leave it out")
     return errors
 
 
-def _kind(attack) -> str:
-    return "clean" if attack is None else "gradient" if getattr(attack, "uses_gradients", True) else "square"
+def _takes_gradients(attack, eps, norm) -> bool | None:
+    """Whether an attack (or spec) computes gradients; None for a spec that builds nothing known."""
+    if isinstance(attack, str):
+        if attack.strip().lower() == "clean":
+            return False
+        from ..attacks import build_attack
+
+        try:
+            attack = build_attack(attack, eps, norm)
+        except Exception:  # noqa: BLE001 - an unknown spec is said, in its own words, where attacks are built
+            return None
+    return attack is not None and getattr(attack, "uses_gradients", True)
 
 
 __all__ = ["evaluate", "check_arguments", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",

@@ -231,10 +231,19 @@ def _no_twice(attacks, shown) -> None:
         seen[key] = name
 
 
+def _what(attack) -> dict[str, str]:
+    """The attack's class and loss, recorded in its row: the diagnostics pair a cross-entropy PGD
+    with a margin-loss one by what they are, not by how the user labelled them."""
+    attack = attack.attack if isinstance(attack, _Checked) else attack
+    loss = getattr(attack, "loss", None)
+    return {"attack": type(attack).__name__, **({"loss": loss} if isinstance(loss, str) else {})}
+
+
 def _not_a_builtin_name(name: str, attack) -> None:
     """A label that reads as a built-in attack's spec must hold that attack: a row reading pgd20
     (or PGD-20) with a PGD-2's number would be read as PGD-20's. A name without a number states
-    the kind of attack only: pgd is any PGD, square any Square attack."""
+    the kind of attack only: pgd is any cross-entropy PGD, apgd-dlr any APGD on the DLR loss, square
+    any Square attack."""
     text = spelled_plainly(name)
     where = getattr(attack, "threat", attack)
     eps, norm = getattr(where, "eps", 8 / 255), getattr(where, "norm", "linf")
@@ -243,7 +252,7 @@ def _not_a_builtin_name(name: str, attack) -> None:
             builtin = build_attack(spec, float(eps), norm)
         except (ConfigError, TypeError, ValueError):
             continue  # not a spec: any label
-        same = attack_key if any(c.isdigit() for c in spec) else type
+        same = attack_key if any(c.isdigit() for c in spec) else (lambda a: (type(a), getattr(a, "loss", None)))
         if builtin is not None and same(builtin) != same(attack):
             raise ConfigError(f"attacks[{name!r}] reads as the built-in attack {spec} but is another attack: "
                               "name it otherwise", field="attacks")
@@ -352,7 +361,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             correct[spec] = ok
             acc = (ok if mode == STANDALONE else chain).float().mean().item() if n else float("nan")
             per_attack[spec] = {"accuracy": acc, "mode": mode, "seconds": round(time.perf_counter() - t0, 2),
-                                "n_attacked": int(len(idx))}
+                                "n_attacked": int(len(idx)), **_what(attack)}
             if progress and dist.is_main() and not sys.stderr.isatty():  # a log file gets a line per attack
                 print(f"  {spec}: {100 * acc:.1f}% on {n:,} images ({int(len(idx)):,} attacked, "
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)

@@ -142,11 +142,19 @@ def _logit_check(model, x, batch_size, device, zero_grad_frac: float, details: d
     return found
 
 
+def _pgd_loss(label: str, row: dict) -> str | None:
+    """The loss of a row's PGD-family attack (PGD, CW): recorded in the row; a report written
+    before rows recorded it is read by its labels (pgd..., cw...)."""
+    if "attack" in row:
+        return row.get("loss") if row["attack"] in ("PGD", "CW") else None
+    return "ce" if label.startswith("pgd") else "cw" if label.startswith("cw") else None
+
+
 def _ce_vs_margin(report: Report, probe: _Probe, level: str, details: dict) -> list[tuple[str, str]]:
     """1. CE-PGD versus margin-PGD: from the suite's own standalone runs when it has both,
     else (full level) PGD-20 and CW-20 on the diagnostic points."""
-    ce = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("pgd")]
-    mg = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and s.startswith("cw")]
+    ce = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and _pgd_loss(s, r) == "ce"]
+    mg = [s for s, r in report.per_attack.items() if r["mode"] == STANDALONE and _pgd_loss(s, r) == "cw"]
     if ce and mg:
         a_ce, a_mg = report.per_attack[ce[-1]]["accuracy"], report.per_attack[mg[-1]]["accuracy"]
         src = f"{ce[-1]} vs {mg[-1]}, {report.n:,} points"
