@@ -72,6 +72,8 @@ def test_every_field_has_a_flag_that_sets_it():
                    "overfit_step_factor": {"method": "fgsm_rs", "overfit_action": "rollback_lower_step"},
                    "max_rollbacks": {"method": "fgsm_rs", "overfit_action": "rollback"},
                    "head_scale": {"head": "cosine"}, "lr_milestones": {"lr_schedule": "piecewise"},
+                   "overfit_drop": {"method": "fgsm_rs"}, "synthetic_train_size": {"dataset": "synthetic"},
+                   "synthetic_test_size": {"dataset": "synthetic"}, "synthetic_image_size": {"dataset": "synthetic"},
                    "lr_gamma": {"lr_schedule": "piecewise"}}.get(f.name, {})
         # a method's settings: a method that reads them (and the EAE choice they act under)
         readers = [m for m, fields in METHOD_FIELDS.items() if f.name in fields]

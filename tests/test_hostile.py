@@ -125,15 +125,15 @@ TRAIN_CASES = [
     (["--batch-size", "-5"], "batch_size must be >= 1"),
     (["--lr-max", "nan"], "lr_max must be a finite number"),
     (["--momentum", "inf"], "momentum must be a finite number"),
-    (["--head-scale", "nan"], "head_scale must be a finite number"),
-    (["--eae-eta", "nan"], "eae_eta must be a finite number"),
-    (["--nfgsm-noise", "nan"], "nfgsm_noise must be a finite number"),
-    (["--trades-beta", "nan"], "trades_beta must be a finite number"),
-    (["--lr-gamma", "nan"], "lr_gamma must be a finite number"),
-    (["--fgsm-alpha", "-0.1"], "fgsm_alpha must be > 0"),
-    (["--pgd-alpha", "0"], "pgd_alpha must be > 0"),
-    (["--trades-beta", "-1"], "trades_beta must be >= 0"),
-    (["--eae-q", "0"], "eae_q must be in (0, 1]"),
+    (["--head", "cosine", "--head-scale", "nan"], "head_scale must be a finite number"),
+    (["--method", "eae", "--eae-eta", "nan"], "eae_eta must be a finite number"),
+    (["--method", "n_fgsm", "--nfgsm-noise", "nan"], "nfgsm_noise must be a finite number"),
+    (["--method", "trades", "--trades-beta", "nan"], "trades_beta must be a finite number"),
+    (["--lr-schedule", "piecewise", "--lr-gamma", "nan"], "lr_gamma must be a finite number"),
+    (["--method", "fgsm_rs", "--fgsm-alpha", "-0.1"], "fgsm_alpha must be > 0"),
+    (["--method", "pgd", "--pgd-alpha", "0"], "pgd_alpha must be > 0"),
+    (["--method", "trades", "--trades-beta", "-1"], "trades_beta must be >= 0"),
+    (["--method", "eae", "--eae-q", "0"], "eae_q must be in (0, 1]"),
     (["--val-size", "-1"], "val_size must be >= 0"),
     (["--stop-after", "-1"], "--stop-after: must be >= 1"),
     (["--stop-after", "0"], "--stop-after: must be >= 1"),
@@ -428,7 +428,8 @@ def test_a_users_folder_with_a_config_json_is_not_taken_for_an_old_run(run, tmp_
 
 def test_no_validation_split_writes_no_nan_and_keeps_the_last_as_best(tmp_path, capsys):
     out = tmp_path / "r"
-    rc, text = _call(["train", *SYN, "--epochs", "2", "--val-size", "0", "--out", str(out)], capsys)
+    rc, text = _call(["train", *SYN, "--epochs", "2", "--val-size", "0", "--val-attack-steps", "0", "--out", str(out)],
+                     capsys)
     assert rc == 0 and "no validation" in text, text
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
             for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -1899,7 +1900,7 @@ def test_train_refuses_values_that_would_be_read_as_something_else(tmp_path, arg
 
 @pytest.mark.parametrize("toml,fragment", [
     ('out = "../escape"', "out = '../escape' in"),
-    ("lr_max = nan", "invalid config: lr_max must be a finite number >= 0, got nan\n"),
+    ("lr_max = nan", "invalid config: lr_max must be a finite number >= 0, got nan (lr_max set in "),
     ("lr_milestones = [[1]]", "error: config field lr_milestones: not a number: [1]\n"),
 ])
 def test_preset_mistakes_are_named_once_and_as_the_presets(tmp_path, toml, fragment, capsys):
@@ -2007,8 +2008,8 @@ def test_strict_without_diagnostic_points_is_refused_before_the_attacks(run, cap
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--overfit-action", "stop", "--overfit-step-factor", "0.3"], "overfit_step_factor 0.3 acts with overfit_action "
-                                                                   "rollback_lower_step only, not 'stop'"),
+    (["--method", "fgsm_rs", "--overfit-action", "stop", "--overfit-step-factor", "0.3"],
+     "overfit_step_factor 0.3 acts with overfit_action rollback_lower_step only, not 'stop'"),
     (["--max-rollbacks", "2"], "max_rollbacks 2 acts with overfit_action rollback or rollback_lower_step only"),
 ])
 def test_guard_options_of_an_action_not_taken_are_refused(tmp_path, argv, fragment, capsys):
@@ -2434,7 +2435,7 @@ def test_workers_are_for_the_datasets_that_decode():
 
 def test_the_best_weights_of_a_run_without_validation_are_said_to_be_its_last(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["train", *SYN, "--epochs", "1", "--val-size", "0", "--out", str(out)]) == 0
+    assert main(["train", *SYN, "--epochs", "1", "--val-size", "0", "--val-attack-steps", "0", "--out", str(out)]) == 0
     capsys.readouterr()
     rc, text = _call(["eval", str(out), "--weights", "best", "--attacks", "clean", "--diagnostics", "off"], capsys)
     assert rc == 0 and "its best is its last" in text, text
@@ -3165,9 +3166,9 @@ def test_processes_that_never_meet_are_said_so_not_called_a_lost_torchrun(tmp_pa
     (["--diagnostics", "off", "--diag-n", "50"], "diag_n 50 sets the points of the diagnostics, but diagnostics is off"),
     (["--attacks", "clean", "--diagnostics", "off", "--eot", "4"], "eot 4 acts on attack gradients, but only clean"),
     (["--attacks", "clean", "--precision", "bf16"], "precision bf16 acts on attack gradients, but only clean"),
-    (["--attacks", "clean,square10", "--diagnostics", "off", "--eot", "2"], "but the attacks take no gradient and no"),
-    (["--attacks", "clean,pgd2", "--diagnostics", "cheap", "--diag-n", "0"], "diagnostics cheap runs on the first "
-                                                                              "diag_n points, but diag_n is 0"),
+    (["--attacks", "clean,square10", "--diagnostics", "off", "--eot", "2"], "but no attack of eae's takes a gradient"),
+    (["--attacks", "clean,pgd2", "--diagnostics", "cheap", "--diag-n", "0"], "--diagnostics cheap runs on the first "
+                                                                              "--diag-n points, but --diag-n is 0"),
 ])
 def test_evaluation_settings_nothing_reads_are_refused_before_any_attack(run, capsys, argv, fragment):
     before = sorted(p.name for p in run.iterdir())
@@ -3283,3 +3284,93 @@ def test_diag_n_with_the_diagnostics_off_does_not_name_another_report(run, capsy
     rc, text = _call(["eval", str(run), "--n", "16", "--attacks", "clean", "--diagnostics", "off", "--diag-n", "0"],
                      capsys)
     assert rc == 0 and "eval-clean-n16-diagoff.json" in text, text
+
+
+# --------------------------------------------------------------------------- trial 29
+@pytest.mark.parametrize("argv,fragment", [
+    (["--method", "fgsm_rs", "--overfit-step-factor", "5"], "overfit_step_factor 5.0 acts with overfit_action "
+                                                            "rollback_lower_step only"),
+    (["--method", "fgsm_rs", "--max-rollbacks", "-1"], "max_rollbacks -1 acts with overfit_action rollback"),
+    (["--method", "standard", "--eps-warmup-epochs", "-1"], "eps_warmup_epochs applies to adversarial training"),
+])
+def test_a_guard_setting_that_cannot_act_is_said_before_its_range(tmp_path, capsys, argv, fragment):
+    rc, text = _call(["train", *SYN, "--epochs", "1", *argv, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and fragment in text, text
+
+
+def test_an_attack_takes_a_fraction_eps_as_build_attack_does():
+    from fractions import Fraction
+
+    from eae.attacks import CW
+
+    model, x, y = _tiny_model_and_points(4)
+    attack = CW(Fraction(8, 255), steps=2)
+    assert attack(model, x, y).shape == x.shape and "eps=0.0313725" in repr(attack)
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda A: A.Square("abc"), "Square: eps must be a number"),
+    (lambda A: A.Square(None), "Square: eps must be a number"),
+    (lambda A: A.Square(8 / 255, steps=100, queries=20), "steps is an alias of queries: give one of them"),
+])
+def test_square_names_its_eps_and_its_two_spellings_of_queries(make, fragment):
+    import eae
+    from eae import attacks as A
+
+    with pytest.raises(eae.ConfigError) as e:
+        make(A)
+    assert fragment in str(e.value)
+
+
+def test_fgsm_records_its_loss_and_a_label_naming_another_loss_is_refused():
+    import eae
+    from eae.attacks import FGSM
+
+    model, x, y = _tiny_model_and_points(8)
+    with pytest.raises(eae.ConfigError, match="reads as the built-in attack fgsm"):
+        eae.evaluate(model, x, y, attacks={"fgsm": FGSM(8 / 255, loss="cw")}, diagnostics="off")
+    r = eae.evaluate(model, x, y, attacks={"mine": FGSM(8 / 255, loss="cw")}, diagnostics="off")
+    assert r.per_attack["mine"]["loss"] == "cw"
+
+
+def test_cw_is_pgd_on_the_margin_loss_under_any_label():
+    import eae
+    from eae.attacks import CW, PGD
+
+    model, x, y = _tiny_model_and_points(8)
+    r = eae.evaluate(model, x, y, attacks={"cw2": PGD(8 / 255, steps=2, loss="cw")}, diagnostics="off")
+    assert "cw2" in r.per_attack
+    with pytest.raises(eae.ConfigError, match="are one attack"):
+        eae.evaluate(model, x, y, attacks={"b": PGD(8 / 255, steps=2, loss="cw"), "c": CW(8 / 255, steps=2)},
+                     diagnostics="off")
+
+
+def test_precision_and_eot_for_a_users_function_alone_are_refused():
+    import eae
+
+    model, x, y = _tiny_model_and_points(8)
+    with pytest.raises(eae.ConfigError, match="precision bf16 acts on attack gradients, but no attack of eae's"):
+        eae.evaluate(model, x, y, attacks={"mine": lambda m, a, b: a}, precision="bf16", diagnostics="off")
+
+
+def test_a_registered_factory_that_fails_is_named_not_a_traceback():
+    import eae
+    from eae.attacks import ATTACKS
+
+    def flaky(eps, norm="linf", **kw):
+        raise RuntimeError("boom")
+
+    ATTACKS.register("flaky_x")(flaky)
+    try:
+        with pytest.raises(eae.ConfigError, match="the factory registered as 'flaky_x' failed: RuntimeError: boom"):
+            eae.build_attack("flaky_x", 8 / 255)
+    finally:
+        ATTACKS._entries.pop("flaky_x")
+
+
+def test_diag_n_0_is_the_diagnostics_off_evaluation_and_an_explicit_level_on_it_is_refused(run, capsys):
+    rc, text = _call(["eval", str(run), "--n", "16", "--attacks", "clean,pgd2", "--diag-n", "0"], capsys)
+    assert rc == 0 and "eval-clean+pgd2-n16-diagoff.json" in text, text
+    rc, text = _call(["eval", str(run), "--n", "16", "--attacks", "clean,pgd2", "--diagnostics", "full", "--diag-n",
+                      "0"], capsys)
+    assert rc == 2 and "--diagnostics full runs on the first --diag-n points, but --diag-n is 0" in text, text

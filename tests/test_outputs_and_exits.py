@@ -615,7 +615,7 @@ def test_a_lock_hard_linked_to_a_users_file_is_not_written_into(run, tmp_path, c
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["train", *SYN, "--pgd-steps", "2147483647"], "pgd_steps must be at most 100,000"),
+    (["train", *SYN, "--method", "pgd", "--pgd-steps", "2147483647"], "pgd_steps must be at most 100,000"),
     (["train", *SYN, "--synthetic-train-size", "100000000"], "synthetic_train_size must be at most"),
     (["train", *SYN, "--lr-max", "1e300"], "lr_max must be at most"),
     (["train", *SYN, "--config", ""], "the config file's path is empty"),

@@ -231,6 +231,11 @@ def _check_eval_flags(args: argparse.Namespace) -> None:
         why = "--diagnostics off does not reach" if args.diagnostics == "off" else "--diag-n 0 leaves without points"
         raise UsageError(f"--strict exits by the gradient-masking verdict, which {why}: use --diagnostics cheap or "
                          "full, on --diag-n 100 or more points, with --strict")
+    if args.diagnostics not in (None, "off") and args.diag_n == 0:
+        raise UsageError(f"--diagnostics {args.diagnostics} runs on the first --diag-n points, but --diag-n is 0: give "
+                         "--diag-n > 0, or --diagnostics off")
+    # --diag-n 0 runs no diagnostics: the same evaluation, and report, as --diagnostics off
+    args.diagnostics = "off" if args.diag_n == 0 else args.diagnostics or "full"
     for flag, value in (("RUN_DIR", args.run_dir), ("--output", args.output)):
         if value is not None and not value.strip():  # '' would be the current folder, or the default report
             raise UsageError(f"{flag} is empty: give a path")
@@ -779,7 +784,7 @@ def _eval_parser(sub) -> None:
     e.add_argument("--eot", type=_int_at_least(1, 10_000), default=None,
                    help="average each attack gradient over N forward passes (expectation over transformation, "
                         "for randomised models; AutoAttack uses 20) (default: 1; aa-rand: 20)")
-    e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default="full",
+    e.add_argument("--diagnostics", choices=("full", "cheap", "off"), default=None,
                    help="gradient-masking checks (default: full)")
     e.add_argument("--diag-n", type=_int_at_least(0), default=1000, help="points used by the diagnostics (default: 1000)")
     e.add_argument("--strict", action="store_true", help="exit with status 3 unless the verdict is ok")

@@ -277,11 +277,10 @@ class TrainConfig:
             self.dataset, IMAGE_SIDES.get(self.dataset, 32))
         # first: a setting that cannot act is said as such, not as out of range (whose fix would then
         # be refused as unread)
-        errors = self._unread_errors()
+        errors = self._unread_errors() + self._guard_errors() + self._method_errors(side)
         eps_errors_, said = self._eps_errors(side, derived)
         errors += eps_errors_ + [e for e in self._sign_errors() if not e.startswith(said)]
-        errors += (self._limit_errors() + self._text_errors() + self._method_errors(side)
-                   + self._guard_errors() + self._data_errors())
+        errors += self._limit_errors() + self._text_errors() + self._data_errors()
         if errors:
             first = {}  # one clause a field: "lr_max ... >= 0" says what "lr_max ... finite" would again
             for e in errors:

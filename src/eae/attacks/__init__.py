@@ -72,13 +72,19 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
             kwargs[key] = int(m[key])
             if not 1 <= kwargs[key] <= top:
                 raise ConfigError(f"attack spec {spec!r}: {key} must be in 1..{top:,}, got {m[key]}", field="attacks")
+    factory = ATTACKS.get(name)
     try:
-        attack = ATTACKS.get(name)(eps, norm=norm, **kwargs)
+        attack = factory(eps, norm=norm, **kwargs)
     except ValueError as e:
         raise ConfigError(f"attack spec {spec!r}: {e}", field="attacks") from None
     except TypeError:
         raise ConfigError(f"attack spec {spec!r}: {name} does not take "
                           f"{' or '.join(k for k in ('steps', 'restarts') if k in kwargs)}", field="attacks") from None
+    except Exception as e:
+        if getattr(factory, "__module__", "").startswith("eae."):
+            raise  # one of ours: a bug, with its traceback
+        raise ConfigError(f"attack spec {spec!r}: the factory registered as {name!r} failed: {type(e).__name__}: "
+                          f"{str(e).strip()[:200]}", field="attacks") from e
     if not callable(attack):  # a registered factory is a user's code
         raise ConfigError(f"attack spec {spec!r}: the factory registered as {name!r} returned "
                           f"{type(attack).__name__}, not an attack called as attack(model, x, y)", field="attacks")
@@ -93,7 +99,13 @@ def attack_key(attack) -> str:
     The precision and EOT an evaluation runs it in are the evaluation's, not the attack's."""
     if not isinstance(attack, Attack):
         return f"{type(attack).__name__} at {id(attack):#x}"
-    return f"{type(attack).__name__}{sorted((k, repr(v)) for k, v in vars(attack).items() if k not in ('precision', 'eot'))}"
+    kind = attack_kind(attack)[0].__name__
+    return f"{kind}{sorted((k, repr(v)) for k, v in vars(attack).items() if k not in ('precision', 'eot'))}"
+
+
+def attack_kind(attack) -> tuple[type, str | None]:
+    """An attack's class and loss: CW is PGD on the margin loss, so PGD(loss="cw") is a CW."""
+    return (PGD if type(attack) is CW else type(attack)), getattr(attack, "loss", None)
 
 
 def canonical_spec(spec: str, eps: float = 8 / 255, norm: str = "linf") -> str:

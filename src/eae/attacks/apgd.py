@@ -198,8 +198,8 @@ class APGD(Attack):
                  rho: float = 0.75):
         if norm not in NORMS:
             raise ValueError(f"APGD: norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        check_settings("APGD", eps, norm, {"steps": steps, "restarts": restarts}, rho=(rho, 0, 1))
-        self.eps, self.steps, self.restarts, self.rho, self.norm = float(eps), steps, restarts, rho, norm
+        eps = check_settings("APGD", eps, norm, {"steps": steps, "restarts": restarts}, rho=(rho, 0, 1))
+        self.eps, self.steps, self.restarts, self.rho, self.norm = eps, steps, restarts, rho, norm
         self.loss, self.loss_fn = loss, loss_named(loss)
 
     def perturb(self, model, x, y):
@@ -224,9 +224,9 @@ class APGDT(Attack):
                  rho: float = 0.75):
         if norm not in NORMS:
             raise ValueError(f"APGD-T: norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        check_settings("APGD-T", eps, norm, {"steps": steps, "targets": targets, "restarts": restarts},
+        eps = check_settings("APGD-T", eps, norm, {"steps": steps, "targets": targets, "restarts": restarts},
                        rho=(rho, 0, 1))
-        self.eps, self.steps, self.targets, self.restarts, self.rho = float(eps), steps, targets, restarts, rho
+        self.eps, self.steps, self.targets, self.restarts, self.rho = eps, steps, targets, restarts, rho
         self.norm = norm
 
     def perturb(self, model, x, y):

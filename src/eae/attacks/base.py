@@ -30,13 +30,13 @@ MAX_STEPS, MAX_RESTARTS = 100_000, 1_000  # beyond these an attack is a typo, no
 
 
 def check_settings(attack: str, eps: object, norm: str, counts: dict[str, object],
-                   flags: dict[str, object] | None = None, **reals: tuple[object, float, float]) -> None:
+                   flags: dict[str, object] | None = None, **reals: tuple[object, float, float]) -> float:
     """An attack's settings that cannot be right, said naming the argument when it is built: an
     eps out of range, a count below 1 or a step of 0 (the attack would attack nothing and score
     every point robust), a text for a switch ("false" would read as true).
     ``counts``: name -> value, whole numbers from 1 (restarts up to MAX_RESTARTS, others up to
     MAX_STEPS); ``flags``: name -> True or False; ``reals``: name=(value, low, high), finite,
-    low < value <= high."""
+    low < value <= high. Returns eps as a float (a Fraction or numpy number as Python's)."""
     import math
     import numbers
 
@@ -57,6 +57,7 @@ def check_settings(attack: str, eps: object, norm: str, counts: dict[str, object
         if not (ok and low < value <= high):
             where = f"in ({low:g}, {high:g}]" if math.isfinite(high) else f"> {low:g}"
             raise ConfigError(f"{attack}: {name} must be a finite number {where}, got {value!r}", field=name)
+    return float(eps)
 
 
 def loss_named(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -276,9 +277,12 @@ class Attack:
         precision = self.precision if self.uses_gradients else "fp32"
         x = x.detach().float().div(255) if x.dtype == torch.uint8 else x.detach().float()
         y = y.detach().long()  # int32 labels too: torch's losses take int64
-        _check_labels(model, x, y, self)
         with attack_mode(model, eval_mode=self.eval_mode, precision=precision):
-            x_adv = self.perturb(model, x, y)
+            try:
+                x_adv = self.perturb(model, x, y)
+            except (IndexError, RuntimeError):  # torch's index error: said in the user's words if theirs
+                _check_labels(model, x, y, self)
+                raise
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

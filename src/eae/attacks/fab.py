@@ -141,9 +141,9 @@ class FABT(Attack):
                  eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1):
         if norm not in _PROJECTIONS:
             raise ValueError(f"FAB-T: unknown norm {norm!r}; use linf or l2")
-        check_settings("FAB-T", eps, norm, {"steps": steps, "targets": targets}, eta=(eta, 0, math.inf),
+        eps = check_settings("FAB-T", eps, norm, {"steps": steps, "targets": targets}, eta=(eta, 0, math.inf),
                        beta=(beta, 0, 1), alpha_max=(alpha_max, 0, 1))
-        self.eps, self.steps, self.targets = float(eps), steps, targets
+        self.eps, self.steps, self.targets = eps, steps, targets
         self.eta, self.beta, self.alpha_max, self.norm = eta, beta, alpha_max, norm
 
     def perturb(self, model, x, y):

@@ -18,9 +18,9 @@ class FGSM(Attack):
     name = "fgsm"
 
     def __init__(self, eps: float, norm: str = "linf", loss: str = "ce"):
-        check_settings("FGSM", eps, norm, {})
+        eps = check_settings("FGSM", eps, norm, {})
         self.threat = make_threat(norm, eps)
-        self.loss_fn = loss_named(loss)
+        self.loss, self.loss_fn = loss, loss_named(loss)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         grad, _ = input_gradient(model, x, torch.zeros_like(x), y, self.loss_fn, self.eot)
@@ -40,7 +40,7 @@ class PGD(Attack):
 
     def __init__(self, eps: float, steps: int = 20, alpha: float | None = None, restarts: int = 1,
                  loss: str = "ce", norm: str = "linf", random_start: bool = True):
-        check_settings(type(self).__name__, eps, norm, {"steps": steps, "restarts": restarts},
+        eps = check_settings(type(self).__name__, eps, norm, {"steps": steps, "restarts": restarts},
                        {"random_start": random_start}, **({} if alpha is None else {"alpha": (alpha, 0, math.inf)}))
         self.threat = make_threat(norm, eps)
         self.steps, self.restarts = steps, restarts

@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from ..errors import ConfigError
 from .base import Attack, check_settings, margin_loss
 from .registry import register_attack
 
@@ -155,11 +156,14 @@ class Square(Attack):
         norm = {"Linf": "linf", "inf": "linf", "L2": "l2"}.get(norm, norm)
         if norm not in ("linf", "l2"):
             raise ValueError(f"unknown norm {norm!r}; use linf or l2")
-        self.eps, self.p_init, self.rescale, self.norm = float(eps), p_init, rescale, norm
-        self.queries = steps if steps is not None else queries  # `square1000` = 1,000 queries
-        check_settings("Square", eps, norm, {"steps" if steps is not None else "queries": self.queries,
-                                             "compact_every": compact_every}, {"rescale": rescale},
-                       p_init=(p_init, 0, 1))
+        if steps is not None and queries != 5000:
+            raise ConfigError(f"Square: steps is an alias of queries: give one of them, not steps={steps!r} and "
+                              f"queries={queries!r}", field="queries")
+        queries = steps if steps is not None else queries  # `square1000` = 1,000 queries
+        eps = check_settings("Square", eps, norm, {"steps" if steps is not None else "queries": queries,
+                                                   "compact_every": compact_every}, {"rescale": rescale},
+                             p_init=(p_init, 0, 1))
+        self.eps, self.p_init, self.rescale, self.norm, self.queries = eps, p_init, rescale, norm, queries
         self.compact_every = compact_every
 
     @torch.no_grad()

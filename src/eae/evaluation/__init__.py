@@ -131,7 +131,8 @@ def _unread_errors(*, diag_n, precision, diagnostics, eot, attacks, eps, norm) -
         return errors
     runs = "only clean accuracy is measured" if all(a is None or (isinstance(a, str) and a.strip().lower() == "clean")
                                                     for a in (attacks.values() if isinstance(attacks, Mapping)
-                                                              else attacks)) else "the attacks take no gradient"
+                                                              else attacks)) else \
+        "no attack of eae's takes a gradient (Square, and a function of yours, run as they are)"
     if precision != "fp32":
         errors.append(f"precision {precision} acts on attack gradients, but {runs} (the diagnostics run in fp32): "
                       "leave it out")
@@ -151,7 +152,9 @@ def _takes_gradients(attack, eps, norm) -> bool | None:
             attack = build_attack(attack, eps, norm)
         except Exception:  # noqa: BLE001 - an unknown spec is said, in its own words, where attacks are built
             return None
-    return attack is not None and getattr(attack, "uses_gradients", True)
+    from ..attacks import Attack
+
+    return isinstance(attack, Attack) and attack.uses_gradients
 
 
 __all__ = ["evaluate", "check_arguments", "run_suite", "diagnose", "predict", "Report", "EvalResult", "SUITES", "Suite", "get_suite",

@@ -22,7 +22,7 @@ from ..errors import ConfigError, ModelError
 from ..config import l2_diameter_errors, short
 from ..data.loader import shard_bounds
 
-from ..attacks import Attack, attack_key, attack_mode, build_attack, check_ball
+from ..attacks import Attack, attack_key, attack_kind, attack_mode, build_attack, check_ball
 from ..attacks.base import check_inputs
 from ..utils import progress_bar, row_key, spelled_plainly, torch_seed
 from ..utils import resolve_device
@@ -252,7 +252,7 @@ def _not_a_builtin_name(name: str, attack) -> None:
             builtin = build_attack(spec, float(eps), norm)
         except (ConfigError, TypeError, ValueError):
             continue  # not a spec: any label
-        same = attack_key if any(c.isdigit() for c in spec) else (lambda a: (type(a), getattr(a, "loss", None)))
+        same = attack_key if any(c.isdigit() for c in spec) else attack_kind
         if builtin is not None and same(builtin) != same(attack):
             raise ConfigError(f"attacks[{name!r}] reads as the built-in attack {spec} but is another attack: "
                               "name it otherwise", field="attacks")
