@@ -305,7 +305,7 @@ def test_eps_warmup_rises_per_step_and_scales_the_step():
     adv = fgsm_rs_example(model, x, y, m.threat, m.alpha * m.alpha_scale)
     assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and m.eps == pytest.approx(4 / 255)
     with pytest.raises(ConfigError, match="eps_warmup_epochs 4 is longer than training"):
-        TrainConfig(eps_warmup_epochs=4, epochs=3)
+        TrainConfig(method="fgsm_rs", eps_warmup_epochs=4, epochs=3)
 
 
 def test_eps_warmup_in_a_run_is_recorded_per_epoch(tmp_path):
