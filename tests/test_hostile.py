@@ -3374,3 +3374,19 @@ def test_diag_n_0_is_the_diagnostics_off_evaluation_and_an_explicit_level_on_it_
     rc, text = _call(["eval", str(run), "--n", "16", "--attacks", "clean,pgd2", "--diagnostics", "full", "--diag-n",
                       "0"], capsys)
     assert rc == 2 and "--diagnostics full runs on the first --diag-n points, but --diag-n is 0" in text, text
+
+
+# --------------------------------------------------------------------------- trial 30
+def test_eot_1_is_the_default_and_is_accepted_where_nothing_takes_a_gradient(run, capsys):
+    rc, text = _call(["eval", str(run), "--n", "16", "--attacks", "clean", "--diagnostics", "off", "--eot", "1"],
+                     capsys)
+    assert rc == 0 and "the rest: loading)" in text, text
+
+
+def test_restarts_without_a_random_start_are_refused():
+    import eae
+    from eae.attacks import PGD
+
+    with pytest.raises(eae.ConfigError, match="restarts=3 without a random start repeats one run"):
+        PGD(8 / 255, steps=2, restarts=3, random_start=False)
+    assert PGD(8 / 255, steps=2, random_start=False).restarts == 1

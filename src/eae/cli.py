@@ -289,8 +289,8 @@ def _publish(args: argparse.Namespace, src: dict[str, Any], report, evaluation: 
         print("scoring the best weights: the run's last epoch (it validated nothing, so its best is its last)")
     scored = _scored(src["meta"])
     md = report.to_markdown(title=src["title"] + (f" on {scored}" if scored != src["meta"].get("dataset") else ""))
-    tail = (f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: "
-            "loading and the gradient-masking diagnostics)")
+    rest = "loading" if args.diagnostics == "off" else "loading and the gradient-masking diagnostics"
+    tail = f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: {rest})"
     try:
         print(md)
         print(f"\n{tail}", flush=True)

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..threat import clip_to_image, make_threat
 from .base import Attack, check_settings, decision_logits, fp32_logits, input_gradient, loss_named
 from .registry import register_attack
@@ -40,6 +41,9 @@ class PGD(Attack):
 
     def __init__(self, eps: float, steps: int = 20, alpha: float | None = None, restarts: int = 1,
                  loss: str = "ce", norm: str = "linf", random_start: bool = True):
+        if restarts != 1 and random_start is False:
+            raise ConfigError(f"{type(self).__name__}: restarts={restarts!r} without a random start repeats one run: "
+                              "give random_start=True, or restarts=1", field="restarts")
         eps = check_settings(type(self).__name__, eps, norm, {"steps": steps, "restarts": restarts},
                        {"random_start": random_start}, **({} if alpha is None else {"alpha": (alpha, 0, math.inf)}))
         self.threat = make_threat(norm, eps)

@@ -136,7 +136,7 @@ def _unread_errors(*, diag_n, precision, diagnostics, eot, attacks, eps, norm) -
     if precision != "fp32":
         errors.append(f"precision {precision} acts on attack gradients, but {runs} (the diagnostics run in fp32): "
                       "leave it out")
-    if eot is not None and (diagnostics == "off" or diag_n == 0):
+    if eot not in (None, 1) and (diagnostics == "off" or diag_n == 0):  # 1, the default, is no setting
         errors.append(f"eot {eot} acts on attack gradients, but {runs} and no diagnostics run: leave it out")
     return errors
 
