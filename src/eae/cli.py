@@ -974,8 +974,6 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
 def _failed(e: Exception, args: argparse.Namespace) -> int:
     """A user's or their machine's failure: one line and its exit status. Anything else is a bug
     of ours: re-raised with its traceback, and said to be one."""
-    from .errors import ConfigError
-
     debug = os.environ.get("EAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     status, message = _user_error(e)
     if status is None:
