@@ -3390,3 +3390,49 @@ def test_restarts_without_a_random_start_are_refused():
     with pytest.raises(eae.ConfigError, match="restarts=3 without a random start repeats one run"):
         PGD(8 / 255, steps=2, restarts=3, random_start=False)
     assert PGD(8 / 255, steps=2, random_start=False).restarts == 1
+
+
+def test_a_guard_action_on_a_run_that_validates_once_is_refused(tmp_path, capsys):
+    """The guard compares a validation with the best before it: with one validation it never acts."""
+    for extra, first_pass in ((["--epochs", "1"], "1 pass over the training data, val_every 1): train more epochs"),
+                              (["--epochs", "3", "--val-every", "3"], "(3 passes over the training data, val_every "
+                                                                      "3): give val_every below 3"),
+                              (["--method", "free", "--free-replays", "4", "--epochs", "4"],
+                               "train more epochs (above free_replays 4)")):
+        argv = ["train", *SYN, "--method", "fgsm_rs", *extra, "--overfit-action", "stop", "--out",
+                str(tmp_path / "r")]
+        rc, text = _call(argv, capsys)
+        assert rc == 2 and "overfit_action 'stop' compares each validation with the best before it" in text, text
+        assert first_pass in text, text
+        assert not (tmp_path / "r").exists()
+    rc, text = _call(["train", *SYN, "--method", "fgsm_rs", "--epochs", "1", "--overfit-drop", "0.1", "--out",
+                      str(tmp_path / "r")], capsys)
+    assert rc == 2 and "overfit_drop 0.1 compares each validation" in text, text
+    # two validations: the guard can act, and the run trains
+    rc, text = _call(["train", *SYN, "--method", "fgsm_rs", "--epochs", "3", "--val-every", "2", "--overfit-action",
+                      "stop", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0, text
+
+
+def test_a_recorded_config_with_a_guard_that_could_not_act_still_loads():
+    from eae.config import TrainConfig
+
+    d = TrainConfig(method="fgsm_rs", epochs=2, overfit_action="stop").to_dict()
+    d["epochs"] = 1  # as an older version recorded it
+    assert TrainConfig.from_dict(d, strict=False).overfit_action == "stop"
+    with pytest.raises(Exception, match="validates only once"):
+        TrainConfig.from_dict(d)
+
+
+def test_targets_capped_by_the_class_count_are_said_in_the_row_without_diagnostics():
+    from eae.attacks import APGDT, FABT
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    r = evaluate(model, x, y, {"clean": None, "apgd-t": APGDT(8 / 255, steps=2, targets=12),
+                               "fab-t": FABT(8 / 255, steps=2, targets=9)}, diagnostics="off")
+    assert r.per_attack["apgd-t"]["note"] == "runs 9 target classes, not 12: the model has 10 classes"
+    assert "note" not in r.per_attack["fab-t"]  # 9 targets of 10 classes: all of them, as asked
+    assert "- apgd-t: runs 9 target classes, not 12" in r.to_markdown()
+    assert r.to_dict()["per_attack"]["apgd-t"]["note"].startswith("runs 9")

@@ -487,7 +487,33 @@ class TrainConfig:
             errors.append(f"overfit_step_factor {self.overfit_step_factor} lowers the training attack's step of "
                           f"{', '.join(SCALABLE_STEP_METHODS)}; {self.method} has none to lower: leave it out "
                           "(rollback_lower_step then rolls back only)")
+        validations = self.validations()
+        if watched and validations == 1 and (self.overfit_action != "warn" or self._given("overfit_drop")):
+            name = "overfit_action" if self.overfit_action != "warn" else "overfit_drop"
+            passes = self.passes()
+            more = (f"give val_every below {passes}" if passes > 1 else
+                    "train more epochs" + (f" (above free_replays {self.free_replays})" if self.free_replays_read()
+                                           else ""))
+            errors.append(f"{name} {getattr(self, name)!r} compares each validation with the best before it, but "
+                          f"this run validates only once ({passes} pass{'es' * (passes > 1)} over the training "
+                          f"data, val_every {self.val_every}): {more}, or leave {name} out")
         return errors
+
+    def passes(self) -> int:
+        """Passes over the training data: Free-AT (and EAE on a Free base) replays each minibatch
+        free_replays times in ceil(epochs / free_replays) passes (as ``Method.passes``)."""
+        replays = self.free_replays if self.free_replays_read() else 1
+        return -(-self.epochs // max(replays, 1))
+
+    def free_replays_read(self) -> bool:
+        return self.method == "free" or (self.method.startswith("eae") and self.eae_base == "free")
+
+    def validations(self) -> int:
+        """Validations during the run: after every val_every-th pass and after the last (0 without
+        validation images)."""
+        if self.val_size == 0 or self.epochs < 1 or self.val_every < 1:
+            return 0
+        return -(-self.passes() // self.val_every)
 
     def _eae_base_errors(self, side: Any) -> list[str]:
         errors = []

@@ -99,12 +99,15 @@ def class_count(n_classes: int, attacks: list[Attack]) -> list[Check]:
         raise ModelError(f"the DLR loss (apgd-dlr) needs at least 3 classes; the model has {n_classes}")
     if any(isinstance(a, APGDT) for a in attacks) and n_classes < 4:
         raise ModelError(f"the targeted DLR loss (apgd-t) needs at least 4 classes; the model has {n_classes}")
-    notes = []
-    for a in targeted:
-        if a.targets > n_classes - 1:
-            notes.append(("ok", f"{a.name} runs {n_classes - 1} target classes, not {a.targets}: the model has "
-                                f"{n_classes} classes"))
-    return notes
+    return [("ok", f"{a.name} {fewer_targets(n_classes, a)}") for a in targeted if fewer_targets(n_classes, a)]
+
+
+def fewer_targets(n_classes: int, attack: Attack) -> str | None:
+    """What a targeted attack asked for more target classes than the model has others runs
+    instead (said in its row of the report, whatever the diagnostics)."""
+    if isinstance(attack, (APGDT, FABT)) and attack.targets > n_classes - 1:
+        return f"runs {n_classes - 1} target classes, not {attack.targets}: the model has {n_classes} classes"
+    return None
 
 
 # ----------------------------------------------------------------------------- the model's behaviour
@@ -265,6 +268,6 @@ def square_extra(per_attack: dict) -> tuple[float, Check] | None:
                                                 "every white-box attack")
 
 
-__all__ = ["output_form", "class_count", "randomness", "probabilities", "batch_dependence", "inference_gradients",
+__all__ = ["output_form", "class_count", "fewer_targets", "randomness", "probabilities", "batch_dependence", "inference_gradients",
            "zero_gradient_counts", "zero_gradient_check", "informative_fraction", "informative_check", "square_extra",
            "RECOMMENDED_EOT"]

@@ -289,9 +289,10 @@ def check_radius(eps: float, norm: str, x: torch.Tensor) -> None:
         raise ConfigError(errors[0], field="eps")
 
 
-def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, str]]:
+def _check_model(model, x, y, device, attacks: list[Attack]) -> tuple[int, list[tuple[str, str]]]:
     """Refuse a model whose outputs cannot be scored, or labels and attacks its number of
-    classes cannot serve; notes for the verdict where the attacks do less than usual."""
+    classes cannot serve; its number of classes, and notes for the verdict where the attacks do
+    less than usual."""
     kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if torch.float64 in kinds:  # the images are float32: the first layer would fail on them
         raise ModelError("the model's parameters are float64; eae attacks and scores float32 images (with bf16 "
@@ -300,7 +301,7 @@ def _check_model(model, x, y, device, attacks: list[Attack]) -> list[tuple[str, 
     k = checks.output_form(model, as_images(x[:2].to(device)))
     if len(y) and int(y.max()) >= k:
         raise ConfigError(f"label {int(y.max())} is out of range for a model with {k} classes", field="y")
-    return checks.class_count(k, attacks)
+    return k, checks.class_count(k, attacks)
 
 
 def _check_model_and_precision(model, precision: str, device: torch.device) -> None:
@@ -334,7 +335,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     s, plan = resolve_plan(attacks, suite, eps, norm)
     eot = s.eot if eot is None else eot
     y = y.long()
-    notes = _check_model(model, x, y, device, [a.attack for _, a, _ in plan]) if len(y) else []
+    classes, notes = _check_model(model, x, y, device, [a.attack for _, a, _ in plan]) if len(y) else (None, [])
     n = int(len(y))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()} if plan else {}
     start = time.perf_counter()
@@ -362,6 +363,9 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             acc = (ok if mode == STANDALONE else chain).float().mean().item() if n else float("nan")
             per_attack[spec] = {"accuracy": acc, "mode": mode, "seconds": round(time.perf_counter() - t0, 2),
                                 "n_attacked": int(len(idx)), **_what(attack)}
+            fewer = checks.fewer_targets(classes, attack.attack) if classes else None
+            if fewer:  # in the row itself: the verdict, which says it too, may not have been asked for
+                per_attack[spec]["note"] = fewer
             if progress and dist.is_main() and not sys.stderr.isatty():  # a log file gets a line per attack
                 print(f"  {spec}: {100 * acc:.1f}% on {n:,} images ({int(len(idx)):,} attacked, "
                       f"{per_attack[spec]['seconds']:.1f} s)", file=sys.stderr, flush=True)

@@ -91,6 +91,8 @@ class Report:
                                         f"worst case (every report has those), got {k!r}")
             if not _count(a["n_attacked"], self.n) or not _seconds(a["seconds"]):
                 raise bad(f"per_attack[{k!r}]", f"n_attacked in 0..{self.n} and seconds >= 0, got {a!r}")
+            if "note" in a and not (_label(a["note"]) and a["note"]):
+                raise bad(f"per_attack[{k!r}]", f"note: one line of printable text, got {a['note']!r}")
         if not isinstance(self.evidence, list) or not all(isinstance(e, str) for e in self.evidence):
             raise bad("evidence", f"a list of lines of text, got {self.evidence!r}")
 
@@ -191,6 +193,7 @@ class Report:
                          f"{r['seconds']:.1f} |")
         lines.append(f"| **worst case** | per example | **{100 * self.robust_accuracy:.2f}%** | | "
                      f"{self.seconds:.1f} |")
-        lines += ["", f"gradient-masking verdict: **{self.verdict}**"]
+        notes = [f"- {spec}: {r['note']}" for spec, r in self.per_attack.items() if r.get("note")]
+        lines += ["", *notes, *([""] if notes else []), f"gradient-masking verdict: **{self.verdict}**"]
         lines += [f"- {e}" for e in self.evidence]
         return "\n".join(lines)
