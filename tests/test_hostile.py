@@ -3436,3 +3436,76 @@ def test_targets_capped_by_the_class_count_are_said_in_the_row_without_diagnosti
     assert "note" not in r.per_attack["fab-t"]  # 9 targets of 10 classes: all of them, as asked
     assert "- apgd-t: runs 9 target classes, not 12" in r.to_markdown()
     assert r.to_dict()["per_attack"]["apgd-t"]["note"].startswith("runs 9")
+
+
+# --------------------------------------------------------------------------- trial 31
+def test_a_run_the_guard_stopped_is_not_offered_a_resume_that_repeats_the_stop(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, text = _call(["train", *SYN, "--val-attack-steps", "10", "--method", "fgsm_rs", "--epochs", "6", "--seed", "3",
+                      "--overfit-action", "stop", "--overfit-drop", "0.01", "--out", str(out)], capsys)
+    assert rc == 4 and "stopped. The best epoch (1) is in model_best.safetensors" in text, text
+    assert f"`eae eval {out} --weights best` scores it); a new run (another --out) can try" in text, text
+    events = (out / "events.jsonl").read_bytes()
+    rc, text = _call(["eval", str(out), "--n", "8", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "the overfitting guard stopped it at epoch 2" in text and "--resume" not in text, text
+    rc, text = _call(["train", "--out", str(out), "--resume", "--quiet"], capsys)
+    assert rc == 2 and f"cannot resume {out}: the overfitting guard stopped it at epoch 2" in text, text
+    assert (out / "events.jsonl").read_bytes() == events  # refused before anything was written
+    rc, text = _call(["eval", str(out), "--n", "8", "--diagnostics", "off", "--weights", "best"], capsys)
+    assert rc == 0, text  # the advice works when followed
+    import eae
+    from eae.checkpoint import read_config
+
+    with pytest.raises(eae.RunExists, match="weights='best'"):  # the Python API's words
+        eae.train(read_config(out), resume=True, quiet=True)
+
+
+def test_a_negative_zero_is_zero_in_the_config_and_the_report(tmp_path, capsys):
+    from eae.config import TrainConfig
+    from eae.evaluation.report import fmt_eps
+
+    assert str(TrainConfig(method="pgd", eps=-0.0).to_dict()["eps"]) == "0.0"
+    assert fmt_eps(-0.0) == "0" and fmt_eps(-0.0, "l2") == "0"
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--method", "pgd", "--epochs", "1", "--eps=-0", "--out", str(out)]) == 0
+    assert '"eps": 0.0' in (out / "config.json").read_text()
+
+
+@pytest.mark.parametrize("budget", ["0.001", "1e300", "604801"])
+def test_the_headline_budget_is_a_second_to_a_week(budget, capsys):
+    rc, text = _call(["bench", "headline", "--dry-run", "--budget", budget], capsys)
+    assert rc == 2 and f"seconds in 1..604,800 (a week), got {budget}" in text, text
+    rc, text = _call(["bench", "headline", "--dry-run", "--budget", "604800"], capsys)
+    assert rc == 0 and "against a budget of 604800 s" in text, text
+
+
+def test_too_few_classes_for_a_suite_says_which_attacks_to_give(tmp_path):
+    from eae.attacks import APGDT
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(8) % 3
+    with pytest.raises(ValueError) as e:
+        evaluate(model, x, y, suite="aa-fast", diagnostics="off")
+    assert "needs at least 4 classes; the model has 3: run other attacks, e.g. ['apgd-ce', 'fab-t', 'square']" \
+        in str(e.value)
+    assert "--attacks apgd-ce,fab-t,square" in e.value.cli
+    with pytest.raises(ValueError, match="run other attacks"):
+        APGDT(8 / 255, steps=2)(model, x, y)
+    r = evaluate(model, x, y, ["clean", "apgd-ce", "fab-t", "square"], diagnostics="off")  # the advice, followed
+    assert set(r.per_attack) == {"apgd-ce", "fab-t", "square"}
+
+
+def test_a_field_a_preset_set_is_named_wherever_the_message_names_it(tmp_path, capsys):
+    preset = tmp_path / "p.toml"
+    preset.write_text("val_every = 5\n")
+    rc, text = _call(["train", *SYN, "--method", "fgsm_rs", "--config", str(preset), "--epochs", "5",
+                      "--overfit-action", "stop", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and f"give val_every below 5, or leave overfit_action out (val_every set in {preset})" in text, text
+    import re
+
+    from eae.cli import _named_at
+
+    # a plain word stands for a field only where a clause begins
+    assert not re.search(_named_at("out"), "a count out of range: leave it out")
+    assert re.search(_named_at("val_every"), "give val_every below 5")
+    assert not re.search(_named_at("val_every"), "give val_every_x below 5")

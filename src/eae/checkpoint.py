@@ -330,6 +330,40 @@ def _epochs_done(run_dir: Path) -> int:
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
+def guard_stop(run_dir: str | Path) -> dict[str, Any] | None:
+    """The overfitting guard's stop, when it is the run's last event (``events.jsonl``): a resume
+    would retrain that epoch towards the collapse the guard was asked to stop at."""
+    try:
+        lines = (Path(run_dir) / EVENTS).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in reversed(lines):
+        try:
+            event = loads_json(line)
+        except ValueError:  # a line cut by a crash
+            continue
+        if not isinstance(event, dict):
+            return None
+        stopped = event.get("event") == "catastrophic_overfitting" and event.get("action") == "stop"
+        return event if stopped and isinstance(event.get("epoch"), int) else None
+    return None
+
+
+def guard_stop_text(run_dir: Path, event: dict[str, Any], cli: bool) -> str:
+    """Where a run the guard stopped stands, and what a user does next (not a resume)."""
+    from shlex import quote
+
+    best = event.get("best_epoch")
+    score = (f"`eae eval {quote(str(run_dir))} --weights best`" if cli
+             else f"eae.load({str(run_dir)!r}, weights='best')")
+    new_run = ("start a new run (another --out), e.g. with --overfit-action rollback_lower_step, N-FGSM or a "
+               "smaller step" if cli else "train a new run (another out), e.g. with overfit_action="
+               "'rollback_lower_step', method 'n_fgsm' or a smaller step")
+    return (f"the overfitting guard stopped it at epoch {event['epoch']} (catastrophic overfitting); its best "
+            f"epoch{f' ({best})' if isinstance(best, int) else ''} is in {BEST_WEIGHTS}: {score} scores it; "
+            f"to train further, {new_run}")
+
+
 def _unfinished_hint(run_dir: Path, weights: str, cli: bool, epochs: int = 0) -> str:
     """What a run without those weights has instead, said as it is (no promise of a file
     that is not there), in the words of the command line or of the Python API."""
@@ -344,6 +378,9 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool, epochs: int = 0) ->
     if weights == "final" and has_ckpt:
         go_on = (f"`eae train --out={quote(str(run_dir))} --resume`" if cli
                  else f"eae.train(config, resume=True) with out={str(run_dir)!r}")
+        stop = guard_stop(run_dir)
+        if stop and has_best:  # a resume would only repeat the stop
+            return f": training did not finish: {guard_stop_text(run_dir, stop, cli)}"
         if epochs and _epochs_done(run_dir) >= epochs:  # finished: the file was moved or deleted since
             return f": the run finished all {epochs} epochs, but its final weights were moved or deleted; {go_on} " \
                    f"writes them again from {CHECKPOINT}"

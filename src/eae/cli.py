@@ -72,13 +72,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
         cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
     except ConfigError as e:  # a field the preset set, not a flag: the user must know where to look
-        named = [f for f in preset - set(vars(args)) if re.search(rf"(^|: |; ){f} ", str(e))]
+        named = [f for f in preset - set(vars(args)) if re.search(_named_at(f), str(e))]
         if named:
             where = f" ({', '.join(sorted(named))} set in {args.config})"
             e.args, e.cli = (f"{e.args[0]}{where}",) + e.args[1:], f"{e.cli}{where}"
         raise
     args.resolved_out = cfg.out  # what a resume hint must name (a preset may set it)
     return cfg
+
+
+def _named_at(field: str) -> str:
+    """Where a message names ``field``: a name with an underscore anywhere it stands as a word
+    ("give val_every below 5"); a plain word (out, eps, norm) only where a clause begins, as
+    English uses it too ("out of range")."""
+    return rf"(?<![\w-]){field}(?![\w-])" if "_" in field else rf"(^|: |; ){field} "
 
 
 def resume_config(given: dict[str, Any]) -> TrainConfig:
@@ -697,6 +704,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _budget_seconds(text: str) -> float:
+    """headline's wall-clock budget: from a second to a week (what a plan can be printed against)."""
+    from .bench.headline import MAX_BUDGET_S
+
+    v = _positive_float(text)
+    if not 1 <= v <= MAX_BUDGET_S:
+        raise argparse.ArgumentTypeError(f"seconds in 1..{MAX_BUDGET_S:,} (a week), got {text}")
+    return v
+
+
 def _eps(text: str) -> float:
     """ε as train reads it: a float or a fraction (its range is checked with the norm)."""
     try:
@@ -837,9 +854,9 @@ def _bench_parser(sub) -> None:
                    help="torch.compile every network for training (the first epoch carries the compilation)")
     b.add_argument("--train-only", action="store_true",
                    help="train the entries and stop; a later call without it evaluates them")
-    b.add_argument("--budget", type=_positive_float, default=None,
-                   help="headline: wall-clock seconds for the whole command; parts that would not fit are "
-                        "skipped with a note, most valuable first (default: 510)")
+    b.add_argument("--budget", type=_budget_seconds, default=None,
+                   help="headline: wall-clock seconds for the whole command (1 to a week); parts that would not "
+                        "fit are skipped with a note, most valuable first (default: 510)")
     b.add_argument("--tiny", action="store_true",
                    help="headline: the same path on a small network and a CIFAR-10 slice (CPU, minutes)")
     b.add_argument("--dry-run", action="store_true", help="headline: print the plan (parts, planned seconds) and exit")

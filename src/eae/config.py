@@ -271,6 +271,9 @@ class TrainConfig:
         if wrong:
             raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
         object.__setattr__(self, "out", home_path(self.out))  # a preset's "~/runs/x": what a shell would make of it
+        for f in dataclasses.fields(self):  # -0.0 is 0 (recorded and printed as "-0" otherwise)
+            if isinstance(getattr(self, f.name), float) and getattr(self, f.name) == 0:
+                object.__setattr__(self, f.name, 0.0)
         object.__setattr__(self, "_recorded", _RECORDED.get())  # (not a field: neither compared nor saved)
         derived = self._resolve_defaults()
         side = {"synthetic": self.synthetic_image_size, "imagefolder": self.image_size}.get(

@@ -34,7 +34,7 @@ from ..config import TrainConfig, own_settings
 from ..data import DeviceLoader, load_test_set
 from ..evaluation import evaluate
 from ..trainer import train
-from ..errors import OutputRefused
+from ..errors import ConfigError, OutputRefused
 from ..outputs import OutputFolder, check_folder
 from ..utils import atomic_write_json, device_name, resolve_device
 from .runner import provenance
@@ -48,6 +48,7 @@ SPEED_METHODS = ("standard", "fgsm_rs", "n_fgsm", "eae", "eae_paper", "free", "p
 # Planning figures (H100, PreActResNet-18, batch 512, bf16, channels_last; the project's
 # measurements and the reference AutoAttack's time, see benchmarks/README.md): they size
 # the parts before anything is measured; measured times replace them as the run goes.
+MAX_BUDGET_S = 7 * 24 * 3600  # a week: the longest wall-clock budget a plan is printed against
 PLAN_STANDARD_EPOCH_S = 0.91
 PLAN_COST = {"standard": 1.0, "eae_paper": 1.05, "fgsm_rs": 2.0, "n_fgsm": 2.0, "eae": 2.1, "free": 1.1,
              "pgd": 9.3}
@@ -315,8 +316,11 @@ def run_headline(out: str | Path, *, budget: float | None = 510.0, tiny: bool = 
                             "another out", cli=f"{out} exists and is not empty: the headline writes into a new "
                                                 "folder; choose another --out")
     check_folder(out, "headline")  # a file, a dangling link
-    if budget is not None and not (budget > 0 and math.isfinite(budget)):
-        raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 1 <= budget <= MAX_BUDGET_S):
+        raise ConfigError(f"budget must be seconds in 1..{MAX_BUDGET_S:,} (a week), got {budget!r}",
+                          cli=f"--budget must be seconds in 1..{MAX_BUDGET_S:,} (a week), got {budget!r}",
+                          field="budget")
     # cuBLAS reads its workspace setting when its first handle is made: set it before any
     # CUDA work, or the smoke's bit-exact resume check could fail for want of it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -95,10 +95,14 @@ def class_count(n_classes: int, attacks: list[Attack]) -> list[Check]:
     an error where a loss cannot be formed, a note where fewer targets are run."""
     dlr = [a for a in attacks if isinstance(a, APGD) and a.loss == "dlr"]
     targeted = [a for a in attacks if isinstance(a, (APGDT, FABT))]
+    fix = "run other attacks, e.g. ['apgd-ce', 'fab-t', 'square'] (a suite that holds it cannot run)"
+    cli = "give --attacks without it, e.g. --attacks apgd-ce,fab-t,square (a suite that holds it cannot run)"
     if dlr and n_classes < 3:
-        raise ModelError(f"the DLR loss (apgd-dlr) needs at least 3 classes; the model has {n_classes}")
+        what = f"the DLR loss (apgd-dlr) needs at least 3 classes; the model has {n_classes}: "
+        raise ModelError(what + fix, cli=what + cli)
     if any(isinstance(a, APGDT) for a in attacks) and n_classes < 4:
-        raise ModelError(f"the targeted DLR loss (apgd-t) needs at least 4 classes; the model has {n_classes}")
+        what = f"the targeted DLR loss (apgd-t) needs at least 4 classes; the model has {n_classes}: "
+        raise ModelError(what + fix, cli=what + cli)
     return [("ok", f"{a.name} {fewer_targets(n_classes, a)}") for a in targeted if fewer_targets(n_classes, a)]
 
 

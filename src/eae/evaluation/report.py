@@ -11,6 +11,7 @@ from ..utils import row_key
 
 def fmt_eps(eps: float, norm: str = "linf") -> str:
     """8/255 for an L-inf radius that is a whole number of grey levels; else the number."""
+    eps = eps + 0.0  # -0.0 is 0
     if norm == "l2":
         return f"{eps:.6g}"
     k = eps * 255
@@ -55,6 +56,8 @@ class Report:
     notes: list[tuple[str, str]] = field(default_factory=list, repr=False)  # (level, text) for the verdict
 
     def __post_init__(self) -> None:
+        if isinstance(self.eps, float) and self.eps == 0:
+            self.eps = 0.0  # -0.0 is 0 (else recorded and printed as "-0")
         self.check()
 
     def check(self) -> None:

@@ -35,8 +35,8 @@ import torch
 from .. import __version__
 from .. import distributed as dist
 from ..checkpoint import (BEST_CHECKPOINT, BEST_WEIGHTS, CHECKPOINT, CONFIG, DATASET, EVENTS, METRICS,
-                          WEIGHTS, CheckpointError, RunLock, RunLocked, load_checkpoint, not_a_file,
-                          read_config, save_checkpoint, save_weights)
+                          WEIGHTS, CheckpointError, RunLock, RunLocked, guard_stop, guard_stop_text, load_checkpoint,
+                          not_a_file, read_config, save_checkpoint, save_weights)
 from ..config import TrainConfig
 from ..errors import ConfigError, OutputRefused, RunExists
 from ..outputs import OutputFolder, check_folder, open_nofollow
@@ -232,6 +232,10 @@ class RunFolder:
                                 "move it away, then run again")
         ckpt_path = self.path / CHECKPOINT
         if resume and ckpt_path.is_file():
+            stop = guard_stop(self.path)
+            if stop and (self.path / BEST_WEIGHTS).is_file():
+                raise RunExists(f"cannot resume {self.path}: {guard_stop_text(self.path, stop, cli=False)}",
+                                cli=f"cannot resume {self.path}: {guard_stop_text(self.path, stop, cli=True)}")
             return self._resumable(load_checkpoint(ckpt_path))
         results = [n for n in (CHECKPOINT, METRICS, WEIGHTS, BEST_WEIGHTS) if (self.path / n).exists()]
         if results and not resume:

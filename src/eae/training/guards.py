@@ -196,18 +196,32 @@ class OverfitGuard:
             return None
         if action == "stop":
             folder.event(row["epoch"], "catastrophic_overfitting", action="stop", **info)
-            tried = self.cfg.overfit_action == "rollback_lower_step" and self.rollbacks >= self.cfg.max_rollbacks
-            advice = (f"{self.rollbacks} rollbacks with a lower step did not prevent it: try N-FGSM, a smaller step "
-                      "or a higher --max-rollbacks" if tried else
-                      "try --overfit-action rollback_lower_step, N-FGSM or a smaller step")
-            raise TrainingStopped(f"{msg}: stopped. The best epoch ({folder.best['epoch']}) is in {BEST_WEIGHTS}; "
-                                  f"{advice}")
+            api, cli = self._stopped(msg, folder)
+            raise TrainingStopped(api, cli=cli)
         epoch = self._roll_back(action, run, folder, log)
         info.update(action=action, to_epoch=epoch, step_scale=run.method.step_scale, rollbacks=self.rollbacks)
         folder.event(row["epoch"], "catastrophic_overfitting", **info)
         log(f"warning: {msg}: rolled back to epoch {epoch}"
             + (f", attack step x{run.method.step_scale:g}" if action == "rollback_lower_step" else ""))
         return epoch
+
+    def _stopped(self, msg: str, folder) -> tuple[str, str]:
+        """The stop, in the words of the Python API and of the command line: where the best epoch
+        is, and that a new run (not a resume, which would repeat the stop) tries otherwise."""
+        from shlex import quote
+
+        tried = self.cfg.overfit_action == "rollback_lower_step" and self.rollbacks >= self.cfg.max_rollbacks
+        said = f"{msg}: stopped. The best epoch ({folder.best['epoch']}) is in {BEST_WEIGHTS}"
+        if tried:
+            api = cli = (f"; {self.rollbacks} rollbacks with a lower step did not prevent it: a new run (another "
+                         "out) can try N-FGSM, a smaller step or more rollbacks")
+            cli = cli.replace("another out", "another --out").replace("more rollbacks", "a higher --max-rollbacks")
+        else:
+            api = ("; a new run (another out) can try overfit_action='rollback_lower_step', N-FGSM or a smaller step")
+            cli = "; a new run (another --out) can try --overfit-action rollback_lower_step, N-FGSM or a smaller step"
+        where = quote(str(folder.path))
+        return (f"{said} (eae.load({str(folder.path)!r}, weights='best')){api}",
+                f"{said} (`eae eval {where} --weights best` scores it){cli}")
 
     def _action(self, row: dict[str, Any], folder) -> tuple[str, dict[str, Any]]:
         action = self.cfg.overfit_action
