@@ -1901,7 +1901,7 @@ def test_train_refuses_values_that_would_be_read_as_something_else(tmp_path, arg
 @pytest.mark.parametrize("toml,fragment", [
     ('out = "../escape"', "out = '../escape' in"),
     ("lr_max = nan", "invalid config: lr_max must be a finite number >= 0, got nan (lr_max set in "),
-    ("lr_milestones = [[1]]", "error: config field lr_milestones: not a number: [1]\n"),
+    ("lr_milestones = [[1]]", "error: config field lr_milestones: not a number: [1] (lr_milestones set in "),
 ])
 def test_preset_mistakes_are_named_once_and_as_the_presets(tmp_path, toml, fragment, capsys):
     preset = tmp_path / "p.toml"
