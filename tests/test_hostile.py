@@ -3503,9 +3503,103 @@ def test_a_field_a_preset_set_is_named_wherever_the_message_names_it(tmp_path, c
     assert rc == 2 and f"give val_every below 5, or leave overfit_action out (val_every set in {preset})" in text, text
     import re
 
-    from eae.cli import _named_at
+    from eae.config import _named_at
 
     # a plain word stands for a field only where a clause begins
     assert not re.search(_named_at("out"), "a count out of range: leave it out")
     assert re.search(_named_at("val_every"), "give val_every below 5")
     assert not re.search(_named_at("val_every"), "give val_every_x below 5")
+
+
+# --------------------------------------------------------------------------- trial 32
+def _images_of_a_user(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / c / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "tiny-imagenet"])
+def test_a_dataset_is_never_fetched_into_a_folder_of_the_users_images(tmp_path, name, capsys):
+    photos = _images_of_a_user(tmp_path / "photos")
+    before = _tree_hash(photos)
+    for where in (photos, photos / "train"):
+        rc, text = _call(["data", name, "--data-dir", str(where)], capsys)
+        assert rc == 2 and f"{where} holds images of your own (" in text and "give --data-dir an empty" in text, text
+    assert _tree_hash(photos) == before
+    # (cifar100 takes a folder holding `train` for its own folder, and refuses it as no CIFAR-100)
+    assert _call(["data", "cifar100", "--data-dir", str(photos)], capsys)[0] == 2 and _tree_hash(photos) == before
+
+
+def test_a_folder_of_other_datasets_is_not_taken_for_images_of_a_user(tmp_path):
+    from eae.data.cifar10 import refuse_user_images
+
+    (tmp_path / "mnist" / "raw").mkdir(parents=True)
+    (tmp_path / "mnist" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\0" * 16)
+    (tmp_path / ".thumbs").mkdir()
+    (tmp_path / ".thumbs" / "a.png").write_bytes(b"")  # hidden: not a dataset of theirs
+    refuse_user_images(tmp_path, "CIFAR-10", "cifar10")  # no error
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    with pytest.raises(Exception, match=r"holds images of your own \(photo.jpg\)"):
+        refuse_user_images(tmp_path, "CIFAR-10", "cifar10")
+
+
+GUARD = ["--val-attack-steps", "10", "--method", "fgsm_rs", "--epochs", "6", "--seed", "3", "--overfit-drop", "0.01"]
+
+
+def test_a_guard_stop_after_the_last_rollback_is_advised_otherwise_on_resume_and_eval(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, text = _call(["train", *SYN, *GUARD, "--overfit-action", "rollback_lower_step", "--out", str(out)], capsys)
+    assert rc == 4, text
+    for argv in (["train", "--out", str(out), "--resume"], ["eval", str(out), "--n", "8"]):
+        rc, text = _call(argv, capsys)
+        assert rc == 2 and "after its last rollback" in text and "a higher --max-rollbacks" in text, text
+        assert "--overfit-action rollback_lower_step" not in text, text
+
+
+def test_a_guard_stopped_run_stays_stopped_whatever_becomes_of_its_files(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", *SYN, *GUARD, "--overfit-action", "stop", "--out", str(out)]
+    assert _call(argv, capsys)[0] == 4
+    rc, text = _call(argv, capsys)  # the same command again, without --resume: not advised to resume
+    assert rc == 2 and f"{out} already holds a run: the overfitting guard stopped it" in text, text
+    assert "--resume" not in text
+    (out / "events.jsonl").unlink()  # the checkpoint says it too
+    rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "cannot resume" in text and "guard stopped it at epoch 2" in text, text
+    (out / "model_best.safetensors").unlink()
+    rc, text = _call(["train", "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "was in model_best.safetensors, which was moved or deleted" in text, text
+    assert "--weights best" not in text
+
+
+def test_the_speed_suite_refuses_what_it_would_not_use(tmp_path, capsys):
+    for extra, said in ((["--seeds", "3"], "--seeds 3: suite speed times one run of each method"),
+                        (["--train-only"], "--train-only: suite speed has nothing to evaluate")):
+        rc, text = _call(["bench", "speed", *extra, "--out", str(tmp_path / "b"), "--device", "cpu"], capsys)
+        assert rc == 2 and said in text and not (tmp_path / "b").exists(), text
+
+
+def test_a_resume_refusal_and_from_toml_name_the_presets_fields(tmp_path, capsys):
+    import eae
+
+    out = tmp_path / "z"
+    assert main(["train", *SYN, "--method", "fgsm_rs", "--epochs", "1", "--out", str(out)]) == 0
+    preset = tmp_path / "p.toml"
+    preset.write_text('method = "pgd"\n')
+    rc, text = _call(["train", "--config", str(preset), "--out", str(out), "--resume"], capsys)
+    assert rc == 2 and f"method 'fgsm_rs' -> 'pgd'" in text and f"(method set in {preset})" in text, text
+    preset.write_text('method = "fgsm_rs"\nepochs = 0\n')
+    with pytest.raises(eae.ConfigError, match=rf"epochs must be >= 1, got 0 \(epochs set in {re.escape(str(preset))}\)"):
+        eae.TrainConfig.from_toml(preset)
+
+
+def test_paths_and_negative_zeros_in_python():
+    import eae
+
+    cfg = eae.TrainConfig(out=Path("runs/x"), data_dir=Path("/data/cifar"), dataset="cifar10")
+    assert cfg.out == "runs/x" and cfg.data_dir == "/data/cifar" and cfg.to_dict()["out"] == "runs/x"
+    assert repr(eae.build_attack("pgd5", eps=-0.0)).startswith("PGD(eps=0, steps=5, alpha=0,")

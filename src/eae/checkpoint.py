@@ -350,18 +350,28 @@ def guard_stop(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def guard_stop_text(run_dir: Path, event: dict[str, Any], cli: bool) -> str:
-    """Where a run the guard stopped stands, and what a user does next (not a resume)."""
+    """Where a run the guard stopped stands, and what a user does next (a new run, not a resume)."""
     from shlex import quote
 
     best = event.get("best_epoch")
-    score = (f"`eae eval {quote(str(run_dir))} --weights best`" if cli
-             else f"eae.load({str(run_dir)!r}, weights='best')")
-    new_run = ("start a new run (another --out), e.g. with --overfit-action rollback_lower_step, N-FGSM or a "
-               "smaller step" if cli else "train a new run (another out), e.g. with overfit_action="
-               "'rollback_lower_step', method 'n_fgsm' or a smaller step")
-    return (f"the overfitting guard stopped it at epoch {event['epoch']} (catastrophic overfitting); its best "
-            f"epoch{f' ({best})' if isinstance(best, int) else ''} is in {BEST_WEIGHTS}: {score} scores it; "
-            f"to train further, {new_run}")
+    best = f"its best epoch{f' ({best})' if isinstance(best, int) and not isinstance(best, bool) else ''}"
+    if (run_dir / BEST_WEIGHTS).is_file():
+        score = (f"`eae eval {quote(str(run_dir))} --weights best`" if cli
+                 else f"eae.load({str(run_dir)!r}, weights='best')")
+        best += f" is in {BEST_WEIGHTS}: {score} scores it"
+    else:
+        best += f" was in {BEST_WEIGHTS}, which was moved or deleted: put it back to score it"
+    spent = "max_rollbacks" in str(event.get("note", ""))  # rolling back with a lower step did not prevent it
+    if cli:
+        tries = ("N-FGSM, a smaller step or a higher --max-rollbacks" if spent
+                 else "--overfit-action rollback_lower_step, N-FGSM or a smaller step")
+        new_run = f"start a new run (another --out), e.g. with {tries}"
+    else:
+        tries = ("method='n_fgsm', a smaller step or a higher max_rollbacks" if spent
+                 else "overfit_action='rollback_lower_step', method='n_fgsm' or a smaller step")
+        new_run = f"train a new run (another out), e.g. with {tries}"
+    return (f"the overfitting guard stopped it at epoch {event.get('epoch')} (catastrophic overfitting"
+            f"{', after its last rollback' if spent else ''}); {best}; to train further, {new_run}")
 
 
 def _unfinished_hint(run_dir: Path, weights: str, cli: bool, epochs: int = 0) -> str:
@@ -379,7 +389,7 @@ def _unfinished_hint(run_dir: Path, weights: str, cli: bool, epochs: int = 0) ->
         go_on = (f"`eae train --out={quote(str(run_dir))} --resume`" if cli
                  else f"eae.train(config, resume=True) with out={str(run_dir)!r}")
         stop = guard_stop(run_dir)
-        if stop and has_best:  # a resume would only repeat the stop
+        if stop:  # a resume would only repeat the stop (and is refused)
             return f": training did not finish: {guard_stop_text(run_dir, stop, cli)}"
         if epochs and _epochs_done(run_dir) >= epochs:  # finished: the file was moved or deleted since
             return f": the run finished all {epochs} epochs, but its final weights were moved or deleted; {go_on} " \

@@ -20,7 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import MAX_INT, MAX_SEED, METHOD_DEFAULTS, TrainConfig, coerce, home_path, load_toml, parse_float
+from .config import (MAX_INT, MAX_SEED, METHOD_DEFAULTS, TrainConfig, coerce, home_path, load_toml,
+                     name_preset_fields, parse_float)
 from .errors import ConfigError
 from .evaluation.report import fmt_eps
 from .evaluation.suites import SUITES as _SUITES
@@ -72,20 +73,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
         cfg = resume_config(values) if getattr(args, "resume", False) else TrainConfig.from_dict(values)
     except ConfigError as e:  # a field the preset set, not a flag: the user must know where to look
-        named = [f for f in preset - set(vars(args)) if re.search(_named_at(f), str(e))]
-        if named:
-            where = f" ({', '.join(sorted(named))} set in {args.config})"
-            e.args, e.cli = (f"{e.args[0]}{where}",) + e.args[1:], f"{e.cli}{where}"
+        name_preset_fields(e, preset - set(vars(args)), args.config)
         raise
     args.resolved_out = cfg.out  # what a resume hint must name (a preset may set it)
     return cfg
-
-
-def _named_at(field: str) -> str:
-    """Where a message names ``field``: a name with an underscore anywhere it stands as a word
-    ("give val_every below 5"); a plain word (out, eps, norm) only where a clause begins, as
-    English uses it too ("out of range")."""
-    return rf"(?<![\w-]){field}(?![\w-])" if "_" in field else rf"(^|: |; ){field} "
 
 
 def resume_config(given: dict[str, Any]) -> TrainConfig:
@@ -123,10 +114,10 @@ def resume_config(given: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig.from_dict({**saved.to_dict(), **given}, strict=False)
     diff = saved.differences(cfg)
     if diff:
-        raise ValueError(f"--resume continues {out} as it was configured; these would change it: "
-                         + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                         + f". Only {', '.join(PLACEMENT_FIELDS)} may differ; start a new run (another --out) "
-                           "for other settings")
+        raise ConfigError(f"--resume continues {out} as it was configured; these would change it: "
+                          + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                          + f". Only {', '.join(PLACEMENT_FIELDS)} may differ; start a new run (another --out) "
+                            "for other settings", field=next(iter(diff)))
     return cfg
 
 

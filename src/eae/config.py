@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -267,6 +267,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Fill in what the method and the norm decide, then check every field: all that is wrong
         is said at once, one clause a field, the first field in `.field`."""
+        for name in ("out", "data_dir"):  # a pathlib.Path is a path as much as a string (recorded as text)
+            if isinstance(getattr(self, name), os.PathLike) and isinstance(os.fspath(getattr(self, name)), str):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         wrong = _type_errors(self)  # first: the range checks below assume the types
         if wrong:
             raise ConfigError("invalid config: " + "; ".join(wrong), field=wrong[0].split()[0])
@@ -644,7 +647,12 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        return cls.from_dict({**load_toml(path), **overrides})
+        preset = load_toml(path)
+        try:
+            return cls.from_dict({**preset, **overrides})
+        except ConfigError as e:  # a field the file set: the user must know where to look
+            name_preset_fields(e, set(preset) - set(overrides), path)
+            raise
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``. When the method changes, a by-method field still at the old
@@ -785,6 +793,21 @@ def l2_diameter_errors(eps: Any, norm: str, shape: tuple[int, ...]) -> list[str]
         return [f"eps {eps:g} for l2 is beyond the largest L2 distance between two {tuple(shape)} images in "
                 f"[0, 1] ({diameter:.1f}); eps is in pixel units of images in [0, 1] ({EPS_HELP})"]
     return []
+
+
+def _named_at(field: str) -> str:
+    """Where a message names ``field``: a name with an underscore anywhere it stands as a word
+    ("give val_every below 5"); a plain word (out, eps, norm) only where a clause begins, as
+    English uses it too ("out of range")."""
+    return rf"(?<![\w-]){field}(?![\w-])" if "_" in field else rf"(^|: |; ){field} "
+
+
+def name_preset_fields(e: ConfigError, fields: Iterable[str], path: Any) -> None:
+    """Add "(FIELDS set in PATH)" to an error that names fields a preset file set."""
+    named = [f for f in fields if re.search(_named_at(f), str(e))]
+    if named:
+        where = f" ({', '.join(sorted(named))} set in {path})"
+        e.args, e.cli = (f"{e.args[0]}{where}",) + e.args[1:], f"{e.cli}{where}"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def check_settings(attack: str, eps: object, norm: str, counts: dict[str, object
         if not (ok and low < value <= high):
             where = f"in ({low:g}, {high:g}]" if math.isfinite(high) else f"> {low:g}"
             raise ConfigError(f"{attack}: {name} must be a finite number {where}, got {value!r}", field=name)
-    return float(eps)
+    return float(eps) + 0.0  # (-0.0 is 0)
 
 
 def loss_named(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

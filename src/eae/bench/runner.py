@@ -209,8 +209,8 @@ def timing_of(metrics: list[dict[str, Any]], device) -> dict[str, Any]:
             "max_load": max(loads) if loads else None, "threads": rows[-1]["threads"]}
 
 
-def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: str | None, quiet: bool, log
-                ) -> list[dict[str, Any]]:
+def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: str | None, quiet: bool, log,
+                compile: bool = False) -> list[dict[str, Any]]:
     rows = []
     for entry in suite.entries:
         done = out / "speed" / entry.name / "speed.json"
@@ -222,13 +222,14 @@ def _speed_rows(suite: BenchSuite, entries, out: Path, device: str, data_dir: st
         probe = _config(suite, entry, 0, out / "speed" / entry.name, device, data_dir)
         m = _replays(probe)
         passes = suite.speed_epochs
-        cfg = probe.replace(epochs=passes * m, val_every=passes, val_attack_steps=0)
+        cfg = probe.replace(epochs=passes * m, val_every=passes, val_attack_steps=0, compile=compile)
         log(f"[speed] {entry.name}: {passes} passes")
         res = train(cfg, resume=True, quiet=quiet)  # starts afresh when there is nothing to resume
         secs = [r["seconds"] for r in res.metrics]
         per_pass = statistics.median(secs[1:] or secs)  # the first pass carries the warm-up
         row = {"entry": entry.name, "method": cfg.method, "replays": m, "seconds_per_pass": per_pass,
-               "seconds_per_epoch": per_pass / m, "passes_timed": len(secs[1:] or secs), "all_pass_seconds": secs}
+               "seconds_per_epoch": per_pass / m, "passes_timed": len(secs[1:] or secs), "all_pass_seconds": secs,
+               "compile": cfg.compile}
         atomic_write_json(done, sealed(row))
         rows.append(row)
     base = next((r["seconds_per_epoch"] for r in rows if r["entry"] == "standard"), None)
@@ -271,6 +272,11 @@ def run_bench(suite_name: str, out: str | Path, *, seeds: int = 1, resume: bool 
                                                                                     and 0 < budget_k <= 1000):
         raise ConfigError(f"budget_k must be a number in (0, 1000], got {budget_k!r}",
                           cli=f"--budget-k must be a number in (0, 1000], got {budget_k!r}", field="budget_k")
+    if suite.kind == "speed" and (seeds != 1 or train_only):  # recorded, they would never act
+        name, flag = ("seeds", f"--seeds {seeds}") if seeds != 1 else ("train_only", "--train-only")
+        why = "times one run of each method (no seeds)" if seeds != 1 else "has nothing to evaluate after training"
+        raise ConfigError(f"{name}: suite speed {why}; leave it out", cli=f"{flag}: suite speed {why}; leave it out",
+                          field=name)
     selected = _selected_entries(suite, only)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     out = Path(out)
@@ -345,9 +351,9 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
     speed = None
     rows: list[dict[str, Any]] = []
     if suite.kind == "speed":
-        speed = _speed_rows(suite, selected, out, device, data_dir, quiet, log)
+        speed = _speed_rows(suite, selected, out, device, data_dir, quiet, log, compile)
     elif suite.kind == "budget":  # the budget needs every method's speed
-        speed = _speed_rows(suite, suite.entries, out, device, data_dir, quiet, log)
+        speed = _speed_rows(suite, suite.entries, out, device, data_dir, quiet, log, compile)
     epochs = budget_epochs(speed, budget_k, suite.base["epochs"]) if suite.kind == "budget" else {}
     if suite.kind in ("accuracy", "budget"):
         _same_copy(suite, out, device, data_dir)

@@ -253,6 +253,46 @@ def _read_classes(folder: Path) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- fetch
+def _first_image(folder: str, depth: int, budget: list[int]) -> str | None:
+    """An image file within ``depth`` levels of ``folder`` (its path from there), looking at a
+    bounded number of entries (``budget``, shared): a dataset folder shows itself quickly."""
+    from .imagefolder import _IMAGE_NAMES
+
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return None
+    for e in entries:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        if e.name.startswith("."):
+            continue
+        if e.is_file() and e.name.lower().endswith(_IMAGE_NAMES):
+            return e.name
+        if depth and e.is_dir(follow_symlinks=False):
+            inner = _first_image(e.path, depth - 1, budget)
+            if inner:
+                return f"{e.name}/{inner}"
+    return None
+
+
+def refuse_user_images(root: Path, what: str, name: str) -> None:
+    """A dataset is fetched into ``root/FOLDER``: never into a folder that holds the user's own
+    images (an image folder dataset, CLASS/img.png or train/CLASS/img.png), where it would become
+    one more class of theirs."""
+    if not root.is_dir():
+        return
+    image = _first_image(str(root), 2, [5_000])
+    if image:
+        fix = "an empty or new folder of its own, or leave it out (the default cache)"
+        raise DatasetError(f"{root} holds images of your own ({image}): {what} is not there and would be fetched "
+                           f"into it, among them; give data_dir {fix}",
+                           cli=f"{root} holds images of your own ({image}): {what} is not there and would be fetched "
+                               f"into it, among them; give --data-dir {fix} (`eae data {name} --data-dir NEW` "
+                               f"fetches it there)")
+
+
 def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = True,
                     log=print) -> Path:
     """Find CIFAR-10 (downloading or converting it if absent), verify it, return its folder."""
@@ -270,6 +310,7 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool
     target = root / FOLDER
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but holds no {TRAIN_FILES[0]}: remove or complete it")
+    refuse_user_images(root, "CIFAR-10", "cifar10")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".eae-cifar10-", dir=root) as tmp:
         staging = Path(tmp) / FOLDER

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cifar10 import DatasetError, candidate_roots
+from .cifar10 import DatasetError, candidate_roots, refuse_user_images
 
 UNVERIFIED_FLAG = "--unverified-data"
 
@@ -140,7 +140,7 @@ def download(url: str, dest: Path, md5: str, log=print) -> None:
         raise DatasetError(f"{url}: MD5 {h.hexdigest()} is not the published {md5} (a broken download?)")
 
 
-def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=print) -> Path:
+def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=print, name: str = "") -> Path:
     """Make ``ROOT/folder`` with ``fill(staging)`` (which downloads and checks the official
     files) in the first place the dataset is looked for; nothing is left half-made, and the
     folders made for it are removed again when it fails."""
@@ -151,6 +151,7 @@ def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=pr
                            "or put the official files into the folder it points to")
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but does not hold {what}: remove or complete it")
+    refuse_user_images(root, what, name or what.lower())
     searched = searched_text(data_dir, folder)
     log(f"{what} not found (looked in: {searched}); fetching it from the official source")
     made = make_dirs(root)
@@ -213,7 +214,7 @@ def locate(data_dir, folder: str, marker: str, what: str, fill: Callable[[Path],
     if not download:
         raise DatasetError(f"{what} not found: no {folder}/{marker} in {searched_text(data_dir, folder)}; "
                            + fetch_advice(data_dir, folder, name))
-    return fetch(data_dir, folder, what, fill)
+    return fetch(data_dir, folder, what, fill, name=name)
 
 
 def copy_member(src, dest: Path) -> None:

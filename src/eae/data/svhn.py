@@ -73,4 +73,4 @@ def locate_svhn(data_dir=None, *, extra: bool = False, download: bool = True) ->
     def fill(staging: Path) -> None:
         for n in names:
             official.download(URL.format(n), staging / n, FILE_MD5[n])
-    return official.fetch(data_dir, FOLDER, "SVHN", fill)
+    return official.fetch(data_dir, FOLDER, "SVHN", fill, name="svhn")

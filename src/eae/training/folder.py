@@ -232,12 +232,17 @@ class RunFolder:
                                 "move it away, then run again")
         ckpt_path = self.path / CHECKPOINT
         if resume and ckpt_path.is_file():
-            stop = guard_stop(self.path)
-            if stop and (self.path / BEST_WEIGHTS).is_file():
+            ckpt = load_checkpoint(ckpt_path)
+            stop = ckpt.get("stopped") or guard_stop(self.path)  # (the checkpoint's: events.jsonl may be edited)
+            if isinstance(stop, dict):  # a resume would retrain into the same stop
                 raise RunExists(f"cannot resume {self.path}: {guard_stop_text(self.path, stop, cli=False)}",
                                 cli=f"cannot resume {self.path}: {guard_stop_text(self.path, stop, cli=True)}")
-            return self._resumable(load_checkpoint(ckpt_path))
+            return self._resumable(ckpt)
         results = [n for n in (CHECKPOINT, METRICS, WEIGHTS, BEST_WEIGHTS) if (self.path / n).exists()]
+        stop = guard_stop(self.path) if results and not resume else None
+        if stop:
+            raise RunExists(f"{self.path} already holds a run: {guard_stop_text(self.path, stop, cli=False)}",
+                            cli=f"{self.path} already holds a run: {guard_stop_text(self.path, stop, cli=True)}")
         if results and not resume:
             held = f"{self.path} already holds a run ({', '.join(results)})"
             if CHECKPOINT not in results:
@@ -376,6 +381,15 @@ class RunFolder:
         if saved:
             self.saved_epoch = epoch
         return saved
+
+    def mark_stopped(self, event: dict[str, Any]) -> None:
+        """The overfitting guard's stop, kept in checkpoint.pt as well as in events.jsonl: a resume
+        is refused even when events.jsonl was edited or removed."""
+        path = self.path / CHECKPOINT
+        if self.main and path.is_file():
+            state = load_checkpoint(path)
+            state["stopped"] = event
+            self._save(path, lambda: self.write_checkpoint(path, state), self.saved_epoch or 0, "the checkpoint")
 
     def recovery(self) -> str:
         """Where the run can continue from, in words."""

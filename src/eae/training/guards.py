@@ -196,6 +196,7 @@ class OverfitGuard:
             return None
         if action == "stop":
             folder.event(row["epoch"], "catastrophic_overfitting", action="stop", **info)
+            folder.mark_stopped({"epoch": row["epoch"], "event": "catastrophic_overfitting", "action": "stop", **info})
             api, cli = self._stopped(msg, folder)
             raise TrainingStopped(api, cli=cli)
         epoch = self._roll_back(action, run, folder, log)
@@ -212,6 +213,8 @@ class OverfitGuard:
 
         tried = self.cfg.overfit_action == "rollback_lower_step" and self.rollbacks >= self.cfg.max_rollbacks
         said = f"{msg}: stopped. The best epoch ({folder.best['epoch']}) is in {BEST_WEIGHTS}"
+        if not (folder.path / BEST_WEIGHTS).is_file():  # moved, or never written (a full disk)
+            said = f"{msg}: stopped. The best epoch ({folder.best['epoch']}) has no {BEST_WEIGHTS} (moved or deleted)"
         if tried:
             api = cli = (f"; {self.rollbacks} rollbacks with a lower step did not prevent it: a new run (another "
                          "out) can try N-FGSM, a smaller step or more rollbacks")
@@ -219,6 +222,8 @@ class OverfitGuard:
         else:
             api = ("; a new run (another out) can try overfit_action='rollback_lower_step', N-FGSM or a smaller step")
             cli = "; a new run (another --out) can try --overfit-action rollback_lower_step, N-FGSM or a smaller step"
+        if not (folder.path / BEST_WEIGHTS).is_file():
+            return said + api, said + cli
         where = quote(str(folder.path))
         return (f"{said} (eae.load({str(folder.path)!r}, weights='best')){api}",
                 f"{said} (`eae eval {where} --weights best` scores it){cli}")
