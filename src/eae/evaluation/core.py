@@ -208,8 +208,9 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         s = custom_suite(list(named))
         return s, [(k, _Checked(a, k, eps, norm), STANDALONE) for k, a in named.items()]
     if attacks is not None:
-        attacks = list(attacks)  # (a generator is read once)
-        if sum(isinstance(a, str) and a.strip().lower() == "clean" for a in attacks) > 1:
+        # (a generator is read once); a spec as build_attack reads it: "Clean", "pgd5 " are clean, pgd5
+        attacks = [a.strip().lower() if isinstance(a, str) else a for a in attacks]
+        if sum(a == "clean" for a in attacks) > 1:
             raise ConfigError("attacks: clean is given twice (every report has one clean row)", field="attacks")
         s = custom_suite(attacks)
     else:

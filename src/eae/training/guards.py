@@ -225,7 +225,7 @@ class OverfitGuard:
         if not (folder.path / BEST_WEIGHTS).is_file():
             return said + api, said + cli
         where = quote(str(folder.path))
-        return (f"{said} (eae.load({str(folder.path)!r}, weights='best')){api}",
+        return (f"{said} (eae.evaluate(eae.load({str(folder.path)!r}, weights='best'), ...) scores it){api}",
                 f"{said} (`eae eval {where} --weights best` scores it){cli}")
 
     def _action(self, row: dict[str, Any], folder) -> tuple[str, dict[str, Any]]:
