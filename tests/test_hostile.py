@@ -3523,40 +3523,40 @@ def _images_of_a_user(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "tiny-imagenet"])
-def test_a_dataset_is_never_fetched_into_a_folder_of_the_users_images(tmp_path, name, capsys):
+def test_a_dataset_is_never_fetched_into_a_folder_of_the_users(tmp_path, name, capsys):
     photos = _images_of_a_user(tmp_path / "photos")
     before = _tree_hash(photos)
-    # its split folder (whose subfolders are its classes), the classes linked in, or nested deeper
+    # the dataset's root, its split folder, the classes linked in or nested deeper, a loop of links beside them
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "cat").symlink_to(photos / "train" / "cat")
+    (linked / "zz").symlink_to("zz")
     deep = tmp_path / "deep" / "cat" / "2023" / "jan"
     deep.mkdir(parents=True)
     (deep / "0.png").write_bytes((photos / "train" / "cat" / "0.png").read_bytes())
-    for where, image in ((photos / "train", "cat/0.png"), (linked, "cat/0.png"), (tmp_path / "deep", "cat/2023/jan/0.png")):
+    for where, held in ((photos, "train, val"), (photos / "train", "cat, dog"), (photos / "train" / "cat", "0.png"),
+                        (linked, "cat, zz"), (tmp_path / "deep", "cat")):
         rc, text = _call(["data", name, "--data-dir", str(where)], capsys)
-        assert rc == 2 and f"{where} holds images of your own ({image})" in text, text
-        assert "give --data-dir an empty" in text and not (where / "cifar-10-batches-py").exists(), text
+        assert rc == 2 and f"{where} holds files of yours ({held}):" in text, text
+        assert "eae fetches a dataset only into a folder of its own" in text, text
+        assert f"`eae data {name} --data-dir NEW` fetches it there" in text and not list(where.glob(".eae-*")), text
+        rc, text = _call(["data", name, "--data-dir", str(where), "--no-download"], capsys)
+        assert rc == 2 and f"`eae data {name} --data-dir NEW` fetches it into a new folder" in text, text
     assert _tree_hash(photos) == before
 
 
-def test_a_folder_of_other_datasets_is_not_taken_for_images_of_a_user(tmp_path):
-    from eae.data.cifar10 import refuse_user_images
+def test_a_folder_of_eaes_datasets_or_the_default_cache_is_eaes_own(tmp_path, monkeypatch, capsys):
+    from eae.data.cifar10 import foreign_entries
 
-    (tmp_path / "mnist" / "raw").mkdir(parents=True)
-    (tmp_path / "mnist" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\0" * 16)
-    (tmp_path / ".thumbs").mkdir()
-    (tmp_path / ".thumbs" / "a.png").write_bytes(b"")  # hidden: not a dataset of theirs
-    refuse_user_images(tmp_path, "CIFAR-10", "cifar10")  # no error
-    (tmp_path / "README.png").write_bytes(b"")  # at the top: in no class
-    (tmp_path / "imagenet" / "train" / "n01").mkdir(parents=True)  # a dataset of its own: its classes are deeper
-    (tmp_path / "imagenet" / "train" / "n01" / "a.JPEG").write_bytes(b"")
-    refuse_user_images(tmp_path, "CIFAR-10", "cifar10")  # no error
-    refuse_user_images(tmp_path / "imagenet", "CIFAR-10", "cifar10")  # a dataset's root: its loader reads train/, val/
-    (tmp_path / "mine" / "cat").mkdir(parents=True)
-    (tmp_path / "mine" / "cat" / "photo.jpg").write_bytes(b"")
-    with pytest.raises(Exception, match=r"holds images of your own \(mine/cat/photo.jpg\)"):
-        refuse_user_images(tmp_path, "CIFAR-10", "cifar10")
+    for own in ("cifar-100-python", "svhn", "tiny-imagenet-200", ".DS_Store"):
+        (tmp_path / own).mkdir()
+    assert foreign_entries(tmp_path, "--data-dir") == [] and foreign_entries(tmp_path / "new", "--data-dir") == []
+    (tmp_path / "pets" / "cat").mkdir(parents=True)
+    assert foreign_entries(tmp_path, "--data-dir") == ["pets"]
+    assert foreign_entries(tmp_path, "user cache") == []  # the default cache is eae's own folder
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path))
+    rc, text = _call(["data", "svhn"], capsys)
+    assert rc == 2 and "set $EAE_DATA_DIR to a new folder (or unset it: the default cache)" in text, text
 
 
 GUARD = ["--val-attack-steps", "10", "--method", "fgsm_rs", "--epochs", "6", "--seed", "3", "--overfit-drop", "0.01"]
@@ -3695,3 +3695,61 @@ def test_a_fetch_interrupted_removes_the_folders_it_made(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         c10.prepare_cifar10(tmp_path / "new" / "data", log=lambda *a: None)
     assert not (tmp_path / "new").exists()
+
+
+# --------------------------------------------------------------------------- trial 34
+def test_grey_images_are_refused_whichever_constant_has_three_channels():
+    import eae
+
+    model = eae.create_model("resnet_small", num_classes=10, mean=(0.5,), std=(0.2, 0.3, 0.4)).eval()
+    with pytest.raises(eae.ModelError, match="takes 3-channel images"):
+        evaluate(model, torch.rand(8, 1, 16, 16), torch.zeros(8, dtype=torch.long), ["clean", "pgd2"],
+                 diagnostics="off")
+
+
+def test_specs_in_python_are_named_as_typed_and_folded_as_the_command_line_folds_them():
+    import eae
+
+    model = eae.create_model("resnet_small", num_classes=10).eval()
+    x, y = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(eae.ConfigError, match=r"attacks 'PGD2' and 'pgd2' are one attack \(pgd2\): give it once"):
+        evaluate(model, x, y, ["PGD2", "pgd2"], diagnostics="off")
+    r = evaluate(model, x, y, ["pgd\uff12"], diagnostics="off")  # a full-width digit
+    assert list(r.per_attack) == ["pgd2"] and r.label == "custom (pgd2)"
+
+
+def _two_class_folder(root: Path, empty: str | None = None) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(root / split / c / f"{i}.png")
+    if empty:
+        (root / "train" / empty).mkdir()
+    return root
+
+
+IMAGEFOLDER = ["--device", "cpu", "--dataset", "imagefolder", "--image-size", "16", "--arch", "resnet_small",
+               "--epochs", "1", "--batch-size", "4", "--val-size", "0", "--quiet"]
+
+
+def test_a_run_that_left_an_empty_class_out_is_evaluated_on_its_classes(tmp_path, capsys):
+    data = _two_class_folder(tmp_path / "d", empty="c")
+    out = tmp_path / "r"
+    rc, text = _call(["train", *IMAGEFOLDER, "--data-dir", str(data), "--bad-images", "skip", "--out", str(out)],
+                     capsys)
+    assert rc == 0, text
+    rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 0 and "8 test images" in text, text
+
+
+def test_workers_beyond_the_cores_are_said_and_an_old_runs_unchecked_classes_too(tmp_path, capsys):
+    data = _two_class_folder(tmp_path / "d")
+    out = tmp_path / "r"
+    rc, text = _call(["train", *IMAGEFOLDER, "--data-dir", str(data), "--workers", "256", "--out", str(out)], capsys)
+    assert rc == 0 and "note: --workers 256: this process may use" in text, text
+    (out / "dataset.json").unlink()  # as a run of an older version
+    rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 0 and "has no dataset.json (a run of an older version)" in text, text

@@ -451,6 +451,12 @@ def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = Fal
     the record are not checked."""
     rec = read_dataset(run_dir)
     if rec is None:
+        if found.get("dataset") == "imagefolder":  # folders renamed since would swap labels without a word
+            import sys
+
+            print(f"note: {run_dir} has no {DATASET} (a run of an older version): the class folders and image size "
+                  f"here ({len(found['classes'])} classes, {found['image_size']} px) cannot be checked against its "
+                  "training's; its numbers hold only if they are the same", file=sys.stderr, flush=True)
         return
     trained, here, image_size = list(rec["classes"]), list(found["classes"]), found["image_size"]
     there = "the data here" if resume else "the test set here"

@@ -151,7 +151,8 @@ class TrainConfig:
                                       "(re-encoded, a subset, other labels), which is refused otherwise; "
                                       "dataset.json records what differs")
     image_size: int = _f(224, "imagefolder: side of the training crops (RandomResizedCrop) and test crops")
-    workers: int = _f(8, "imagefolder: decoding processes per training process; tiny-imagenet: for its one decoding")
+    workers: int = _f(8, "imagefolder: decoding processes per training process; tiny-imagenet: for its one decoding "
+                         "(at most the cores the process may use)")
     bad_images: str = _f("error", "imagefolder: a non-image, unreadable or empty file or class folder stops "
                                   "the run (error) or is left out and counted (skip)", choices=BAD_IMAGES)
     val_size: int = _f(1000, "images held out of the training set for per-epoch validation")

@@ -29,7 +29,7 @@ from .evaluation import run_suite
 from .models.library import import_library, is_library_arch
 from .training import (NonFiniteGuard, OverfitGuard, Run, RunFolder, TrainingStopped, Validator, lr_factor,
                        train_epoch)
-from .system import configure_threads
+from .system import available_cores, configure_threads
 from .training.epoch import uses_bf16
 from .training.folder import RunSaveError, environment, metrics_digest
 from .training.guards import nonfinite_advice
@@ -165,6 +165,11 @@ def _announce(run: Run, validator: Validator, log) -> None:
               f"{'was' if n == 1 else 'were'} left out (--bad-images skip; each "
               "epoch's images_skipped in metrics.jsonl counts them with the ones substituted later)",
               file=sys.stderr, flush=True)
+    cfg = run.cfg
+    if run.main and cfg.dataset in ("imagefolder", "tiny-imagenet") and cfg.workers != 8 \
+            and cfg.workers > available_cores():  # said even with --quiet: a setting given that acts in part
+        print(f"note: --workers {cfg.workers}: this process may use {available_cores()} cores, so "
+              f"{available_cores()} decoding workers run (more would only slow it)", file=sys.stderr, flush=True)
     if not validator.enabled and run.main:  # said even with --quiet: it changes what the run writes
         print(f"note: no validation split (val_size 0): no per-epoch validation, and {BEST_WEIGHTS} will be "
               "the last epoch's weights", file=sys.stderr, flush=True)

@@ -234,7 +234,7 @@ def _test_samples(src: DataSource) -> list:
                            f"<images>, with the class folders of {train_dir}; put them there (training holds out its "
                            "validation images from train/, never from val/)")
     # always "error": a test set with images left out (or substituted) would be scored as if whole
-    return f.scan_folder(val_dir, classes=f.class_names(train_dir), bad_images="error").samples
+    return f.scan_folder(val_dir, classes=f.classes_with_images(train_dir), bad_images="error").samples
 
 
 def count_test_images(src: DataSource) -> int:
@@ -265,7 +265,7 @@ def class_names_of(src: DataSource) -> tuple[str, ...]:
     if src.dataset == "imagefolder":
         from . import imagefolder as f
 
-        return tuple(f.class_names(f.class_dir(src.data_dir)))
+        return tuple(f.classes_with_images(f.class_dir(src.data_dir)))
     return tuple(_arrays(src)[4])
 
 

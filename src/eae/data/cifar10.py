@@ -253,71 +253,49 @@ def _read_classes(folder: Path) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- fetch
-SPLITS = ("train", "val", "test")
-SCAN_LIMIT = 100_000  # entries looked at before a folder counts as too big to tell
+DATASET_FOLDERS = (FOLDER, "cifar-100-python", "svhn", "tiny-imagenet-200")  # what eae fetches into a data folder
 
 
-def _image_under(folder: str, budget: list[int], seen: set[str]) -> str | None:
-    """An image file anywhere under ``folder`` (links followed, as the image-folder loader
-    follows them; each real folder once), its path from there; "" when ``budget`` (entries,
-    shared) ran out first; None when there is none."""
-    real = os.path.realpath(folder)
-    if real in seen:
-        return None
-    seen.add(real)
-    from .imagefolder import _IMAGE_NAMES
-
+def foreign_entries(root: Path, source: str) -> list[str]:
+    """What in ``root`` is not eae's, when a dataset would be fetched into it: nothing for the
+    default cache (eae's own folder), a new or empty folder, or one that holds only the datasets
+    eae fetches (and hidden files); else the first names of what is there."""
+    if source == "user cache" or not root.is_dir():
+        return []
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return None
-    for e in entries:
-        budget[0] -= 1
-        if budget[0] < 0:
-            return ""
-        if e.name.startswith("."):
-            continue
-        if e.is_file() and e.name.lower().endswith(_IMAGE_NAMES):
-            return e.name
-        if e.is_dir():
-            inner = _image_under(e.path, budget, seen)
-            if inner is not None:
-                return inner and f"{e.name}/{inner}"
-    return None
+        names = sorted(e.name for e in os.scandir(root))
+    except OSError as e:
+        return [f"(unreadable: {e.strerror or e})"]
+    return [n for n in names if not n.startswith(".") and n not in DATASET_FOLDERS][:3]
 
 
-def _is_dataset_root(folder: str) -> bool:
-    return any(os.path.isdir(os.path.join(folder, s)) for s in SPLITS)
+def fetch_advice(root: Path, source: str, name: str) -> str:
+    """The command that fetches a dataset that is not there, into a place it may be fetched."""
+    if foreign_entries(root, source):
+        return (f"`eae data {name} --data-dir NEW` fetches it into a new folder ({root} holds files of yours, "
+                "and eae fetches nothing among them); offline machines: docs/usage.md")
+    same = f" (with the same {source})" if source in ("--data-dir", "$EAE_DATA_DIR") else ""
+    return f"`eae data {name}`{same}, without --no-download, fetches it; offline machines: docs/usage.md"
 
 
-def refuse_user_images(root: Path, what: str, name: str) -> None:
-    """A dataset is fetched into ``root/FOLDER``: never into a folder whose subfolders hold the
-    user's own images (ROOT/CLASS/**/img.png: an image-folder split, where it would become one more
-    class). Subfolders that are splits (ROOT/train: ROOT is a dataset's root, whose loader reads
-    train/ and val/ only) or datasets of their own (ROOT/NAME/train) are not classes of ROOT; images
-    at the top of ROOT are in no class."""
-    if not root.is_dir() or _is_dataset_root(str(root)):
+def refuse_foreign_folder(root: Path, source: str, what: str, name: str) -> None:
+    """A dataset is fetched only into a folder of eae's own: a folder of the user's (an image
+    folder, where it would become one more class; a project's data folder) is never written
+    into. The fix names a folder that works: a new one, or the default cache."""
+    theirs = foreign_entries(root, source)
+    if not theirs:
         return
-    budget, seen = [SCAN_LIMIT], {os.path.realpath(root)}
-    try:
-        subfolders = sorted((e for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir()),
-                            key=lambda e: e.name)
-    except OSError:
-        return
-    for e in subfolders:
-        if _is_dataset_root(e.path):
-            continue
-        image = _image_under(e.path, budget, seen)
-        if image is None:
-            continue
-        found = (f"holds images of your own ({e.name}/{image})" if image else
-                 f"holds more than {SCAN_LIMIT:,} entries, which eae does not search for images of yours")
-        fix = "an empty or new folder of its own, or leave it out (the default cache)"
-        raise DatasetError(f"{root} {found}: {what} is not there and would be fetched into it, beside its subfolders "
-                           f"(read as classes by an image-folder dataset); give data_dir {fix}",
-                           cli=f"{root} {found}: {what} is not there and would be fetched into it, beside its "
-                               f"subfolders (read as classes by an image-folder dataset); give --data-dir {fix} "
-                               f"(`eae data {name} --data-dir NEW` fetches it there)")
+    held = f"{root} holds files of yours ({', '.join(theirs)}{', ...' if len(theirs) == 3 else ''})"
+    why = (f"{what} is not there, and eae fetches a dataset only into a folder of its own (new, empty, or holding "
+           "only datasets it fetched), never among your files (an image folder would get one more class)")
+    if source == "$EAE_DATA_DIR":
+        fix = "set $EAE_DATA_DIR to a new folder (or unset it: the default cache)"
+        fix_api = fix
+    else:
+        fix = (f"give --data-dir a new folder (`eae data {name} --data-dir NEW` fetches it there), or leave it out "
+               "(the default cache)")
+        fix_api = "give data_dir a new folder, or leave it out (the default cache)"
+    raise DatasetError(f"{held}: {why}; {fix_api}", cli=f"{held}: {why}; {fix}")
 
 
 def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = True,
@@ -329,15 +307,13 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool
         return found
     searched = ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir))
     if not download:
-        given_by = candidate_roots(data_dir)[0][1]
-        same = f" (with the same {given_by})" if given_by in ("--data-dir", "$EAE_DATA_DIR") else ""
-        raise DatasetError(f"CIFAR-10 not found; looked in: {searched}; `eae data cifar10`{same}, without "
-                           "--no-download, fetches it; offline machines: docs/usage.md")
-    root = candidate_roots(data_dir)[0][0]
+        raise DatasetError(f"CIFAR-10 not found; looked in: {searched}; "
+                           + fetch_advice(*candidate_roots(data_dir)[0], "cifar10"))
+    root, source = candidate_roots(data_dir)[0]
     target = root / FOLDER
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but holds no {TRAIN_FILES[0]}: remove or complete it")
-    refuse_user_images(root, "CIFAR-10", "cifar10")
+    refuse_foreign_folder(root, source, "CIFAR-10", "cifar10")
     from .official import make_dirs
 
     made = make_dirs(root)

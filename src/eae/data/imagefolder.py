@@ -130,6 +130,27 @@ def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
 _IMAGE_NAMES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 
 
+def classes_with_images(root: str | Path) -> list[str]:
+    """The class folders of ``root`` that hold a file with an image's name: the classes a
+    training on it has (an empty one is an error, or left out with --bad-images skip), found
+    without reading every file (an evaluation's label set)."""
+    return [c for c in class_names(root) if _holds_image(os.path.join(root, c))]
+
+
+def _holds_image(folder: str) -> bool:
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a cycle of links
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if any(not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS) for n in names):
+            return True
+    return False
+
+
 def class_names(root: str | Path) -> list[str]:
     """The class folders of ``root``, sorted (the label of a class is its position)."""
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))

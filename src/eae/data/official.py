@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .cifar10 import DatasetError, candidate_roots, refuse_user_images
+from .cifar10 import DatasetError, candidate_roots, refuse_foreign_folder
+from .cifar10 import fetch_advice as cifar10_fetch_advice
 
 UNVERIFIED_FLAG = "--unverified-data"
 
@@ -144,14 +145,14 @@ def fetch(data_dir, folder: str, what: str, fill: Callable[[Path], None], log=pr
     """Make ``ROOT/folder`` with ``fill(staging)`` (which downloads and checks the official
     files) in the first place the dataset is looked for; nothing is left half-made, and the
     folders made for it are removed again when it fails."""
-    root, _ = candidate_roots(data_dir, folder)[0]
+    root, source = candidate_roots(data_dir, folder)[0]
     target = root / folder
     if target.is_symlink():  # fetched data is moved into place, never written through a link
         raise DatasetError(f"{target} is a link where {what} goes; eae does not write through links: remove it, "
                            "or put the official files into the folder it points to")
     if target.exists() and any(target.iterdir()):
         raise DatasetError(f"{target} exists but does not hold {what}: remove or complete it")
-    refuse_user_images(root, what, name or what.lower())
+    refuse_foreign_folder(root, source, what, name or what.lower())
     searched = searched_text(data_dir, folder)
     log(f"{what} not found (looked in: {searched}); fetching it from the official source")
     made = make_dirs(root)
@@ -184,9 +185,7 @@ def searched_text(data_dir, folder: str) -> str:
 
 def fetch_advice(data_dir, folder: str, name: str) -> str:
     """The command that fetches the dataset into the place it was looked for."""
-    given_by = candidate_roots(data_dir, folder)[0][1]
-    same = f" (with the same {given_by})" if given_by in ("--data-dir", "$EAE_DATA_DIR") else ""
-    return f"`eae data {name}`{same} fetches it; offline machines: docs/usage.md"
+    return cifar10_fetch_advice(*candidate_roots(data_dir, folder)[0], name)
 
 
 def make_dirs(path: Path) -> list[Path]:

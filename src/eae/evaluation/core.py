@@ -208,17 +208,34 @@ def resolve_plan(attacks, suite, eps, norm) -> tuple[Suite, list[tuple[str, Atta
         s = custom_suite(list(named))
         return s, [(k, _Checked(a, k, eps, norm), STANDALONE) for k, a in named.items()]
     if attacks is not None:
-        # (a generator is read once); a spec as build_attack reads it: "Clean", "pgd5 " are clean, pgd5
-        attacks = [a.strip().lower() if isinstance(a, str) else a for a in attacks]
-        if sum(a == "clean" for a in attacks) > 1:
-            raise ConfigError("attacks: clean is given twice (every report has one clean row)", field="attacks")
-        s = custom_suite(attacks)
+        s = custom_suite(_plain_specs(list(attacks), eps, norm))  # (a generator is read once)
     else:
         s = get_suite(suite or "quick")
     built = [(spec, build_attack(spec, eps, norm), mode) for spec, mode in s.entries]
     _no_twice([(spec, a) for spec, a, _ in built if a is not None], repr)
     # registered attacks are users' code too: every point is checked before it counts
     return s, [(spec, _Checked(attack, spec, eps, norm), mode) for spec, attack, mode in built]
+
+
+def _plain_specs(attacks: list, eps, norm) -> list:
+    """Specs read as the command line reads them ("Clean", "PGD5 ", full-width "pgd５" are clean,
+    pgd5); two spellings of one attack (pgd5, pgd5r1) refused in the words they were typed."""
+    from ..attacks import canonical_spec
+
+    seen: dict[str, str] = {}
+    plain = []
+    for typed in attacks:
+        if not isinstance(typed, str):
+            plain.append(typed)  # (refused by custom_suite, naming the list)
+            continue
+        spec = spelled_plainly(typed)
+        key = canonical_spec(spec, eps, norm)
+        if key in seen:
+            what = "clean, which every report has once" if key == "clean" else f"one attack ({key})"
+            raise ConfigError(f"attacks {seen[key]!r} and {typed!r} are {what}: give it once", field="attacks")
+        seen[key] = typed
+        plain.append(spec)
+    return plain
 
 
 def _no_twice(attacks, shown) -> None:

@@ -24,13 +24,14 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4 and x.shape[1] != self.mean.shape[1] and self.mean.shape[1] != 1:
+        channels = max(self.mean.shape[1], self.std.shape[1])
+        if x.ndim == 4 and x.shape[1] != channels and channels != 1:
             # broadcasting would make RGB of grey images: an attack confined to grey perturbations
             from ..errors import ModelError
 
-            raise ModelError(f"the model takes {self.mean.shape[1]}-channel images (its normalisation has "
-                             f"{self.mean.shape[1]} channel constants), got {x.shape[1]}-channel ones: give images "
-                             f"of {self.mean.shape[1]} channels (x.expand(-1, 3, -1, -1) makes grey images RGB)")
+            raise ModelError(f"the model takes {channels}-channel images (its normalisation has {channels} "
+                             f"channel constants), got {x.shape[1]}-channel ones: give images of {channels} channels "
+                             "(x.expand(-1, 3, -1, -1) makes grey images RGB)")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
