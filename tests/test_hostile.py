@@ -3753,3 +3753,98 @@ def test_workers_beyond_the_cores_are_said_and_an_old_runs_unchecked_classes_too
     (out / "dataset.json").unlink()  # as a run of an older version
     rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off"], capsys)
     assert rc == 0 and "has no dataset.json (a run of an older version)" in text, text
+
+
+# --------------------------------------------------------------------------- trial 35
+def test_fetch_advice_with_eae_data_dir_set_never_says_leave_it_out(tmp_path, monkeypatch, capsys):
+    (tmp_path / "U").mkdir()
+    (tmp_path / "U" / "notes.txt").write_text("mine")
+    monkeypatch.setenv("EAE_DATA_DIR", str(tmp_path / "elsewhere"))
+    rc, text = _call(["data", "svhn", "--data-dir", str(tmp_path / "U")], capsys)
+    assert rc == 2 and "`eae data svhn --data-dir NEW` fetches it there" in text and "leave it out" not in text, text
+
+
+def test_a_partial_or_broken_cifar10_copy_is_advised_a_command_that_works(tmp_path, cifar_dir, capsys):
+    import shutil
+
+    src = cifar_dir
+    p1 = tmp_path / "P1" / "cifar-10-batches-py"
+    p1.mkdir(parents=True)
+    shutil.copy(src / "batches.meta", p1)
+    for flags in ([], ["--no-download"]):
+        rc, text = _call(["data", "cifar10", "--data-dir", str(p1.parent), *flags], capsys)
+        assert rc == 2 and f"{p1} exists but holds no data_batch_1" in text and "not found" not in text, text
+        assert f"run `eae data cifar10 --data-dir {p1.parent}` to download a verified copy" in text, text
+    for name in ("data_batch_1", "data_batch_2", "data_batch_4", "data_batch_5", "test_batch"):
+        shutil.copy(src / name, p1)
+    (tmp_path / "P1" / "readme.md").write_text("mine")  # the folder is theirs: a new one is advised
+    rc, text = _call(["data", "cifar10", "--data-dir", str(p1.parent)], capsys)
+    assert rc == 2 and "missing CIFAR-10 file" in text and "`eae data cifar10 --data-dir NEW`" in text, text
+
+
+def test_an_old_image_folder_runs_caveat_is_in_its_saved_report(tmp_path, capsys):
+    data = _two_class_folder(tmp_path / "d")
+    out = tmp_path / "r"
+    assert _call(["train", *IMAGEFOLDER, "--data-dir", str(data), "--out", str(out)], capsys)[0] == 0
+    (out / "dataset.json").unlink()
+    rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 0
+    saved = next(out.glob("eval-*.md")).read_text()
+    assert "has no dataset.json (a run of an older version)" in saved
+    assert "has no dataset.json" in json.loads(next(out.glob("eval-*.json")).read_text())["caveat"]
+
+
+def test_an_edited_bench_results_json_is_kept_and_refused_like_the_other_documents(tmp_path):
+    from eae.bench.runner import _claim, _results_edited
+    from eae.errors import OutputRefused
+    from eae.outputs import sealed
+
+    out = tmp_path / "b"
+    ask = {"suite": "smoke", "seeds": 1}
+    _claim(out, ask, resume=False)
+    (out / "results.json").write_text(json.dumps(sealed({"meta": {}, "rows": [], "speed": None})))
+    assert not _results_edited(out)
+    (out / "results.json").write_text(json.dumps({"meta": {}, "rows": []}))  # an earlier version's: ours
+    assert not _results_edited(out)
+    (out / "results.json").write_text('{"edited": 1}')
+    with pytest.raises(OutputRefused, match="results.json is not as eae bench wrote it"):
+        _claim(out, json.loads(json.dumps(ask)), resume=True)
+
+
+def test_an_edited_bench_json_is_not_advised_flags_that_cannot_set_it(tmp_path):
+    from eae.bench.runner import _claim
+
+    out = tmp_path / "b"
+    ask = {"suite": "smoke", "seeds": 1, "base": {"epochs": 2}}
+    _claim(out, ask, resume=False)
+    with pytest.raises(ValueError, match="no flag of eae bench sets them: bench.json was edited"):
+        _claim(out, {**ask, "base": {"epochs": 3}}, resume=True)
+
+
+def test_an_unsealed_bench_row_of_a_sealing_version_is_refused(tmp_path):
+    from eae.bench.runner import _read_row
+
+    row = tmp_path / "bench_eval.json"
+    row.write_text(json.dumps({"entry": "standard", "clean": 0.99, "weights_sha256": "0" * 64}))
+    with pytest.raises(Exception, match="was changed since the benchmark wrote it"):
+        _read_row(row, entry="standard")
+
+
+def test_a_run_being_started_is_said_so_and_clean_twice_is_named_as_typed(tmp_path):
+    import eae
+    from eae.checkpoint import RunLock, read_config
+
+    out = tmp_path / "r"
+    out.mkdir()
+    lock = RunLock(out).acquire()
+    try:
+        with pytest.raises(eae.NotARun if hasattr(eae, "NotARun") else Exception, match="is being started by eae train"):
+            read_config(out)
+    finally:
+        lock.release()
+    model = eae.create_model("resnet_small", num_classes=10).eval()
+    with pytest.raises(eae.ConfigError, match="attacks 'clean' and 'Clean' are both clean"):
+        evaluate(model, torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long), ["clean", "Clean"])
+    with pytest.raises(eae.ModelError) as e:
+        model(torch.rand(2, 2, 16, 16))
+    assert "got 2-channel ones" in str(e.value) and "expand" not in str(e.value)

@@ -274,6 +274,10 @@ def read_config(run_dir: str | Path) -> TrainConfig:
                 why = ("that leads back to itself (a loop of links)" if e.errno == errno.ELOOP
                        else f"to {os.readlink(run_dir)}, which does not exist")
             raise NotARun(f"{run_dir} is a symbolic link {why}: give the run's folder itself")
+        holder = live_holder(run_dir) if Path(run_dir).is_dir() else None
+        if holder:  # claimed and locked by a training that is starting: its files come in a moment
+            raise NotARun(f"{path} not found yet: {run_dir} is being started by eae train (pid {holder}); wait "
+                          "for its first epoch (or for it to finish)")
         raise NotARun(f"{path} not found: is {run_dir} a run directory of `eae train`?")
     try:
         d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
@@ -444,20 +448,19 @@ def _classes_text(classes: list[str]) -> str:
     return f"{len(classes)} classes ({shown})"
 
 
-def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = False) -> None:
+def check_dataset(run_dir: str | Path, found: dict[str, Any], resume: bool = False) -> str | None:
     """Refuse (ConfigError) data (``found``: classes, image_size) other than what the run
     recorded at training time; to ``resume``, also another copy of an official dataset (the
     published files against an unverified copy, or two copies that differ). Runs without
-    the record are not checked."""
+    the record are not checked: for an image folder (whose folders may have been renamed since,
+    swapping labels without a word) the caveat is returned, for the report to carry."""
     rec = read_dataset(run_dir)
     if rec is None:
-        if found.get("dataset") == "imagefolder":  # folders renamed since would swap labels without a word
-            import sys
-
-            print(f"note: {run_dir} has no {DATASET} (a run of an older version): the class folders and image size "
-                  f"here ({len(found['classes'])} classes, {found['image_size']} px) cannot be checked against its "
-                  "training's; its numbers hold only if they are the same", file=sys.stderr, flush=True)
-        return
+        if found.get("dataset") == "imagefolder":
+            return (f"{run_dir} has no {DATASET} (a run of an older version): the class folders and image size here "
+                    f"({len(found['classes'])} classes, {found['image_size']} px) cannot be checked against its "
+                    "training's; its numbers hold only if they are the same")
+        return None
     trained, here, image_size = list(rec["classes"]), list(found["classes"]), found["image_size"]
     there = "the data here" if resume else "the test set here"
     if trained != here:

@@ -289,6 +289,8 @@ def _publish(args: argparse.Namespace, src: dict[str, Any], report, evaluation: 
         print("scoring the best weights: the run's last epoch (it validated nothing, so its best is its last)")
     scored = _scored(src["meta"])
     md = report.to_markdown(title=src["title"] + (f" on {scored}" if scored != src["meta"].get("dataset") else ""))
+    if src["meta"].get("caveat"):  # in the saved report too, not only on the terminal
+        md += f"\n\nnote: {src['meta']['caveat']}"
     rest = "loading" if args.diagnostics == "off" else "loading and the gradient-masking diagnostics"
     tail = f"{time.perf_counter() - t0:.1f} s in all on {out['device']} (attacks {report.seconds:.1f} s; the rest: {rest})"
     try:
@@ -374,11 +376,11 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
     if cfg.svhn_extra:  # the test set is test_32x32.mat alone: the training-only extra file is not needed
         cfg = cfg.replace(svhn_extra=False)
     model, wmeta = load_run(run_dir, weights=weights, device=device)
-    check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
+    caveat = check_dataset(run_dir, dataset_identity(DataSource.of(cfg)))  # the run's classes and image size
     # the test set scored: CIFAR-10 is the same wherever it lies (checksums); an image folder is its folder
     test_data = _test_data(cfg)
     meta = {"run_dir": str(run_dir), "weights": weights, "dataset": cfg.dataset, "test_data": test_data,
-            "architecture": cfg.arch,
+            "architecture": cfg.arch, **({"caveat": caveat} if caveat else {}),
             **({"weights_epoch": wmeta.get("epoch")} if weights == "best" else {})}
     return {"model": model, "test_size": num_test_images(cfg), "load": lambda n: load_test_set(cfg, n),
             "norm": cfg.norm, "eps": cfg.eps, "meta": meta, "title": f"{run_dir} ({weights} weights)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -123,7 +124,8 @@ def _read_row(path: Path, **expect: Any) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a result row (a JSON object); delete it to measure that run again",
                           field="out")
     recorded = d.pop("report_sha256", None)
-    if recorded is not None and recorded != sealed(d)["report_sha256"]:
+    # a row with weights_sha256 comes from a version that sealed every row: without its seal it was edited
+    if (recorded is None and "weights_sha256" in d) or (recorded is not None and recorded != sealed(d)["report_sha256"]):
         raise ConfigError(f"{path} was changed since the benchmark wrote it; its numbers are not reported: delete "
                           "it to evaluate that run again (the trained run is kept)", field="out")
     other = {k: d[k] for k, v in expect.items() if k in d and d[k] != v}  # (older rows lack some: not compared)
@@ -376,14 +378,35 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
             "budget_k": budget_k if suite.kind == "budget" else None, "device": device_name(dev),
             **provenance(), "wall_seconds": time.perf_counter() - t0}
     results = {"meta": meta, "rows": rows, "speed": speed}
-    atomic_write_json(out / "results.json", results)
-    kept = write_report(out, results)
+    kept = ["results.json"] if _results_edited(out) else []
+    if not kept:
+        atomic_write_json(out / "results.json", sealed(results))
+    kept += write_report(out, results)
     for name in kept:  # changed while this call ran: said, not replaced
         print(f"note: {out / name} is not as eae bench wrote it (changed since?): kept as it is, not updated (results.json "
               f"holds every number; move it away and run the same command with --resume to write it again)",
               file=sys.stderr, flush=True)
     log(f"report: {out / 'REPORT.md'}, {out / 'report.html'}")
     return results
+
+
+def _results_edited(out: Path) -> bool:
+    """Whether ``out/results.json`` is there and not as eae bench wrote it: edited since (its seal
+    no longer matches), a link, or not a benchmark's results. One of an earlier version (no seal)
+    is ours."""
+    path = out / "results.json"
+    if not os.path.lexists(path):
+        return False
+    if path.is_symlink() or not path.is_file():
+        return True
+    try:
+        d = loads_json(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return True
+    if not isinstance(d, dict) or not {"meta", "rows"} <= set(d):
+        return True
+    recorded = d.pop("report_sha256", None)
+    return recorded is not None and recorded != sealed(d)["report_sha256"]
 
 
 def _selected_entries(suite, only: list[str] | None) -> list:
@@ -421,12 +444,22 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
                 fix = "give the same " + " and ".join(f"--{k.replace('_', '-')}" for k in ("seeds", "budget_k")
                                                       if k in changed) + " as the first call, or choose another --out"
                 fix = fix if any(k in changed for k in ("seeds", "budget_k")) else "choose another --out"
-            fix = ("give the same --dataset and --unverified-data as the first call, or choose another "
-                   "--out") if changed == ["base"] else fix
+            if changed == ["base"]:
+                b, a = before.get("base"), ask.get("base")
+                fields = {k for k in set(b) | set(a) if b.get(k) != a.get(k)} if isinstance(b, dict) and \
+                    isinstance(a, dict) else {"base"}
+                fix = ("give the same --dataset and --unverified-data as the first call, or choose another --out"
+                       if fields <= {"dataset", "unverified_data"} else
+                       "no flag of eae bench sets them: bench.json was edited, or written by another version of eae; "
+                       "choose another --out (or put bench.json back as it was)")
             raise ValueError(f"cannot resume {out}: it was started with other settings ({said}; see {manifest}): {fix}")
     refused = documents_refused(out, REPORTS, "eae bench")
     if refused:  # before any work: the report written at the end would replace them
         raise OutputRefused(refused)
+    if _results_edited(out):
+        raise OutputRefused(f"{out / 'results.json'} is not as eae bench wrote it (changed since, a link, or another "
+                            "program's), and rewritten when it ends: copy what you added elsewhere, move it away, then "
+                            "run the same command again")
     folder = OutputFolder(out, "bench").claim()
     if not manifest.is_file():
         folder.written.append(manifest.name)

@@ -169,8 +169,8 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path} is not a regular file (a folder, a device, a pipe?): put the CIFAR-10 batch "
                            "file there")
     if not path.is_file():
-        raise DatasetError(f"missing CIFAR-10 file: {path}: the folder is incomplete; restore the file, or move the "
-                           "folder away and run `eae data cifar10` to download a verified copy")
+        raise DatasetError(f"missing CIFAR-10 file: {path}: the folder is incomplete; restore the file, or "
+                           + _fresh_copy_advice(path.parent))
     try:
         d = safe_load(path)
     except pickle.UnpicklingError as e:
@@ -269,6 +269,17 @@ def foreign_entries(root: Path, source: str) -> list[str]:
     return [n for n in names if not n.startswith(".") and n not in DATASET_FOLDERS][:3]
 
 
+def _fresh_copy_advice(folder: Path) -> str:
+    """Where a verified copy can replace a broken one: beside it, where the data folder is eae's
+    own, else in a new folder."""
+    root = folder.parent if folder.name == FOLDER else None
+    if root is not None and not foreign_entries(root, "--data-dir"):
+        from shlex import quote
+
+        return f"move {folder} away and run `eae data cifar10 --data-dir {quote(str(root))}` to download a verified copy"
+    return "run `eae data cifar10 --data-dir NEW` to download a verified copy into a new folder"
+
+
 def fetch_advice(root: Path, source: str, name: str) -> str:
     """The command that fetches a dataset that is not there, into a place it may be fetched."""
     if foreign_entries(root, source):
@@ -291,6 +302,9 @@ def refuse_foreign_folder(root: Path, source: str, what: str, name: str) -> None
     if source == "$EAE_DATA_DIR":
         fix = "set $EAE_DATA_DIR to a new folder (or unset it: the default cache)"
         fix_api = fix
+    elif os.environ.get("EAE_DATA_DIR"):  # leaving --data-dir out would mean $EAE_DATA_DIR, not the cache
+        fix = f"give --data-dir a new folder (`eae data {name} --data-dir NEW` fetches it there)"
+        fix_api = "give data_dir a new folder"
     else:
         fix = (f"give --data-dir a new folder (`eae data {name} --data-dir NEW` fetches it there), or leave it out "
                "(the default cache)")
@@ -306,13 +320,15 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool
         load_cifar10(found)  # raises DatasetError naming the bad file
         return found
     searched = ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir))
+    partial = candidate_roots(data_dir)[0][0] / FOLDER
+    if partial.is_dir() and any(partial.iterdir()):  # not "not found": a copy is there, incomplete
+        raise DatasetError(f"{partial} exists but holds no {TRAIN_FILES[0]}: restore it, or "
+                           + _fresh_copy_advice(partial))
     if not download:
         raise DatasetError(f"CIFAR-10 not found; looked in: {searched}; "
                            + fetch_advice(*candidate_roots(data_dir)[0], "cifar10"))
     root, source = candidate_roots(data_dir)[0]
-    target = root / FOLDER
-    if target.exists() and any(target.iterdir()):
-        raise DatasetError(f"{target} exists but holds no {TRAIN_FILES[0]}: remove or complete it")
+    target = root / FOLDER  # (absent or empty: checked above)
     refuse_foreign_folder(root, source, "CIFAR-10", "cifar10")
     from .official import make_dirs
 

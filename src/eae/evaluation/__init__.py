@@ -18,6 +18,7 @@ from torch import nn
 from ..attacks import Attack
 from ..config import MAX_INT, MAX_SEED, eps_errors, short, type_fix
 from ..errors import ConfigError
+from ..utils import spelled_plainly
 from .core import predict, run_suite
 from .diagnostics import diagnose
 from .report import Report, fmt_eps
@@ -104,9 +105,10 @@ def check_arguments(*, eps: float, batch_size: int, diag_n: int, precision: str,
         errors.append(f"attacks must be a list of attack specs (e.g. ['clean', 'pgd20']), got the string {attacks!r}")
     elif attacks is not None and not isinstance(attacks, Mapping) and not all(isinstance(a, str) for a in attacks):
         errors.append(f"attacks must be a list of attack specs (strings), got {short(attacks)}")
-    elif attacks is not None and not isinstance(attacks, Mapping) and [a.strip().lower() for a in attacks].count(
+    elif attacks is not None and not isinstance(attacks, Mapping) and [spelled_plainly(a) for a in attacks].count(
             "clean") > 1:
-        errors.append("attacks: clean is given twice (every report has one clean row)")
+        first, second = [a for a in attacks if spelled_plainly(a) == "clean"][:2]
+        errors.append(f"attacks {first!r} and {second!r} are both clean, which every report has once: give it once")
     if not errors:
         errors += _unread_errors(diag_n=diag_n, precision=precision, diagnostics=diagnostics, eot=eot,
                                  attacks=attacks, eps=eps, norm=norm)

@@ -29,9 +29,10 @@ class Normalize(nn.Module):
             # broadcasting would make RGB of grey images: an attack confined to grey perturbations
             from ..errors import ModelError
 
+            grey = " (x.expand(-1, 3, -1, -1) makes grey images RGB)" if x.shape[1] == 1 and channels == 3 else ""
             raise ModelError(f"the model takes {channels}-channel images (its normalisation has {channels} "
-                             f"channel constants), got {x.shape[1]}-channel ones: give images of {channels} channels "
-                             "(x.expand(-1, 3, -1, -1) makes grey images RGB)")
+                             f"channel constants), got {x.shape[1]}-channel ones: give images of {channels} "
+                             f"channels{grey}")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
