@@ -830,7 +830,7 @@ def test_a_cifar10_folder_with_a_batch_missing_or_replaced_says_what_to_do(tmp_p
     (tmp_path / "data_batch_3").mkdir()
     with pytest.raises(DatasetError, match="is not a regular file"):
         read_batch(tmp_path / "data_batch_3")
-    with pytest.raises(DatasetError, match="restore the file, or move the folder away and run `eae data cifar10`"):
+    with pytest.raises(DatasetError, match="restore the file, or run `eae data cifar10 --data-dir NEW` to download"):
         read_batch(tmp_path / "data_batch_4")
 
 
@@ -2378,7 +2378,7 @@ def test_a_hidden_file_named_as_an_image_is_said_to_be_left_out(tmp_path, capsys
 def test_a_report_written_into_the_test_folder_is_refused(external, capsys):
     inside = str(Path(external["DATA"]) / "val" / "r.json")
     rc, text = _call(_external_argv(external, "{MODELS}:Tiny", "{TINY}", ["--output", inside]), capsys)
-    assert rc == 2 and "is inside the test folder" in text, text
+    assert rc == 2 and "is inside the image folder" in text, text
     assert not Path(inside).exists()
 
 
@@ -3804,8 +3804,8 @@ def test_an_edited_bench_results_json_is_kept_and_refused_like_the_other_documen
     _claim(out, ask, resume=False)
     (out / "results.json").write_text(json.dumps(sealed({"meta": {}, "rows": [], "speed": None})))
     assert not _results_edited(out)
-    (out / "results.json").write_text(json.dumps({"meta": {}, "rows": []}))  # an earlier version's: ours
-    assert not _results_edited(out)
+    (out / "results.json").write_text(json.dumps({"meta": {}, "rows": []}))  # unsealed: edited, or an earlier version's
+    assert _results_edited(out)
     (out / "results.json").write_text('{"edited": 1}')
     with pytest.raises(OutputRefused, match="results.json is not as eae bench wrote it"):
         _claim(out, json.loads(json.dumps(ask)), resume=True)
@@ -3848,3 +3848,54 @@ def test_a_run_being_started_is_said_so_and_clean_twice_is_named_as_typed(tmp_pa
     with pytest.raises(eae.ModelError) as e:
         model(torch.rand(2, 2, 16, 16))
     assert "got 2-channel ones" in str(e.value) and "expand" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- trial 36
+def test_a_broken_cifar10_copy_says_where_a_verified_one_comes_from(tmp_path, cifar_dir, capsys):
+    import shutil
+
+    copy = tmp_path / "d" / "cifar-10-batches-py"
+    shutil.copytree(cifar_dir, copy)
+    for p in copy.iterdir():
+        p.chmod(0o644)
+    (copy / "data_batch_3").write_bytes((copy / "data_batch_3").read_bytes()[:1000])
+    rc, text = _call(["data", "cifar10", "--data-dir", str(copy.parent)], capsys)
+    assert rc == 2 and f"move {copy} out of {copy.parent} (or delete it) and run `eae data cifar10 --data-dir" in text, text
+    hidden_only = tmp_path / "h" / "cifar-10-batches-py"
+    hidden_only.mkdir(parents=True)
+    (hidden_only / ".DS_Store").write_bytes(b"x")
+    rc, text = _call(["data", "cifar10", "--data-dir", str(hidden_only.parent), "--no-download"], capsys)
+    assert rc == 2 and "not found" in text and "exists but holds no" not in text, text
+
+
+def test_outputs_inside_an_image_folder_are_refused(tmp_path, capsys):
+    data = _two_class_folder(tmp_path / "d")
+    before = _tree_hash(data)
+    rc, text = _call(["train", *IMAGEFOLDER, "--data-dir", str(data), "--out", str(data / "train" / "a" / "run")],
+                     capsys)
+    assert rc == 2 and "is inside the image folder data_dir" in text and _tree_hash(data) == before, text
+    out = tmp_path / "r"
+    assert _call(["train", *IMAGEFOLDER, "--data-dir", str(data), "--out", str(out)], capsys)[0] == 0
+    rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off", "--output",
+                      str(data / "train" / "a" / "r.json")], capsys)
+    assert rc == 2 and "is inside the image folder" in text and _tree_hash(data) == before, text
+
+
+def test_a_runs_data_folder_gone_is_said_not_made_again(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("synthetic_")}
+    (out / "config.json").write_text(json.dumps({**cfg, "dataset": "cifar10", "data_dir": str(tmp_path / "gone")}))
+    rc, text = _call(["eval", str(out), "--n", "8", "--attacks", "clean"], capsys)
+    assert rc == 2 and "the run's data folder" in text and not (tmp_path / "gone").exists(), text
+
+
+def test_an_unknown_spec_and_a_missing_run_are_named_as_typed(tmp_path, capsys):
+    import eae
+
+    model = eae.create_model("resnet_small", num_classes=10).eval()
+    with pytest.raises(eae.ConfigError, match="unknown attack spec 'PGD2O'"):
+        evaluate(model, torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long), ["clean", "PGD2O"])
+    rc, text = _call(["eval", str(tmp_path / "nosuchrun")], capsys)
+    assert rc == 2 and "nosuchrun: no such folder" in text, text

@@ -274,6 +274,8 @@ def read_config(run_dir: str | Path) -> TrainConfig:
                 why = ("that leads back to itself (a loop of links)" if e.errno == errno.ELOOP
                        else f"to {os.readlink(run_dir)}, which does not exist")
             raise NotARun(f"{run_dir} is a symbolic link {why}: give the run's folder itself")
+        if not os.path.lexists(run_dir):
+            raise NotARun(f"{run_dir}: no such folder: give the folder of a run of `eae train`")
         holder = live_holder(run_dir) if Path(run_dir).is_dir() else None
         if holder:  # claimed and locked by a training that is starting: its files come in a moment
             raise NotARun(f"{path} not found yet: {run_dir} is being started by eae train (pid {holder}); wait "

@@ -191,9 +191,9 @@ def _eval(args: argparse.Namespace, device) -> int:
     # resolved: `eae eval ../r3` names a folder that exists; the '..' rule is for an --output typed by hand
     target = Path(args.output) if args.output else src["run_dir"].resolve() / name if src["run_dir"] else None
     data = Path(src["meta"]["test_data"]) if src["meta"].get("dataset") == "imagefolder" else None
-    if args.output and data is not None and data in target.resolve().parents:  # it would be read as an image
-        raise UsageError(f"--output {args.output} is inside the test folder {data}, whose every file eae reads as an "
-                         "image: give a path outside it")
+    if args.output and data is not None and data.parent.resolve() in target.resolve().parents:
+        raise UsageError(f"--output {args.output} is inside the image folder {data.parent} (train/ and val/), whose "
+                         "every file eae reads as an image: give a path outside it")
     if target is not None:  # a name never writable, a file not ours, another evaluation: said before the attacks
         from .outputs import check_report
 
@@ -373,6 +373,11 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         rel = "" if Path(cfg.data_dir).is_absolute() else " (a relative path: from the folder training ran in)"
         raise UsageError(f"the run's images, data_dir {cfg.data_dir!r}{rel}, are not found from here: "
                          "give --data-dir with the folder that holds train/ and val/")
+    elif cfg.dataset != "synthetic" and cfg.data_dir and not os.path.lexists(cfg.data_dir):
+        # the folder the run read its data from is gone: never made again and downloaded into unasked
+        raise UsageError(f"the run's data folder, data_dir {cfg.data_dir!r} (recorded when it trained), is not "
+                         f"found: give --data-dir with the folder that holds {cfg.dataset} now (`eae data "
+                         f"{cfg.dataset} --data-dir DIR` fetches it)")
     if cfg.svhn_extra:  # the test set is test_32x32.mat alone: the training-only extra file is not needed
         cfg = cfg.replace(svhn_extra=False)
     model, wmeta = load_run(run_dir, weights=weights, device=device)

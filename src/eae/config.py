@@ -568,6 +568,11 @@ class TrainConfig:
         """Dataset options set for another dataset (recorded, never used), image sizes, and
         validation sizes that fit."""
         errors = []
+        if self.dataset == "imagefolder" and isinstance(self.data_dir, str) and self.data_dir.strip() and self.out:
+            data, out = os.path.realpath(self.data_dir), os.path.realpath(self.out)
+            if out == data or out.startswith(data + os.sep):  # its files would be read as images of the set
+                errors.append(f"out {self.out!r} is inside the image folder data_dir {self.data_dir!r}, whose every "
+                              "file is read as an image of the set: give an out outside it")
         for name, value, dataset in (("svhn_extra", self.svhn_extra, ("svhn",)),
                                      ("cifar100_labels", self.cifar100_labels != "fine", ("cifar100",)),
                                      ("unverified_data", self.unverified_data, ("cifar100", "svhn", "tiny-imagenet")),

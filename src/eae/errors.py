@@ -50,10 +50,11 @@ class DatasetError(EaeError, RuntimeError):
                  "--val-size": "val_size", "--train-subset": "train_subset", "--bad-images": "bad_images"}
 
     def __init__(self, message: str, *, cli: str | None = None, field: str | None = None):
-        api = message
-        for flag, arg in self.API_WORDS.items():
-            api = api.replace(flag, arg)
-        super().__init__(api, cli=message if cli is None else cli, field=field)
+        parts = message.split("`")  # a command in backticks stays a command: its flags are its words
+        for i in range(0, len(parts), 2):
+            for flag, arg in self.API_WORDS.items():
+                parts[i] = parts[i].replace(flag, arg)
+        super().__init__("`".join(parts), cli=message if cli is None else cli, field=field)
 
 
 class MissingFile(EaeError, FileNotFoundError):

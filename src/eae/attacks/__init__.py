@@ -54,7 +54,7 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
         raise ConfigError(bad[0], field="eps")
     if not isinstance(spec, str):
         raise ConfigError(f"an attack spec is a string such as 'pgd20', got {type(spec).__name__}", field="attacks")
-    spec = spec.strip().lower()
+    typed, spec = spec, spec.strip().lower()
     if spec == "clean":
         return None
     m = _SPEC.match(spec)
@@ -64,7 +64,7 @@ def build_attack(spec: str, eps: float, norm: str = "linf") -> Attack | None:
     else:
         kwargs = {}
     if not m or name not in ATTACKS:
-        raise ConfigError(f"unknown attack spec {spec!r}; use clean, {', '.join(ALIASES)} or one of "
+        raise ConfigError(f"unknown attack spec {typed.strip()!r}; use clean, {', '.join(ALIASES)} or one of "
                          f"{', '.join(ATTACKS.names())}, with optional steps and restarts, e.g. pgd20, cw20, "
                          "pgd50r10, apgd-ce100", field="attacks")
     for key, top in (("steps", MAX_STEPS), ("restarts", MAX_RESTARTS)):

@@ -392,8 +392,8 @@ def _run(suite, selected, out: Path, *, seeds, device, data_dir, budget_k, quiet
 
 def _results_edited(out: Path) -> bool:
     """Whether ``out/results.json`` is there and not as eae bench wrote it: edited since (its seal
-    no longer matches), a link, or not a benchmark's results. One of an earlier version (no seal)
-    is ours."""
+    no longer matches, or was removed), a link, or not a benchmark's results. One of an earlier
+    version (no seal) cannot be told from an edited one: it is kept too (move it away to rewrite it)."""
     path = out / "results.json"
     if not os.path.lexists(path):
         return False
@@ -406,7 +406,7 @@ def _results_edited(out: Path) -> bool:
     if not isinstance(d, dict) or not {"meta", "rows"} <= set(d):
         return True
     recorded = d.pop("report_sha256", None)
-    return recorded is not None and recorded != sealed(d)["report_sha256"]
+    return recorded != sealed(d)["report_sha256"]
 
 
 def _selected_entries(suite, only: list[str] | None) -> list:

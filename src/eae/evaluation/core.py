@@ -229,6 +229,10 @@ def _plain_specs(attacks: list, eps, norm) -> list:
             plain.append(typed)  # (refused by custom_suite, naming the list)
             continue
         spec = spelled_plainly(typed)
+        try:
+            build_attack(spec, eps, norm)
+        except ConfigError as e:  # said in the words typed, not folded
+            raise ConfigError(str(e).replace(repr(spec), repr(typed.strip()), 1), field="attacks") from None
         key = canonical_spec(spec, eps, norm)
         if key in seen:
             what = "clean, which every report has once" if key == "clean" else f"one attack ({key})"
