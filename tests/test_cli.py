@@ -55,7 +55,7 @@ def test_eval_suite_and_strict(tmp_path, capsys):
 
 def test_user_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
-    assert "config.json" in capsys.readouterr().err
+    assert "nothing: no such folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--method", "no_such_method"])
 

@@ -190,7 +190,7 @@ def test_eval_of_a_damaged_run_names_the_file(run, tmp_path, name, content, edit
 
 def test_eval_of_missing_things(run, tmp_path, capsys):
     rc, text = _call(["eval", str(tmp_path / "nothing")], capsys)
-    assert rc == 2 and "config.json not found" in text
+    assert rc == 2 and "nothing: no such folder" in text
     rc, text = _call(["eval", str(run), "--weights", "best", "--attacks", "clean", "--quiet"], capsys)
     assert rc in (0, 2) and ("model_best" in text or "clean" in text)
 
