@@ -113,7 +113,7 @@ def test_only_runs_some_entries_and_reports_the_rest(tmp_path, monkeypatch):
         row = _row(entry.name, seed, 0.8, 0.4, 10.0)
         d = out / "runs" / f"{entry.name}-s{seed}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / "bench_eval.json").write_text(json.dumps(row))
+        (d / "bench_eval.json").write_text(json.dumps(runner.sealed(row)))
         return row
 
     monkeypatch.setattr(runner, "_accuracy_run", fake_run)
@@ -282,7 +282,7 @@ def test_two_benches_on_one_folder_at_once_are_refused(tmp_path, monkeypatch):
         d = out / "runs" / f"{entry.name}-s{seed}"
         d.mkdir(parents=True, exist_ok=True)
         row = _row(entry.name, seed, 0.8, 0.4, 10.0)
-        (d / "bench_eval.json").write_text(json.dumps(row))
+        (d / "bench_eval.json").write_text(json.dumps(runner.sealed(row)))
         return row
 
     monkeypatch.setattr(runner, "_accuracy_run", fake_run)

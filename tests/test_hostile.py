@@ -1265,10 +1265,11 @@ def test_a_resumed_bench_does_not_reuse_a_run_trained_with_other_settings(tmp_pa
     run_dir = tmp_path / "runs" / f"{entry.name}-s0"
     run_dir.mkdir(parents=True)
     cfg = runner._config(suite, entry, 0, run_dir, "cpu", None)
+    from eae.outputs import sealed
     from eae.utils import atomic_write_json
 
     atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "eps": 0.1})  # edited, or another suite's
-    atomic_write_json(run_dir / "bench_eval.json", {"entry": entry.name})
+    atomic_write_json(run_dir / "bench_eval.json", sealed({"entry": entry.name}))
     with pytest.raises(eae.ConfigError, match=r"trained with other settings than this entry's \(eps 0.1"):
         runner._accuracy_run(suite, entry, 0, tmp_path, "cpu", None, True, lambda *a: None)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())  # the entry's own: reused
@@ -3826,8 +3827,18 @@ def test_an_unsealed_bench_row_of_a_sealing_version_is_refused(tmp_path):
 
     row = tmp_path / "bench_eval.json"
     row.write_text(json.dumps({"entry": "standard", "clean": 0.99, "weights_sha256": "0" * 64}))
-    with pytest.raises(Exception, match="was changed since the benchmark wrote it"):
+    with pytest.raises(Exception, match="carries no seal"):
         _read_row(row, entry="standard")
+
+
+def test_an_unsealed_bench_row_is_refused_even_without_its_weights_digest(tmp_path):
+    import eae
+    from eae.bench.runner import _read_row
+
+    row = tmp_path / "bench_eval.json"  # both seal and digest removed by hand: read as an earlier version's before
+    row.write_text(json.dumps({"entry": "standard", "seed": 0, "clean": 0.93, "aa": 0.58}))
+    with pytest.raises(eae.ConfigError, match="carries no seal .* delete it to evaluate that run again"):
+        _read_row(row, entry="standard", seed=0)
 
 
 def test_a_run_being_started_is_said_so_and_clean_twice_is_named_as_typed(tmp_path):
@@ -3899,3 +3910,64 @@ def test_an_unknown_spec_and_a_missing_run_are_named_as_typed(tmp_path, capsys):
         evaluate(model, torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long), ["clean", "PGD2O"])
     rc, text = _call(["eval", str(tmp_path / "nosuchrun")], capsys)
     assert rc == 2 and "nosuchrun: no such folder" in text, text
+
+
+# --------------------------------------------------------------------------- trial 37
+def test_a_runs_data_folder_now_a_file_or_a_dead_link_is_named_as_the_runs(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("synthetic_")}
+    data = tmp_path / "c2"
+    (out / "config.json").write_text(json.dumps({**cfg, "dataset": "cifar10", "data_dir": str(data)}))
+    data.write_text("hi")
+    rc, text = _call(["eval", str(out), "--n", "8", "--attacks", "clean"], capsys)
+    assert rc == 2 and "the run's data folder" in text and "is a file now" in text and "--data-dir /" not in text, text
+    data.unlink()
+    data.symlink_to(tmp_path / "nowhere")
+    rc, text = _call(["eval", str(out), "--n", "8", "--attacks", "clean"], capsys)
+    assert rc == 2 and "is a link to nowhere now" in text and data.is_symlink(), text
+
+
+def test_no_output_is_written_inside_a_dataset_copy(tmp_path, capsys):
+    copy = tmp_path / "d1" / "cifar-10-batches-py"
+    copy.mkdir(parents=True)
+    (copy / "batches.meta").write_bytes(b"x")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(copy / "myrun")], capsys)
+    assert rc == 2 and "is inside the dataset copy" in text and sorted(p.name for p in copy.iterdir()) == \
+        ["batches.meta"], text
+    out = tmp_path / "r"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    (tmp_path / "link").symlink_to(copy)  # through a link: the same folder
+    rc, text = _call(["eval", str(out), "--attacks", "clean", "--diagnostics", "off", "--output",
+                      str(tmp_path / "link" / "rep.json")], capsys)
+    assert rc == 2 and "is inside the dataset copy" in text and sorted(p.name for p in copy.iterdir()) == \
+        ["batches.meta"], text
+    lookalike = tmp_path / "svhn"  # a folder merely named as one, holding none of its files: the user's
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(lookalike / "run")]) == 0
+
+
+def test_eval_of_a_benchmark_folder_names_its_runs(tmp_path, capsys):
+    from eae.outputs import OutputFolder
+
+    bench = tmp_path / "bb"
+    OutputFolder(bench, "bench").claim()
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(bench / "runs" / "standard-s0")]) == 0
+    for given in (bench, bench / "runs"):
+        rc, text = _call(["eval", str(given), "--attacks", "clean"], capsys)
+        assert rc == 2 and "give one of the runs it holds" in text and str(bench / "runs" / "standard-s0") in text, text
+    rc, text = _call(["eval", str(bench), "--attacks", "clean"], capsys)
+    assert "is a benchmark of `eae bench`" in text, text
+
+
+def test_an_interrupted_eval_says_nothing_was_written_and_what_runs_it_again(run, tmp_path, monkeypatch, capsys):
+    import eae.evaluation
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eae.evaluation, "evaluate", interrupt)
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--diagnostics", "off", "--output",
+                      str(tmp_path / "e.json")], capsys)
+    assert rc == 130 and "its report is not written: the same command runs it again" in text, text
+    assert not (tmp_path / "e.json").exists()

@@ -280,7 +280,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         if holder:  # claimed and locked by a training that is starting: its files come in a moment
             raise NotARun(f"{path} not found yet: {run_dir} is being started by eae train (pid {holder}); wait "
                           "for its first epoch (or for it to finish)")
-        raise NotARun(f"{path} not found: is {run_dir} a run directory of `eae train`?")
+        raise NotARun(_not_a_run_text(Path(run_dir), path))
     try:
         d = loads_json(path.read_text(encoding="utf-8-sig"))  # a BOM from an editor is no error
         if not isinstance(d, dict):
@@ -290,6 +290,45 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         return TrainConfig.from_dict(d, strict=False)
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: not a valid run config ({e})") from None
+
+
+def _runs_within(folder: Path, limit: int = 3) -> list[Path]:
+    """Up to ``limit`` runs of `eae train` in ``folder`` or one level below (a benchmark keeps
+    them in runs/), looking at a bounded number of entries: a home folder is not walked."""
+    from itertools import islice
+
+    from .outputs import kind_of
+
+    def subfolders(p: Path) -> list[Path]:
+        try:
+            return sorted(q for q in islice(p.iterdir(), 200) if q.is_dir())
+        except OSError:
+            return []
+
+    found = []
+    for p in subfolders(folder):
+        for q in [p] if kind_of(p) == "run" else subfolders(p)[:50]:
+            if kind_of(q) == "run":
+                found.append(q)
+            if len(found) == limit:
+                return found
+    return found
+
+
+def _not_a_run_text(run_dir: Path, config: Path) -> str:
+    """Why ``run_dir`` (a folder without config.json) is no run, and which runs it holds."""
+    from shlex import quote
+
+    from .outputs import WHAT, kind_of
+
+    kind = kind_of(run_dir) if run_dir.is_dir() else None
+    what = f"{run_dir} is {WHAT[kind]}, not a run of `eae train`" if kind and kind != "run" else None
+    runs = _runs_within(run_dir) if run_dir.is_dir() else []
+    if runs:
+        listed = ", ".join(quote(str(r)) for r in runs) + (", ..." if len(runs) == 3 else "")
+        return f"{what or f'{config} not found: {run_dir} is not a run'}: give one of the runs it holds ({listed})"
+    return f"{what}: give the folder of one of its runs" if what else \
+        f"{config} not found: is {run_dir} a run directory of `eae train`?"
 
 
 def _check_registered(d: dict[str, Any], run_dir: Path) -> None:

@@ -373,11 +373,14 @@ def _run_source(args: argparse.Namespace, device) -> dict[str, Any]:
         rel = "" if Path(cfg.data_dir).is_absolute() else " (a relative path: from the folder training ran in)"
         raise UsageError(f"the run's images, data_dir {cfg.data_dir!r}{rel}, are not found from here: "
                          "give --data-dir with the folder that holds train/ and val/")
-    elif cfg.dataset != "synthetic" and cfg.data_dir and not os.path.lexists(cfg.data_dir):
+    elif cfg.dataset != "synthetic" and cfg.data_dir and not Path(cfg.data_dir).is_dir():
         # the folder the run read its data from is gone: never made again and downloaded into unasked
-        raise UsageError(f"the run's data folder, data_dir {cfg.data_dir!r} (recorded when it trained), is not "
-                         f"found: give --data-dir with the folder that holds {cfg.dataset} now (`eae data "
-                         f"{cfg.dataset} --data-dir DIR` fetches it)")
+        path = Path(cfg.data_dir)
+        now = ("is a file now" if path.exists() else "is a link to nowhere now" if path.is_symlink()
+               else "is not found")
+        raise UsageError(f"the run's data folder, data_dir {cfg.data_dir!r} (recorded when it trained), {now}: give "
+                         f"--data-dir with the folder that holds {cfg.dataset} now (`eae data {cfg.dataset} "
+                         "--data-dir DIR` fetches it)")
     if cfg.svhn_extra:  # the test set is test_32x32.mat alone: the training-only extra file is not needed
         cfg = cfg.replace(svhn_extra=False)
     model, wmeta = load_run(run_dir, weights=weights, device=device)
@@ -1138,6 +1141,8 @@ def _resume_hint(args: argparse.Namespace) -> str:
                 flags += [f"--{name.replace('_', '-')}", value]
         cmd = ["eae", "bench", args.suite, f"--out={args.out}", "--resume", *flags]
         return f": `{' '.join(quote(c) for c in cmd)}` continues it"
+    if getattr(args, "func", None) is cmd_eval:  # reports are written whole at the end, never in part
+        return " before the evaluation finished, so its report is not written: the same command runs it again"
     return ""
 
 

@@ -138,13 +138,38 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
+# the folders eae's datasets are fetched into, each known by its name and one of its own files
+DATASET_COPIES = {"cifar-10-batches-py": ("batches.meta", "test_batch"), "cifar-100-python": ("meta", "test"),
+                  "svhn": ("test_32x32.mat", "train_32x32.mat"), "tiny-imagenet-200": ("wnids.txt",)}
+
+
+def dataset_copy_above(path: Path) -> Path | None:
+    """The dataset copy (a CIFAR-10, CIFAR-100, SVHN or Tiny-ImageNet folder of eae's layout)
+    that ``path`` is, or lies inside; None when it lies in none. Read as the system reads it
+    (links followed): an output there would sit among the files a dataset check reads."""
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        markers = DATASET_COPIES.get(folder.name)
+        if markers and any((folder / m).is_file() for m in markers):
+            return folder
+    return None
+
+
+def _refuse_in_dataset(path: Path, flag: str, api: str | None = None) -> None:
+    copy = dataset_copy_above(path)
+    if copy is not None:
+        why = f"is inside the dataset copy {copy}: eae writes nothing among a dataset's files; give a path outside it"
+        raise OutputRefused(f"{api}={str(path)!r} {why}" if api else f"{flag} {path} {why}", cli=f"{flag} {path} {why}")
+
+
 def check_folder(path: str | Path, kind: str, flag: str = "--out", api: str = "out") -> None:
     """Raise :class:`OutputRefused` unless ``path`` may become (or is) a ``kind`` folder:
-    new, empty, or ours of that kind. Writes nothing."""
+    new, empty, or ours of that kind, and not inside a dataset copy. Writes nothing."""
     path = Path(path)
     if ".." in path.parts:  # userproj/new/.. is userproj: named plainly or not at all
         raise OutputRefused(f"{api}={str(path)!r} goes up with '..': give the folder itself",
                             cli=f"{flag} {path} goes up with '..': give the folder itself")
+    _refuse_in_dataset(path, flag, api)
     if path.is_symlink() and not path.exists():
         why = _dangling(path)
         raise OutputRefused(f"{api}={str(path)!r} is a symbolic link {why} or choose another",
@@ -324,6 +349,7 @@ def check_report(json_path: Path, owner: str, flag: str = "--output", evaluation
         raise OutputRefused(f"{flag} must be a file name ending in .json (a .md is written beside it), "
                             f"got {str(json_path)!r}")
     _writable_folder(json_path, flag)
+    _refuse_in_dataset(json_path, flag)
     md_path = json_path.with_suffix(".md")
     d = _json(json_path)
     d = d if isinstance(d, dict) else {}

@@ -116,7 +116,8 @@ def _weights_of(run_dir: Path) -> dict[str, str]:
 
 def _read_row(path: Path, **expect: Any) -> dict[str, Any]:
     """A result row written earlier; one changed since (its seal no longer matches) is refused:
-    the report would print the edited numbers as measured. Rows of earlier versions carry no seal.
+    the report would print the edited numbers as measured. So is one without a seal: an earlier
+    version's row cannot be told from one whose seal was removed by hand (delete it to measure again).
     ``expect``: what the row must say of itself (its entry, its seed): a row copied from another
     entry's folder would put that entry's numbers under this one's name."""
     d = loads_json(path.read_text(encoding="utf-8-sig"))
@@ -124,8 +125,11 @@ def _read_row(path: Path, **expect: Any) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a result row (a JSON object); delete it to measure that run again",
                           field="out")
     recorded = d.pop("report_sha256", None)
-    # a row with weights_sha256 comes from a version that sealed every row: without its seal it was edited
-    if (recorded is None and "weights_sha256" in d) or (recorded is not None and recorded != sealed(d)["report_sha256"]):
+    if recorded is None:
+        raise ConfigError(f"{path} carries no seal (removed by hand, or written by an earlier version of eae), so its "
+                          "numbers cannot be told from edited ones and are not reported: delete it to evaluate that "
+                          "run again (the trained run is kept)", field="out")
+    if recorded != sealed(d)["report_sha256"]:
         raise ConfigError(f"{path} was changed since the benchmark wrote it; its numbers are not reported: delete "
                           "it to evaluate that run again (the trained run is kept)", field="out")
     other = {k: d[k] for k, v in expect.items() if k in d and d[k] != v}  # (older rows lack some: not compared)
