@@ -3971,3 +3971,40 @@ def test_an_interrupted_eval_says_nothing_was_written_and_what_runs_it_again(run
                       str(tmp_path / "e.json")], capsys)
     assert rc == 130 and "its report is not written: the same command runs it again" in text, text
     assert not (tmp_path / "e.json").exists()
+
+
+# --------------------------------------------------------------------------- trial 38
+@pytest.mark.parametrize("argv", [["list"], ["list", "--help"], ["--version"],
+                                  ["bench", "headline", "--dry-run", "--out", "PLAN"]])
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_a_command_that_only_prints_fails_when_nothing_could_be_shown(tmp_path, argv, stdout):
+    if stdout == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    argv = [a.replace("PLAN", str(tmp_path / "plan")) for a in argv]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    with open("/dev/full" if stdout == "full" else os.devnull, "w") as sink:
+        done = subprocess.run([sys.executable, "-m", "eae", *argv], stderr=subprocess.PIPE, env=env, timeout=120,
+                              stdout=sink if stdout == "full" else None, close_fds=True,
+                              preexec_fn=None if stdout == "full" else lambda: os.close(1))
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "nothing was shown" in err and "Traceback" not in err, err
+    assert "writes its files as usual" not in err
+    with open(tmp_path / "out.txt", "w") as f:  # a file that takes it: done, status 0
+        assert subprocess.run([sys.executable, "-m", "eae", *argv], stdout=f, env=env, timeout=120).returncode == 0
+    assert (tmp_path / "out.txt").stat().st_size > 0
+
+
+def test_a_path_the_terminal_cannot_show_is_advised_in_a_form_that_pastes(tmp_path, monkeypatch):
+    import io
+
+    from eae.utils import shell_quote
+
+    path = str(tmp_path / "runs" / "int ü")
+    assert shell_quote(path) == __import__("shlex").quote(path)  # a terminal that shows it: as it is
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    quoted = shell_quote(path)
+    assert quoted.isascii() and quoted.startswith("$'") and "\\xc3\\xbc" in quoted, quoted
+    pasted = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, check=True).stdout
+    assert pasted == os.fsencode(path)
+    quoted = shell_quote("it's ü\\")  # the quote and backslash escaped too
+    assert subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True).stdout == "it's ü\\".encode()

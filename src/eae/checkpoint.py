@@ -317,7 +317,7 @@ def _runs_within(folder: Path, limit: int = 3) -> list[Path]:
 
 def _not_a_run_text(run_dir: Path, config: Path) -> str:
     """Why ``run_dir`` (a folder without config.json) is no run, and which runs it holds."""
-    from shlex import quote
+    from .utils import shell_quote as quote
 
     from .outputs import WHAT, kind_of
 
@@ -396,7 +396,7 @@ def guard_stop(run_dir: str | Path) -> dict[str, Any] | None:
 
 def guard_stop_text(run_dir: Path, event: dict[str, Any], cli: bool) -> str:
     """Where a run the guard stopped stands, and what a user does next (a new run, not a resume)."""
-    from shlex import quote
+    from .utils import shell_quote as quote
 
     best = event.get("best_epoch")
     best = f"its best epoch{f' ({best})' if isinstance(best, int) and not isinstance(best, bool) else ''}"
@@ -422,7 +422,7 @@ def guard_stop_text(run_dir: Path, event: dict[str, Any], cli: bool) -> str:
 def _unfinished_hint(run_dir: Path, weights: str, cli: bool, epochs: int = 0) -> str:
     """What a run without those weights has instead, said as it is (no promise of a file
     that is not there), in the words of the command line or of the Python API."""
-    from shlex import quote
+    from .utils import shell_quote as quote
 
     has_ckpt, has_best = (run_dir / CHECKPOINT).is_file(), (run_dir / BEST_WEIGHTS).is_file()
     best = "--weights best" if cli else "weights='best'"

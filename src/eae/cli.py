@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not _rank0():  # (the group is gone: torchrun's variable says which process this was)
         return 0
     if not result.finished:
-        from shlex import quote
+        from .utils import shell_quote as quote
 
         done = len(result.metrics)
         print(f"stopped after {args.stop_after} {plural(args.stop_after, 'epoch')} of this call as asked "
@@ -937,19 +937,37 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     command has finished is ignored, not answered by Python's default handler."""
     import signal
 
-    _usable_streams()
+    closed = _usable_streams()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    shown = sys.stdout = _Stdout(sys.stdout, note=False)  # (argparse itself ignores a failed print)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error (2), printed by argparse
+        if e.code in (0, None):
+            shown.flush()
+            what = "--version" if "--version" in (sys.argv[1:] if argv is None else argv) else "--help"
+            if not isinstance(shown.failed, BrokenPipeError) and _unprinted(closed or shown.failed, what):
+                raise SystemExit(2) from None
+        raise
+    finally:
+        if sys.stdout is shown:
+            sys.stdout = shown.stream
     if extra:  # said by the subcommand's parser, which knows its flags
         named = next((a for a in extra if a.startswith("-") and os.path.lexists(a)), None)
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}" + (
             f" (to name the file or folder {named}, write ./{named})" if named else ""))
     previous = _catch_signals()
-    stdout = sys.stdout = _Stdout(sys.stdout)
+    shows = args.command == "list" or getattr(args, "dry_run", False)  # what it prints is all it does
+    stdout = sys.stdout = _Stdout(sys.stdout, note=not shows)
     stderr = sys.stderr = _Stdout(sys.stderr, note=False)  # `2>&1 | head`: the notes' pipe closes too
     try:
         status = args.func(args)
         _work_saved()
+        if shows and not status:
+            stdout.flush()  # (a full disk is found here: the wrapper keeps the error)
+            if not isinstance(stdout.failed, BrokenPipeError) and _unprinted(
+                    closed or stdout.failed, f"eae {args.command}" + (" --dry-run" if args.command == "bench" else "")):
+                return 2
         # a reader that went away (`| head`) ends the command as such a reader expects: 141
         return 141 if not status and isinstance(stdout.failed, BrokenPipeError) else status
     except UsageError as e:
@@ -977,9 +995,33 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             sys.stderr = stderr.stream
 
 
-def _usable_streams() -> None:
+def _unprinted(failed: bool | OSError | None, what: str) -> bool:
+    """Whether a command whose only work is what it prints (``what``) could not print it:
+    standard output closed (``failed`` True), full (an OSError, or found in the last flush).
+    Said on stderr: its exit status must not claim the work was done."""
+    if not failed:
+        try:
+            sys.stdout.flush()
+        except OSError as e:
+            failed = e
+            try:  # what is still buffered goes nowhere, so that the exit's own flush does not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+        except ValueError:  # a stream closed from Python
+            failed = True
+    if not failed:
+        return False
+    why = "closed" if failed is True else f"could not be written ({failed.strerror or failed})"
+    _say(f"error: standard output {why}: {what} prints its answer there, and nothing was shown; give it a "
+         "terminal, a file or a pipe")
+    return True
+
+
+def _usable_streams() -> bool:
     """stdout/stderr closed (`>&-`): the work goes on, unprinted; a path with "ü" on an ASCII
-    terminal is printed as \\xfc, never fatal."""
+    terminal is printed as \\xfc, never fatal. Returns whether stdout was closed."""
+    closed = sys.stdout is None
     if sys.stdout is None:
         sys.stdout = open(os.devnull, "w")
     if sys.stderr is None:
@@ -989,6 +1031,7 @@ def _usable_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):  # not a text stream of ours (a test's capture)
             pass
+    return closed
 
 
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
@@ -1106,7 +1149,7 @@ def threading_main() -> bool:
 
 def _resume_hint(args: argparse.Namespace) -> str:
     """The exact command that continues what was stopped, shell-quoted, from what it used."""
-    from shlex import quote
+    from .utils import shell_quote as quote
 
     if getattr(args, "func", None) is cmd_train:
         out = getattr(args, "resolved_out", None) or getattr(args, "out", None) or "runs/default"

@@ -213,3 +213,20 @@ def row_key(text: str) -> str:
 
     return re.sub(r"[\s_.-]+", "", spelled_plainly(text))
 
+
+
+def shell_quote(text: str | os.PathLike) -> str:
+    """``text`` quoted for a command a message advises: as :func:`shlex.quote` does, except
+    where the terminal cannot show a character of it (``PYTHONIOENCODING=ascii``: a path with
+    "ü" would print as ``\\xfc``, which pasted names another folder): there, in the shell's
+    ``$'...'`` form with the file-system bytes escaped, which pastes as the same path."""
+    import shlex
+
+    quoted = shlex.quote(str(text))
+    try:
+        quoted.encode(getattr(sys.stderr, "encoding", None) or "utf-8")
+        return quoted
+    except (UnicodeEncodeError, LookupError):
+        pass
+    raw = os.fsencode(text)
+    return "$'" + "".join(chr(b) if 32 <= b < 127 and chr(b) not in "\\'" else f"\\x{b:02x}" for b in raw) + "'"

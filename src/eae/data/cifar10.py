@@ -284,7 +284,7 @@ def _fresh_copy_advice(folder: Path) -> str:
     own, else in a new folder."""
     root = folder.parent if folder.name == FOLDER else None
     if root is not None and not foreign_entries(root, "--data-dir"):
-        from shlex import quote
+        from ..utils import shell_quote as quote
 
         return (f"move {folder} out of {root} (or delete it) and run `eae data cifar10 --data-dir {quote(str(root))}` "
                 "to download a verified copy")

@@ -19,7 +19,6 @@ import importlib.util
 import inspect
 import json
 import re
-import shlex
 import sys
 import traceback
 import warnings
@@ -31,6 +30,7 @@ from torch import nn
 
 from .base import Normalize
 from .library import MissingDependency, import_library
+from ..utils import shell_quote
 
 NORMALIZATIONS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
@@ -205,7 +205,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     if (path.parent / "config.json").is_file() and path.name in ("checkpoint.pt", "checkpoint_best.pt"):
         raise WeightsError(f"{path} is the training checkpoint of an eae run: evaluate the run itself, "
-                           f"`eae eval {shlex.quote(str(path.parent))}` (add --weights best for its best epoch)")
+                           f"`eae eval {shell_quote(path.parent)}` (add --weights best for its best epoch)")
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning is noise before our one line
             warnings.simplefilter("ignore")

@@ -26,7 +26,6 @@ import platform
 import re
 import shutil
 import sys
-from shlex import quote
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +41,7 @@ from ..errors import ConfigError, OutputRefused, RunExists
 from ..outputs import OutputFolder, check_folder, open_nofollow
 from ..system import describe_cpu, training_precision
 from ..utils import atomic_write_bytes, atomic_write_json, device_name, loads_json
+from ..utils import shell_quote as quote
 
 ENVIRONMENT = "environment.json"
 _ERRORS = {c.__name__: c for c in (ValueError, FileExistsError, NotADirectoryError, RunLocked, CheckpointError,

@@ -209,7 +209,7 @@ class OverfitGuard:
     def _stopped(self, msg: str, folder) -> tuple[str, str]:
         """The stop, in the words of the Python API and of the command line: where the best epoch
         is, and that a new run (not a resume, which would repeat the stop) tries otherwise."""
-        from shlex import quote
+        from ..utils import shell_quote as quote
 
         tried = self.cfg.overfit_action == "rollback_lower_step" and self.rollbacks >= self.cfg.max_rollbacks
         said = f"{msg}: stopped. The best epoch ({folder.best['epoch']}) is in {BEST_WEIGHTS}"
