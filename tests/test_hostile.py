@@ -4008,3 +4008,65 @@ def test_a_path_the_terminal_cannot_show_is_advised_in_a_form_that_pastes(tmp_pa
     assert pasted == os.fsencode(path)
     quoted = shell_quote("it's ü\\")  # the quote and backslash escaped too
     assert subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True).stdout == "it's ü\\".encode()
+
+
+# --------------------------------------------------------------------------- trial 39
+def test_a_users_file_under_a_runs_name_in_a_marked_folder_is_kept(tmp_path, capsys):
+    out = tmp_path / "R"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    for p in out.iterdir():  # `rm R/*`: the hidden marker stays
+        if not p.name.startswith("."):
+            p.unlink()
+    (out / "config.json").write_text('{"note": "mine"}')
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and "is not a file of an eae run" in text and (out / "config.json").read_text() == '{"note": "mine"}'
+    (out / "config.json").unlink()
+    (out / "environment.json").write_text("my notes")
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and "environment.json is not a file of an eae run" in text, text
+    assert (out / "environment.json").read_text() == "my notes"
+
+
+def test_a_run_without_config_or_checkpoint_is_not_advised_resume(tmp_path, capsys):
+    out = tmp_path / "S"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(out)]) == 0
+    for name in ("config.json", "checkpoint.pt", "checkpoint_best.pt", "model.safetensors", "model_best.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    rc, text = _call(["train", *SYN, "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 2 and "--resume" not in text and "choose another --out" in text, text
+
+
+def test_a_bench_json_without_a_suite_is_not_advised_a_suite_named_none(tmp_path):
+    from eae.bench.runner import _claim
+
+    out = tmp_path / "b"
+    _claim(out, {"suite": "smoke", "seeds": 1, "base": {}}, resume=False)
+    (out / "bench.json").write_text('{"mine": 1}')
+    with pytest.raises(ValueError) as e:
+        _claim(out, {"suite": "smoke", "seeds": 1, "base": {}}, resume=True)
+    assert "eae bench None" not in str(e.value) and "choose another --out" in str(e.value)
+
+
+def test_a_run_inside_a_dataset_copy_is_not_advised_and_its_report_place_is_named(tmp_path, capsys):
+    copy = tmp_path / "D" / "cifar-10-batches-py"
+    run = copy / "r"
+    assert main(["train", *SYN, "--epochs", "1", "--out", str(run)]) == 0  # before the copy was recognisable
+    (copy / "batches.meta").write_bytes(b"x")
+    rc, text = _call(["eval", str(tmp_path / "D"), "--attacks", "clean"], capsys)
+    assert rc == 2 and "give one of the runs it holds" not in text, text
+    rc, text = _call(["eval", str(run), "--attacks", "clean", "--diagnostics", "off"], capsys)
+    assert rc == 2 and "is inside the dataset copy" in text and "--output /" not in text and "move the run" in text
+
+
+def test_a_weights_file_given_as_a_run_is_advised_its_folder_in_a_form_that_pastes(tmp_path, monkeypatch):
+    import io
+
+    import eae
+    from eae.checkpoint import read_config
+
+    folder = tmp_path / "nö"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x")
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    with pytest.raises(eae.NotARun if hasattr(eae, "NotARun") else Exception, match=r"\$'.*n\\xc3\\xb6'"):
+        read_config(folder / "model.safetensors")

@@ -261,7 +261,10 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     run_dir = home_path(run_dir)  # "~/runs/a", as the run's out was read
     path = Path(run_dir) / CONFIG
     if Path(run_dir).is_file():
-        raise NotARun(f"{run_dir} is a file, not a run folder: give the folder that holds it ({Path(run_dir).parent})"
+        from .utils import shell_quote
+
+        raise NotARun(f"{run_dir} is a file, not a run folder: give the folder that holds it "
+                      f"({shell_quote(Path(run_dir).parent)})"
                       + (" or, for weights alone, eae eval --model NAME --weights FILE"
                          if str(run_dir).endswith((".safetensors", ".pt", ".pth")) else ""))
     check_run_file(path)
@@ -297,7 +300,7 @@ def _runs_within(folder: Path, limit: int = 3) -> list[Path]:
     them in runs/), looking at a bounded number of entries: a home folder is not walked."""
     from itertools import islice
 
-    from .outputs import kind_of
+    from .outputs import dataset_copy_above, kind_of
 
     def subfolders(p: Path) -> list[Path]:
         try:
@@ -308,7 +311,7 @@ def _runs_within(folder: Path, limit: int = 3) -> list[Path]:
     found = []
     for p in subfolders(folder):
         for q in [p] if kind_of(p) == "run" else subfolders(p)[:50]:
-            if kind_of(q) == "run":
+            if kind_of(q) == "run" and dataset_copy_above(q) is None:  # (one inside a dataset copy: not advised)
                 found.append(q)
             if len(found) == limit:
                 return found

@@ -194,6 +194,13 @@ def _eval(args: argparse.Namespace, device) -> int:
     if args.output and data is not None and data.parent.resolve() in target.resolve().parents:
         raise UsageError(f"--output {args.output} is inside the image folder {data.parent} (train/ and val/), whose "
                          "every file eae reads as an image: give a path outside it")
+    if target is not None and not args.output and src["run_dir"]:
+        from .outputs import dataset_copy_above
+
+        copy = dataset_copy_above(target)
+        if copy is not None:  # (a run made there before the copy was complete): its report would land among the data
+            raise UsageError(f"the run {src['run_dir']} is inside the dataset copy {copy}, where eae writes nothing: "
+                             "move the run out of it, or give --output a path outside it")
     if target is not None:  # a name never writable, a file not ours, another evaluation: said before the attacks
         from .outputs import check_report
 

@@ -39,7 +39,7 @@ from ..system import training_precision
 from ..trainer import train
 from ..utils import atomic_write_json, device_name, git_commit, loads_json, resolve_device
 from .report import REPORTS, write_report
-from .suites import BenchSuite, Entry, get_bench_suite
+from .suites import BENCH_SUITES, BenchSuite, Entry, get_bench_suite
 
 
 # per-epoch quantities kept for the plots (the masking diagnosis needs the EAE statistics)
@@ -442,7 +442,8 @@ def _claim(out: Path, ask: dict[str, Any], resume: bool) -> OutputFolder:
             changed = sorted(k for k in set(before) | set(ask) if before.get(k) != ask.get(k)) if isinstance(
                 before, dict) else ["everything"]
             said = ", ".join(_changed_text(k, before.get(k), ask.get(k)) for k in changed)
-            if isinstance(before, dict) and before.get("suite") != ask.get("suite"):
+            if isinstance(before, dict) and before.get("suite") != ask.get("suite") and isinstance(
+                    before.get("suite"), str) and before.get("suite") in BENCH_SUITES:
                 fix = f"resume it with `eae bench {before.get('suite')}`, or choose another --out for {ask.get('suite')}"
             else:
                 fix = "give the same " + " and ".join(f"--{k.replace('_', '-')}" for k in ("seeds", "budget_k")

@@ -243,8 +243,14 @@ class RunFolder:
         if stop:
             raise RunExists(f"{self.path} already holds a run: {guard_stop_text(self.path, stop, cli=False)}",
                             cli=f"{self.path} already holds a run: {guard_stop_text(self.path, stop, cli=True)}")
+        if not results:  # a new start rewrites the run's description: only files that are one
+            self._refuse_foreign_description()
         if results and not resume:
             held = f"{self.path} already holds a run ({', '.join(results)})"
+            if CHECKPOINT not in results and not (self.path / CONFIG).is_file():  # --resume would need it
+                raise RunExists(f"{held}, with no {CHECKPOINT} and no {CONFIG}: nothing to continue; choose another "
+                                "out for a new run", cli=f"{held}, with no {CHECKPOINT} and no {CONFIG}: nothing to "
+                                "continue; choose another --out for a new run")
             if CHECKPOINT not in results:
                 held += f" and no {CHECKPOINT}, so nothing to continue"
                 raise RunExists(f"{held}: resume=True restarts it from epoch 1 as configured, or choose another out",
@@ -265,6 +271,27 @@ class RunFolder:
             _note(f"note: {self.path} has no {CHECKPOINT}: the run restarts from epoch 1 as configured "
                   f"({METRICS} is rewritten)")
         return None
+
+    def _refuse_foreign_description(self) -> None:
+        """The files a start writes (config, dataset, environment) are replaced only where they
+        hold what eae writes there: one of a run killed before its first epoch. Anything else in
+        a run folder under those names (a user's notes, after `rm R/*` left the hidden marker)
+        is kept and refused."""
+        keys = {CONFIG: {"method", "arch", "epochs"}, DATASET: {"dataset", "num_classes"},
+                ENVIRONMENT: {"eae_version", "torch"}}
+        for name, expected in keys.items():
+            path = self.path / name
+            if not path.is_file():
+                continue
+            try:
+                d = loads_json(path.read_text(encoding="utf-8-sig"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                d = None
+            if not isinstance(d, dict) or not expected <= set(d):
+                raise RunExists(f"{path} is not a file of an eae run (it does not hold what eae writes there), and a "
+                                "new run would replace it: move it away, or choose another out",
+                                cli=f"{path} is not a file of an eae run (it does not hold what eae writes there), "
+                                    "and a new run would replace it: move it away, or choose another --out")
 
     def _resumable(self, ckpt: dict[str, Any]) -> dict[str, Any]:
         trained = TrainConfig.from_dict(ckpt["config"], strict=False)
