@@ -1072,6 +1072,8 @@ def _failed(e: Exception, args: argparse.Namespace) -> int:
     # variable is each process's own)
     if not isinstance(e, ConfigError) or _rank0() or _launch_variable(e):
         _say(f"error: {_printable(message)}" + (_resume_hint(args) if _peer_lost(e) else ""))
+    else:  # the others wait a moment: torchrun stops every process once one exits, rank 0 maybe before it spoke
+        time.sleep(2.0)
     return status
 
 
