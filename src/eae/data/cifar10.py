@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError  # defined with eae's other errors; imported from here too
+from ..outputs import DATASET_COPIES
 from .safe_pickle import safe_load
 
 FOLDER = "cifar-10-batches-py"
@@ -263,7 +264,7 @@ def _read_classes(folder: Path) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- fetch
-DATASET_FOLDERS = (FOLDER, "cifar-100-python", "svhn", "tiny-imagenet-200")  # what eae fetches into a data folder
+DATASET_FOLDERS = tuple(DATASET_COPIES)  # what eae fetches into a data folder
 
 
 def foreign_entries(root: Path, source: str) -> list[str]:
